@@ -1,0 +1,114 @@
+"""
+The boundaries between kongacme's parts, as zope interfaces.
+
+Methods are declared without ``self`` so that
+:func:`zope.interface.verify.verifyObject` accepts providers.
+"""
+
+from zope.interface import Attribute, Interface
+
+
+class ICertificateCache(Interface):
+    """
+    The in-process certificate store read synchronously by the TLS path.
+
+    An issuer fills it; the SNI path only ever reads it.
+    """
+
+    def lookup(server_name):
+        """
+        Choose the certificate for a handshake: exact name, then a wildcard
+        one label deep, then the fallback.
+
+        :param server_name: lower-cased SNI host name, or ``None``.
+        :return: a :class:`kongacme.tls.certs.CertifiedKey` (never ``None``).
+        """
+
+    def get(name):
+        """
+        The certificate stored under exactly ``name`` (no wildcard, no
+        fallback), or ``None``.
+        """
+
+    def put(certified_key, names=None):
+        """
+        Store ``certified_key`` under ``names`` (default: the names in its
+        certificate). Takes effect on the next handshake.
+        """
+
+    def remove(name):
+        """
+        Forget the certificate stored under ``name``; no error if absent.
+        """
+
+    def names():
+        """
+        All names with a certificate, as a list of strings.
+        """
+
+
+class IChallengeTokenStore(Interface):
+    """
+    Where http-01 key authorizations live while the CA validates them.
+    The port-80 resource reads it; an issuer writes it.
+    """
+
+    def get(token):
+        """
+        :param token: the challenge token (str).
+        :return: ``Deferred`` firing with the key authorization (str), or
+            ``None`` when the token is unknown or expired.
+        """
+
+    def put(token, key_authorization, ttl=3600):
+        """
+        Store a key authorization for ``ttl`` seconds.
+
+        :return: ``Deferred`` firing with ``None`` once stored.
+        """
+
+    def remove(token):
+        """
+        :return: ``Deferred`` firing with ``None`` once removed.
+        """
+
+
+class IRouter(Interface):
+    """
+    Maps the host a client asked for to the upstream that serves it.
+    """
+
+    def route_for(server_name):
+        """
+        :param server_name: lower-cased host name or ``None``.
+        :return: a :class:`kongacme.proxy.routes.Route`, or ``None`` when
+            nothing (not even a default) is configured for it.
+        """
+
+
+class IHandshakeGate(Interface):
+    """
+    Consulted after a ClientHello has been read and before the TLS engine
+    sees it: the one place where a handshake may wait for I/O (on-demand
+    issuance holds the first visitor here until its certificate exists).
+    """
+
+    def before_handshake(server_name):
+        """
+        :param server_name: lower-cased SNI host name, or ``None``.
+        :return: ``None`` to go ahead at once, or a ``Deferred`` that fires
+            when the handshake may go ahead (its result is ignored; a
+            failure is logged and the handshake continues with whatever the
+            certificate cache holds).
+        """
+
+
+class IConnectionInfo(Interface):
+    """
+    What the TLS layer learned from the ClientHello, given to the protocol
+    it wraps (the proxy) as its ``client_hello`` attribute before
+    ``connectionMade``.
+    """
+
+    server_name = Attribute("lower-cased SNI host name, or None")
+    alpn_offered = Attribute("tuple of ALPN protocol names (bytes) the client offered")

@@ -1,0 +1,148 @@
+"""
+Helpers for testing code that uses kongacme (like ``treq.testing``): a
+throwaway certificate authority that issues proper leaf certificates.
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+from typing import Sequence
+
+import attrs
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+from kongacme.tls.certs import CertifiedKey
+
+
+def _now() -> datetime.datetime:
+    return datetime.datetime.now(datetime.timezone.utc)
+
+
+def make_key(key_type: str = "ecc", rsa_bits: int = 2048):
+    """An ECDSA P-256 (``"ecc"``) or RSA (``"rsa"``) private key."""
+    if key_type == "rsa":
+        return rsa.generate_private_key(public_exponent=65537, key_size=rsa_bits)
+    return ec.generate_private_key(ec.SECP256R1())
+
+
+@attrs.define
+class TestCA:
+    """
+    A certificate authority for tests: a self-signed root that issues
+    leaves with SAN, serverAuth and CA:FALSE (what strict clients and
+    sslyze expect).
+    """
+
+    certificate: x509.Certificate
+    key: ec.EllipticCurvePrivateKey
+    name: str = "kongacme test CA"
+
+    @classmethod
+    def create(cls, name: str = "kongacme test CA") -> "TestCA":
+        """A fresh CA valid for ten years."""
+        key = ec.generate_private_key(ec.SECP256R1())
+        subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
+        now = _now()
+        cert = (
+            x509.CertificateBuilder()
+            .subject_name(subject)
+            .issuer_name(subject)
+            .public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(hours=1))
+            .not_valid_after(now + datetime.timedelta(days=3650))
+            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+            .add_extension(
+                x509.KeyUsage(
+                    digital_signature=False,
+                    content_commitment=False,
+                    key_encipherment=False,
+                    data_encipherment=False,
+                    key_agreement=False,
+                    key_cert_sign=True,
+                    crl_sign=True,
+                    encipher_only=False,
+                    decipher_only=False,
+                ),
+                critical=True,
+            )
+            .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
+            .sign(key, hashes.SHA256())
+        )
+        return cls(certificate=cert, key=key, name=name)
+
+    def issue(
+        self,
+        names: Sequence[str],
+        key_type: str = "ecc",
+        rsa_bits: int = 2048,
+        days: int = 90,
+        not_before: datetime.datetime | None = None,
+    ) -> CertifiedKey:
+        """
+        A leaf certificate for ``names`` (the first is also the CN).
+        """
+        key = make_key(key_type, rsa_bits)
+        start = not_before or (_now() - datetime.timedelta(minutes=5))
+        builder = (
+            x509.CertificateBuilder()
+            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, names[0])]))
+            .issuer_name(self.certificate.subject)
+            .public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(start)
+            .not_valid_after(start + datetime.timedelta(days=days))
+            .add_extension(x509.SubjectAlternativeName([x509.DNSName(n) for n in names]), critical=False)
+            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+            .add_extension(
+                x509.KeyUsage(
+                    digital_signature=True,
+                    content_commitment=False,
+                    key_encipherment=key_type == "rsa",
+                    data_encipherment=False,
+                    key_agreement=False,
+                    key_cert_sign=False,
+                    crl_sign=False,
+                    encipher_only=False,
+                    decipher_only=False,
+                ),
+                critical=True,
+            )
+            .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+            .add_extension(
+                x509.AuthorityKeyIdentifier.from_issuer_public_key(self.key.public_key()), critical=False
+            )
+        )
+        cert = builder.sign(self.key, hashes.SHA256())
+        return CertifiedKey(chain=(cert,), key=key, source="test CA")
+
+    def ca_pem(self) -> bytes:
+        """The root certificate as PEM (a trust anchor for clients)."""
+        return self.certificate.public_bytes(serialization.Encoding.PEM)
+
+    def write_ca(self, path: str) -> str:
+        """Write :meth:`ca_pem` to ``path`` and return it."""
+        with open(path, "wb") as f:
+            f.write(self.ca_pem())
+        return path
+
+
+def write_certified_key(certified: CertifiedKey, directory: str, stem: str) -> tuple[str, str]:
+    """
+    Write ``certified`` as ``<stem>.crt`` (chain) and ``<stem>.key`` (mode
+    0600) under ``directory``.
+
+    :return: ``(cert_path, key_path)``.
+    """
+    cert_path = os.path.join(directory, stem + ".crt")
+    key_path = os.path.join(directory, stem + ".key")
+    with open(cert_path, "wb") as f:
+        f.write(certified.chain_pem())
+    fd = os.open(key_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as f:
+        f.write(certified.key_pem())
+    return cert_path, key_path

@@ -1,0 +1,205 @@
+"""
+Reading a TLS ClientHello from the first bytes of a connection, before the
+TLS engine sees it.
+
+This is what lets the SNI path stay synchronous (house rule 7): the server
+name is known before an ``SSL.Connection`` exists, so the right context is
+chosen up front and any I/O (on-demand issuance) happens before OpenSSL runs.
+Record and handshake layouts: RFC 8446 §5.1 and §4.1.2; SNI: RFC 6066 §3;
+ALPN: RFC 7301 §3.1.
+"""
+
+from __future__ import annotations
+
+import re
+
+import attrs
+from zope.interface import implementer
+
+from kongacme.errors import ClientHelloError
+from kongacme.interfaces import IConnectionInfo
+
+#: A ClientHello is normally under 2 KiB (a post-quantum key share brings it
+#: near 2 KiB); refuse to buffer more than this while waiting for one.
+MAX_CLIENT_HELLO = 32 * 1024
+
+_HANDSHAKE = 0x16
+_CLIENT_HELLO = 0x01
+_EXT_SERVER_NAME = 0
+_EXT_ALPN = 16
+
+_LABEL = re.compile(r"^(?!-)[a-z0-9_-]{1,63}(?<!-)$")
+
+
+@implementer(IConnectionInfo)
+@attrs.frozen
+class ClientHello:
+    """
+    What kongacme uses from a ClientHello.
+
+    :ivar server_name: the lower-cased SNI host name, or ``None`` when the
+        client sent none or sent one that is not a valid host name.
+    :ivar alpn_offered: ALPN protocol names offered, in the client's order.
+    :ivar raw_server_name: the SNI bytes as sent when they were rejected
+        (for the log line), else ``None``.
+    """
+
+    server_name: str | None
+    alpn_offered: tuple[bytes, ...] = ()
+    raw_server_name: bytes | None = None
+
+
+def normalize_server_name(raw: bytes) -> str | None:
+    """
+    Validate and lower-case an SNI host name.
+
+    :return: the name, or ``None`` if it is not ASCII, is an empty label
+        sequence, longer than 253 octets, or has an invalid label.
+    """
+    if not raw or len(raw) > 254:
+        return None
+    try:
+        name = raw.decode("ascii").lower()
+    except UnicodeDecodeError:
+        return None
+    if name.endswith("."):
+        name = name[:-1]
+    if not name or len(name) > 253:
+        return None
+    for label in name.split("."):
+        if not _LABEL.match(label):
+            return None
+    return name
+
+
+class _Reader:
+    """Bounds-checked reads over a bytes buffer; errors are ClientHelloError."""
+
+    __slots__ = ("_data", "_pos", "_end")
+
+    def __init__(self, data: bytes, start: int = 0, end: int | None = None):
+        self._data = data
+        self._pos = start
+        self._end = len(data) if end is None else end
+
+    def take(self, n: int) -> bytes:
+        if self._pos + n > self._end:
+            raise ClientHelloError("truncated ClientHello")
+        chunk = self._data[self._pos : self._pos + n]
+        self._pos += n
+        return chunk
+
+    def uint(self, n: int) -> int:
+        return int.from_bytes(self.take(n), "big")
+
+    def vector(self, length_bytes: int) -> "_Reader":
+        n = self.uint(length_bytes)
+        start = self._pos
+        self.take(n)
+        return _Reader(self._data, start, start + n)
+
+    def remaining(self) -> int:
+        return self._end - self._pos
+
+
+def _handshake_bytes(buffer: bytes) -> bytes | None:
+    """
+    Reassemble the first handshake message from one or more TLS records.
+
+    :return: the handshake message (header included), or ``None`` if more
+        bytes are needed.
+    :raises ClientHelloError: if the bytes are not TLS handshake records.
+    """
+    message = b""
+    pos = 0
+    needed: int | None = None
+    while True:
+        if len(buffer) - pos < 5:
+            break
+        content_type = buffer[pos]
+        major = buffer[pos + 1]
+        length = int.from_bytes(buffer[pos + 3 : pos + 5], "big")
+        if content_type != _HANDSHAKE or major != 3:
+            raise ClientHelloError("not a TLS handshake record")
+        if length == 0 or length > 16384:
+            raise ClientHelloError("bad TLS record length")
+        if len(buffer) - pos - 5 < length:
+            if not message and len(buffer) - pos >= 9:
+                # Judge the handshake header before the record is complete,
+                # so a hostile length is refused without buffering for it.
+                head = buffer[pos + 5 : pos + 9]
+                if head[0] != _CLIENT_HELLO:
+                    raise ClientHelloError("first handshake message is not a ClientHello")
+                if 4 + int.from_bytes(head[1:4], "big") > MAX_CLIENT_HELLO:
+                    raise ClientHelloError("ClientHello too large")
+            break
+        message += buffer[pos + 5 : pos + 5 + length]
+        pos += 5 + length
+        if needed is None and len(message) >= 4:
+            if message[0] != _CLIENT_HELLO:
+                raise ClientHelloError("first handshake message is not a ClientHello")
+            needed = 4 + int.from_bytes(message[1:4], "big")
+            if needed > MAX_CLIENT_HELLO:
+                raise ClientHelloError("ClientHello too large")
+        if needed is not None and len(message) >= needed:
+            return message[:needed]
+    if len(buffer) > MAX_CLIENT_HELLO + 64:
+        raise ClientHelloError("ClientHello too large")
+    if len(buffer) >= 1 and buffer[0] != _HANDSHAKE:
+        raise ClientHelloError("not a TLS handshake record")
+    if len(buffer) >= 2 and buffer[1] != 3:
+        raise ClientHelloError("not a TLS handshake record")
+    return None
+
+
+def parse_client_hello(buffer: bytes) -> ClientHello | None:
+    """
+    Parse a ClientHello from the start of a connection's byte stream.
+
+    :param buffer: every byte received so far.
+    :return: the parsed hello, or ``None`` when more bytes are needed.
+    :raises ClientHelloError: when the bytes are not a ClientHello.
+    """
+    message = _handshake_bytes(buffer)
+    if message is None:
+        return None
+    body = _Reader(message, 4)
+    body.take(2 + 32)  # legacy_version, random
+    body.vector(1)  # legacy_session_id
+    suites = body.vector(2)
+    if suites.remaining() == 0 or suites.remaining() % 2:
+        raise ClientHelloError("bad cipher suite list")
+    body.vector(1)  # legacy_compression_methods
+    server_name: str | None = None
+    raw_name: bytes | None = None
+    alpn: list[bytes] = []
+    if body.remaining():
+        extensions = body.vector(2)
+        seen: set[int] = set()
+        while extensions.remaining():
+            ext_type = extensions.uint(2)
+            data = extensions.vector(2)
+            if ext_type in seen:
+                # RFC 8446 §4.2: duplicate extensions are illegal.
+                raise ClientHelloError("duplicate extension %d" % (ext_type,))
+            seen.add(ext_type)
+            if ext_type == _EXT_SERVER_NAME and data.remaining():
+                names = data.vector(2)
+                while names.remaining():
+                    name_type = names.uint(1)
+                    name = names.vector(2)
+                    value = name.take(name.remaining())
+                    if name_type == 0 and raw_name is None:
+                        raw_name = value
+            elif ext_type == _EXT_ALPN:
+                protocols = data.vector(2)
+                while protocols.remaining():
+                    proto = protocols.vector(1)
+                    alpn.append(proto.take(proto.remaining()))
+    if raw_name is not None:
+        server_name = normalize_server_name(raw_name)
+    return ClientHello(
+        server_name=server_name,
+        alpn_offered=tuple(alpn),
+        raw_server_name=raw_name if (raw_name is not None and server_name is None) else None,
+    )

@@ -1,0 +1,142 @@
+"""
+Tests for kongacme.tls.clienthello.
+"""
+
+import ssl
+
+from twisted.trial.unittest import SynchronousTestCase
+
+from kongacme.errors import ClientHelloError
+from kongacme.tls.clienthello import normalize_server_name, parse_client_hello
+
+
+def client_hello_bytes(server_name=None, alpn=None, max_version=None) -> bytes:
+    """A real ClientHello produced by Python's ssl module (OpenSSL)."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    if alpn:
+        context.set_alpn_protocols(alpn)
+    if max_version:
+        context.maximum_version = max_version
+    incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+    obj = context.wrap_bio(incoming, outgoing, server_hostname=server_name)
+    try:
+        obj.do_handshake()
+    except ssl.SSLWantReadError:
+        pass
+    return outgoing.read()
+
+
+def append_sni_extension(hello: bytes, raw: bytes) -> bytes:
+    """``hello`` with one more server_name extension carrying ``raw``."""
+    entry = b"\x00" + len(raw).to_bytes(2, "big") + raw
+    ext = (0).to_bytes(2, "big") + (len(entry) + 2).to_bytes(2, "big") + len(entry).to_bytes(2, "big") + entry
+    body = bytearray(hello[9:])
+    # Walk to the extensions block: version+random, session id, suites, compression.
+    pos = 34
+    pos += 1 + body[pos]
+    pos += 2 + int.from_bytes(body[pos : pos + 2], "big")
+    pos += 1 + body[pos]
+    ext_len = int.from_bytes(body[pos : pos + 2], "big")
+    body[pos : pos + 2] = (ext_len + len(ext)).to_bytes(2, "big")
+    body += ext
+    handshake = b"\x01" + len(body).to_bytes(3, "big") + bytes(body)
+    return b"\x16\x03\x01" + len(handshake).to_bytes(2, "big") + handshake
+
+
+def with_raw_sni(raw: bytes) -> bytes:
+    """A ClientHello whose only SNI extension carries ``raw`` verbatim."""
+    return append_sni_extension(client_hello_bytes(), raw)
+
+
+class ParseClientHelloTests(SynchronousTestCase):
+    """
+    Tests for parse_client_hello.
+    """
+
+    def test_server_name_and_alpn(self):
+        """The SNI name (lower-cased) and the offered ALPN list are read."""
+        hello = parse_client_hello(client_hello_bytes("Demo.Example.COM", ["h2", "http/1.1"]))
+        self.assertEqual(hello.server_name, "demo.example.com")
+        self.assertEqual(hello.alpn_offered, (b"h2", b"http/1.1"))
+        self.assertIsNone(hello.raw_server_name)
+
+    def test_no_sni(self):
+        """A hello without SNI parses with server_name None."""
+        hello = parse_client_hello(client_hello_bytes())
+        self.assertIsNone(hello.server_name)
+        self.assertEqual(hello.alpn_offered, ())
+
+    def test_incremental(self):
+        """Every strict prefix asks for more bytes; the whole parses."""
+        data = client_hello_bytes("a.test", ["h2"])
+        for cut in range(0, len(data)):
+            self.assertIsNone(parse_client_hello(data[:cut]), cut)
+        self.assertEqual(parse_client_hello(data).server_name, "a.test")
+
+    def test_split_across_records(self):
+        """A ClientHello fragmented over two TLS records is reassembled."""
+        data = client_hello_bytes("split.test")
+        payload = data[5:]
+        half = len(payload) // 2
+        records = (
+            b"\x16\x03\x01" + half.to_bytes(2, "big") + payload[:half]
+            + b"\x16\x03\x01" + (len(payload) - half).to_bytes(2, "big") + payload[half:]
+        )
+        self.assertEqual(parse_client_hello(records).server_name, "split.test")
+
+    def test_garbage(self):
+        """Bytes that are not a TLS handshake record are refused at once."""
+        for garbage in (b"GET / HTTP/1.1\r\n\r\n", b"\x00" * 10, b"\x16\x02", b"\x80\x2e\x01\x03\x01"):
+            self.assertRaises(ClientHelloError, parse_client_hello, garbage)
+
+    def test_not_client_hello(self):
+        """A handshake record holding another message type is refused."""
+        data = b"\x16\x03\x01\x00\x08" + b"\x02\x00\x00\x04" + b"\x03\x03\x00\x00"
+        self.assertRaises(ClientHelloError, parse_client_hello, data)
+
+    def test_truncated_inside_message(self):
+        """Lengths inside the hello that overrun it are refused."""
+        data = bytearray(client_hello_bytes("a.test"))
+        data[9 + 34] = 0xFF  # session id length far past the end
+        self.assertRaises(ClientHelloError, parse_client_hello, bytes(data))
+
+    def test_oversized(self):
+        """A hello announcing more than the limit is refused without waiting."""
+        data = b"\x16\x03\x01\x40\x00" + b"\x01\x10\x00\x00" + b"\x00" * 100
+        self.assertRaises(ClientHelloError, parse_client_hello, data)
+
+    def test_duplicate_extension(self):
+        """Duplicate extensions are illegal (RFC 8446 §4.2) and refused."""
+        data = append_sni_extension(client_hello_bytes("a.test"), b"b.test")
+        self.assertRaises(ClientHelloError, parse_client_hello, data)
+
+    def test_long_sni_rejected_as_name(self):
+        """A 255-byte SNI is no host name: server_name None, raw kept."""
+        hello = parse_client_hello(with_raw_sni(b"a" * 255))
+        self.assertIsNone(hello.server_name)
+        self.assertEqual(hello.raw_server_name, b"a" * 255)
+
+    def test_non_ascii_sni(self):
+        """A non-ASCII SNI is no host name: server_name None."""
+        hello = parse_client_hello(with_raw_sni("bücher.test".encode("utf-8")))
+        self.assertIsNone(hello.server_name)
+        self.assertEqual(hello.raw_server_name, "bücher.test".encode("utf-8"))
+
+
+class NormalizeServerNameTests(SynchronousTestCase):
+    """
+    Tests for normalize_server_name.
+    """
+
+    def test_valid(self):
+        """Names are lower-cased and a trailing dot dropped."""
+        self.assertEqual(normalize_server_name(b"WWW.Example.com."), "www.example.com")
+        self.assertEqual(normalize_server_name(b"xn--bcher-kva.test"), "xn--bcher-kva.test")
+
+    def test_invalid(self):
+        """Empty labels, bad characters, long labels and long names are refused."""
+        for raw in (b"", b".", b"a..b", b"-a.test", b"a-.test", b"a b.test", b"a\x00.test",
+                    b"a" * 64 + b".test", (b"a" * 63 + b".") * 4 + b"test", b"\xff.test"):
+            self.assertIsNone(normalize_server_name(raw), raw)
