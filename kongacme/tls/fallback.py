@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import datetime
 import os
+from typing import Sequence
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
@@ -23,10 +24,13 @@ FALLBACK_NAME = "kongacme-fallback.invalid"
 
 
 def generate_self_signed(
-    name: str = FALLBACK_NAME, now: datetime.datetime | None = None, days: int = 3650
+    name: str = FALLBACK_NAME,
+    now: datetime.datetime | None = None,
+    days: int = 3650,
+    extra_names: Sequence[str] = (),
 ) -> CertifiedKey:
     """
-    A self-signed ECDSA P-256 certificate for ``name``.
+    A self-signed ECDSA P-256 certificate for ``name`` (and ``extra_names``).
     """
     now = now or datetime.datetime.now(datetime.timezone.utc)
     key = ec.generate_private_key(ec.SECP256R1())
@@ -39,7 +43,7 @@ def generate_self_signed(
         .serial_number(x509.random_serial_number())
         .not_valid_before(now - datetime.timedelta(minutes=5))
         .not_valid_after(now + datetime.timedelta(days=days))
-        .add_extension(x509.SubjectAlternativeName([x509.DNSName(name)]), critical=False)
+        .add_extension(x509.SubjectAlternativeName([x509.DNSName(n) for n in (name, *extra_names)]), critical=False)
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
         .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
         .sign(key, hashes.SHA256())

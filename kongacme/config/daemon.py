@@ -1,0 +1,375 @@
+"""
+The daemon's own sections: listeners, TLS, static certificates, routes,
+proxying, the plain-HTTP listener, the Admin API and logging; and
+:class:`DaemonConfig`, the whole file.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import attrs
+from twisted.internet.endpoints import _parse, serverFromString
+
+from kongacme.config.acme import ACME, AcmeConfig
+from kongacme.config.fields import (
+    REQUIRED,
+    Bool,
+    Context,
+    FilePath,
+    Int,
+    Invalid,
+    Kind,
+    ListOf,
+    Num,
+    OneOf,
+    Str,
+    Then,
+    index,
+    join,
+)
+from kongacme.config.records import (
+    EMPTY,
+    Default,
+    Field,
+    Record,
+    valid,
+)
+from kongacme.config.hosts import host_pattern, host_port
+
+
+@attrs.frozen
+class ListenConfig:
+    """
+    Twisted server endpoint descriptions for each listener; an empty tuple
+    disables that listener.
+
+    :ivar tls: TLS connections (kongacme terminates TLS, so no ``ssl:``).
+    :ivar http: plain HTTP (ACME http-01 challenges, redirects).
+    :ivar admin: the Admin API (``ssl:`` allowed).
+    """
+
+    tls: tuple[str, ...] = ("tcp:8443:interface=127.0.0.1",)
+    http: tuple[str, ...] = ("tcp:8080:interface=127.0.0.1",)
+    admin: tuple[str, ...] = ("tcp:8001:interface=127.0.0.1",)
+
+
+@attrs.frozen
+class TLSConfig:
+    """
+    TLS termination.
+
+    :ivar fallback_cert: absolute path of the PEM certificate served when no
+        other matches (``None``: a self-signed one is made).
+    :ivar fallback_key: absolute path of its PEM private key.
+    :ivar handshake_timeout: seconds allowed for a TLS handshake.
+    :ivar session_tickets: whether to issue TLS session tickets.
+    :ivar ticket_key_rotation: seconds between session ticket key rotations.
+    """
+
+    fallback_cert: str | None = None
+    fallback_key: str | None = None
+    handshake_timeout: float = 10.0
+    session_tickets: bool = True
+    ticket_key_rotation: float = 43200.0
+
+
+@attrs.frozen
+class StaticCertificate:
+    """
+    A certificate from files, served as is (never renewed).
+
+    :ivar cert: absolute path of the PEM certificate chain.
+    :ivar key: absolute path of the PEM private key.
+    :ivar hosts: host patterns to serve it for; ``None``: the names in the
+        certificate.
+    """
+
+    cert: str
+    key: str
+    hosts: tuple[str, ...] | None = None
+
+
+@attrs.frozen
+class RouteConfig:
+    """
+    Where TLS connections for some server names go.
+
+    :ivar hosts: lower-cased host names or ``*.`` wildcards (empty for the
+        default route).
+    :ivar alpn: protocols offered in ALPN, in order (empty: no ALPN).
+    :ivar proxy_protocol: ``"v1"`` or ``"v2"`` to send a PROXY protocol
+        header to the upstream, ``None`` for none.
+    """
+
+    hosts: tuple[str, ...]
+    upstream_host: str
+    upstream_port: int
+    alpn: tuple[str, ...] = ("http/1.1",)
+    proxy_protocol: str | None = None
+
+
+@attrs.frozen
+class ProxyConfig:
+    """
+    Upstream connections, in seconds.
+    """
+
+    connect_timeout: float = 5.0
+    idle_timeout: float = 300.0
+
+
+@attrs.frozen
+class HTTPConfig:
+    """
+    The plain-HTTP listener (ACME challenges are always answered first).
+
+    :ivar mode: other requests are ``"redirect"``-ed to HTTPS, ``"proxy"``-ed
+        to the route's upstream, or answered 404 (``"not_found"``).
+    :ivar https_port: port written in redirects; ``None``: omitted (443).
+    :ivar max_header_bytes: largest request head accepted.
+    :ivar request_timeout: seconds to receive a request head.
+    """
+
+    mode: str = "redirect"
+    https_port: int | None = None
+    max_header_bytes: int = 8192
+    request_timeout: float = 10.0
+
+
+@attrs.frozen
+class AdminConfig:
+    """
+    The Admin API.
+
+    :ivar token: bearer token required on requests, ``None`` for none.
+    """
+
+    token: str | None = None
+
+
+@attrs.frozen
+class LoggingConfig:
+    """
+    :ivar level: ``debug``, ``info``, ``warn`` or ``error``.
+    :ivar format: ``text`` or ``json`` (one object per line).
+    :ivar file: ``"-"`` for standard output, else an absolute path.
+    """
+
+    level: str = "info"
+    format: str = "text"
+    file: str = "-"
+
+
+@attrs.frozen
+class DaemonConfig:
+    """
+    A whole configuration file.
+
+    :ivar state_dir: absolute directory for persistent state (relative
+        values are resolved by :func:`kongacme.config.load_config`).
+    :ivar default_route: where connections matching no route go (YAML key
+        ``default_upstream``), ``None``: they are closed.
+    :ivar acme: the Kong ACME plugin config, ``None``: no issuance.
+    :ivar warnings: things accepted but worth telling the operator
+        (deprecated or unsupported Kong fields), each starting with the
+        field path.
+    """
+
+    listen: ListenConfig = attrs.Factory(ListenConfig)
+    state_dir: str = "./state"
+    tls: TLSConfig = attrs.Factory(TLSConfig)
+    certificates: tuple[StaticCertificate, ...] = ()
+    routes: tuple[RouteConfig, ...] = ()
+    default_route: RouteConfig | None = None
+    proxy: ProxyConfig = attrs.Factory(ProxyConfig)
+    http: HTTPConfig = attrs.Factory(HTTPConfig)
+    admin: AdminConfig = attrs.Factory(AdminConfig)
+    logging: LoggingConfig = attrs.Factory(LoggingConfig)
+    acme: AcmeConfig | None = None
+    warnings: tuple[str, ...] = ()
+
+
+_PLAIN_ENDPOINTS = ("tcp", "tcp6", "unix", "systemd")
+
+
+def _advice(allowed: tuple[str, ...]) -> str:
+    return "use " + ", ".join(f"{kind}:" for kind in allowed[:-1]) + f" or {allowed[-1]}:"
+
+
+def _endpoint(allowed: tuple[str, ...]) -> Callable[[str], str]:
+    def check(description: str) -> str:
+        try:
+            args, kwargs = _parse(description)
+        except Exception as e:
+            raise Invalid(f"not a valid endpoint description ({e})") from None
+        kind = str(args[0]).lower() if args else ""
+        if kind == "ssl" and kind not in allowed:
+            raise Invalid(f"ssl: endpoints are not allowed here (kongacme terminates TLS itself); {_advice(allowed)}")
+        if kind not in allowed:
+            raise Invalid(f"unknown or unsupported endpoint type {kind + ':'!r}; {_advice(allowed)}")
+        if kind == "systemd":
+            # Parsing adopts the inherited socket, which only exists under
+            # systemd: check the shape only.
+            if "domain" not in kwargs or not ("index" in kwargs) ^ ("name" in kwargs):
+                raise Invalid("systemd: endpoints need domain= and one of index= or name=")
+            if "index" in kwargs and not str(kwargs["index"]).isdigit():
+                raise Invalid("systemd: index must be a number")
+            return description
+        if kind == "unix" and not (args[1] if len(args) > 1 else kwargs.get("address")):
+            raise Invalid("unix: endpoints need a socket path")
+        if kind in ("tcp", "tcp6", "ssl"):
+            port = args[1] if len(args) > 1 else kwargs.get("port", "")
+            if not str(port).isdigit() or int(port) > 65535:
+                raise Invalid(f"{kind}: port must be a number between 0 and 65535")
+        try:
+            # Builds the endpoint without listening (no reactor needed).
+            serverFromString(None, description)
+        except Exception as e:
+            raise Invalid(f"invalid {kind}: endpoint ({e})") from None
+        return description
+
+    return check
+
+
+def _listen_field(name: str, allowed: tuple[str, ...]) -> Field:
+    default = getattr(attrs.fields(ListenConfig), name).default
+    return Field(name, ListOf(Then(Str(), _endpoint(allowed)), single_ok=True), default)
+
+
+LISTEN = Record(
+    ListenConfig,
+    (
+        _listen_field("tls", _PLAIN_ENDPOINTS),
+        _listen_field("http", _PLAIN_ENDPOINTS),
+        _listen_field("admin", _PLAIN_ENDPOINTS + ("ssl",)),
+    ),
+)
+
+
+def _check_tls(values: dict[str, Any], ctx: Context, path: str) -> None:
+    # An invalid (INVALID) file still counts as given.
+    for given, missing in (("fallback_cert", "fallback_key"), ("fallback_key", "fallback_cert")):
+        if values[given] is not None and values[missing] is None:
+            ctx.problem(join(path, missing), f"required when {given} is set")
+
+
+TLS = Record(
+    TLSConfig,
+    (
+        Field("fallback_cert", FilePath(must_exist=True)),
+        Field("fallback_key", FilePath(must_exist=True)),
+        Field("handshake_timeout", Num(min=0, min_exclusive=True), 10.0),
+        Field("session_tickets", Bool(), True),
+        Field("ticket_key_rotation", Num(min=60), 43200.0),
+    ),
+    checks=(_check_tls,),
+)
+
+
+def _unique(values: tuple[str, ...]) -> tuple[str, ...]:
+    return tuple(dict.fromkeys(values))
+
+
+_HOSTS = Then(ListOf(Then(Str(), host_pattern), single_ok=True, non_empty=True), _unique)
+
+CERTIFICATE = Record(
+    StaticCertificate,
+    (
+        Field("cert", FilePath(must_exist=True), REQUIRED),
+        Field("key", FilePath(must_exist=True), REQUIRED),
+        Field("hosts", _HOSTS),
+    ),
+)
+
+_ROUTE_OPTIONS = (
+    Field("upstream", Then(Str(), host_port), REQUIRED, attr=("upstream_host", "upstream_port")),
+    Field("alpn", Then(ListOf(OneOf(("h2", "http/1.1")), single_ok=True), _unique), ("http/1.1",)),
+    Field("proxy_protocol", OneOf(("v1", "v2"))),
+)
+
+ROUTE = Record(RouteConfig, (Field("hosts", _HOSTS, REQUIRED),) + _ROUTE_OPTIONS)
+DEFAULT_ROUTE = Record(RouteConfig, _ROUTE_OPTIONS, constants={"hosts": ()})
+
+
+@attrs.frozen
+class _DefaultUpstream(Kind):
+    """
+    ``default_upstream``: ``"host:port"`` or a route mapping without hosts.
+    """
+
+    def parse(self, value: object, ctx: Context, path: str) -> Any:
+        if isinstance(value, str):
+            try:
+                host, port = host_port(value)
+            except Invalid as e:
+                return ctx.problem(path, str(e))
+            return RouteConfig((), host, port)
+        if isinstance(value, dict):
+            return DEFAULT_ROUTE.parse(value, ctx, path)
+        return ctx.problem(path, "must be host:port or a mapping with upstream, alpn and proxy_protocol")
+
+
+PROXY = Record(
+    ProxyConfig,
+    (
+        Field("connect_timeout", Num(min=0, min_exclusive=True), 5.0),
+        Field("idle_timeout", Num(min=0, min_exclusive=True), 300.0),
+    ),
+)
+
+HTTP = Record(
+    HTTPConfig,
+    (
+        Field("mode", OneOf(("redirect", "proxy", "not_found")), "redirect"),
+        Field("https_port", Int(1, 65535)),
+        Field("max_header_bytes", Int(1024, 1048576), 8192),
+        Field("request_timeout", Num(min=0, min_exclusive=True), 10.0),
+    ),
+)
+
+ADMIN = Record(AdminConfig, (Field("token", Str()),))
+
+LOGGING = Record(
+    LoggingConfig,
+    (
+        Field("level", OneOf(("debug", "info", "warn", "error")), "info"),
+        Field("format", OneOf(("text", "json")), "text"),
+        Field("file", FilePath(allow_dash=True), "-"),
+    ),
+)
+
+
+def _check_routes(values: dict[str, Any], ctx: Context, path: str) -> None:
+    if not valid(values, "routes"):
+        return
+    owner: dict[str, int] = {}
+    for i, route in enumerate(values["routes"]):
+        for j, host in enumerate(route.hosts):
+            if host in owner:
+                ctx.problem(
+                    join(index(join(path, "routes"), i), index("hosts", j)),
+                    f"{host} is already routed by {index('routes', owner[host])}",
+                )
+            else:
+                owner[host] = i
+
+
+DAEMON = Record(
+    DaemonConfig,
+    (
+        Field("listen", LISTEN, EMPTY),
+        Field("state_dir", FilePath(), Default("./state")),
+        Field("tls", TLS, EMPTY),
+        Field("certificates", ListOf(CERTIFICATE), ()),
+        Field("routes", ListOf(ROUTE), ()),
+        Field("default_upstream", _DefaultUpstream(), None, attr="default_route"),
+        Field("proxy", PROXY, EMPTY),
+        Field("http", HTTP, EMPTY),
+        Field("admin", ADMIN, EMPTY),
+        Field("logging", LOGGING, EMPTY),
+        Field("acme", ACME),
+    ),
+    checks=(_check_routes,),
+)

@@ -1,0 +1,145 @@
+"""
+Plumbing for :mod:`kongacme.proxy.forward`: the upstream-side protocol, the
+flow-control valve and small helpers. Private: nothing here is API.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from typing import TYPE_CHECKING, Any, Callable
+
+import attrs
+from twisted.internet.endpoints import HostnameEndpoint, TCP4ClientEndpoint, TCP6ClientEndpoint
+from twisted.internet.interfaces import IHalfCloseableProtocol, IPushProducer, IStreamClientEndpoint
+from twisted.internet.protocol import Factory, Protocol, connectionDone
+from twisted.python.failure import Failure
+from zope.interface import Interface, implementer
+
+if TYPE_CHECKING:
+    from kongacme.proxy.forward import ProxyServerProtocol
+    from kongacme.proxy.routes import Route
+
+
+@implementer(IPushProducer)
+class Valve:
+    """
+    Pauses and resumes one side's reading on behalf of the other side's
+    write buffer.
+
+    It goes quiet once that side's read half is closed or the connection is
+    closing: resuming a half-closed TCP socket would re-arm its reader and
+    deliver a second EOF, and ``StringTransport``-like fakes forbid it.
+    """
+
+    def __init__(self, transport: Any):
+        self._transport = transport
+        self.paused = False
+        self.shut = False
+
+    def pauseProducing(self) -> None:
+        if not self.shut and not self.paused:
+            self.paused = True
+            self._transport.pauseProducing()
+
+    def resumeProducing(self) -> None:
+        if not self.shut and self.paused:
+            self.paused = False
+            self._transport.resumeProducing()
+
+    def stopProducing(self) -> None:
+        # The consumer's transport is gone; its protocol's connectionLost
+        # closes this side too, flushing what is already buffered.
+        self.shut = True
+
+
+@implementer(IHalfCloseableProtocol)
+class UpstreamProtocol(Protocol):
+    """
+    The connection to the upstream; it only reports to its client side.
+    """
+
+    def __init__(self, client: "ProxyServerProtocol"):
+        self._client = client
+
+    def dataReceived(self, data: bytes) -> None:
+        self._client._upstream_data(data)
+
+    def readConnectionLost(self) -> None:
+        self._client._upstream_read_closed()
+
+    def writeConnectionLost(self) -> None:
+        pass
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        self._client._upstream_lost(reason)
+
+
+class UpstreamFactory(Factory):
+    """Builds the one :class:`UpstreamProtocol` for a client connection."""
+
+    noisy = False
+
+    def __init__(self, client: "ProxyServerProtocol"):
+        self._client = client
+
+    def buildProtocol(self, addr: Any) -> UpstreamProtocol:
+        return UpstreamProtocol(self._client)
+
+
+def half_closer(transport: Any) -> Callable[[], None] | None:
+    """
+    The transport's ``loseWriteConnection``, or ``None`` without one.
+
+    Looked up on the class: protocol wrappers (Twisted's stock TLS among
+    them) forward unknown attributes to the socket underneath, where a raw
+    FIN would cut the TLS stream without close_notify.
+    """
+    if getattr(type(transport), "loseWriteConnection", None) is None:
+        return None
+    return transport.loseWriteConnection
+
+
+def provides(interface: type[Interface]) -> Callable[[Any, attrs.Attribute, Any], None]:
+    """An attrs validator: the value must provide ``interface``."""
+
+    def check(instance: Any, attribute: attrs.Attribute, value: Any) -> None:
+        if not interface.providedBy(value):
+            raise TypeError(f"{attribute.name} must provide {interface.__name__}, not {value!r}")
+
+    return check
+
+
+def route_name(route: Route | None) -> str:
+    """``host:port`` of a route for log lines (IPv6 in brackets)."""
+    if route is None:
+        return "?"
+    host = f"[{route.host}]" if ":" in route.host else route.host
+    return f"{host}:{route.port}"
+
+
+def peer_name(transport: Any) -> str:
+    """``host:port`` of a transport's peer for log lines, or ``"?"``."""
+    try:
+        peer = transport.getPeer()
+        return f"{peer.host}:{peer.port}"
+    except Exception:
+        return "?"
+
+
+def describe(failure: Failure) -> str:
+    """A failure's message for a log line."""
+    return failure.getErrorMessage() or failure.type.__name__
+
+
+def upstream_endpoint(reactor: Any, host: str, port: int, timeout: float) -> IStreamClientEndpoint:
+    """
+    A client endpoint for ``host``: IP literals skip name resolution (and
+    its thread pool); names go through ``HostnameEndpoint`` (happy eyeballs).
+    """
+    host = host.strip("[]")
+    try:
+        ip = ipaddress.ip_address(host)
+    except ValueError:
+        return HostnameEndpoint(reactor, host, port, timeout=timeout)
+    endpoint = TCP4ClientEndpoint if ip.version == 4 else TCP6ClientEndpoint
+    return endpoint(reactor, host, port, timeout=timeout)

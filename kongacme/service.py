@@ -1,0 +1,314 @@
+"""
+The daemon as a Twisted service: builds the certificate cache, the TLS,
+HTTP and Admin listeners from a :class:`DaemonConfig`, and applies a new
+configuration on reload (SIGHUP) without dropping connections.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Callable
+
+from twisted.application.service import MultiService
+from twisted.internet.defer import Deferred, inlineCallbacks
+from twisted.logger import ILogObserver, Logger
+
+from kongacme import __version__
+from kongacme.config import DaemonConfig, load_config
+from kongacme.errors import CertificateError, ConfigError
+from kongacme.listeners import ListenerSet
+from kongacme.logs import make_observer
+from kongacme.proxy.forward import ProxyFactory
+from kongacme.proxy.routes import RouteTable
+from kongacme.tls.cache import CertificateCache
+from kongacme.tls.certs import CertifiedKey, load_certified_key_files, names_from
+from kongacme.tls.context import ContextBuilder
+from kongacme.tls.fallback import load_or_create_fallback
+from kongacme.tls.protocol import TLSServerFactory
+from kongacme.web.admin import make_admin_factory
+from kongacme.web.challenge import make_http_factory
+from kongacme.web.tokens import MemoryChallengeTokenStore
+
+
+class StartupError(Exception):
+    """The daemon cannot start (a listener or a certificate failed)."""
+
+
+def _alpn_resolver(router: RouteTable) -> Callable[[str | None], tuple[bytes, ...]]:
+    """Server name → the route's ALPN list as bytes, memoised per route."""
+    encoded: dict[int, tuple[bytes, ...]] = {}
+
+    def alpn_for(server_name: str | None) -> tuple[bytes, ...]:
+        route = router.route_for(server_name)
+        if route is None:
+            return ()
+        key = id(route)
+        found = encoded.get(key)
+        if found is None:
+            found = encoded[key] = tuple(p.encode("ascii") for p in route.alpn)
+        return found
+
+    return alpn_for
+
+
+def load_static_certificates(config: DaemonConfig) -> list[tuple[tuple[str, ...], CertifiedKey]]:
+    """
+    Load every static certificate in ``config``.
+
+    :raises ConfigError: naming the ``certificates[i]`` entry that failed.
+    """
+    loaded = []
+    problems = []
+    for index, entry in enumerate(config.certificates):
+        try:
+            certified = load_certified_key_files(entry.cert, entry.key)
+        except CertificateError as e:
+            problems.append(("certificates[%d]" % (index,), str(e)))
+            continue
+        names = names_from(entry.hosts, certified)
+        if not names:
+            problems.append(("certificates[%d]" % (index,), "certificate has no DNS name; give hosts:"))
+            continue
+        loaded.append((names, certified))
+    if problems:
+        raise ConfigError(problems)
+    return loaded
+
+
+class DaemonService(MultiService):
+    """
+    kongacme's top-level service.
+
+    :param reactor: the reactor (listening, timers, "now").
+    :param config: the validated configuration.
+    :param config_path: re-read by :meth:`reload`; ``None`` disables reload
+        from a file (tests pass configs directly to :meth:`apply`).
+    """
+
+    log = Logger()
+
+    def __init__(self, reactor, config: DaemonConfig, config_path: str | None = None):
+        super().__init__()
+        self._reactor = reactor
+        self.config = config
+        self.config_path = config_path
+        self.token_store = MemoryChallengeTokenStore(reactor)
+        self.router = RouteTable.from_config(config.routes, config.default_route)
+        self.cache: CertificateCache | None = None
+        self.builder = ContextBuilder(
+            reactor,
+            session_tickets=config.tls.session_tickets,
+            ticket_key_rotation=config.tls.ticket_key_rotation,
+        )
+        self.proxy_factory = ProxyFactory(
+            self.router,
+            reactor,
+            connect_timeout=config.proxy.connect_timeout,
+            idle_timeout=config.proxy.idle_timeout,
+        )
+        self.tls_factory: TLSServerFactory | None = None
+        self.http_factory = make_http_factory(
+            self.token_store,
+            mode=config.http.mode,
+            router_getter=lambda: self.router,
+            https_port=config.http.https_port,
+            max_header_bytes=config.http.max_header_bytes,
+            request_timeout=config.http.request_timeout,
+            reactor=reactor,
+        )
+        self.admin_factory = make_admin_factory(self.status, token=config.admin.token, reactor=reactor)
+        self._static_names: set[str] = set()
+        self.listeners: dict[str, ListenerSet] = {}
+        self.reloads = 0
+        self.last_reload_error: str | None = None
+
+    # -- twistd hooks -------------------------------------------------------
+
+    def setServiceParent(self, parent) -> None:
+        # twistd asks the Application for an ILogObserver before it starts
+        # logging; that is how the config's logging section takes effect.
+        super().setServiceParent(parent)
+        setComponent = getattr(parent, "setComponent", None)
+        if setComponent is not None:
+            logging = self.config.logging
+            setComponent(ILogObserver, make_observer(logging.level, logging.format, logging.file))
+
+    def privilegedStartService(self) -> None:
+        """
+        Load certificates and open every listener before privileges are
+        dropped (port 80/443). Raises :class:`StartupError` if anything
+        fails, so twistd exits non-zero instead of running half a daemon.
+        """
+        os.makedirs(self.config.state_dir, mode=0o700, exist_ok=True)
+        try:
+            fallback = load_or_create_fallback(
+                self.config.state_dir, self.config.tls.fallback_cert, self.config.tls.fallback_key
+            )
+            static = load_static_certificates(self.config)
+        except (CertificateError, ConfigError) as e:
+            raise StartupError(str(e)) from None
+        self.cache = CertificateCache(fallback)
+        self._install_static(static)
+        self.tls_factory = TLSServerFactory(
+            self.cache,
+            self.builder,
+            self.proxy_factory,
+            self._reactor,
+            alpn_for=_alpn_resolver(self.router),
+            handshake_timeout=self.config.tls.handshake_timeout,
+        )
+        self.listeners = {
+            "tls": ListenerSet(self._reactor, "tls", self.tls_factory),
+            "http": ListenerSet(self._reactor, "http", self.http_factory),
+            "admin": ListenerSet(self._reactor, "admin", self.admin_factory),
+        }
+        errors: list = []
+        for kind, listener_set in self.listeners.items():
+            result = listener_set.update(getattr(self.config.listen, kind))
+            result.addCallback(errors.extend)
+        if errors:
+            for listener_set in self.listeners.values():
+                listener_set.stop_all()
+            raise StartupError("; ".join(str(e) for e in errors))
+        super().privilegedStartService()
+
+    def startService(self) -> None:
+        if self.cache is None:
+            self.privilegedStartService()
+        super().startService()
+        self.log.info(
+            "kongacme {version} started: {certs} static certificate name(s), {routes} route(s)",
+            version=__version__,
+            certs=len(self._static_names),
+            routes=len(self.config.routes),
+        )
+
+    @inlineCallbacks
+    def stopService(self):
+        yield super().stopService()
+        for listener_set in self.listeners.values():
+            yield listener_set.stop_all()
+
+    # -- configuration ------------------------------------------------------
+
+    def _install_static(self, static: list[tuple[tuple[str, ...], CertifiedKey]]) -> None:
+        assert self.cache is not None
+        wanted: set[str] = set()
+        for names, certified in static:
+            self.cache.put(certified, names)
+            wanted.update(names)
+        for stale in self._static_names - wanted:
+            self.cache.remove(stale)
+        self._static_names = wanted
+
+    def reload(self) -> Deferred:
+        """
+        Re-read the configuration file and apply it. An invalid file is
+        logged with its reasons and the running configuration stays.
+
+        :return: ``Deferred`` firing with ``True`` if applied, else ``False``.
+        """
+        self.log.info("reloading configuration from {path}", path=self.config_path)
+        try:
+            new = load_config(self.config_path)
+        except ConfigError as e:
+            return self._reject(str(e))
+        return self.apply(new)
+
+    def _reject(self, reason: str) -> Deferred:
+        from twisted.internet.defer import succeed
+
+        self.last_reload_error = reason
+        self.log.error(
+            "configuration reload rejected, keeping the running configuration:\n{reason}", reason=reason
+        )
+        return succeed(False)
+
+    @inlineCallbacks
+    def apply(self, new: DaemonConfig):
+        """
+        Apply ``new`` to the running daemon: routes, certificates, TLS
+        settings, HTTP settings and listeners. Connections in flight keep
+        their upstream and certificate.
+        """
+        try:
+            static = load_static_certificates(new)
+            fallback = None
+            if (new.tls.fallback_cert, new.tls.fallback_key) != (
+                self.config.tls.fallback_cert,
+                self.config.tls.fallback_key,
+            ) or new.state_dir != self.config.state_dir:
+                os.makedirs(new.state_dir, mode=0o700, exist_ok=True)
+                fallback = load_or_create_fallback(new.state_dir, new.tls.fallback_cert, new.tls.fallback_key)
+        except (CertificateError, ConfigError, OSError) as e:
+            result = yield self._reject(str(e))
+            return result
+        for warning in getattr(new, "warnings", ()):
+            self.log.warn("configuration: {warning}", warning=warning)
+        old = self.config
+        self.config = new
+        self.router = RouteTable.from_config(new.routes, new.default_route)
+        self.proxy_factory.router = self.router
+        self.proxy_factory.connect_timeout = new.proxy.connect_timeout
+        self.proxy_factory.idle_timeout = new.proxy.idle_timeout
+        if (new.tls.session_tickets, new.tls.ticket_key_rotation) != (
+            old.tls.session_tickets,
+            old.tls.ticket_key_rotation,
+        ):
+            self.builder.session_tickets = new.tls.session_tickets
+            self.builder.ticket_key_rotation = new.tls.ticket_key_rotation
+            self.builder.forget_all()
+        if self.cache is not None:
+            if fallback is not None:
+                self.cache.fallback = fallback
+                self.log.info("fallback certificate changed ({source})", source=fallback.source)
+            self._install_static(static)
+        if self.tls_factory is not None:
+            self.tls_factory.alpn_for = _alpn_resolver(self.router)
+            self.tls_factory.handshake_timeout = new.tls.handshake_timeout
+        self._update_http_settings(new)
+        self._update_admin_settings(new)
+        errors: list = []
+        for kind, listener_set in self.listeners.items():
+            failed = yield listener_set.update(getattr(new.listen, kind))
+            errors.extend(failed)
+        self.reloads += 1
+        if errors:
+            self.last_reload_error = "; ".join(str(e) for e in errors)
+            self.log.error(
+                "configuration applied, but some listeners failed: {errors}", errors=self.last_reload_error
+            )
+        else:
+            self.last_reload_error = None
+            self.log.info(
+                "configuration reloaded: {routes} route(s), {certs} static certificate name(s)",
+                routes=len(new.routes),
+                certs=len(self._static_names),
+            )
+        return True
+
+    def _update_http_settings(self, new: DaemonConfig) -> None:
+        self.http_factory.reconfigure(
+            mode=new.http.mode,
+            https_port=new.http.https_port,
+            max_header_bytes=new.http.max_header_bytes,
+            request_timeout=new.http.request_timeout,
+        )
+
+    def _update_admin_settings(self, new: DaemonConfig) -> None:
+        self.admin_factory.resource.set_token(new.admin.token)
+
+    # -- introspection ------------------------------------------------------
+
+    def status(self) -> dict:
+        """What ``GET /status`` on the Admin listener answers."""
+        return {
+            "version": __version__,
+            "config": self.config_path,
+            "certificates": sorted(self.cache.names()) if self.cache is not None else [],
+            "fallback": self.cache.fallback.source if self.cache is not None else None,
+            "routes": len(self.config.routes),
+            "listeners": {kind: ls.descriptions for kind, ls in self.listeners.items()},
+            "reloads": self.reloads,
+            "last_reload_error": self.last_reload_error,
+        }
