@@ -3,18 +3,23 @@ Tests for the daemon as users run it: a real ``twistd -n kongacme`` process
 (kongacme.tap, kongacme.service), real TLS clients, SIGHUP reloads.
 """
 
+import hashlib
+import json
 import os
 import socket
-import ssl
 
 from twisted.internet import reactor
 from twisted.internet.defer import inlineCallbacks
+from twisted.internet.interfaces import IHalfCloseableProtocol
 from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.threads import deferToThread
 from twisted.trial.unittest import TestCase
+from zope.interface import implementer
 
 from kongacme.testing import TestCA, write_certified_key
 from kongacme.tls.fallback import FALLBACK_NAME
+
+from kongacme.proxy.proxyproto import parse_header
 
 from tests import tlsclients
 from tests.daemonproc import Daemon, free_port, run_twistd
@@ -183,3 +188,149 @@ class DaemonTests(TestCase):
 
         status = json.loads(out)
         self.assertIn("static.test", status["certificates"])
+
+
+@implementer(IHalfCloseableProtocol)
+class StreamUpstream(Protocol):
+    """
+    An upstream for stream tests. It records what it receives (PROXY header
+    included); ``UP`` uploads are hashed and answered with the digest after
+    the client's EOF; ``DOWN`` sends the factory's payload and closes.
+    """
+
+    def connectionMade(self):
+        self.received = b""
+        self.hash = hashlib.sha256()
+        self.mode = None
+        self.factory.connections.append(self)
+
+    def dataReceived(self, data):
+        if self.mode == "up":
+            self.hash.update(data)
+            return
+        self.received += data
+        if self.mode is None and self.factory.expect_proxy_header:
+            parsed = parse_header(self.received)
+            if parsed is None:
+                return
+            self.factory.headers.append(parsed[0])
+            self.received = parsed[1]
+            self.factory.expect_proxy_header = False
+        if self.received.startswith(b"UP\n"):
+            self.mode = "up"
+            self.hash.update(self.received[3:])
+        elif self.received.startswith(b"DOWN\n"):
+            self.mode = "down"
+            self.transport.write(self.factory.payload)
+            self.transport.loseConnection()
+        elif self.received.startswith(b"PING\n"):
+            self.transport.write(b"PONG\n")
+
+    def readConnectionLost(self):
+        self.transport.write(self.hash.hexdigest().encode())
+        self.transport.loseWriteConnection()
+
+    def writeConnectionLost(self):
+        self.transport.loseConnection()
+
+
+def stream_blocking(port, server_name, payload=None, mode="close_notify", read_limit=None):
+    """Upload ``payload`` after ``UP`` then half-close, or download after ``DOWN``."""
+    if payload is not None:
+        return tlsclients.half_close_blocking(port, server_name, b"UP\n" + payload, mode)
+    return tlsclients.half_close_blocking(port, server_name, b"DOWN\n", mode)
+
+
+class DaemonStreamTests(TestCase):
+    """
+    Tests for the full stack (TLS listener, proxy, upstream) in a real
+    daemon process: large transfers, half-close, PROXY protocol headers.
+    """
+
+    timeout = 120
+
+    @inlineCallbacks
+    def setUp(self):
+        self.dir = os.path.abspath(self.mktemp())
+        os.makedirs(self.dir)
+        self.upstream = Factory.forProtocol(StreamUpstream)
+        self.upstream.connections = []
+        self.upstream.headers = []
+        self.upstream.expect_proxy_header = False
+        self.upstream.payload = os.urandom(50 * 1024 * 1024)
+        port = reactor.listenTCP(0, self.upstream, interface="127.0.0.1")
+        self.addCleanup(port.stopListening)
+        upstream = "127.0.0.1:%d" % port.getHost().port
+        self.tls_port = free_port()
+        self.daemon = Daemon(
+            self.dir,
+            {
+                "listen": {"tls": ["tcp:%d:interface=127.0.0.1" % self.tls_port], "http": [], "admin": []},
+                "state_dir": os.path.join(self.dir, "state"),
+                "routes": [
+                    {"hosts": ["v1.test"], "upstream": upstream, "proxy_protocol": "v1"},
+                    {"hosts": ["v2.test"], "upstream": upstream, "proxy_protocol": "v2", "alpn": ["h2", "http/1.1"]},
+                ],
+                "default_upstream": upstream,
+                "logging": {"format": "json", "level": "info"},
+            },
+        )
+        self.addCleanup(self.daemon.stop)
+        yield self.daemon.start(self.tls_port)
+
+    @inlineCallbacks
+    def test_upload_50mb_half_close(self):
+        """50 MB up arrive intact; the client's close_notify reaches the upstream as EOF and the reply still comes back."""
+        payload = os.urandom(50 * 1024 * 1024)
+        reply = yield deferToThread(stream_blocking, self.tls_port, "any.test", payload)
+        self.assertEqual(reply.decode(), hashlib.sha256(payload).hexdigest())
+
+    @inlineCallbacks
+    def test_download_50mb(self):
+        """50 MB down arrive intact, and the upstream's close ends the client's stream."""
+        received = yield deferToThread(stream_blocking, self.tls_port, "any.test")
+        self.assertEqual(len(received), len(self.upstream.payload))
+        self.assertEqual(hashlib.sha256(received).digest(), hashlib.sha256(self.upstream.payload).digest())
+
+    @inlineCallbacks
+    def test_tcp_fin_half_close(self):
+        """A client's bare TCP FIN is forwarded as a half-close too."""
+        reply = yield deferToThread(stream_blocking, self.tls_port, "any.test", b"abc", "fin")
+        self.assertEqual(reply.decode(), hashlib.sha256(b"abc").hexdigest())
+
+    @inlineCallbacks
+    def test_proxy_protocol_v1(self):
+        """A v1 route's upstream first sees a PROXY TCP4 line with the client's address."""
+        self.upstream.expect_proxy_header = True
+        context = tlsclients.client_context()
+        result = yield tlsclients.handshake(self.tls_port, "v1.test", context, payload=b"PING\n")
+        self.assertEqual(result["echo"], b"PONG\n")
+        header = self.upstream.headers[0]
+        self.assertEqual(header.version, 1)
+        self.assertEqual(header.source.host, "127.0.0.1")
+        self.assertEqual(header.destination.port, self.tls_port)
+
+    @inlineCallbacks
+    def test_proxy_protocol_v2(self):
+        """A v2 route's upstream sees the client address, the SNI host and the negotiated ALPN."""
+        self.upstream.expect_proxy_header = True
+        context = tlsclients.client_context(alpn=["h2", "http/1.1"])
+        result = yield tlsclients.handshake(self.tls_port, "v2.test", context, payload=b"PING\n")
+        self.assertEqual(result["alpn"], "h2")
+        header = self.upstream.headers[0]
+        self.assertEqual(header.version, 2)
+        self.assertEqual(header.authority, "v2.test")
+        self.assertEqual(header.alpn, b"h2")
+        self.assertEqual(header.destination.port, self.tls_port)
+
+    @inlineCallbacks
+    def test_json_logs(self):
+        """With logging.format json every log line is a JSON object with structured fields."""
+        received = yield deferToThread(tlsclients.raw_exchange_blocking, self.tls_port, b"garbage" * 10)
+        self.assertEqual(received, b"")
+        yield self.daemon.wait_for("dropping connection")
+        events = [json.loads(line) for line in self.daemon.output.splitlines() if line.startswith("{")]
+        dropped = [e for e in events if "dropping connection" in e.get("log_format", "")]
+        self.assertEqual(len(dropped), 1)
+        self.assertIn("peer", dropped[0])
+        self.assertFalse([line for line in self.daemon.output.splitlines() if line and not line.startswith("{")])

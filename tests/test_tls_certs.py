@@ -100,3 +100,53 @@ class FallbackTests(SynchronousTestCase):
         loaded = load_or_create_fallback(directory, cert_path, key_path)
         self.assertEqual(loaded.names, ("default.test",))
         self.assertFalse(os.path.exists(os.path.join(directory, "fallback")))
+
+
+class ContextBuilderTests(SynchronousTestCase):
+    """
+    Tests for kongacme.tls.context.ContextBuilder.
+    """
+
+    def test_memoised_then_rotated(self):
+        """A certificate's context is reused until ticket_key_rotation seconds pass, then rebuilt."""
+        from twisted.internet.task import Clock
+
+        from kongacme.tls.context import ContextBuilder
+
+        clock = Clock()
+        builder = ContextBuilder(clock, ticket_key_rotation=3600)
+        certified = TestCA.create().issue(["a.test"])
+        first = builder.context_for(certified)
+        clock.advance(3599)
+        self.assertIs(builder.context_for(certified), first)
+        clock.advance(1)
+        second = builder.context_for(certified)
+        self.assertIsNot(second, first)
+        self.assertIs(builder.context_for(certified), second)
+
+    def test_forgotten_with_certificate(self):
+        """Contexts are held weakly: a certificate gone from the cache frees its context."""
+        import gc
+
+        from twisted.internet.task import Clock
+
+        from kongacme.tls.context import ContextBuilder
+
+        builder = ContextBuilder(Clock())
+        certified = TestCA.create().issue(["a.test"])
+        builder.context_for(certified)
+        self.assertEqual(len(builder), 1)
+        del certified
+        gc.collect()
+        self.assertEqual(len(builder), 0)
+
+    def test_no_tickets(self):
+        """With session_tickets off the context carries OP_NO_TICKET."""
+        from OpenSSL import SSL
+        from twisted.internet.task import Clock
+
+        from kongacme.tls.context import ContextBuilder
+
+        builder = ContextBuilder(Clock(), session_tickets=False)
+        context = builder.build(TestCA.create().issue(["a.test"]))
+        self.assertTrue(context.set_options(0) & SSL.OP_NO_TICKET)
