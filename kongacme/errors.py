@@ -39,3 +39,69 @@ class ClientHelloError(Exception):
     """
     The first bytes on a TLS listener are not a TLS ClientHello we accept.
     """
+
+
+class AcmeError(Exception):
+    """
+    Something went wrong talking to an ACME CA. Subclasses say what.
+    """
+
+
+class AcmeProblem(AcmeError):
+    """
+    The CA answered with an RFC 7807 problem document (RFC 8555 §6.7).
+
+    :ivar type: the problem type URI, e.g.
+        ``urn:ietf:params:acme:error:rateLimited``.
+    :ivar detail: the CA's human-readable explanation.
+    :ivar status: the HTTP status code, if known.
+    :ivar retry_after: seconds the CA asked us to wait (``Retry-After``),
+        or ``None``.
+    :ivar subproblems: per-identifier problems (RFC 8555 §6.7.1), as a
+        tuple of ``AcmeProblem``.
+    """
+
+    def __init__(
+        self,
+        type: str,
+        detail: str = "",
+        status: int | None = None,
+        retry_after: float | None = None,
+        subproblems: tuple["AcmeProblem", ...] = (),
+    ):
+        self.type = type
+        self.detail = detail
+        self.status = status
+        self.retry_after = retry_after
+        self.subproblems = tuple(subproblems)
+        super().__init__(str(self))
+
+    def __str__(self) -> str:
+        text = "%s: %s" % (self.type, self.detail) if self.detail else self.type
+        if self.status is not None:
+            text += " (HTTP %d)" % (self.status,)
+        return text
+
+    def to_dict(self) -> dict:
+        """The problem as a JSON-able dict (for logs and API answers)."""
+        result: dict = {"type": self.type, "detail": self.detail, "status": self.status}
+        if self.retry_after is not None:
+            result["retry_after"] = self.retry_after
+        if self.subproblems:
+            result["subproblems"] = [p.to_dict() for p in self.subproblems]
+        return result
+
+
+class AcmeTransportError(AcmeError):
+    """
+    The CA could not be reached or answered something that is not ACME:
+    refused, timed out, closed mid-response, malformed JSON.
+
+    :ivar url: what was requested.
+    :ivar reason: what went wrong.
+    """
+
+    def __init__(self, url: str, reason: str):
+        self.url = url
+        self.reason = reason
+        super().__init__("%s: %s" % (url, reason))

@@ -112,3 +112,65 @@ class IConnectionInfo(Interface):
 
     server_name = Attribute("lower-cased SNI host name, or None")
     alpn_offered = Attribute("tuple of ALPN protocol names (bytes) the client offered")
+
+
+class IStorage(Interface):
+    """
+    A bytes key-value store with optional time-to-live, the one interface
+    behind Kong's storage adapters (shm, kong, redis, consul, vault).
+
+    Keys are ``str``; values are ``bytes``. Every method returns a
+    ``Deferred``. A TTL is in seconds (float); ``None`` means no expiry.
+    Expiry is judged with the provider's injected clock.
+    """
+
+    def get(key):
+        """
+        :return: ``Deferred`` firing with the value (bytes), or ``None``
+            when the key is absent or expired.
+        """
+
+    def set(key, value, ttl=None):
+        """
+        Store ``value`` under ``key``, replacing any previous value.
+
+        :return: ``Deferred`` firing with ``None``.
+        """
+
+    def add(key, value, ttl=None):
+        """
+        Store ``value`` only if ``key`` is absent (or expired): atomic
+        set-if-absent.
+
+        :return: ``Deferred`` firing with ``True`` if stored, ``False`` if
+            the key already existed.
+        """
+
+    def delete(key):
+        """
+        Remove ``key``; no error if absent.
+
+        :return: ``Deferred`` firing with ``None``.
+        """
+
+    def list(prefix):
+        """
+        :return: ``Deferred`` firing with a list of the (unexpired) keys
+            starting with ``prefix``, in no particular order.
+        """
+
+
+class IIssuer(Interface):
+    """
+    Obtains a certificate for one host name (ACME, in kongacme).
+    """
+
+    def issue(host, private_key=None):
+        """
+        :param host: lower-cased DNS name, already admitted.
+        :param private_key: a ``cryptography`` private key to reuse
+            (renewal), or ``None`` to generate one per the config.
+        :return: ``Deferred`` firing with a
+            :class:`kongacme.tls.certs.CertifiedKey`, or failing with
+            :class:`kongacme.errors.AcmeProblem` / another error.
+        """
