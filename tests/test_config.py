@@ -653,3 +653,35 @@ class OtherSectionsTests(SynchronousTestCase):
             problems_of(self, {"http": {"https_port": 443.5, "max_header_bytes": True}}),
             [("http.https_port", "must be an integer"), ("http.max_header_bytes", "must be an integer")],
         )
+
+
+class IssuanceConfigTests(SynchronousTestCase):
+    """
+    Tests for the issuance section (kongacme's settings beside Kong's acme).
+    """
+
+    def test_defaults(self):
+        """Without an issuance section, on-demand issuance holds the first handshake up to 10 s."""
+        from kongacme.config import parse_config
+
+        issuance = parse_config({}, "/tmp").issuance
+        self.assertEqual(
+            (issuance.on_demand, issuance.first_handshake, issuance.handshake_wait, issuance.ca_bundle),
+            (True, "wait", 10.0, None),
+        )
+
+    def test_errors_name_fields(self):
+        """Every invalid issuance field is reported with its path."""
+        from kongacme.config import parse_config
+        from kongacme.errors import ConfigError
+
+        e = self.assertRaises(
+            ConfigError,
+            parse_config,
+            {"issuance": {"first_handshake": "later", "orders_per_minute": 0, "ca_bundle": "/nonexistent.pem"}},
+            "/tmp",
+        )
+        paths = [path for path, _ in e.problems]
+        self.assertEqual(
+            sorted(paths), ["issuance.ca_bundle", "issuance.first_handshake", "issuance.orders_per_minute"]
+        )

@@ -312,3 +312,40 @@ class HandshakeGateTests(TLSTestMixin, TestCase):
         result = yield waiting
         self.assertEqual(result["names"], ["new.test"])
         self.assertEqual(asked, ["new.test", "exact.test"])
+
+
+class HandshakeGateTimeoutTests(TLSTestMixin, TestCase):
+    """
+    Tests for the bounds on how long a gate may hold a handshake.
+    """
+
+    handshake_timeout = 0.3
+
+    @inlineCallbacks
+    def test_gate_longer_than_handshake_timeout(self):
+        """Time held by the gate does not count against handshake_timeout."""
+        released = Deferred()
+
+        class Gate:
+            def before_handshake(self, server_name):
+                return released
+
+        self.factory.gate = Gate()
+        waiting = tlsclients.handshake(self.portno, "exact.test", self.verified())
+        yield deferLater(reactor, 0.6, lambda: None)
+        released.callback(None)
+        result = yield waiting
+        self.assertEqual(result["names"], ["exact.test"])
+
+    @inlineCallbacks
+    def test_gate_that_never_answers(self):
+        """A gate that never fires is given up after gate_timeout; the handshake goes ahead."""
+
+        class Gate:
+            def before_handshake(self, server_name):
+                return Deferred()
+
+        self.factory.gate = Gate()
+        self.factory.gate_timeout = 0.2
+        result = yield tlsclients.handshake(self.portno, "unknown.test", tlsclients.client_context())
+        self.assertEqual(result["names"], [FALLBACK_NAME])

@@ -163,6 +163,40 @@ class LoggingConfig:
 
 
 @attrs.frozen
+class IssuanceConfig:
+    """
+    kongacme's own issuance settings, beside Kong's ``acme`` object (which
+    stays exactly Kong's schema).
+
+    :ivar on_demand: start an order when a TLS client asks for an admitted
+        name that has no certificate yet.
+    :ivar first_handshake: ``"wait"``: hold that first handshake until the
+        certificate exists (at most ``handshake_wait`` seconds), so the
+        first visitor gets a valid certificate; ``"fallback"``: serve the
+        fallback certificate at once and issue in the background (Kong's
+        behaviour).
+    :ivar handshake_wait: the longest a handshake is held, in seconds.
+    :ivar orders_per_minute: new orders started per minute, at most;
+        names beyond it get the fallback certificate (an SNI flood under
+        ``allow_any_domain`` cannot exhaust the CA's rate limits).
+    :ivar max_orders_in_flight: orders running at once, at most.
+    :ivar ca_bundle: PEM file of CAs trusted for the ACME server's HTTPS
+        (private CAs, Pebble); ``None``: the system's trust store.
+    :ivar request_timeout: seconds for one request to the CA.
+    :ivar zerossl_eab_url: where ZeroSSL EAB credentials are fetched.
+    """
+
+    on_demand: bool = True
+    first_handshake: str = "wait"
+    handshake_wait: float = 10.0
+    orders_per_minute: int = 30
+    max_orders_in_flight: int = 10
+    ca_bundle: str | None = None
+    request_timeout: float = 30.0
+    zerossl_eab_url: str = "https://api.zerossl.com/acme/eab-credentials-email"
+
+
+@attrs.frozen
 class DaemonConfig:
     """
     A whole configuration file.
@@ -188,6 +222,7 @@ class DaemonConfig:
     admin: AdminConfig = attrs.Factory(AdminConfig)
     logging: LoggingConfig = attrs.Factory(LoggingConfig)
     acme: AcmeConfig | None = None
+    issuance: IssuanceConfig = attrs.Factory(IssuanceConfig)
     warnings: tuple[str, ...] = ()
 
 
@@ -341,6 +376,21 @@ LOGGING = Record(
 )
 
 
+ISSUANCE = Record(
+    IssuanceConfig,
+    (
+        Field("on_demand", Bool(), True),
+        Field("first_handshake", OneOf(("wait", "fallback")), "wait"),
+        Field("handshake_wait", Num(min=0, min_exclusive=True), 10.0),
+        Field("orders_per_minute", Int(1, 100000), 30),
+        Field("max_orders_in_flight", Int(1, 10000), 10),
+        Field("ca_bundle", FilePath(must_exist=True)),
+        Field("request_timeout", Num(min=0, min_exclusive=True), 30.0),
+        Field("zerossl_eab_url", Str(), "https://api.zerossl.com/acme/eab-credentials-email"),
+    ),
+)
+
+
 def _check_routes(values: dict[str, Any], ctx: Context, path: str) -> None:
     if not valid(values, "routes"):
         return
@@ -370,6 +420,7 @@ DAEMON = Record(
         Field("admin", ADMIN, EMPTY),
         Field("logging", LOGGING, EMPTY),
         Field("acme", ACME),
+        Field("issuance", ISSUANCE, EMPTY),
     ),
     checks=(_check_routes,),
 )

@@ -122,15 +122,25 @@ class SNITLSProtocol(TLSMemoryBIOProtocol):
             return
         self._gate_pending = True
         self.transport.pauseProducing()
+        # The handshake deadline does not run while the gate holds the
+        # connection; the gate bounds its own wait, and gate_timeout is the
+        # backstop if it never answers.
+        self._cancel_deadline()
+        self._deadline = factory.clock.callLater(factory.gate_timeout, self._gate_opened, None)
         waiting.addErrback(
             lambda f: log.failure("handshake gate failed for {server_name}", f, server_name=hello.server_name)
         )
         waiting.addBoth(self._gate_opened)
 
     def _gate_opened(self, _ignored: object) -> None:
+        if not self._gate_pending:
+            return
         self._gate_pending = False
+        self._cancel_deadline()
         if self._lost_early:
             return
+        factory: TLSServerFactory = self.factory  # type: ignore[assignment]
+        self._deadline = factory.clock.callLater(factory.handshake_timeout, self._handshake_timed_out)
         self.transport.resumeProducing()
         self._start_tls()
 
@@ -295,7 +305,10 @@ class TLSServerFactory(TLSMemoryBIOFactory):
     :param alpn_for: server name → ALPN protocols (bytes) the route allows,
         in preference order.
     :param gate: optional ``IHandshakeGate`` consulted before the handshake.
-    :param handshake_timeout: seconds from accept to a finished handshake.
+    :param handshake_timeout: seconds from accept to a finished handshake
+        (not counting time held by the gate).
+    :param gate_timeout: the longest the gate may hold a handshake before
+        it goes ahead anyway.
     """
 
     protocol = SNITLSProtocol
@@ -310,6 +323,7 @@ class TLSServerFactory(TLSMemoryBIOFactory):
         alpn_for: Callable[[str | None], tuple[bytes, ...]] = lambda name: (),
         gate: IHandshakeGate | None = None,
         handshake_timeout: float = 10.0,
+        gate_timeout: float = 60.0,
     ):
         self.creator = SNIConnectionCreator(cache, builder)
         super().__init__(self.creator, False, wrapped_factory, clock=clock)
@@ -317,6 +331,7 @@ class TLSServerFactory(TLSMemoryBIOFactory):
         self.alpn_for = alpn_for
         self.gate = gate
         self.handshake_timeout = handshake_timeout
+        self.gate_timeout = gate_timeout
 
 
 def _peer(transport) -> str:
