@@ -105,3 +105,44 @@ class AcmeTransportError(AcmeError):
         self.url = url
         self.reason = reason
         super().__init__("%s: %s" % (url, reason))
+
+
+class IssuanceError(Exception):
+    """
+    A certificate could not be obtained for a host.
+
+    :ivar host: the host name.
+    :ivar message: Kong-style explanation, shown by the Admin API.
+    """
+
+    def __init__(self, host: str, message: str):
+        self.host = host
+        self.message = message
+        super().__init__(message)
+
+
+class NotAdmitted(IssuanceError):
+    """The host is not admitted by ``domains`` / ``allow_any_domain``."""
+
+
+class BackoffActive(IssuanceError):
+    """
+    A previous order for the host failed recently.
+
+    :ivar remaining: seconds until a new order may start.
+    """
+
+    def __init__(self, host: str, remaining: float):
+        self.remaining = remaining
+        super().__init__(
+            host,
+            "please try again in %d seconds for host %s because of previous failure; "
+            "this is configurable with config.fail_backoff_minutes" % (max(1, round(remaining)), host),
+        )
+
+
+class OrderInProgress(IssuanceError):
+    """Another process holds the order lock for the host."""
+
+    def __init__(self, host: str):
+        super().__init__(host, "an order for host %s is already in progress on another node" % (host,))

@@ -146,3 +146,56 @@ def write_certified_key(certified: CertifiedKey, directory: str, stem: str) -> t
     with os.fdopen(fd, "wb") as f:
         f.write(certified.key_pem())
     return cert_path, key_path
+
+
+# Fakes users of the library want too (like treq.testing).
+from kongacme.storage.memory import MemoryStorage  # noqa: E402
+from kongacme.web.tokens import MemoryChallengeTokenStore  # noqa: E402
+
+__all__ = ["TestCA", "make_key", "write_certified_key", "MemoryStorage", "MemoryChallengeTokenStore"]
+
+
+from zope.interface import implementer as _implementer  # noqa: E402
+
+from kongacme.interfaces import IIssuer  # noqa: E402
+
+
+@_implementer(IIssuer)
+class FakeIssuer:
+    """
+    An :class:`IIssuer` that issues from a :class:`TestCA`. Each call is
+    recorded in ``requests``; set ``hold = True`` to get a Deferred the test
+    fires with :meth:`release`, or ``fail_with`` to an exception to fail.
+    """
+
+    def __init__(self, ca: TestCA | None = None):
+        self.ca = ca or TestCA.create()
+        self.requests: list[str] = []
+        self.hold = False
+        self.fail_with: Exception | None = None
+        self._held: list[tuple[str, "object"]] = []
+
+    def issue(self, host, private_key=None):
+        from twisted.internet.defer import Deferred, fail, succeed
+
+        self.requests.append(host)
+        if self.fail_with is not None:
+            return fail(self.fail_with)
+        if self.hold:
+            d = Deferred()
+            self._held.append((host, d))
+            return d
+        return succeed(self.ca.issue([host]))
+
+    def release(self, host: str | None = None) -> None:
+        """Fire the held requests (for ``host``, or all) with new certificates."""
+        for held_host, d in list(self._held):
+            if host is None or held_host == host:
+                self._held.remove((held_host, d))
+                if self.fail_with is not None:
+                    d.errback(self.fail_with)
+                else:
+                    d.callback(self.ca.issue([held_host]))
+
+
+__all__.append("FakeIssuer")

@@ -1,0 +1,46 @@
+"""
+An RFC 8555 (ACME) client on treq: the ``acme`` library's message classes
+and JWS, josepy keys, Twisted for I/O.
+
+- :mod:`~kongacme.acme.trust`: the HTTP client and its CA trust.
+- :mod:`~kongacme.acme.transport`: signed requests, nonces, problems.
+- :mod:`~kongacme.acme.client`: directory and account.
+- :mod:`~kongacme.acme.eab`: external account binding, ZeroSSL's API.
+- :mod:`~kongacme.acme.order`: issuance with http-01.
+- :mod:`~kongacme.acme.polling`: waiting with ``Retry-After``.
+- :mod:`~kongacme.acme.keys`: certificate and account keys.
+"""
+
+from kongacme.acme.client import AcmeClient, TermsOfServiceNotAccepted
+from kongacme.acme.eab import ZEROSSL_EAB_URL, EabCredentialsError, ExternalAccountRequired
+from kongacme.acme.keys import (
+    account_key_from_pem,
+    account_key_pem,
+    generate_account_key,
+    generate_private_key,
+)
+from kongacme.acme.order import AcmeIssuer, OrderFailed, issue
+from kongacme.acme.polling import DEFAULT_SCHEDULE, PollSchedule, PollTimeout
+from kongacme.acme.transport import AcmeResponse, AcmeTransport
+from kongacme.acme.trust import make_http_client
+
+__all__ = [
+    "AcmeClient",
+    "AcmeIssuer",
+    "AcmeResponse",
+    "AcmeTransport",
+    "DEFAULT_SCHEDULE",
+    "EabCredentialsError",
+    "ExternalAccountRequired",
+    "OrderFailed",
+    "PollSchedule",
+    "PollTimeout",
+    "TermsOfServiceNotAccepted",
+    "ZEROSSL_EAB_URL",
+    "account_key_from_pem",
+    "account_key_pem",
+    "generate_account_key",
+    "generate_private_key",
+    "issue",
+    "make_http_client",
+]

@@ -1,0 +1,458 @@
+"""
+ACME's HTTP layer: JWS-signed POSTs and POST-as-GET (RFC 8555 §6.2, §6.3)
+over an injected treq ``HTTPClient``, replay nonces (§6.5), problem
+documents (§6.7) and a deadline on every request.
+
+Errors come out in two kinds:
+
+- :class:`~kongacme.errors.AcmeProblem` for every non-2xx answer: the CA's
+  problem document (type, detail, status, ``Retry-After``, subproblems), or
+  ``about:blank`` with the status when the body is not a problem document
+  (RFC 7807 §4.2: the status code is then all there is to say).
+- :class:`~kongacme.errors.AcmeTransportError` when there is no usable
+  answer: refused, timed out, closed mid-response, a 2xx body that is not the
+  JSON expected.
+"""
+
+from __future__ import annotations
+
+import collections
+import json
+import re
+from typing import Any, Optional
+from urllib.parse import urljoin
+
+import attrs
+import josepy as jose
+from acme import jws
+from twisted.internet.defer import CancelledError, Deferred
+from twisted.internet.interfaces import IReactorTime
+from twisted.internet.protocol import Protocol
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from twisted.web.client import PotentialDataLoss, ResponseDone
+from twisted.web.http_headers import Headers
+
+from kongacme.acme.polling import parse_retry_after
+from kongacme.errors import AcmeError, AcmeProblem, AcmeTransportError
+
+_log = Logger()
+
+JOSE_CONTENT_TYPE = "application/jose+json"
+PROBLEM_CONTENT_TYPE = "application/problem+json"
+PEM_CHAIN_CONTENT_TYPE = "application/pem-certificate-chain"
+ERROR_PREFIX = "urn:ietf:params:acme:error:"
+BAD_NONCE = ERROR_PREFIX + "badNonce"
+
+#: Seconds for one request, from sending it to the last byte of the answer.
+DEFAULT_TIMEOUT = 30.0
+#: How often a POST rejected with ``badNonce`` is sent again with a fresh
+#: nonce. A CA may reject good nonces at random (Pebble: 5% by default, and
+#: tests go up to 50%); at 50% the chance of 17 rejections in a row is 1 in
+#: 130,000, while the cost of a retry is one round trip.
+DEFAULT_BAD_NONCE_RETRIES = 16
+#: The largest answer we read (a certificate chain is a few kB).
+MAX_RESPONSE_BYTES = 1024 * 1024
+#: Nonces kept for later requests; more are dropped (they are single-use
+#: and may expire, so hoarding them has no value).
+MAX_NONCES = 64
+USER_AGENT = "kongacme"
+
+
+@attrs.frozen
+class AcmeResponse:
+    """
+    A complete answer from the CA.
+
+    :ivar url: the URL requested.
+    :ivar code: the HTTP status code.
+    :ivar headers: the response headers.
+    :ivar body: the whole body.
+    """
+
+    url: str
+    code: int
+    headers: Headers
+    body: bytes
+
+    def header(self, name: str) -> Optional[str]:
+        """
+        The last value of header ``name``, or ``None``.
+        """
+        values = self.headers.getRawHeaders(name)
+        if not values:
+            return None
+        value = values[-1]
+        return value.decode("latin-1") if isinstance(value, bytes) else value
+
+    @property
+    def location(self) -> Optional[str]:
+        """The ``Location`` header made absolute, or ``None``."""
+        value = self.header("Location")
+        return urljoin(self.url, value) if value else None
+
+    @property
+    def content_type(self) -> str:
+        """The media type without parameters, lower-cased (``""`` if none)."""
+        value = self.header("Content-Type") or ""
+        return value.split(";", 1)[0].strip().lower()
+
+    def json(self) -> dict[str, Any]:
+        """
+        The body as a JSON object.
+
+        :raises AcmeTransportError: when the body is not a JSON object.
+        """
+        try:
+            value = json.loads(self.body)
+        except ValueError as e:
+            raise AcmeTransportError(self.url, "malformed JSON in HTTP %d answer: %s" % (self.code, e)) from None
+        if not isinstance(value, dict):
+            raise AcmeTransportError(self.url, "expected a JSON object, got %s" % (type(value).__name__,))
+        return value
+
+    def links(self, rel: str) -> list[str]:
+        """
+        The absolute URLs of every ``Link`` header entry with relation
+        ``rel`` (RFC 8288), in order; all of them, since an ACME answer may
+        carry several with the same relation (RFC 8555 §7.4.2).
+        """
+        found = []
+        for value in self.headers.getRawHeaders("Link") or []:
+            for target, params in _LINK.findall(value.decode("latin-1") if isinstance(value, bytes) else value):
+                for name, quoted, token in _PARAM.findall(params):
+                    if name.lower() == "rel" and rel in (quoted or token).split():
+                        found.append(urljoin(self.url, target.strip()))
+                        break
+        return found
+
+    def retry_after(self, now: float) -> Optional[float]:
+        """
+        Seconds asked for by ``Retry-After``, or ``None``.
+
+        :param now: ``clock.seconds()``.
+        """
+        return parse_retry_after(self.header("Retry-After"), now)
+
+
+_LINK = re.compile(r"<([^>]*)>([^<]*)")
+_PARAM = re.compile(r';\s*([A-Za-z0-9!#$&+.^_`|~-]+)\s*=\s*(?:"([^"]*)"|([^\s;,]*))')
+
+
+def problem_from_json(jobj: dict[str, Any], status: Optional[int] = None, retry_after: Optional[float] = None) -> AcmeProblem:
+    """
+    An :class:`~kongacme.errors.AcmeProblem` from a problem document
+    (RFC 7807; RFC 8555 §6.7), as found in an error answer or in the
+    ``error`` field of a challenge or order.
+
+    A subproblem's identifier (§6.7.1) is put in front of its detail.
+    """
+    subproblems = []
+    for sub in jobj.get("subproblems") or ():
+        if isinstance(sub, dict):
+            problem = problem_from_json(sub)
+            identifier = sub.get("identifier")
+            if isinstance(identifier, dict) and identifier.get("value"):
+                problem.detail = "%s: %s" % (identifier["value"], problem.detail)
+                problem.args = (str(problem),)
+            subproblems.append(problem)
+    code = jobj.get("status")
+    if status is None and isinstance(code, int) and not isinstance(code, bool):
+        status = code
+    return AcmeProblem(
+        type=str(jobj.get("type") or "about:blank"),
+        detail=str(jobj.get("detail") or ""),
+        status=status,
+        retry_after=retry_after,
+        subproblems=tuple(subproblems),
+    )
+
+
+def _problem_from_response(response: AcmeResponse, now: float) -> AcmeProblem:
+    retry_after = response.retry_after(now)
+    try:
+        jobj = json.loads(response.body)
+    except ValueError:
+        jobj = None
+    if isinstance(jobj, dict) and isinstance(jobj.get("type", "about:blank"), str) and ("type" in jobj or "detail" in jobj):
+        return problem_from_json(jobj, status=response.code, retry_after=retry_after)
+    snippet = response.body[:200].decode("utf-8", "replace")
+    snippet = "".join(c if c.isprintable() else " " for c in snippet).strip()
+    detail = "HTTP %d without a problem document" % (response.code,)
+    if snippet:
+        detail += ": %r" % (snippet,)
+    return AcmeProblem("about:blank", detail, status=response.code, retry_after=retry_after)
+
+
+class _BodyReader(Protocol):
+    """
+    Collects a response body up to a size limit; its ``Deferred`` can be
+    cancelled, which closes the connection.
+    """
+
+    def __init__(self, url: str, limit: int):
+        self._url = url
+        self._limit = limit
+        self._chunks: list[bytes] = []
+        self._size = 0
+        self.finished: Optional[Deferred[bytes]] = Deferred(self._cancel)
+
+    def _cancel(self, d: Deferred[bytes]) -> None:
+        self.finished = None
+        if self.transport is not None:
+            self.transport.stopProducing()
+
+    def dataReceived(self, data: bytes) -> None:
+        if self.finished is None:
+            return
+        self._size += len(data)
+        if self._size > self._limit:
+            d, self.finished = self.finished, None
+            self.transport.stopProducing()
+            d.errback(AcmeTransportError(self._url, "answer larger than %d bytes" % (self._limit,)))
+            return
+        self._chunks.append(data)
+
+    def connectionLost(self, reason: Failure) -> None:
+        if self.finished is None:
+            return
+        d, self.finished = self.finished, None
+        # PotentialDataLoss: a body delimited by the connection closing
+        # (no Content-Length), which is complete as far as anyone can tell.
+        if reason.check(ResponseDone, PotentialDataLoss):
+            d.callback(b"".join(self._chunks))
+        else:
+            d.errback(reason)
+
+
+def _describe(failure: Failure) -> str:
+    """A one-line account of a network failure, unwrapping Twisted's lists."""
+    reasons = getattr(failure.value, "reasons", None)
+    if reasons:
+        return "; ".join(_describe(r) for r in reasons)
+    name = type(failure.value).__name__
+    text = str(failure.value)
+    return "%s: %s" % (name, text) if text else name
+
+
+def jws_algorithm(key: jose.JWK) -> jose.JWASignature:
+    """
+    The JWS algorithm for an account key: RS256 for RSA, ES256/384/512 for
+    EC P-256/384/521 (RFC 8555 §6.2 requires CAs to support RS256 and ES256).
+
+    :raises ValueError: for another kind of key.
+    """
+    if isinstance(key, jose.JWKRSA):
+        return jose.RS256
+    if isinstance(key, jose.JWKEC):
+        by_curve = {"secp256r1": jose.ES256, "secp384r1": jose.ES384, "secp521r1": jose.ES512}
+        alg = by_curve.get(key.key.curve.name)
+        if alg is not None:
+            return alg
+    raise ValueError("account keys must be RSA or EC P-256/P-384/P-521, not %r" % (key,))
+
+
+@attrs.define
+class AcmeTransport:
+    """
+    Sends requests to one CA on behalf of one account key.
+
+    :ivar _http: a treq ``HTTPClient`` (or :class:`treq.testing.StubTreq`).
+    :ivar _clock: provides ``IReactorTime``; times every request.
+    :ivar _key: the account's private key.
+    :ivar timeout: seconds allowed per request, answer included.
+    :ivar bad_nonce_retries: how often to resend after ``badNonce``.
+    :ivar new_nonce_url: the directory's ``newNonce``.
+    :ivar kid: the account URL once known; signed requests then carry it
+        instead of the public key (§6.2).
+    """
+
+    _http: Any = attrs.field(repr=False)
+    _clock: IReactorTime = attrs.field(repr=False)
+    _key: jose.JWK = attrs.field(repr=False)
+    timeout: float = DEFAULT_TIMEOUT
+    bad_nonce_retries: int = DEFAULT_BAD_NONCE_RETRIES
+    new_nonce_url: Optional[str] = None
+    kid: Optional[str] = None
+    _alg: jose.JWASignature = attrs.field(init=False)
+    _nonces: collections.deque = attrs.field(init=False, repr=False, factory=lambda: collections.deque(maxlen=MAX_NONCES))
+
+    def __attrs_post_init__(self) -> None:
+        self._alg = jws_algorithm(self._key)
+        if not self.timeout > 0:
+            raise ValueError(f"timeout must be positive, not {self.timeout!r}")
+
+    @property
+    def key(self) -> jose.JWK:
+        """The account's private key."""
+        return self._key
+
+    @property
+    def clock(self) -> IReactorTime:
+        """The clock requests are timed with."""
+        return self._clock
+
+    def request(
+        self,
+        method: str,
+        url: str,
+        *,
+        body: Optional[bytes] = None,
+        headers: Optional[dict[str, str]] = None,
+    ) -> Deferred[AcmeResponse]:
+        """
+        One unsigned request (the directory, ``newNonce``, or a non-ACME
+        API such as ZeroSSL's), with the same timeout and error mapping as
+        signed ones.
+
+        :return: ``Deferred`` firing with a 2xx :class:`AcmeResponse`, or
+            failing with :class:`~kongacme.errors.AcmeProblem` /
+            :class:`~kongacme.errors.AcmeTransportError`.
+        """
+        return self._send(method, url, body, headers or {})
+
+    def get(self, url: str) -> Deferred[AcmeResponse]:
+        """An unsigned GET (only the directory is fetched this way)."""
+        return self.request("GET", url)
+
+    def post(
+        self,
+        url: str,
+        payload: Any,
+        *,
+        accept: Optional[str] = None,
+        jwk: bool = False,
+    ) -> Deferred[AcmeResponse]:
+        """
+        A JWS-signed POST (RFC 8555 §6.2), retried with a fresh nonce after
+        ``badNonce`` (§6.5) up to :attr:`bad_nonce_retries` times.
+
+        :param payload: ``None`` for POST-as-GET (§6.3: the payload is the
+            empty string), ``bytes`` sent as they are, a ``dict`` or a
+            ``josepy`` JSON object serialized as JSON.
+        :param accept: an ``Accept`` header (e.g. for the certificate).
+        :param jwk: sign with the public key in the header instead of the
+            account URL — required for ``newAccount`` (§7.3).
+        :return: as :meth:`request`.
+        """
+        return Deferred.fromCoroutine(self._post(url, _encode_payload(payload), accept, jwk))
+
+    def post_as_get(self, url: str, *, accept: Optional[str] = None) -> Deferred[AcmeResponse]:
+        """
+        Fetch a resource with POST-as-GET (RFC 8555 §6.3): CAs answer
+        authenticated GETs only this way.
+        """
+        return self.post(url, None, accept=accept)
+
+    async def _post(self, url: str, payload: bytes, accept: Optional[str], jwk: bool) -> AcmeResponse:
+        if not jwk and self.kid is None:
+            raise AcmeError("no ACME account yet: register before posting to %s" % (url,))
+        headers = {"Content-Type": JOSE_CONTENT_TYPE}
+        if accept is not None:
+            headers["Accept"] = accept
+        attempt = 0
+        while True:
+            nonce = await self._take_nonce()
+            signed = jws.JWS.sign(
+                payload,
+                key=self._key,
+                alg=self._alg,
+                nonce=nonce,
+                url=url,
+                kid=None if jwk else self.kid,
+            )
+            try:
+                return await self._send("POST", url, signed.json_dumps().encode("utf-8"), headers)
+            except AcmeProblem as problem:
+                # §6.5: a badNonce answer carries a fresh nonce (already
+                # pooled by _send) and the request may simply be sent again.
+                if problem.type != BAD_NONCE or attempt >= self.bad_nonce_retries:
+                    raise
+                attempt += 1
+                _log.debug("badNonce from {url}, retry {attempt}", url=url, attempt=attempt)
+
+    async def _take_nonce(self) -> bytes:
+        # §7.2: a nonce from any earlier answer will do; otherwise HEAD
+        # newNonce for one.
+        if self._nonces:
+            return self._nonces.popleft()
+        if self.new_nonce_url is None:
+            raise AcmeError("no newNonce URL: load the directory first")
+        await self._send("HEAD", self.new_nonce_url, None, {})
+        if not self._nonces:
+            raise AcmeTransportError(self.new_nonce_url, "no usable Replay-Nonce header in the answer")
+        return self._nonces.popleft()
+
+    def _keep_nonce(self, response: AcmeResponse) -> None:
+        value = response.header("Replay-Nonce")
+        if not value:
+            return
+        try:
+            self._nonces.append(jose.decode_b64jose(value))
+        except jose.DeserializationError:
+            # §6.5.1: a nonce must be base64url; a malformed one is useless,
+            # and the next request fetches a good one from newNonce.
+            _log.debug("ignoring malformed Replay-Nonce {value!r} from {url}", value=value, url=response.url)
+
+    def _send(self, method: str, url: str, body: Optional[bytes], headers: dict[str, str]) -> Deferred[AcmeResponse]:
+        d = Deferred.fromCoroutine(self._exchange(method, url, body, headers))
+
+        def timed_out(result: Any, timeout: float) -> Failure:
+            # Whatever the cancelled request failed with, the cause is ours.
+            return Failure(AcmeTransportError(url, "no complete answer within %g s" % (timeout,)))
+
+        d.addTimeout(self.timeout, self._clock, onTimeoutCancel=timed_out)
+        d.addErrback(_transport_error, url)
+        return d
+
+    async def _exchange(self, method: str, url: str, body: Optional[bytes], headers: dict[str, str]) -> AcmeResponse:
+        all_headers = {"User-Agent": [USER_AGENT]}
+        for name, value in headers.items():
+            all_headers[name] = [value]
+        response = await self._http.request(
+            method,
+            url,
+            headers=all_headers,
+            data=body,
+            allow_redirects=False,
+            unbuffered=True,
+        )
+        if method == "HEAD" or response.length == 0:
+            data = b""
+        else:
+            reader = _BodyReader(url, MAX_RESPONSE_BYTES)
+            finished = reader.finished
+            response.deliverBody(reader)
+            data = await finished
+        answer = AcmeResponse(url=url, code=response.code, headers=response.headers, body=data)
+        self._keep_nonce(answer)
+        if not 200 <= answer.code < 300:
+            problem = _problem_from_response(answer, self._clock.seconds())
+            _log.debug(
+                "{method} {url} -> {status} {problem_type}: {detail}",
+                method=method,
+                url=url,
+                status=answer.code,
+                problem_type=problem.type,
+                detail=problem.detail,
+            )
+            raise problem
+        _log.debug("{method} {url} -> {status}", method=method, url=url, status=answer.code)
+        return answer
+
+def _transport_error(failure: Failure, url: str) -> Failure:
+    if failure.check(AcmeError, CancelledError):
+        return failure
+    raise AcmeTransportError(url, _describe(failure))
+
+
+def _encode_payload(payload: Any) -> bytes:
+    if payload is None:
+        return b""
+    if isinstance(payload, bytes):
+        return payload
+    if isinstance(payload, dict):
+        return json.dumps(payload).encode("utf-8")
+    if isinstance(payload, jose.JSONDeSerializable):
+        return payload.json_dumps().encode("utf-8")
+    raise TypeError("payload must be None, bytes, a dict or a josepy JSON object, not %r" % (type(payload).__name__,))

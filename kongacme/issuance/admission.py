@@ -1,0 +1,69 @@
+"""
+Which host names may get a certificate: Kong's admission rules, with its
+wildcard bug fixed.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from typing import Iterable
+
+from kongacme.tls.clienthello import normalize_server_name
+
+
+class Admission:
+    """
+    Kong's ``domains`` / ``allow_any_domain`` rules.
+
+    A host is lower-cased; IP addresses are never admitted (they cannot be
+    ACME ``dns`` identifiers, whatever ``enable_ipv4_common_name`` says);
+    with ``allow_any_domain`` every valid host name is admitted; otherwise
+    it must equal an entry of ``domains`` or end with the suffix of a
+    ``*.`` entry — any depth of subdomain, never the apex, dots literal
+    (Kong bug #7834 matched ``abc.gw-alpha.x`` for ``*.alpha.x``).
+
+    :param domains: exact names and ``*.`` patterns.
+    :param allow_any_domain: admit every valid name.
+    """
+
+    def __init__(self, domains: Iterable[str] = (), allow_any_domain: bool = False):
+        self.allow_any_domain = allow_any_domain
+        self._exact: set[str] = set()
+        self._suffixes: set[str] = set()
+        for pattern in domains:
+            pattern = pattern.lower()
+            if pattern.startswith("*."):
+                self._suffixes.add(pattern[1:])  # ".example.com"
+            else:
+                self._exact.add(pattern)
+
+    def reason(self, host: str | None) -> str | None:
+        """
+        Why ``host`` is not admitted, or ``None`` if it is.
+        """
+        if host is None:
+            return "no host name"
+        normalized = normalize_server_name(host.encode("ascii", "replace"))
+        if normalized is None:
+            return "not a valid host name"
+        try:
+            ipaddress.ip_address(normalized)
+            return "IP addresses cannot get certificates here"
+        except ValueError:
+            pass
+        if normalized.replace(".", "").isdigit():
+            return "IP addresses cannot get certificates here"
+        if self.allow_any_domain:
+            return None
+        if normalized in self._exact:
+            return None
+        dot = normalized.find(".")
+        while dot != -1:
+            if normalized[dot:] in self._suffixes:
+                return None
+            dot = normalized.find(".", dot + 1)
+        return "host is not included in plugin config.domains"
+
+    def admits(self, host: str | None) -> bool:
+        """Whether ``host`` may get a certificate."""
+        return self.reason(host) is None

@@ -1,0 +1,320 @@
+"""
+The certificate manager: one order at a time per host, Kong's backoff and
+lock keys, rate limits for orders started from handshakes, and the
+handshake gate that lets the first visitor wait for its certificate.
+"""
+
+from __future__ import annotations
+
+import collections
+from typing import Any
+
+from twisted.internet.defer import Deferred, inlineCallbacks
+from twisted.internet.interfaces import IReactorTime
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from kongacme.errors import AcmeError, AcmeProblem, BackoffActive, CertificateError, IssuanceError, NotAdmitted
+from kongacme.errors import OrderInProgress
+from kongacme.interfaces import IHandshakeGate, IIssuer, IStorage
+from kongacme.issuance.admission import Admission
+from kongacme.storage import keys
+from kongacme.tls.cache import CertificateCache
+from kongacme.tls.certs import CertifiedKey
+
+#: How long the order lock lives if its holder dies without releasing it.
+#: It is deleted as soon as the order ends (issue 4 makes it a renewed lease).
+LOCK_TTL = 600.0
+
+
+def describe(failure: Failure) -> str:
+    """A one-line reason for an issuance failure (problem documents in full)."""
+    value = failure.value
+    if isinstance(value, IssuanceError):
+        return value.message
+    if isinstance(value, AcmeProblem):
+        return str(value)
+    if isinstance(value, AcmeError):
+        return "%s: %s" % (value.__class__.__name__, value)
+    return "%s: %s" % (value.__class__.__name__, value)
+
+
+@implementer(IHandshakeGate)
+class CertificateManager:
+    """
+    Obtains certificates for admitted hosts and puts them where the TLS path
+    finds them (the cache) and where other processes find them (storage,
+    under Kong's keys).
+
+    :param cache: the in-process certificate cache.
+    :param storage: where certificates, backoff and lock keys live.
+    :param issuer: the ACME issuer.
+    :param clock: "now" and timers.
+    :param admission: which hosts may get certificates.
+    :param settings: the ``issuance`` config section.
+    :param fail_backoff_minutes: Kong's per-host pause after a failure.
+    """
+
+    log = Logger()
+
+    def __init__(
+        self,
+        cache: CertificateCache,
+        storage: IStorage,
+        issuer: IIssuer,
+        clock: IReactorTime,
+        admission: Admission,
+        settings: Any,
+        fail_backoff_minutes: float = 5.0,
+    ):
+        self._cache = cache
+        self._storage = storage
+        self._issuer = issuer
+        self._clock = clock
+        self.admission = admission
+        self.settings = settings
+        self.fail_backoff_minutes = fail_backoff_minutes
+        self._in_flight: dict[str, Deferred] = {}
+        self._starts: collections.deque[float] = collections.deque()
+        self._backoff_until: dict[str, float] = {}
+        self._refused_logged: dict[str, float] = {}
+        self.stats = collections.Counter()
+        self.last_error: dict[str, str] = {}
+
+    # -- the handshake gate --------------------------------------------------
+
+    def before_handshake(self, server_name: str | None) -> Deferred | None:
+        """
+        Start an order for an admitted name without a certificate and, when
+        ``first_handshake`` is ``wait``, hold the handshake until it ends or
+        ``handshake_wait`` passes. Never raises.
+        """
+        if server_name is None or not self.settings.on_demand:
+            return None
+        if self._cache.lookup(server_name) is not self._cache.fallback:
+            return None
+        shared = self._in_flight.get(server_name)
+        if shared is None:
+            if not self.admission.admits(server_name):
+                return None
+            now = self._clock.seconds()
+            if self._backoff_until.get(server_name, 0.0) > now:
+                self.stats["handshake_backoff"] += 1
+                return None
+            refusal = self._rate_limited(now)
+            if refusal is not None:
+                self.stats["handshake_rate_limited"] += 1
+                self._log_refusal(server_name, refusal, now)
+                return None
+            self.obtain(server_name, origin="handshake").addErrback(lambda f: None)
+            shared = self._in_flight.get(server_name)
+            if shared is None:  # finished synchronously (e.g. found in storage)
+                return None
+        if self.settings.first_handshake != "wait":
+            return None
+        return self._waiter(shared, self.settings.handshake_wait)
+
+    def _waiter(self, shared: Deferred, limit: float) -> Deferred:
+        waiter: Deferred = Deferred()
+
+        def release(_: object = None) -> None:
+            if not waiter.called:
+                waiter.callback(None)
+
+        timer = self._clock.callLater(limit, release)
+
+        def done(result: object) -> object:
+            if timer.active():
+                timer.cancel()
+            release()
+            return result
+
+        shared.addBoth(done)
+        return waiter
+
+    def _rate_limited(self, now: float) -> str | None:
+        while self._starts and self._starts[0] <= now - 60.0:
+            self._starts.popleft()
+        if len(self._in_flight) >= self.settings.max_orders_in_flight:
+            return "%d orders already in flight (issuance.max_orders_in_flight)" % (len(self._in_flight),)
+        if len(self._starts) >= self.settings.orders_per_minute:
+            return "%d orders started in the last minute (issuance.orders_per_minute)" % (len(self._starts),)
+        return None
+
+    def _log_refusal(self, host: str, reason: str, now: float) -> None:
+        if self._refused_logged.get(host, -1e9) > now - 60.0:
+            return
+        if len(self._refused_logged) > 10000:
+            self._refused_logged.clear()
+        self._refused_logged[host] = now
+        self.log.warn("not ordering a certificate for {host} now: {reason}; serving the fallback", host=host,
+                      reason=reason)
+
+    # -- orders ----------------------------------------------------------------
+
+    def in_progress(self, host: str) -> bool:
+        """Whether an order for ``host`` is running in this process."""
+        return host in self._in_flight
+
+    def obtain(self, host: str, origin: str = "admin") -> Deferred:
+        """
+        Get a certificate for ``host``: join the order already running for
+        it, or start one.
+
+        :return: ``Deferred`` firing with the :class:`CertifiedKey`, or
+            failing with :class:`IssuanceError` (Kong-style message) or the
+            CA's :class:`AcmeProblem`.
+        """
+        host = host.lower()
+        shared = self._in_flight.get(host)
+        if shared is None:
+            reason = self.admission.reason(host)
+            if reason is not None:
+                from twisted.internet.defer import fail
+
+                return fail(NotAdmitted(host, "host %s is not allowed: %s" % (host, reason)))
+            self._starts.append(self._clock.seconds())
+            shared = self._run(host, origin)
+            if shared.called:
+                return shared
+            self._in_flight[host] = shared
+
+            def finished(result: object) -> object:
+                self._in_flight.pop(host, None)
+                return result
+
+            shared.addBoth(finished)
+        joined: Deferred = Deferred()
+
+        def relay(result: object) -> object:
+            joined.callback(result) if not isinstance(result, Failure) else joined.errback(result)
+            return None if isinstance(result, Failure) else result
+
+        shared.addBoth(relay)
+        return joined
+
+    @inlineCallbacks
+    def _run(self, host: str, origin: str):
+        started = self._clock.seconds()
+        backoff = yield self._storage.get(keys.fail_backoff(host))
+        until = None
+        if backoff is not None:
+            try:
+                until = keys.decode_backoff(backoff, keys.fail_backoff(host))
+            except ValueError:
+                # Kong treats a value that is not a number as no backoff.
+                self.log.warn("ignoring corrupt backoff value for {host}", host=host)
+        if until is not None:
+            remaining = until - self._clock.seconds()
+            if remaining > 0:
+                self._backoff_until[host] = until
+                raise BackoffActive(host, remaining)
+        locked = yield self._storage.add(keys.update_lock(host), keys.UPDATE_LOCK_VALUE, LOCK_TTL)
+        if not locked:
+            raise OrderInProgress(host)
+        try:
+            existing = yield self._stored_certificate(host)
+            if existing is not None:
+                self._cache.put(existing, [host])
+                self.log.info("certificate for {host} found in storage", host=host)
+                return existing
+            self.stats["orders_started"] += 1
+            self.log.info("ordering a certificate for {host} ({origin})", host=host, origin=origin)
+            try:
+                certified = yield self._issuer.issue(host)
+            except Exception:
+                failure = Failure()
+                self.stats["orders_failed"] += 1
+                yield self._fail(host, failure)
+                failure.raiseException()
+            yield self._storage.set(keys.cert_key(host), keys.encode_cert_key(certified))
+            yield self._storage.set(
+                keys.renew_config(host), keys.encode_renew_config(host, certified.not_after.timestamp())
+            )
+            self._cache.put(certified, [host])
+            self._backoff_until.pop(host, None)
+            self.last_error.pop(host, None)
+            self.stats["orders_succeeded"] += 1
+            self.log.info(
+                "certificate for {host} issued in {seconds:.3f} s, valid until {not_after}",
+                host=host,
+                seconds=self._clock.seconds() - started,
+                not_after=certified.not_after.isoformat(),
+            )
+            return certified
+        finally:
+            # Not yielded: a finally clause must not suspend the generator.
+            self._storage.delete(keys.update_lock(host)).addErrback(
+                lambda f: self.log.failure("could not release the order lock for {host}", f, host=host)
+            )
+
+    @inlineCallbacks
+    def _fail(self, host: str, failure: Failure):
+        seconds = self.fail_backoff_minutes * 60.0
+        until = self._clock.seconds() + seconds
+        retry_after = getattr(failure.value, "retry_after", None)
+        if retry_after:
+            until = max(until, self._clock.seconds() + retry_after)
+        self._backoff_until[host] = until
+        reason = describe(failure)
+        self.last_error[host] = reason
+        self.log.warn(
+            "certificate order for {host} failed, next attempt in {backoff:.0f} s: {reason}",
+            host=host,
+            backoff=until - self._clock.seconds(),
+            reason=reason,
+            problem=failure.value.to_dict() if isinstance(failure.value, AcmeProblem) else None,
+        )
+        try:
+            yield self._storage.set(keys.fail_backoff(host), keys.encode_backoff(until), until - self._clock.seconds())
+        except Exception:
+            self.log.failure("could not store the backoff for {host}", host=host)
+
+    @inlineCallbacks
+    def _stored_certificate(self, host: str):
+        """A still-usable certificate for ``host`` from storage, or None."""
+        raw = yield self._storage.get(keys.cert_key(host))
+        if raw is None:
+            return None
+        try:
+            certified = keys.decode_cert_key(raw, keys.cert_key(host))
+        except (CertificateError, ValueError) as e:
+            self.log.warn("ignoring corrupt stored certificate {key}: {error}", key=keys.cert_key(host), error=str(e))
+            return None
+        if certified.not_after.timestamp() <= self._clock.seconds():
+            return None
+        return certified
+
+    @inlineCallbacks
+    def load_from_storage(self):
+        """
+        Put every certificate found in storage into the cache (at start).
+        Corrupt entries are reported and skipped.
+
+        :return: ``Deferred`` firing with the number loaded.
+        """
+        loaded = 0
+        names = yield self._storage.list(keys.CERT_KEY_PREFIX)
+        for key in names:
+            raw = yield self._storage.get(key)
+            if raw is None:
+                continue
+            try:
+                certified = keys.decode_cert_key(raw, key)
+            except (CertificateError, ValueError) as e:
+                self.log.warn("ignoring corrupt stored certificate {key}: {error}", key=key, error=str(e))
+                continue
+            self._cache.put(certified, [key[len(keys.CERT_KEY_PREFIX):]])
+            loaded += 1
+        return loaded
+
+    def status(self) -> dict:
+        """Counters and hosts in flight, for the Admin API."""
+        return {
+            "in_flight": sorted(self._in_flight),
+            "stats": dict(self.stats),
+            "last_errors": dict(self.last_error),
+        }
+
+

@@ -1,0 +1,60 @@
+"""
+Storage: the :class:`~kongacme.interfaces.IStorage` providers behind Kong's
+``storage`` setting, Kong's key names and value formats
+(:mod:`kongacme.storage.keys`), and :func:`storage_from_config`.
+
+Providers store plain bytes; everything that knows what a value means lives
+in :mod:`kongacme.storage.keys`.
+"""
+
+from __future__ import annotations
+
+import os
+
+from twisted.internet.interfaces import IReactorTime
+
+from kongacme.config.acme import AcmeConfig
+from kongacme.interfaces import IStorage
+from kongacme.storage import keys
+from kongacme.storage.errors import StorageValueError, StoredCertificateError
+from kongacme.storage.files import FileStorage
+from kongacme.storage.memory import MemoryStorage
+
+#: Subdirectory of the daemon's state directory used by ``storage: kong``.
+STATE_SUBDIRECTORY = "storage"
+
+
+def storage_from_config(acme_config: AcmeConfig, state_dir: str, clock: IReactorTime) -> IStorage:
+    """
+    The storage provider named by ``acme.storage``.
+
+    - ``shm``: :class:`MemoryStorage` (lost on restart).
+    - ``kong``: :class:`FileStorage` in ``<state_dir>/storage``, created
+      (mode 0700) if missing.
+    - ``redis``, ``consul``, ``vault``: not yet (the seam where they go).
+
+    :param acme_config: the parsed ``acme:`` section.
+    :param state_dir: the daemon's state directory.
+    :param clock: "now" for TTLs; the reactor in production.
+    :raises NotImplementedError: for a provider that does not exist yet.
+    :raises OSError: if the ``kong`` directory cannot be created.
+    """
+    name = acme_config.storage
+    if name == "shm":
+        return MemoryStorage(clock)
+    if name == "kong":
+        return FileStorage(os.path.join(state_dir, STATE_SUBDIRECTORY), clock)
+    # The seam: Redis, Consul and Vault providers arrive with the storage
+    # milestone (issue 4) and are chosen here from acme_config.storage_config.
+    raise NotImplementedError(f"storage {name!r} arrives with the storage milestone")
+
+
+__all__ = [
+    "FileStorage",
+    "MemoryStorage",
+    "STATE_SUBDIRECTORY",
+    "StorageValueError",
+    "StoredCertificateError",
+    "keys",
+    "storage_from_config",
+]

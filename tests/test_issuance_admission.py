@@ -1,0 +1,52 @@
+"""
+Tests for kongacme.issuance.admission.
+"""
+
+from twisted.trial.unittest import SynchronousTestCase
+
+from kongacme.issuance.admission import Admission
+
+
+class AdmissionTests(SynchronousTestCase):
+    """
+    Tests for Admission.
+    """
+
+    def test_exact_and_wildcard_any_depth(self):
+        """Exact names match; *.x matches any subdomain depth but not the apex."""
+        admission = Admission(["api.example.com", "*.alpha.test"])
+        self.assertTrue(admission.admits("api.example.com"))
+        self.assertTrue(admission.admits("API.Example.COM"))
+        self.assertTrue(admission.admits("a.alpha.test"))
+        self.assertTrue(admission.admits("a.b.c.alpha.test"))
+        self.assertFalse(admission.admits("alpha.test"))
+        self.assertFalse(admission.admits("www.example.com"))
+
+    def test_dots_literal(self):
+        """A wildcard suffix is matched on label boundaries (Kong bug #7834)."""
+        admission = Admission(["*.alpha.x"])
+        self.assertFalse(admission.admits("abc.gw-alpha.x"))
+        self.assertFalse(admission.admits("abcalpha.x"))
+
+    def test_allow_any_domain(self):
+        """allow_any_domain admits every valid name, ignoring domains."""
+        admission = Admission(["only.test"], allow_any_domain=True)
+        self.assertTrue(admission.admits("anything.example"))
+
+    def test_never_ip(self):
+        """IP addresses are never admitted, even with allow_any_domain."""
+        admission = Admission(allow_any_domain=True)
+        for host in ("127.0.0.1", "10.1.2.3", "::1", "1.2.3"):
+            self.assertFalse(admission.admits(host), host)
+        self.assertEqual(admission.reason("127.0.0.1"), "IP addresses cannot get certificates here")
+
+    def test_invalid_names(self):
+        """No name, empty labels and bad characters are refused with a reason."""
+        admission = Admission(allow_any_domain=True)
+        self.assertEqual(admission.reason(None), "no host name")
+        for host in ("", "a..b", "a b.test", "x" * 300):
+            self.assertEqual(admission.reason(host), "not a valid host name", host)
+
+    def test_kong_message(self):
+        """A host outside domains gets Kong's wording."""
+        self.assertEqual(Admission(["a.test"]).reason("b.test"), "host is not included in plugin config.domains")

@@ -1,0 +1,173 @@
+"""
+Tests for kongacme.issuance.manager.
+"""
+
+from twisted.internet.task import Clock
+from twisted.trial.unittest import SynchronousTestCase
+from zope.interface.verify import verifyObject
+
+from kongacme.config import IssuanceConfig
+from kongacme.errors import AcmeProblem, BackoffActive, NotAdmitted, OrderInProgress
+from kongacme.interfaces import IHandshakeGate
+from kongacme.issuance.admission import Admission
+from kongacme.issuance.manager import CertificateManager
+from kongacme.storage import keys
+from kongacme.testing import FakeIssuer, MemoryStorage
+from kongacme.tls.cache import CertificateCache
+from kongacme.tls.fallback import generate_self_signed
+
+
+class CertificateManagerTests(SynchronousTestCase):
+    """
+    Tests for CertificateManager with a fake issuer, memory storage and a Clock.
+    """
+
+    def setUp(self):
+        self.clock = Clock()
+        self.clock.advance(1_800_000_000)
+        self.storage = MemoryStorage(self.clock)
+        self.cache = CertificateCache(generate_self_signed())
+        self.issuer = FakeIssuer()
+        self.settings = IssuanceConfig(handshake_wait=5.0, orders_per_minute=3, max_orders_in_flight=2)
+        self.manager = self.make()
+
+    def make(self, **settings):
+        import attrs
+
+        return CertificateManager(
+            self.cache,
+            self.storage,
+            self.issuer,
+            self.clock,
+            Admission(["*.example.test", "a.test"]),
+            attrs.evolve(self.settings, **settings),
+            fail_backoff_minutes=5,
+        )
+
+    def test_interface(self):
+        """The manager is the TLS layer's handshake gate."""
+        self.assertTrue(verifyObject(IHandshakeGate, self.manager))
+
+    def test_obtain_stores_under_kong_keys_and_caches(self):
+        """A successful order fills the cache and storage (cert_key, renew_config), and drops the lock."""
+        certified = self.successResultOf(self.manager.obtain("a.test"))
+        self.assertIs(self.cache.lookup("a.test"), certified)
+        stored = self.successResultOf(self.storage.get(keys.cert_key("a.test")))
+        self.assertEqual(keys.decode_cert_key(stored, "x").fingerprint, certified.fingerprint)
+        renew = keys.decode_renew_config(self.successResultOf(self.storage.get(keys.renew_config("a.test"))))
+        self.assertEqual(renew.host, "a.test")
+        self.assertIsNone(self.successResultOf(self.storage.get(keys.update_lock("a.test"))))
+
+    def test_not_admitted(self):
+        """A host outside domains is refused without an order."""
+        failure = self.failureResultOf(self.manager.obtain("b.test"), NotAdmitted)
+        self.assertIn("host is not included in plugin config.domains", failure.value.message)
+        self.assertEqual(self.issuer.requests, [])
+
+    def test_single_flight(self):
+        """Twenty concurrent requests for one host share one order."""
+        self.issuer.hold = True
+        results = [self.manager.obtain("x.example.test") for _ in range(20)]
+        self.assertEqual(self.issuer.requests, ["x.example.test"])
+        self.issuer.release()
+        certs = {self.successResultOf(d).fingerprint for d in results}
+        self.assertEqual(len(certs), 1)
+
+    def test_failure_backoff(self):
+        """A failed order writes Kong's backoff key; the next request gets Kong's message until it expires."""
+        self.issuer.fail_with = AcmeProblem("urn:ietf:params:acme:error:rejectedIdentifier", "blocked", 400)
+        self.failureResultOf(self.manager.obtain("a.test"), AcmeProblem)
+        self.assertIsNotNone(self.successResultOf(self.storage.get(keys.fail_backoff("a.test"))))
+        failure = self.failureResultOf(self.manager.obtain("a.test"), BackoffActive)
+        self.assertEqual(
+            failure.value.message,
+            "please try again in 300 seconds for host a.test because of previous failure; "
+            "this is configurable with config.fail_backoff_minutes",
+        )
+        self.assertEqual(len(self.issuer.requests), 1)
+        self.clock.advance(301)
+        self.issuer.fail_with = None
+        self.successResultOf(self.manager.obtain("a.test"))
+        self.assertEqual(len(self.issuer.requests), 2)
+
+    def test_retry_after_extends_backoff(self):
+        """A rate-limit problem with Retry-After longer than the backoff is honoured."""
+        self.issuer.fail_with = AcmeProblem("urn:ietf:params:acme:error:rateLimited", "slow down", 429, retry_after=3600)
+        self.failureResultOf(self.manager.obtain("a.test"), AcmeProblem)
+        self.clock.advance(301)
+        self.failureResultOf(self.manager.obtain("a.test"), BackoffActive)
+
+    def test_lock_held_elsewhere(self):
+        """When another process holds Kong's update lock, the answer says so honestly."""
+        self.successResultOf(self.storage.add(keys.update_lock("a.test"), b"placeholder", 30))
+        self.failureResultOf(self.manager.obtain("a.test"), OrderInProgress)
+        self.assertEqual(self.issuer.requests, [])
+
+    def test_found_in_storage(self):
+        """A valid certificate already in storage (another node's) is used, no new order."""
+        certified = self.issuer.ca.issue(["a.test"])
+        self.successResultOf(self.storage.set(keys.cert_key("a.test"), keys.encode_cert_key(certified)))
+        got = self.successResultOf(self.manager.obtain("a.test"))
+        self.assertEqual(got.fingerprint, certified.fingerprint)
+        self.assertEqual(self.issuer.requests, [])
+
+    def test_gate_holds_until_issued(self):
+        """An admitted name without a certificate is held until its order finishes."""
+        self.issuer.hold = True
+        waiting = self.manager.before_handshake("new.example.test")
+        self.assertNoResult(waiting)
+        self.issuer.release()
+        self.successResultOf(waiting)
+        self.assertEqual(self.cache.lookup("new.example.test").names, ("new.example.test",))
+
+    def test_gate_wait_bounded(self):
+        """A held handshake goes ahead after handshake_wait even if the order is still running."""
+        self.issuer.hold = True
+        waiting = self.manager.before_handshake("slow.example.test")
+        self.clock.advance(4.9)
+        self.assertNoResult(waiting)
+        self.clock.advance(0.2)
+        self.successResultOf(waiting)
+        self.assertTrue(self.manager.in_progress("slow.example.test"))
+
+    def test_gate_fallback_mode(self):
+        """With first_handshake: fallback the handshake is not held, but the order starts."""
+        manager = self.make(first_handshake="fallback")
+        self.issuer.hold = True
+        self.assertIsNone(manager.before_handshake("bg.example.test"))
+        self.assertEqual(self.issuer.requests, ["bg.example.test"])
+
+    def test_gate_ignores(self):
+        """No SNI, a cached name, a non-admitted name, or on_demand off: no order, no hold."""
+        self.cache.put(self.issuer.ca.issue(["a.test"]))
+        self.assertIsNone(self.manager.before_handshake(None))
+        self.assertIsNone(self.manager.before_handshake("a.test"))
+        self.assertIsNone(self.manager.before_handshake("evil.test"))
+        self.assertIsNone(self.make(on_demand=False).before_handshake("z.example.test"))
+        self.assertEqual(self.issuer.requests, [])
+
+    def test_rate_limits(self):
+        """Orders from handshakes are capped in flight and per minute; refused names get no order."""
+        self.issuer.hold = True
+        self.manager.before_handshake("n1.example.test")
+        self.manager.before_handshake("n2.example.test")
+        self.assertIsNone(self.manager.before_handshake("n3.example.test"))  # 2 in flight
+        self.assertEqual(len(self.issuer.requests), 2)
+        self.issuer.release()
+        self.manager.before_handshake("n4.example.test")
+        self.assertIsNone(self.manager.before_handshake("n5.example.test"))  # 3 this minute
+        self.assertEqual(len(self.issuer.requests), 3)
+        self.issuer.release()
+        self.clock.advance(61)
+        self.manager.before_handshake("n5.example.test")
+        self.assertEqual(len(self.issuer.requests), 4)
+
+    def test_load_from_storage_skips_corrupt(self):
+        """Stored certificates are loaded into the cache at start; corrupt ones are reported and skipped."""
+        good = self.issuer.ca.issue(["good.test"])
+        self.successResultOf(self.storage.set(keys.cert_key("good.test"), keys.encode_cert_key(good)))
+        self.successResultOf(self.storage.set(keys.cert_key("bad.test"), b'{"key": "-----BEGIN', None))
+        self.successResultOf(self.storage.set(keys.cert_key("json.test"), b"not json"))
+        self.assertEqual(self.successResultOf(self.manager.load_from_storage()), 1)
+        self.assertEqual(self.cache.lookup("good.test").fingerprint, good.fingerprint)
+        self.assertIs(self.cache.lookup("bad.test"), self.cache.fallback)
