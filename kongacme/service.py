@@ -16,6 +16,9 @@ from twisted.logger import ILogObserver, Logger
 from kongacme import __version__
 from kongacme.config import DaemonConfig, load_config
 from kongacme.errors import CertificateError, ConfigError
+from kongacme.issuance.acme_issuer import DaemonAcmeIssuer
+from kongacme.issuance.admission import Admission
+from kongacme.issuance.manager import CertificateManager
 from kongacme.listeners import ListenerSet
 from kongacme.logs import make_observer
 from kongacme.proxy.forward import ProxyFactory
@@ -25,7 +28,10 @@ from kongacme.tls.certs import CertifiedKey, load_certified_key_files, names_fro
 from kongacme.tls.context import ContextBuilder
 from kongacme.tls.fallback import load_or_create_fallback
 from kongacme.tls.protocol import TLSServerFactory
+from kongacme.storage import storage_from_config
 from kongacme.web.admin import make_admin_factory
+from kongacme.web.admin_acme import AcmeAdmin
+from kongacme.web.admin_acme import install as install_acme_admin
 from kongacme.web.challenge import make_http_factory
 from kongacme.web.tokens import MemoryChallengeTokenStore
 
@@ -117,6 +123,11 @@ class DaemonService(MultiService):
             reactor=reactor,
         )
         self.admin_factory = make_admin_factory(self.status, token=config.admin.token, reactor=reactor)
+        self.acme_admin = AcmeAdmin(lambda: self.manager, reactor, challenge_port=config.issuance.challenge_port)
+        install_acme_admin(self.admin_factory, self.acme_admin)
+        self.storage = None
+        self.issuer: DaemonAcmeIssuer | None = None
+        self.manager: CertificateManager | None = None
         self._static_names: set[str] = set()
         self.listeners: dict[str, ListenerSet] = {}
         self.reloads = 0
@@ -149,6 +160,7 @@ class DaemonService(MultiService):
             raise StartupError(str(e)) from None
         self.cache = CertificateCache(fallback)
         self._install_static(static)
+        self._setup_issuance(self.config, None)
         self.tls_factory = TLSServerFactory(
             self.cache,
             self.builder,
@@ -156,6 +168,7 @@ class DaemonService(MultiService):
             self._reactor,
             alpn_for=_alpn_resolver(self.router),
             handshake_timeout=self.config.tls.handshake_timeout,
+            gate=self.manager,
         )
         self.listeners = {
             "tls": ListenerSet(self._reactor, "tls", self.tls_factory),
@@ -176,6 +189,8 @@ class DaemonService(MultiService):
         if self.cache is None:
             self.privilegedStartService()
         super().startService()
+        if self.manager is not None:
+            self._load_stored(self.manager)
         self.log.info(
             "kongacme {version} started: {certs} static certificate name(s), {routes} route(s)",
             version=__version__,
@@ -188,6 +203,61 @@ class DaemonService(MultiService):
         yield super().stopService()
         for listener_set in self.listeners.values():
             yield listener_set.stop_all()
+        if self.issuer is not None:
+            yield self.issuer.close()
+
+    # -- issuance -----------------------------------------------------------
+
+    def _setup_issuance(self, new: DaemonConfig, old: DaemonConfig | None) -> None:
+        """
+        Build (or rebuild on reload) storage, issuer and manager for the
+        ``acme`` section. Orders already running finish with what they had.
+        """
+        assert self.cache is not None
+        acme = new.acme
+        if acme is None:
+            if self.manager is not None:
+                self.log.info("acme section removed: no more certificate issuance")
+            self.manager = self.issuer = self.storage = None
+            return
+        old_acme = old.acme if old is not None else None
+        storage_changed = (
+            old_acme is None
+            or (acme.storage, acme.storage_config) != (old_acme.storage, old_acme.storage_config)
+            or new.state_dir != old.state_dir
+        )
+        if storage_changed or self.storage is None:
+            self.storage = storage_from_config(acme, new.state_dir, self._reactor)
+        if storage_changed or self.issuer is None or acme != old_acme or new.issuance != old.issuance:
+            if self.issuer is not None:
+                self.issuer.close()
+            self.issuer = DaemonAcmeIssuer(acme, new.issuance, self.storage, self.token_store, self._reactor)
+        admission = Admission(acme.domains, acme.allow_any_domain)
+        if self.manager is None or storage_changed:
+            self.manager = CertificateManager(
+                self.cache,
+                self.storage,
+                self.issuer,
+                self._reactor,
+                admission,
+                new.issuance,
+                fail_backoff_minutes=acme.fail_backoff_minutes,
+            )
+            if old is not None:
+                self._load_stored(self.manager)
+        else:
+            self.manager.reconfigure(self.issuer, admission, new.issuance, acme.fail_backoff_minutes)
+        if self.tls_factory is not None:
+            self.tls_factory.gate = self.manager
+        self.acme_admin.challenge_port = new.issuance.challenge_port
+
+    def _load_stored(self, manager: CertificateManager) -> None:
+        def loaded(count: int) -> None:
+            self.log.info("{count} certificate(s) loaded from storage", count=count)
+
+        manager.load_from_storage().addCallbacks(
+            loaded, lambda f: self.log.failure("could not load certificates from storage", f)
+        )
 
     # -- configuration ------------------------------------------------------
 
@@ -263,6 +333,11 @@ class DaemonService(MultiService):
                 self.cache.fallback = fallback
                 self.log.info("fallback certificate changed ({source})", source=fallback.source)
             self._install_static(static)
+        if self.cache is not None:
+            try:
+                self._setup_issuance(new, old)
+            except Exception:
+                self.log.failure("could not apply the acme section; issuance keeps its previous settings")
         if self.tls_factory is not None:
             self.tls_factory.alpn_for = _alpn_resolver(self.router)
             self.tls_factory.handshake_timeout = new.tls.handshake_timeout
@@ -311,4 +386,5 @@ class DaemonService(MultiService):
             "listeners": {kind: ls.descriptions for kind, ls in self.listeners.items()},
             "reloads": self.reloads,
             "last_reload_error": self.last_reload_error,
+            "issuance": self.manager.status() if self.manager is not None else None,
         }

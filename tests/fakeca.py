@@ -153,7 +153,9 @@ class FakeCA(Resource):
         self.nonces.add(nonce)
         request.setHeader(b"Replay-Nonce", nonce.encode())
 
-    def answer(self, request: Request, code: int, jobj: Any, location: Optional[str] = None, nonce: bool = True) -> bytes:
+    def answer(
+        self, request: Request, code: int, jobj: Any, location: Optional[str] = None, nonce: bool = True
+    ) -> bytes:
         request.setResponseCode(code)
         if nonce:
             self.fresh_nonce(request)
@@ -220,10 +222,14 @@ class FakeCA(Resource):
         if path in ZEROSSL_PATHS and method == "POST":
             email = request.args.get(b"email", [b""])[0].decode()
             if "@" not in email:
-                return self.answer(request, 200, {"success": False, "error": {"code": 2900, "type": "invalid_email"}}, nonce=False)
+                return self.answer(
+                    request, 200, {"success": False, "error": {"code": 2900, "type": "invalid_email"}}, nonce=False
+                )
             kid = "zerossl-" + secrets.token_hex(4)
             self.eab_keys[kid] = jose.b64encode(secrets.token_bytes(32)).decode()
-            return self.answer(request, 200, {"success": True, "eab_kid": kid, "eab_hmac_key": self.eab_keys[kid]}, nonce=False)
+            return self.answer(
+                request, 200, {"success": True, "eab_kid": kid, "eab_hmac_key": self.eab_keys[kid]}, nonce=False
+            )
         raise _Problem(404, "malformed", "no such resource %s %s" % (method, path))
 
     # -- signed -----------------------------------------------------------
@@ -294,7 +300,15 @@ class FakeCA(Resource):
             "error": None,
         }
         self.authzs[ident] = authz
-        self.orders[ident] = {"id": ident, "account": account, "identifiers": identifiers, "authz": authz, "finalized": False, "polls": 0, "chain": None}
+        self.orders[ident] = {
+            "id": ident,
+            "account": account,
+            "identifiers": identifiers,
+            "authz": authz,
+            "finalized": False,
+            "polls": 0,
+            "chain": None,
+        }
         return self.answer(request, 201, self._order_json(self.orders[ident]), location=self.url("/order/" + ident))
 
     def _authz_json(self, authz: dict) -> dict:
@@ -306,7 +320,12 @@ class FakeCA(Resource):
         }
         if authz["error"]:
             challenge["error"] = authz["error"]
-        dns01 = {"type": "dns-01", "url": self.url("/chall-dns/" + authz["id"]), "token": authz["token"], "status": "pending"}
+        dns01 = {
+            "type": "dns-01",
+            "url": self.url("/chall-dns/" + authz["id"]),
+            "token": authz["token"],
+            "status": "pending",
+        }
         return {"identifier": authz["identifier"], "status": authz["status"], "challenges": [dns01, challenge]}
 
     def _validate(self, authz: dict) -> None:
@@ -321,7 +340,11 @@ class FakeCA(Resource):
         ok = got == expected
         authz["status"] = authz["challenge_status"] = "valid" if ok else "invalid"
         if not ok:
-            authz["error"] = {"type": PROBLEM + "unauthorized", "detail": "key authorization %r is wrong" % (got,), "status": 403}
+            authz["error"] = {
+                "type": PROBLEM + "unauthorized",
+                "detail": "key authorization %r is wrong" % (got,),
+                "status": 403,
+            }
 
     def _authz(self, request: Request, authz: dict) -> bytes:
         if authz["challenge_status"] == "processing":
@@ -377,7 +400,9 @@ class FakeCA(Resource):
         if self._order_json(order)["status"] != "ready":
             raise _Problem(403, "orderNotReady", "order is not ready")
         csr = x509.load_der_x509_csr(jose.b64decode((payload or {})["csr"]))
-        names = csr.extensions.get_extension_for_class(x509.SubjectAlternativeName).value.get_values_for_type(x509.DNSName)
+        names = csr.extensions.get_extension_for_class(x509.SubjectAlternativeName).value.get_values_for_type(
+            x509.DNSName
+        )
         if names != [order["identifiers"][0]["value"]] or not csr.is_signature_valid:
             raise _Problem(400, "badCSR", "CSR names %r" % (names,))
         order["csr"] = csr

@@ -5,12 +5,16 @@ that resolves every name to 127.0.0.1, and an http-01 responder.
 
 Usage, in a reactor-backed ``twisted.trial.unittest.TestCase``::
 
-    tokens = MemoryChallengeTokenStore(reactor)
-    http_port = start_http01_responder(self, tokens)
-    pebble = yield PebbleFixture.start(self, http_port, nonce_reject=50)
-    client = make_http_client(reactor, pebble.ca_bundle)
-    ... pebble.directory_url ...
-    roots = yield pebble.roots()
+    async def test_something(self):
+        tokens = MemoryChallengeTokenStore(reactor)
+        http_port = start_http01_responder(self, tokens)  # or the daemon's port 80
+        pebble = await PebbleFixture.start(self, http_port, nonce_reject=50)
+        http = make_http_client(reactor, pebble.ca_bundle)
+        ... pebble.directory_url ...
+        roots = await pebble.roots()  # roots[0] anchors the default chain
+
+Pebble starts in about half a second (it makes its CA keys first), so one
+per test is affordable.
 
 Everything listens on 127.0.0.1 on free ports and is stopped (Pebble by its
 PID) by ``addCleanup``; nothing is left for trial's dirty-reactor check.
@@ -62,11 +66,15 @@ def open_connections() -> set:
     return {s for s in watched if isinstance(s, tcp.Connection)}
 
 
-async def settle(timeout: float = 5.0) -> None:
+def settle(timeout: float = 5.0) -> Deferred[None]:
     """Wait until the reactor watches no TCP connection (trial wants that)."""
-    deadline = reactor.seconds() + timeout
-    while reactor.seconds() < deadline and open_connections():
-        await deferLater(reactor, 0.01, lambda: None)
+
+    async def wait() -> None:
+        deadline = reactor.seconds() + timeout
+        while reactor.seconds() < deadline and open_connections():
+            await deferLater(reactor, 0.01, lambda: None)
+
+    return Deferred.fromCoroutine(wait())
 
 
 class LoopbackAuthority(common.ResolverBase):
@@ -77,7 +85,9 @@ class LoopbackAuthority(common.ResolverBase):
 
     def _lookup(self, name: bytes, cls: int, type: int, timeout: Any) -> Deferred:
         if type == dns.A:
-            answer = dns.RRHeader(name=name, type=dns.A, cls=dns.IN, ttl=60, auth=True, payload=dns.Record_A("127.0.0.1", ttl=60))
+            answer = dns.RRHeader(
+                name=name, type=dns.A, cls=dns.IN, ttl=60, auth=True, payload=dns.Record_A("127.0.0.1", ttl=60)
+            )
             return succeed(([answer], [], []))
         return succeed(([], [], []))
 
@@ -241,7 +251,9 @@ class PebbleFixture:
         os.makedirs(workdir)
         ca = TestCA.create("kongacme Pebble listener CA")
         listener = listener_certificate(ca)
-        paths = {name: os.path.join(workdir, name) for name in ("ca.pem", "listener.crt", "listener.key", "pebble.json")}
+        paths = {
+            name: os.path.join(workdir, name) for name in ("ca.pem", "listener.crt", "listener.key", "pebble.json")
+        }
         ca.write_ca(paths["ca.pem"])
         with open(paths["listener.crt"], "wb") as f:
             f.write(listener.chain_pem())
@@ -285,7 +297,14 @@ class PebbleFixture:
                 with open(paths["pebble.json"], "w") as f:
                     json.dump({"pebble": pebble_config}, f)
                 protocol = _PebbleProcess()
-                args = [PEBBLE, "-config", paths["pebble.json"], "-dnsserver", "127.0.0.1:%d" % (dns_port,), "-strict=false"]
+                args = [
+                    PEBBLE,
+                    "-config",
+                    paths["pebble.json"],
+                    "-dnsserver",
+                    "127.0.0.1:%d" % (dns_port,),
+                    "-strict=false",
+                ]
                 process = reactor.spawnProcess(protocol, PEBBLE, args, env=environment, path=workdir)
                 fixture = cls(
                     directory_url="https://%s/dir" % (pebble_config["listenAddress"],),

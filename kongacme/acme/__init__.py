@@ -3,7 +3,8 @@ An RFC 8555 (ACME) client on treq: the ``acme`` library's message classes
 and JWS, josepy keys, Twisted for I/O.
 
 - :mod:`~kongacme.acme.trust`: the HTTP client and its CA trust.
-- :mod:`~kongacme.acme.transport`: signed requests, nonces, problems.
+- :mod:`~kongacme.acme.transport`: signed requests, nonces, timeouts.
+- :mod:`~kongacme.acme.response`: answers, links, problem documents.
 - :mod:`~kongacme.acme.client`: directory and account.
 - :mod:`~kongacme.acme.eab`: external account binding, ZeroSSL's API.
 - :mod:`~kongacme.acme.order`: issuance with http-01.
@@ -18,10 +19,12 @@ from kongacme.acme.keys import (
     account_key_pem,
     generate_account_key,
     generate_private_key,
+    generate_private_key_in_thread,
 )
 from kongacme.acme.order import AcmeIssuer, OrderFailed, issue
 from kongacme.acme.polling import DEFAULT_SCHEDULE, PollSchedule, PollTimeout
-from kongacme.acme.transport import AcmeResponse, AcmeTransport
+from kongacme.acme.response import AcmeResponse
+from kongacme.acme.transport import AcmeTransport
 from kongacme.acme.trust import make_http_client
 
 __all__ = [
@@ -41,6 +44,7 @@ __all__ = [
     "account_key_pem",
     "generate_account_key",
     "generate_private_key",
+    "generate_private_key_in_thread",
     "issue",
     "make_http_client",
 ]

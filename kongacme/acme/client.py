@@ -22,13 +22,8 @@ from kongacme.acme.eab import (
     fetch_zerossl_eab,
     is_zerossl,
 )
-from kongacme.acme.transport import (
-    DEFAULT_BAD_NONCE_RETRIES,
-    DEFAULT_TIMEOUT,
-    ERROR_PREFIX,
-    AcmeResponse,
-    AcmeTransport,
-)
+from kongacme.acme.response import ERROR_PREFIX, AcmeResponse
+from kongacme.acme.transport import DEFAULT_BAD_NONCE_RETRIES, DEFAULT_TIMEOUT, AcmeTransport
 from kongacme.errors import AcmeError, AcmeProblem, AcmeTransportError
 
 _log = Logger()
@@ -108,9 +103,7 @@ class AcmeClient:
             :class:`~kongacme.errors.AcmeError` (e.g. a transport error, or
             an answer that is not a directory).
         """
-        transport = AcmeTransport(
-            http_client, clock, account_key, timeout=timeout, bad_nonce_retries=bad_nonce_retries
-        )
+        transport = AcmeTransport(http_client, clock, account_key, timeout=timeout, bad_nonce_retries=bad_nonce_retries)
 
         async def load() -> AcmeClient:
             response = await transport.get(url)
@@ -225,7 +218,9 @@ class AcmeClient:
                     if not is_zerossl(self.directory_url):
                         raise ExternalAccountRequired(self.directory_url)
                     if not email:
-                        raise ExternalAccountRequired(self.directory_url, "ZeroSSL needs acme.account_email to issue them")
+                        raise ExternalAccountRequired(
+                            self.directory_url, "ZeroSSL needs acme.account_email to issue them"
+                        )
                     eab = await fetch_zerossl_eab(self._transport, email, zerossl_eab_url)
                 binding = eab_binding(self.account_key, eab[0], eab[1], self.directory)
             kwargs: dict[str, Any] = {"contact": ("mailto:" + email,) if email else ()}
@@ -237,7 +232,9 @@ class AcmeClient:
                 self.directory["newAccount"], messages.NewRegistration(**kwargs), jwk=True
             )
         except AcmeProblem as problem:
-            log_problem(problem, "ACME account registration at {directory_url} failed", directory_url=self.directory_url)
+            log_problem(
+                problem, "ACME account registration at {directory_url} failed", directory_url=self.directory_url
+            )
             raise
         account_url = self._account_from(response)
         _log.info("created ACME account {account_url}", account_url=account_url)

@@ -34,8 +34,8 @@ class ExternalAccountRequired(AcmeError):
 
     def __init__(self, directory_url: str, reason: str = ""):
         self.directory_url = directory_url
-        message = (
-            "the CA (%s) requires external account binding: set acme.eab_kid and acme.eab_hmac_key" % (directory_url,)
+        message = "the CA (%s) requires external account binding: set acme.eab_kid and acme.eab_hmac_key" % (
+            directory_url,
         )
         if reason:
             message += " (%s)" % (reason,)
@@ -117,7 +117,13 @@ async def fetch_zerossl_eab(
     jobj = response.json()
     kid: Optional[Any] = jobj.get("eab_kid")
     hmac_key: Optional[Any] = jobj.get("eab_hmac_key")
-    if jobj.get("success") is not True or not isinstance(kid, str) or not isinstance(hmac_key, str) or not kid or not hmac_key:
+    if (
+        jobj.get("success") is not True
+        or not isinstance(kid, str)
+        or not isinstance(hmac_key, str)
+        or not kid
+        or not hmac_key
+    ):
         raise EabCredentialsError(url, "no EAB credentials issued for %s: %s" % (email, _short(jobj)))
     _log.info("fetched EAB credentials for {email} from {url}", email=email, url=url)
     return kid, hmac_key

@@ -5,9 +5,13 @@ account key as a ``josepy`` JWK (to sign with) and as PEM (to store).
 
 from __future__ import annotations
 
+from typing import Any
+
 import josepy as jose
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from twisted.internet.defer import Deferred, maybeDeferred
+from twisted.internet.threads import deferToThreadPool
 
 from kongacme.tls.certs import PrivateKey
 
@@ -30,6 +34,24 @@ def generate_private_key(cert_type: str = "rsa", rsa_key_size: int = 4096) -> Pr
             raise ValueError("rsa_key_size must be one of 2048, 3072, 4096, not %r" % (rsa_key_size,))
         return rsa.generate_private_key(public_exponent=65537, key_size=rsa_key_size)
     raise ValueError("cert_type must be 'rsa' or 'ecc', not %r" % (cert_type,))
+
+
+def generate_private_key_in_thread(
+    reactor: Any, cert_type: str = "rsa", rsa_key_size: int = 4096
+) -> Deferred[PrivateKey]:
+    """
+    :func:`generate_private_key` off the reactor thread when it is slow: an
+    RSA 4096 key takes a second or two, during which a reactor would serve
+    nobody (OpenSSL releases the GIL meanwhile). ECDSA keys take
+    microseconds and are made at once.
+
+    :param reactor: provides ``IReactorThreads``.
+    :return: ``Deferred`` firing with the key, or failing with
+        ``ValueError`` for an invalid type or size.
+    """
+    if cert_type == "rsa" and rsa_key_size in RSA_KEY_SIZES:
+        return deferToThreadPool(reactor, reactor.getThreadPool(), generate_private_key, cert_type, rsa_key_size)
+    return maybeDeferred(generate_private_key, cert_type, rsa_key_size)
 
 
 def private_key_pem(key: PrivateKey) -> bytes:

@@ -6,23 +6,21 @@ chain picked when asked to, §7.4.2).
 
 from __future__ import annotations
 
-import ipaddress
 from typing import Any, Optional
 
 import attrs
 from acme import challenges, messages
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes
-from cryptography.x509.oid import NameOID
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, maybeDeferred, succeed
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from zope.interface import implementer
 
 from kongacme.acme.client import AcmeClient, log_problem
-from kongacme.acme.keys import generate_private_key, private_key_pem
+from kongacme.acme.csr import check_host, make_csr, top_issuer_cn
+from kongacme.acme.keys import generate_private_key, generate_private_key_in_thread, private_key_pem
 from kongacme.acme.polling import DEFAULT_SCHEDULE, PollSchedule, poll
-from kongacme.acme.transport import ERROR_PREFIX, PEM_CHAIN_CONTENT_TYPE, AcmeResponse, problem_from_json
+from kongacme.acme.response import ERROR_PREFIX, AcmeResponse, problem_from_json
+from kongacme.acme.transport import PEM_CHAIN_CONTENT_TYPE
 from kongacme.errors import AcmeError, AcmeProblem, AcmeTransportError, CertificateError
 from kongacme.interfaces import IChallengeTokenStore, IIssuer
 from kongacme.tls.certs import CertifiedKey, PrivateKey, load_certified_key
@@ -47,65 +45,6 @@ class OrderFailed(AcmeError):
         self.host = host
         self.reason = reason
         super().__init__("order for %s: %s" % (host, reason))
-
-
-def check_host(host: str) -> str:
-    """
-    The dns identifier to order for ``host``: lower-cased, without a
-    trailing dot.
-
-    :raises ValueError: for an IP address (never sent as a dns identifier,
-        unlike Kong), a wildcard (http-01 cannot validate one, §8.3) or
-        something that is not a host name.
-    """
-    if not isinstance(host, str):
-        raise TypeError("host must be str, not %s" % (type(host).__name__,))
-    name = host.strip().lower().rstrip(".")
-    try:
-        ipaddress.ip_address(name.strip("[]"))
-    except ValueError:
-        pass
-    else:
-        raise ValueError("%r is an IP address, not a DNS name" % (host,))
-    if name.startswith("*."):
-        raise ValueError("%r: wildcard names need dns-01, which is not supported" % (host,))
-    labels = name.split(".")
-    if not name or len(name) > 253 or any(not label or len(label) > 63 for label in labels):
-        raise ValueError("%r is not a valid DNS name" % (host,))
-    if any(not (c.isascii() and (c.isalnum() or c in "-_")) for label in labels for c in label):
-        raise ValueError("%r is not a valid DNS name (use the A-label form of IDNs)" % (host,))
-    return name
-
-
-def make_csr(host: str, private_key: PrivateKey) -> x509.CertificateSigningRequest:
-    """
-    A CSR for ``host``: subjectAltName ``host`` and, as Kong sends, CN
-    ``host`` (left out above 64 characters, the CN's limit).
-    """
-    subject = []
-    if len(host) <= 64:
-        subject.append(x509.NameAttribute(NameOID.COMMON_NAME, host))
-    return (
-        x509.CertificateSigningRequestBuilder()
-        .subject_name(x509.Name(subject))
-        .add_extension(x509.SubjectAlternativeName([x509.DNSName(host)]), critical=False)
-        .sign(private_key, hashes.SHA256())
-    )
-
-
-def top_issuer_cn(chain_pem: bytes) -> Optional[str]:
-    """
-    The issuer CN of the last certificate in a PEM chain (the name
-    ``preferred_chain`` is matched against), or ``None``.
-    """
-    try:
-        certificates = x509.load_pem_x509_certificates(chain_pem)
-    except ValueError:
-        return None
-    if not certificates:
-        return None
-    names = certificates[-1].issuer.get_attributes_for_oid(NameOID.COMMON_NAME)
-    return str(names[0].value) if names else None
 
 
 def _status(jobj: dict[str, Any]) -> str:
@@ -203,14 +142,17 @@ class _Order:
         return OrderFailed(self.host, "authorization is %s" % (status or "missing a status",))
 
     async def _solve(self, authz_url: str, authz: dict[str, Any]) -> None:
+        offered = [c for c in authz.get("challenges") or () if isinstance(c, dict)]
+        http01 = next((c for c in offered if c.get("type") == challenges.HTTP01.typ), None)
+        if http01 is None:
+            names = ", ".join(sorted(str(c.get("type")) for c in offered))
+            raise OrderFailed(self.host, "the CA offers no http-01 challenge (only: %s)" % (names or "none",))
+        # Only the challenge we answer is parsed: a CA may list others this
+        # library does not know, or does not like.
         try:
-            parsed = messages.Authorization.from_json(authz)
+            challb = messages.ChallengeBody.from_json(http01)
         except Exception as e:
-            raise AcmeTransportError(authz_url, "malformed authorization: %s" % (e,)) from None
-        challb = next((c for c in parsed.challenges if isinstance(c.chall, challenges.HTTP01)), None)
-        if challb is None:
-            offered = ", ".join(sorted(str(c.get("type")) for c in authz.get("challenges") or () if isinstance(c, dict)))
-            raise OrderFailed(self.host, "the CA offers no http-01 challenge (only: %s)" % (offered or "none",))
+            raise AcmeTransportError(authz_url, "malformed http-01 challenge: %s" % (e,)) from None
         if challb.status != messages.STATUS_PENDING:
             # Already answered (e.g. by an earlier attempt): just wait.
             return
@@ -238,7 +180,9 @@ class _Order:
             if problem.type != ORDER_NOT_READY:
                 raise
             self._step("not ready, waiting", order_url=order_url)
-            order, _ = await self._poll(order_url, lambda s: s != "pending", "order of %s to be ready" % (self.host,), False)
+            order, _ = await self._poll(
+                order_url, lambda s: s != "pending", "order of %s to be ready" % (self.host,), False
+            )
             if _status(order) != "ready":
                 raise self._order_problem(order)
             response = await self.client.transport.post(finalize_url, csr)
@@ -379,6 +323,9 @@ class AcmeIssuer:
 
     :ivar _client: a registered :class:`~kongacme.acme.client.AcmeClient`.
     :ivar _token_store: where key authorizations go.
+    :ivar _reactor: provides ``IReactorThreads``: new RSA keys are made in
+        its thread pool so the reactor keeps serving meanwhile; ``None``
+        makes them in the calling thread.
     """
 
     _client: AcmeClient
@@ -387,19 +334,27 @@ class AcmeIssuer:
     _rsa_key_size: int = 4096
     _preferred_chain: Optional[str] = None
     _schedule: PollSchedule = DEFAULT_SCHEDULE
+    _reactor: Any = None
 
     def issue(self, host: str, private_key: Optional[PrivateKey] = None) -> Deferred[CertifiedKey]:
         """
         See :meth:`kongacme.interfaces.IIssuer.issue`; a new key is made
         per the settings when ``private_key`` is ``None``.
         """
-        if private_key is None:
-            private_key = generate_private_key(self._cert_type, self._rsa_key_size)
-        return issue(
-            self._client,
-            host,
-            private_key,
-            self._token_store,
-            self._preferred_chain,
-            schedule=self._schedule,
+        check_host(host)
+        if private_key is not None:
+            key: Deferred[PrivateKey] = succeed(private_key)
+        elif self._reactor is not None:
+            key = generate_private_key_in_thread(self._reactor, self._cert_type, self._rsa_key_size)
+        else:
+            key = maybeDeferred(generate_private_key, self._cert_type, self._rsa_key_size)
+        return key.addCallback(
+            lambda key: issue(
+                self._client,
+                host,
+                key,
+                self._token_store,
+                self._preferred_chain,
+                schedule=self._schedule,
+            )
         )

@@ -3,7 +3,7 @@ ACME's HTTP layer: JWS-signed POSTs and POST-as-GET (RFC 8555 §6.2, §6.3)
 over an injected treq ``HTTPClient``, replay nonces (§6.5), problem
 documents (§6.7) and a deadline on every request.
 
-Errors come out in two kinds:
+Errors come out in two kinds (see :mod:`kongacme.acme.response`):
 
 - :class:`~kongacme.errors.AcmeProblem` for every non-2xx answer: the CA's
   problem document (type, detail, status, ``Retry-After``, subproblems), or
@@ -18,22 +18,26 @@ from __future__ import annotations
 
 import collections
 import json
-import re
 from typing import Any, Optional
-from urllib.parse import urljoin
 
 import attrs
 import josepy as jose
 from acme import jws
+from OpenSSL import SSL
 from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
-from twisted.web.client import PotentialDataLoss, ResponseDone
-from twisted.web.http_headers import Headers
+from twisted.web.client import (
+    PotentialDataLoss,
+    RequestTransmissionFailed,
+    ResponseDone,
+    ResponseFailed,
+    ResponseNeverReceived,
+)
 
-from kongacme.acme.polling import parse_retry_after
+from kongacme.acme.response import ERROR_PREFIX, AcmeResponse, problem_from_response
 from kongacme.errors import AcmeError, AcmeProblem, AcmeTransportError
 
 _log = Logger()
@@ -41,7 +45,6 @@ _log = Logger()
 JOSE_CONTENT_TYPE = "application/jose+json"
 PROBLEM_CONTENT_TYPE = "application/problem+json"
 PEM_CHAIN_CONTENT_TYPE = "application/pem-certificate-chain"
-ERROR_PREFIX = "urn:ietf:params:acme:error:"
 BAD_NONCE = ERROR_PREFIX + "badNonce"
 
 #: Seconds for one request, from sending it to the last byte of the answer.
@@ -57,131 +60,6 @@ MAX_RESPONSE_BYTES = 1024 * 1024
 #: and may expire, so hoarding them has no value).
 MAX_NONCES = 64
 USER_AGENT = "kongacme"
-
-
-@attrs.frozen
-class AcmeResponse:
-    """
-    A complete answer from the CA.
-
-    :ivar url: the URL requested.
-    :ivar code: the HTTP status code.
-    :ivar headers: the response headers.
-    :ivar body: the whole body.
-    """
-
-    url: str
-    code: int
-    headers: Headers
-    body: bytes
-
-    def header(self, name: str) -> Optional[str]:
-        """
-        The last value of header ``name``, or ``None``.
-        """
-        values = self.headers.getRawHeaders(name)
-        if not values:
-            return None
-        value = values[-1]
-        return value.decode("latin-1") if isinstance(value, bytes) else value
-
-    @property
-    def location(self) -> Optional[str]:
-        """The ``Location`` header made absolute, or ``None``."""
-        value = self.header("Location")
-        return urljoin(self.url, value) if value else None
-
-    @property
-    def content_type(self) -> str:
-        """The media type without parameters, lower-cased (``""`` if none)."""
-        value = self.header("Content-Type") or ""
-        return value.split(";", 1)[0].strip().lower()
-
-    def json(self) -> dict[str, Any]:
-        """
-        The body as a JSON object.
-
-        :raises AcmeTransportError: when the body is not a JSON object.
-        """
-        try:
-            value = json.loads(self.body)
-        except ValueError as e:
-            raise AcmeTransportError(self.url, "malformed JSON in HTTP %d answer: %s" % (self.code, e)) from None
-        if not isinstance(value, dict):
-            raise AcmeTransportError(self.url, "expected a JSON object, got %s" % (type(value).__name__,))
-        return value
-
-    def links(self, rel: str) -> list[str]:
-        """
-        The absolute URLs of every ``Link`` header entry with relation
-        ``rel`` (RFC 8288), in order; all of them, since an ACME answer may
-        carry several with the same relation (RFC 8555 §7.4.2).
-        """
-        found = []
-        for value in self.headers.getRawHeaders("Link") or []:
-            for target, params in _LINK.findall(value.decode("latin-1") if isinstance(value, bytes) else value):
-                for name, quoted, token in _PARAM.findall(params):
-                    if name.lower() == "rel" and rel in (quoted or token).split():
-                        found.append(urljoin(self.url, target.strip()))
-                        break
-        return found
-
-    def retry_after(self, now: float) -> Optional[float]:
-        """
-        Seconds asked for by ``Retry-After``, or ``None``.
-
-        :param now: ``clock.seconds()``.
-        """
-        return parse_retry_after(self.header("Retry-After"), now)
-
-
-_LINK = re.compile(r"<([^>]*)>([^<]*)")
-_PARAM = re.compile(r';\s*([A-Za-z0-9!#$&+.^_`|~-]+)\s*=\s*(?:"([^"]*)"|([^\s;,]*))')
-
-
-def problem_from_json(jobj: dict[str, Any], status: Optional[int] = None, retry_after: Optional[float] = None) -> AcmeProblem:
-    """
-    An :class:`~kongacme.errors.AcmeProblem` from a problem document
-    (RFC 7807; RFC 8555 §6.7), as found in an error answer or in the
-    ``error`` field of a challenge or order.
-
-    A subproblem's identifier (§6.7.1) is put in front of its detail.
-    """
-    subproblems = []
-    for sub in jobj.get("subproblems") or ():
-        if isinstance(sub, dict):
-            problem = problem_from_json(sub)
-            identifier = sub.get("identifier")
-            if isinstance(identifier, dict) and identifier.get("value"):
-                problem.detail = "%s: %s" % (identifier["value"], problem.detail)
-                problem.args = (str(problem),)
-            subproblems.append(problem)
-    code = jobj.get("status")
-    if status is None and isinstance(code, int) and not isinstance(code, bool):
-        status = code
-    return AcmeProblem(
-        type=str(jobj.get("type") or "about:blank"),
-        detail=str(jobj.get("detail") or ""),
-        status=status,
-        retry_after=retry_after,
-        subproblems=tuple(subproblems),
-    )
-
-
-def _problem_from_response(response: AcmeResponse, now: float) -> AcmeProblem:
-    retry_after = response.retry_after(now)
-    try:
-        jobj = json.loads(response.body)
-    except ValueError:
-        jobj = None
-    if isinstance(jobj, dict) and isinstance(jobj.get("type", "about:blank"), str) and ("type" in jobj or "detail" in jobj):
-        return problem_from_json(jobj, status=response.code, retry_after=retry_after)
-    snippet = response.body[:200].decode("utf-8", "replace")
-    snippet = "".join(c if c.isprintable() else " " for c in snippet).strip()
-    detail = "HTTP %d without a problem document" % (response.code,)
-    if snippet:
-        detail += ": %r" % (snippet,)
-    return AcmeProblem("about:blank", detail, status=response.code, retry_after=retry_after)
 
 
 class _BodyReader(Protocol):
@@ -227,11 +105,28 @@ class _BodyReader(Protocol):
 
 def _describe(failure: Failure) -> str:
     """A one-line account of a network failure, unwrapping Twisted's lists."""
-    reasons = getattr(failure.value, "reasons", None)
-    if reasons:
-        return "; ".join(_describe(r) for r in reasons)
-    name = type(failure.value).__name__
-    text = str(failure.value)
+    value = failure.value
+    inner = "; ".join(_describe(r) for r in getattr(value, "reasons", None) or () if isinstance(r, Failure))
+    if isinstance(value, ResponseNeverReceived):
+        return "connection lost before an answer (%s)" % (inner,)
+    if isinstance(value, ResponseFailed):
+        return "answer cut off (%s)" % (inner,)
+    if isinstance(value, RequestTransmissionFailed):
+        return "request not sent (%s)" % (inner,)
+    # twisted.web._newclient's private _DataLoss and ParseError, by name.
+    if type(value).__name__ == "_DataLoss":
+        return "body incomplete"
+    if isinstance(value, SSL.Error):
+        reasons = [
+            r[-1]
+            for r in (value.args[0] if value.args and isinstance(value.args[0], list) else ())
+            if isinstance(r, tuple)
+        ]
+        return "TLS error: %s" % (", ".join(str(r) for r in reasons) or value,)
+    if type(value).__name__ == "ParseError":
+        return "not an HTTP answer: %s" % (value.args[0] if value.args else value,)
+    text = str(value)
+    name = type(value).__name__
     return "%s: %s" % (name, text) if text else name
 
 
@@ -275,7 +170,9 @@ class AcmeTransport:
     new_nonce_url: Optional[str] = None
     kid: Optional[str] = None
     _alg: jose.JWASignature = attrs.field(init=False)
-    _nonces: collections.deque = attrs.field(init=False, repr=False, factory=lambda: collections.deque(maxlen=MAX_NONCES))
+    _nonces: collections.deque = attrs.field(
+        init=False, repr=False, factory=lambda: collections.deque(maxlen=MAX_NONCES)
+    )
 
     def __attrs_post_init__(self) -> None:
         self._alg = jws_algorithm(self._key)
@@ -427,7 +324,7 @@ class AcmeTransport:
         answer = AcmeResponse(url=url, code=response.code, headers=response.headers, body=data)
         self._keep_nonce(answer)
         if not 200 <= answer.code < 300:
-            problem = _problem_from_response(answer, self._clock.seconds())
+            problem = problem_from_response(answer, self._clock.seconds())
             _log.debug(
                 "{method} {url} -> {status} {problem_type}: {detail}",
                 method=method,
@@ -440,9 +337,22 @@ class AcmeTransport:
         _log.debug("{method} {url} -> {status}", method=method, url=url, status=answer.code)
         return answer
 
+
+def _cancelled(failure: Failure) -> bool:
+    """Whether a failure is, or only wraps, a cancellation."""
+    if failure.check(CancelledError):
+        return True
+    reasons = getattr(failure.value, "reasons", None)
+    return bool(reasons) and all(isinstance(r, Failure) and _cancelled(r) for r in reasons)
+
+
 def _transport_error(failure: Failure, url: str) -> Failure:
-    if failure.check(AcmeError, CancelledError):
+    if failure.check(AcmeError):
         return failure
+    if _cancelled(failure):
+        # Cancelled by our caller (a timeout was turned into an
+        # AcmeTransportError before this): let it through as such.
+        raise CancelledError()
     raise AcmeTransportError(url, _describe(failure))
 
 

@@ -184,6 +184,8 @@ class IssuanceConfig:
         (private CAs, Pebble); ``None``: the system's trust store.
     :ivar request_timeout: seconds for one request to the CA.
     :ivar zerossl_eab_url: where ZeroSSL EAB credentials are fetched.
+    :ivar challenge_port: the port the CA validates http-01 on (80 for
+        every public CA); the Admin API's sanity check fetches it.
     """
 
     on_demand: bool = True
@@ -194,6 +196,7 @@ class IssuanceConfig:
     ca_bundle: str | None = None
     request_timeout: float = 30.0
     zerossl_eab_url: str = "https://api.zerossl.com/acme/eab-credentials-email"
+    challenge_port: int = 80
 
 
 @attrs.frozen
@@ -387,6 +390,7 @@ ISSUANCE = Record(
         Field("ca_bundle", FilePath(must_exist=True)),
         Field("request_timeout", Num(min=0, min_exclusive=True), 30.0),
         Field("zerossl_eab_url", Str(), "https://api.zerossl.com/acme/eab-credentials-email"),
+        Field("challenge_port", Int(1, 65535), 80),
     ),
 )
 

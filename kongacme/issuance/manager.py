@@ -82,6 +82,13 @@ class CertificateManager:
         self.stats = collections.Counter()
         self.last_error: dict[str, str] = {}
 
+    def reconfigure(self, issuer: IIssuer, admission: Admission, settings: Any, fail_backoff_minutes: float) -> None:
+        """Apply reloaded settings; orders in flight finish with the old issuer."""
+        self._issuer = issuer
+        self.admission = admission
+        self.settings = settings
+        self.fail_backoff_minutes = fail_backoff_minutes
+
     # -- the handshake gate --------------------------------------------------
 
     def before_handshake(self, server_name: str | None) -> Deferred | None:
@@ -157,10 +164,13 @@ class CertificateManager:
         """Whether an order for ``host`` is running in this process."""
         return host in self._in_flight
 
-    def obtain(self, host: str, origin: str = "admin") -> Deferred:
+    def obtain(self, host: str, origin: str = "admin", force: bool = False) -> Deferred:
         """
         Get a certificate for ``host``: join the order already running for
         it, or start one.
+
+        :param force: order a new certificate even if storage holds a valid
+            one (Kong's ``POST /acme`` always orders).
 
         :return: ``Deferred`` firing with the :class:`CertifiedKey`, or
             failing with :class:`IssuanceError` (Kong-style message) or the
@@ -175,7 +185,7 @@ class CertificateManager:
 
                 return fail(NotAdmitted(host, "host %s is not allowed: %s" % (host, reason)))
             self._starts.append(self._clock.seconds())
-            shared = self._run(host, origin)
+            shared = self._run(host, origin, force)
             if shared.called:
                 return shared
             self._in_flight[host] = shared
@@ -195,7 +205,7 @@ class CertificateManager:
         return joined
 
     @inlineCallbacks
-    def _run(self, host: str, origin: str):
+    def _run(self, host: str, origin: str, force: bool = False):
         started = self._clock.seconds()
         backoff = yield self._storage.get(keys.fail_backoff(host))
         until = None
@@ -214,7 +224,7 @@ class CertificateManager:
         if not locked:
             raise OrderInProgress(host)
         try:
-            existing = yield self._stored_certificate(host)
+            existing = None if force else (yield self._stored_certificate(host))
             if existing is not None:
                 self._cache.put(existing, [host])
                 self.log.info("certificate for {host} found in storage", host=host)

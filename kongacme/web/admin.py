@@ -13,17 +13,19 @@ import hmac
 import json
 from typing import Any, Callable, Mapping, Optional
 
+from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.web.resource import Resource
-from twisted.web.server import Request
+from twisted.web.server import NOT_DONE_YET, Request
 
 from kongacme.web._channel import QuietSite
 
 _log = Logger()
 
-#: A handler gets the request and answers ``(status code, JSON-able body)``.
-Handler = Callable[[Request], "tuple[int, Any]"]
+#: A handler gets the request and answers ``(status code, JSON-able body)``,
+#: or a Deferred firing with that pair.
+Handler = Callable[[Request], "tuple[int, Any] | Deferred"]
 
 
 class AdminResource(Resource):
@@ -45,6 +47,10 @@ class AdminResource(Resource):
         self._routes = dict(routes)
         self._token = None if token is None else token.encode("utf-8")
 
+    def add_route(self, method: bytes, path: bytes, handler: Handler) -> None:
+        """Answer ``method path`` with ``handler`` (replacing any previous one)."""
+        self._routes[(method, path)] = handler
+
     def set_token(self, token: Optional[str]) -> None:
         """Require ``token`` from now on (``None``: no authentication); used on reload."""
         self._token = None if token is None else token.encode("utf-8")
@@ -58,15 +64,38 @@ class AdminResource(Resource):
         if handler is None:
             return _json(request, 404, {"message": "Not found"})
         try:
-            code, body = handler(request)
-            return _json(request, code, body)
+            result = handler(request)
+            if not isinstance(result, Deferred):
+                return _json(request, *result)
         except Exception:
-            _log.failure(
-                "admin handler failed for {method} {path}",
-                method=request.method.decode("ascii", "replace"),
-                path=request.path[:200].decode("ascii", "backslashreplace"),
-            )
-            return _json(request, 500, {"message": "An unexpected error occurred"})
+            return self._crashed(request)
+        finished = request.notifyFinish()
+        finished.addErrback(lambda f: None)  # the client went away; answer is dropped
+
+        def answer(pair: tuple[int, Any]) -> None:
+            if finished.called:
+                return
+            try:
+                data = _json(request, *pair)
+            except Exception:
+                data = self._crashed(request)
+            request.write(data)
+            request.finish()
+
+        def crashed(f: Any) -> None:
+            _log.failure("admin handler failed for {path}", f, path=_printable(request.path))
+            answer((500, {"message": "An unexpected error occurred"}))
+
+        result.addCallbacks(answer, crashed)
+        return NOT_DONE_YET
+
+    def _crashed(self, request: Request) -> bytes:
+        _log.failure(
+            "admin handler failed for {method} {path}",
+            method=request.method.decode("ascii", "replace"),
+            path=_printable(request.path),
+        )
+        return _json(request, 500, {"message": "An unexpected error occurred"})
 
     def _authorized(self, request: Request) -> bool:
         assert self._token is not None
@@ -78,6 +107,10 @@ class AdminResource(Resource):
         # differ (only their lengths leak).
         match = hmac.compare_digest(credentials.strip(), self._token)
         return scheme.lower() == b"bearer" and match
+
+
+def _printable(path: bytes) -> str:
+    return path[:200].decode("ascii", "backslashreplace")
 
 
 def _json(request: Request, code: int, body: Any) -> bytes:

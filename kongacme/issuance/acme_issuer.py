@@ -1,0 +1,138 @@
+"""
+The daemon's ACME issuer: connects to the CA on first use with the account
+key kept in storage under Kong's key, and reconnects after the CA was
+unreachable.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Optional
+
+from twisted.internet.defer import Deferred, inlineCallbacks, succeed
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from twisted.web.client import HTTPConnectionPool
+from zope.interface import implementer
+
+from kongacme.acme import AcmeClient, AcmeIssuer, account_key_from_pem, account_key_pem, generate_account_key
+from kongacme.acme import make_http_client
+from kongacme.errors import AcmeProblem
+from kongacme.interfaces import IChallengeTokenStore, IIssuer, IStorage
+from kongacme.storage import keys
+
+
+@implementer(IIssuer)
+class DaemonAcmeIssuer:
+    """
+    :class:`IIssuer` for the configured CA.
+
+    The account key is, in order: the one stored under
+    ``kong_acme:account:<api_uri>:<base64(email)>`` (shared with Kong
+    nodes), the configured ``account_key`` (stored on first use), or a new
+    one (stored). The registered client is kept and reused; a transport
+    failure or a rejected account drops it so the next order reconnects.
+
+    :param acme: the ``acme`` config section (Kong's).
+    :param issuance: the ``issuance`` config section.
+    """
+
+    log = Logger()
+
+    def __init__(self, acme: Any, issuance: Any, storage: IStorage, token_store: IChallengeTokenStore, reactor):
+        self._acme = acme
+        self._issuance = issuance
+        self._storage = storage
+        self._token_store = token_store
+        self._reactor = reactor
+        self._pool = HTTPConnectionPool(reactor, persistent=True)
+        self._pool.maxPersistentPerHost = 4
+        self._client: Optional[AcmeClient] = None
+        self._connecting: Optional[Deferred] = None
+
+    def issue(self, host: str, private_key: Any = None) -> Deferred:
+        def with_client(client: AcmeClient) -> Deferred:
+            issuer = AcmeIssuer(
+                client,
+                self._token_store,
+                cert_type=self._acme.cert_type,
+                rsa_key_size=self._acme.rsa_key_size,
+                preferred_chain=self._acme.preferred_chain,
+                reactor=self._reactor,
+            )
+            return issuer.issue(host, private_key)
+
+        def forget_client(failure: Any) -> Any:
+            value = failure.value
+            if not isinstance(value, AcmeProblem) or "accountDoesNotExist" in value.type or value.status == 401:
+                # Unreachable CA, garbage, or an account problem: start over next time.
+                self._client = None
+            return failure
+
+        return self.client().addCallback(with_client).addErrback(forget_client)
+
+    def client(self) -> Deferred:
+        """The registered client, connecting first if needed (one attempt at a time)."""
+        if self._client is not None:
+            return succeed(self._client)
+        if self._connecting is None:
+            self._connecting = self._connect()
+
+            def done(result: Any) -> Any:
+                self._connecting = None
+                return result
+
+            self._connecting.addBoth(done)
+        waiter: Deferred = Deferred()
+
+        def relay(result: Any) -> None:
+            if isinstance(result, Failure):
+                waiter.errback(result)
+            else:
+                waiter.callback(result)
+
+        self._connecting.addBoth(relay)
+        return waiter
+
+    @inlineCallbacks
+    def _connect(self):
+        acme = self._acme
+        storage_key = keys.account_key(acme.api_uri, acme.account_email)
+        stored = yield self._storage.get(storage_key)
+        if stored is not None:
+            pem = keys.decode_account(stored, storage_key)
+        else:
+            pem = self._configured_account_key()
+            if pem is None:
+                pem = account_key_pem(generate_account_key("ecc"))
+            yield self._storage.set(storage_key, keys.encode_account(pem))
+        key = account_key_from_pem(pem)
+        http = make_http_client(
+            self._reactor, self._issuance.ca_bundle, pool=self._pool, connect_timeout=self._issuance.request_timeout
+        )
+        client = yield AcmeClient.from_directory(
+            acme.api_uri, http, self._reactor, key, timeout=self._issuance.request_timeout
+        )
+        eab = (acme.eab_kid, acme.eab_hmac_key) if acme.eab_kid and acme.eab_hmac_key else None
+        account = yield client.register(
+            acme.account_email, acme.tos_accepted, eab, zerossl_eab_url=self._issuance.zerossl_eab_url
+        )
+        self.log.info("ACME account {account} at {directory}", account=account, directory=acme.api_uri)
+        self._client = client
+        return client
+
+    def _configured_account_key(self) -> Optional[bytes]:
+        account_key = self._acme.account_key
+        if account_key is None:
+            return None
+        if getattr(account_key, "pem", None):
+            return account_key.pem.encode() if isinstance(account_key.pem, str) else account_key.pem
+        if getattr(account_key, "path", None):
+            with open(account_key.path, "rb") as f:
+                return f.read()
+        return None
+
+    def close(self) -> Deferred:
+        """Close persistent connections to the CA (at shutdown)."""
+        return self._pool.closeCachedConnections()
+
+
