@@ -6,6 +6,7 @@ configuration on reload (SIGHUP) without dropping connections.
 
 from __future__ import annotations
 
+import gc
 import os
 from typing import Callable
 
@@ -34,6 +35,23 @@ from kongacme.web.admin_acme import AcmeAdmin
 from kongacme.web.admin_acme import install as install_acme_admin
 from kongacme.web.challenge import make_http_factory
 from kongacme.web.tokens import MemoryChallengeTokenStore
+
+
+def tune_gc() -> None:
+    """
+    Make the cyclic garbage collector cheap on the connection path.
+
+    Profiles of the handshake path showed ~10% of CPU in gc_collect_main:
+    every connection allocates a few hundred objects, so the default gen-0
+    threshold (700) starts a collection every couple of connections, and
+    older generations re-scan every long-lived object (certificates,
+    contexts, modules). Objects alive after start-up are frozen out of the
+    collector's view, and collections run less often; per-connection
+    objects are freed by reference counting anyway.
+    """
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(20_000, 50, 100)
 
 
 class StartupError(Exception):
@@ -191,6 +209,7 @@ class DaemonService(MultiService):
         super().startService()
         if self.manager is not None:
             self._load_stored(self.manager)
+        tune_gc()
         self.log.info(
             "kongacme {version} started: {certs} static certificate name(s), {routes} route(s)",
             version=__version__,

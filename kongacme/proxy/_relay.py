@@ -5,13 +5,15 @@ flow-control valve and small helpers. Private: nothing here is API.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 from typing import TYPE_CHECKING, Any, Callable
 
 import attrs
 from twisted.internet.endpoints import HostnameEndpoint, TCP4ClientEndpoint, TCP6ClientEndpoint
 from twisted.internet.interfaces import IHalfCloseableProtocol, IPushProducer, IStreamClientEndpoint
-from twisted.internet.protocol import Factory, Protocol, connectionDone
+from twisted.internet.protocol import ClientFactory, Factory, Protocol, connectionDone
+from twisted.internet.error import NotConnectingError
 from twisted.python.failure import Failure
 from zope.interface import Interface, implementer
 
@@ -84,6 +86,57 @@ class UpstreamFactory(Factory):
 
     def buildProtocol(self, addr: Any) -> UpstreamProtocol:
         return UpstreamProtocol(self._client)
+
+
+class DirectUpstreamProtocol(UpstreamProtocol):
+    """
+    :class:`UpstreamProtocol` connected with ``reactor.connectTCP`` rather
+    than an endpoint: it reports the connection itself, which saves the
+    endpoint's Deferred and wrapping-protocol layers on every connection.
+    """
+
+    def connectionMade(self) -> None:
+        self._client._upstream_connected(self)
+
+
+class DirectUpstreamFactory(ClientFactory):
+    """Connects one client's upstream for an IP-literal route."""
+
+    noisy = False
+
+    def __init__(self, client: "ProxyServerProtocol"):
+        self._client = client
+
+    def buildProtocol(self, addr: Any) -> DirectUpstreamProtocol:
+        return DirectUpstreamProtocol(self._client)
+
+    def clientConnectionFailed(self, connector: Any, reason: Failure) -> None:
+        self._client._upstream_failed(reason)
+
+
+class PendingConnect:
+    """``cancel()`` for a ``connectTCP`` attempt, like a Deferred's."""
+
+    __slots__ = ("_connector",)
+
+    def __init__(self, connector: Any):
+        self._connector = connector
+
+    def cancel(self) -> None:
+        try:
+            self._connector.stopConnecting()
+        except NotConnectingError:
+            pass  # already connected or failed
+
+
+@functools.lru_cache(maxsize=1024)
+def ip_literal(host: str) -> bool:
+    """Whether ``host`` is an IPv4 or IPv6 address (brackets allowed); memoised, it runs per connection."""
+    try:
+        ipaddress.ip_address(host.strip("[]"))
+        return True
+    except ValueError:
+        return False
 
 
 def half_closer(transport: Any) -> Callable[[], None] | None:

@@ -22,7 +22,8 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from kongacme.interfaces import IRouter
-from kongacme.proxy._relay import UpstreamFactory, UpstreamProtocol, Valve, describe, half_closer, peer_name
+from kongacme.proxy._relay import DirectUpstreamFactory, PendingConnect, UpstreamFactory, UpstreamProtocol, Valve
+from kongacme.proxy._relay import describe, half_closer, ip_literal, peer_name
 from kongacme.proxy._relay import provides, route_name, upstream_endpoint
 from kongacme.proxy.proxyproto import v1_header, v2_header
 from kongacme.proxy.routes import Route
@@ -136,6 +137,12 @@ class ProxyServerProtocol(Protocol):
         self.route = route
         # Read nothing more until there is somewhere to put it.
         self._client_valve.pauseProducing()
+        if ip_literal(route.host):
+            connector = self.factory.reactor.connectTCP(
+                route.host.strip("[]"), route.port, DirectUpstreamFactory(self), timeout=self.factory.connect_timeout
+            )
+            self._connecting = PendingConnect(connector)
+            return
         endpoint = self.factory.endpoint_for(route)
         d = endpoint.connect(UpstreamFactory(self))
         self._connecting = d

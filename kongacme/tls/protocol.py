@@ -13,6 +13,8 @@ from OpenSSL import SSL
 from OpenSSL.SSL import Error, ZeroReturnError
 from twisted.internet.interfaces import (
     IHalfCloseableProtocol,
+    ISSLTransport,
+    ITCPTransport,
     IOpenSSLServerConnectionCreator,
     IReactorTime,
 )
@@ -54,7 +56,7 @@ class SNIConnectionCreator:
         return connection
 
 
-@implementer(IHalfCloseableProtocol)
+@implementer(IHalfCloseableProtocol, ITCPTransport, ISSLTransport)
 class SNITLSProtocol(TLSMemoryBIOProtocol):
     """
     Server-side TLS for one connection.
@@ -150,7 +152,15 @@ class SNITLSProtocol(TLSMemoryBIOProtocol):
         self.alpn_allowed = factory.alpn_for(hello.server_name)
         self.wrappedProtocol.client_hello = hello
         buffered, self._hello_buffer = self._hello_buffer, None
-        TLSMemoryBIOProtocol.makeConnection(self, self.transport)
+        # What TLSMemoryBIOProtocol.makeConnection does, minus its two
+        # per-connection directlyProvides() calls and double registration
+        # (measurable on the handshake path); the transport interfaces the
+        # wrapped protocol relies on are declared on this class instead.
+        self._tlsConnection = factory._creatorCallable(self)
+        self._appSendBuffer = []
+        factory.registerProtocol(self)
+        self.wrappedProtocol.makeConnection(self)
+        self._checkHandshakeStatus()
         if buffered and not self._lostTLSConnection:
             TLSMemoryBIOProtocol.dataReceived(self, buffered)
 
