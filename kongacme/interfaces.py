@@ -174,3 +174,45 @@ class IIssuer(Interface):
             :class:`kongacme.tls.certs.CertifiedKey`, or failing with
             :class:`kongacme.errors.AcmeProblem` / another error.
         """
+
+
+class ILease(Interface):
+    """
+    A held lock. Only its holder (who knows ``token``) can renew or release
+    it; a lease not renewed within its TTL expires and others may take it.
+    """
+
+    name = Attribute("the lock's name (str)")
+    token = Attribute("the owner token (str), unique per acquisition")
+
+    def renew(ttl):
+        """
+        Extend the lease to ``ttl`` seconds from now, if still held.
+
+        :return: ``Deferred`` firing with ``True``, or ``False`` when the
+            lease was lost (expired and maybe taken by someone else).
+        """
+
+    def release():
+        """
+        Give the lock up, only if still held by this lease.
+
+        :return: ``Deferred`` firing with ``True`` if released, ``False``
+            if it was no longer ours (nothing is deleted then).
+        """
+
+
+class ILocker(Interface):
+    """
+    Named locks with an owner token and a lease, shared by every process
+    using the same store (Kong's ``update_lock`` keys, done so that the
+    lock holds for a whole order).
+    """
+
+    def acquire(name, ttl):
+        """
+        Try once to take lock ``name`` for ``ttl`` seconds.
+
+        :return: ``Deferred`` firing with an :class:`ILease`, or ``None``
+            when someone else holds it.
+        """
