@@ -216,3 +216,27 @@ class ILocker(Interface):
         :return: ``Deferred`` firing with an :class:`ILease`, or ``None``
             when someone else holds it.
         """
+
+
+class IAtomicStorage(IStorage):
+    """
+    An :class:`IStorage` with the two compare-and-swap operations a lock
+    needs; every provider offers them (Redis: a Lua script, Vault: CAS
+    versions, Consul: ModifyIndex, files: flock, memory: trivially).
+    """
+
+    def compare_and_set(key, expected, value, ttl=None):
+        """
+        Set ``key`` to ``value`` (with ``ttl``) only if its current,
+        unexpired value equals ``expected``.
+
+        :return: ``Deferred`` firing with ``True`` if set.
+        """
+
+    def compare_and_delete(key, expected):
+        """
+        Delete ``key`` only if its current, unexpired value equals
+        ``expected``.
+
+        :return: ``Deferred`` firing with ``True`` if deleted.
+        """

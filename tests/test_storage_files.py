@@ -20,6 +20,7 @@ import kongacme
 from kongacme.storage import keys
 from kongacme.storage._fileformat import MAX_NAME, file_name, key_from_file_name
 from kongacme.storage.files import SWEEP_INTERVAL, FileStorage
+from tests.lock_conformance import LockConformanceMixin
 from tests.storage_conformance import SPECIAL_KEYS, StorageConformanceMixin
 
 _REPO = os.path.dirname(os.path.dirname(os.path.abspath(kongacme.__file__)))
@@ -63,7 +64,7 @@ def _corrupt_events(events: Any) -> list[dict]:
     return [e for e in events if "corrupt storage file" in e.get("log_format", "")]
 
 
-class FileStorageConformanceTests(StorageConformanceMixin, TestCase):
+class FileStorageConformanceTests(StorageConformanceMixin, LockConformanceMixin, TestCase):
     """
     Tests for FileStorage: the IStorage conformance suite.
     """

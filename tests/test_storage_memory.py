@@ -8,10 +8,11 @@ from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from kongacme.storage.memory import SWEEP_INTERVAL, MemoryStorage
+from tests.lock_conformance import LockConformanceMixin
 from tests.storage_conformance import StorageConformanceMixin
 
 
-class MemoryStorageConformanceTests(StorageConformanceMixin, TestCase):
+class MemoryStorageConformanceTests(StorageConformanceMixin, LockConformanceMixin, TestCase):
     """
     Tests for MemoryStorage: the IStorage conformance suite.
     """

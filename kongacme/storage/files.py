@@ -22,7 +22,7 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from zope.interface import implementer
 
-from kongacme.interfaces import IStorage
+from kongacme.interfaces import IAtomicStorage, IStorage
 from kongacme.storage._common import (
     check_key,
     check_prefix,
@@ -47,7 +47,7 @@ from kongacme.storage._fileformat import (
 SWEEP_INTERVAL = 3600.0
 
 
-@implementer(IStorage)
+@implementer(IStorage, IAtomicStorage)
 @attrs.define
 class FileStorage:
     """
@@ -155,6 +155,43 @@ class FileStorage:
         """
         check_prefix(prefix)
         return maybeDeferred(self._list, prefix)
+
+    def compare_and_set(
+        self, key: str, expected: bytes, value: bytes, ttl: Optional[float] = None
+    ) -> Deferred[bool]:
+        """
+        Set ``key`` to ``value`` only if its live value equals ``expected``;
+        atomic across processes (under the directory's flock).
+
+        :return: ``Deferred`` firing with ``True`` if set.
+        """
+        check_key(key)
+        check_value(value)
+        return maybeDeferred(self._swap, key, expected, value, check_ttl(ttl))
+
+    def compare_and_delete(self, key: str, expected: bytes) -> Deferred[bool]:
+        """
+        Delete ``key`` only if its live value equals ``expected``; atomic
+        across processes.
+
+        :return: ``Deferred`` firing with ``True`` if deleted.
+        """
+        check_key(key)
+        return maybeDeferred(self._swap, key, expected, None, None)
+
+    def _swap(self, key: str, expected: bytes, value: Optional[bytes], ttl: Optional[float]) -> bool:
+        name = file_name(key)
+        now = self._clock.seconds()
+        with self._locked():
+            entry = self._read(name, with_value=True)
+            if entry is None or entry.key != key or expired(entry.expires_at, now) or entry.value != expected:
+                return False
+            if value is None:
+                if self._unlink(os.path.join(self._directory, name)):
+                    self._sync_directory()
+            else:
+                self._write(name, envelope(key, value, expiry(now, ttl)))
+        return True
 
     # -- maintenance ------------------------------------------------------
 

@@ -12,7 +12,7 @@ from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IReactorTime
 from zope.interface import implementer
 
-from kongacme.interfaces import IStorage
+from kongacme.interfaces import IAtomicStorage, IStorage
 from kongacme.storage._common import (
     check_key,
     check_prefix,
@@ -27,7 +27,7 @@ from kongacme.storage._common import (
 SWEEP_INTERVAL = 60.0
 
 
-@implementer(IStorage)
+@implementer(IStorage, IAtomicStorage)
 @attrs.define
 class MemoryStorage:
     """
@@ -120,6 +120,35 @@ class MemoryStorage:
         now = self._clock.seconds()
         found = [key for key in list(self._entries) if key.startswith(prefix)]
         return succeed([key for key in found if self._live(key, now) is not None])
+
+    def compare_and_set(
+        self, key: str, expected: bytes, value: bytes, ttl: Optional[float] = None
+    ) -> Deferred[bool]:
+        """
+        Set ``key`` to ``value`` only if its live value equals ``expected``.
+
+        :return: ``Deferred`` firing with ``True`` if set.
+        """
+        check_key(key)
+        check_value(value)
+        seconds = check_ttl(ttl)
+        now = self._clock.seconds()
+        if self._live(key, now) != expected:
+            return succeed(False)
+        self._store(key, value, seconds, now)
+        return succeed(True)
+
+    def compare_and_delete(self, key: str, expected: bytes) -> Deferred[bool]:
+        """
+        Delete ``key`` only if its live value equals ``expected``.
+
+        :return: ``Deferred`` firing with ``True`` if deleted.
+        """
+        check_key(key)
+        if self._live(key, self._clock.seconds()) != expected:
+            return succeed(False)
+        del self._entries[key]
+        return succeed(True)
 
     def sweep(self) -> int:
         """
