@@ -171,3 +171,42 @@ class CertificateManagerTests(SynchronousTestCase):
         self.assertEqual(self.successResultOf(self.manager.load_from_storage()), 1)
         self.assertEqual(self.cache.lookup("good.test").fingerprint, good.fingerprint)
         self.assertIs(self.cache.lookup("bad.test"), self.cache.fallback)
+
+
+class OrderLockTests(SynchronousTestCase):
+    """
+    Tests for the order lock: a lease renewed for the whole order.
+    """
+
+    def setUp(self):
+        self.clock = Clock()
+        self.storage = MemoryStorage(self.clock)
+        self.issuer = FakeIssuer()
+        self.issuer.hold = True
+        self.manager = CertificateManager(
+            CertificateCache(generate_self_signed()), self.storage, self.issuer, self.clock,
+            Admission(["a.test"]), IssuanceConfig(),
+        )
+
+    def test_lock_held_for_long_order(self):
+        """An order running ten times Kong's 30 s lock TTL still holds the lock; it is released after."""
+        d = self.manager.obtain("a.test")
+        for _ in range(30):
+            self.clock.advance(10)
+            self.assertIsNotNone(self.successResultOf(self.storage.get(keys.update_lock("a.test"))))
+            self.assertFalse(self.successResultOf(self.storage.add(keys.update_lock("a.test"), b"placeholder", 30)))
+        self.issuer.release()
+        self.successResultOf(d)
+        self.assertIsNone(self.successResultOf(self.storage.get(keys.update_lock("a.test"))))
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def test_lock_not_released_when_lost(self):
+        """If the lease expired and another node took the lock, finishing does not delete the other's lock."""
+        d = self.manager.obtain("a.test")
+        # Simulate a storage outage long enough for the lease to lapse, and another owner.
+        self.successResultOf(self.storage.delete(keys.update_lock("a.test")))
+        self.successResultOf(self.storage.add(keys.update_lock("a.test"), b"other-owner", 300))
+        self.clock.advance(10)  # renewal fails: logged, order goes on
+        self.issuer.release()
+        self.successResultOf(d)
+        self.assertEqual(self.successResultOf(self.storage.get(keys.update_lock("a.test"))), b"other-owner")

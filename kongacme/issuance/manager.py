@@ -11,6 +11,7 @@ from typing import Any
 
 from twisted.internet.defer import Deferred, inlineCallbacks
 from twisted.internet.interfaces import IReactorTime
+from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
@@ -20,12 +21,15 @@ from kongacme.errors import OrderInProgress
 from kongacme.interfaces import IHandshakeGate, IIssuer, IStorage
 from kongacme.issuance.admission import Admission
 from kongacme.storage import keys
+from kongacme.storage.locks import StorageLocker
 from kongacme.tls.cache import CertificateCache
 from kongacme.tls.certs import CertifiedKey
 
-#: How long the order lock lives if its holder dies without releasing it.
-#: It is deleted as soon as the order ends (issue 4 makes it a renewed lease).
-LOCK_TTL = 600.0
+#: The order lock's lease, as Kong's 30 s lock; unlike Kong's it is renewed
+#: every LOCK_TTL / 3 seconds while the order runs, so a long order never
+#: lets a second node start a duplicate, and a crashed holder frees it
+#: within LOCK_TTL.
+LOCK_TTL = 30.0
 
 
 def describe(failure: Failure) -> str:
@@ -71,6 +75,7 @@ class CertificateManager:
         self._cache = cache
         self._storage = storage
         self._issuer = issuer
+        self._locker = StorageLocker(storage)
         self._clock = clock
         self.admission = admission
         self.settings = settings
@@ -220,9 +225,10 @@ class CertificateManager:
             if remaining > 0:
                 self._backoff_until[host] = until
                 raise BackoffActive(host, remaining)
-        locked = yield self._storage.add(keys.update_lock(host), keys.UPDATE_LOCK_VALUE, LOCK_TTL)
-        if not locked:
+        lease = yield self._locker.acquire(keys.update_lock(host), LOCK_TTL)
+        if lease is None:
             raise OrderInProgress(host)
+        keeper = self._keep_lease(lease, host)
         try:
             existing = None if force else (yield self._stored_certificate(host))
             if existing is not None:
@@ -255,9 +261,31 @@ class CertificateManager:
             return certified
         finally:
             # Not yielded: a finally clause must not suspend the generator.
-            self._storage.delete(keys.update_lock(host)).addErrback(
+            if keeper.running:
+                keeper.stop()
+            lease.release().addErrback(
                 lambda f: self.log.failure("could not release the order lock for {host}", f, host=host)
             )
+
+    def _keep_lease(self, lease: Any, host: str) -> LoopingCall:
+        """Renew ``lease`` every LOCK_TTL / 3 seconds until stopped."""
+
+        def renew() -> Deferred:
+            def renewed(held: bool) -> None:
+                if not held:
+                    self.log.warn("lost the order lock for {host} (storage unavailable or expired)", host=host)
+
+            return lease.renew(LOCK_TTL).addCallbacks(
+                renewed, lambda f: self.log.warn("could not renew the order lock for {host}: {e}", host=host,
+                                                 e=f.getErrorMessage())
+            )
+
+        keeper = LoopingCall(renew)
+        keeper.clock = self._clock
+        keeper.start(LOCK_TTL / 3.0, now=False).addErrback(
+            lambda f: self.log.failure("order lock keeper for {host} stopped", f, host=host)
+        )
+        return keeper
 
     @inlineCallbacks
     def _fail(self, host: str, failure: Failure):
