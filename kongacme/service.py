@@ -30,6 +30,7 @@ from kongacme.tls.context import ContextBuilder
 from kongacme.tls.fallback import load_or_create_fallback
 from kongacme.tls.protocol import TLSServerFactory
 from kongacme.storage import storage_from_config
+from kongacme.storage.tokens import StorageChallengeTokenStore, SwitchableTokenStore
 from kongacme.web.admin import make_admin_factory
 from kongacme.web.admin_acme import AcmeAdmin
 from kongacme.web.admin_acme import install as install_acme_admin
@@ -116,7 +117,9 @@ class DaemonService(MultiService):
         self._reactor = reactor
         self.config = config
         self.config_path = config_path
-        self.token_store = MemoryChallengeTokenStore(reactor)
+        # Tokens live in the shared storage once acme is configured, so any
+        # node (or a Kong node) the CA reaches can answer.
+        self.token_store = SwitchableTokenStore(MemoryChallengeTokenStore(reactor))
         self.router = RouteTable.from_config(config.routes, config.default_route)
         self.cache: CertificateCache | None = None
         self.builder = ContextBuilder(
@@ -238,6 +241,7 @@ class DaemonService(MultiService):
             if self.manager is not None:
                 self.log.info("acme section removed: no more certificate issuance")
             self.manager = self.issuer = self.storage = None
+            self.token_store.target = MemoryChallengeTokenStore(self._reactor)
             return
         old_acme = old.acme if old is not None else None
         storage_changed = (
@@ -247,6 +251,7 @@ class DaemonService(MultiService):
         )
         if storage_changed or self.storage is None:
             self.storage = storage_from_config(acme, new.state_dir, self._reactor)
+            self.token_store.target = StorageChallengeTokenStore(self.storage)
         if storage_changed or self.issuer is None or acme != old_acme or new.issuance != old.issuance:
             if self.issuer is not None:
                 self.issuer.close()

@@ -48,5 +48,10 @@ def makeService(options: Options):
         reactor.callFromThread(service.reload)
 
     if hasattr(signal, "SIGHUP"):
-        reactor.callWhenRunning(signal.signal, signal.SIGHUP, on_hup)
+        # Installed now, not when the reactor runs: the listeners open
+        # before that (privilegedStartService), and a SIGHUP arriving in
+        # between would otherwise kill the process (the default action).
+        # callFromThread only queues the reload, so it is safe in a signal
+        # handler and before the reactor runs.
+        signal.signal(signal.SIGHUP, on_hup)
     return service

@@ -199,3 +199,4 @@ class FakeIssuer:
 
 
 __all__.append("FakeIssuer")
+from kongacme.storage.consul_fake import FakeConsul, start_fake_consul  # noqa: E402,F401
