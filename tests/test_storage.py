@@ -53,16 +53,6 @@ class StorageFromConfigTests(SynchronousTestCase):
         again = storage_from_config(_config("kong"), self.state_dir, self.clock)
         self.assertEqual(self.successResultOf(again.get("k")), b"v")
 
-    def test_later_providers(self) -> None:
-        """
-        redis, consul and vault are refused with NotImplementedError naming
-        the provider, for now.
-        """
-        for name in ("redis", "consul", "vault"):
-            e = self.assertRaises(NotImplementedError, storage_from_config, _config(name), self.state_dir, self.clock)
-            self.assertIn(repr(name), str(e))
-            self.assertIn("storage milestone", str(e))
-
     def test_exports(self) -> None:
         """
         The package re-exports its public names.
