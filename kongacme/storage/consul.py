@@ -67,6 +67,7 @@ from twisted.web.client import (
 from twisted.web.http_headers import Headers
 from zope.interface import implementer
 
+from kongacme.storage.errors import StorageError, StorageUnavailable
 from kongacme.acme.trust import make_http_client
 from kongacme.config.storage import ConsulStorageConfig
 from kongacme.interfaces import IAtomicStorage, IStorage
@@ -90,7 +91,7 @@ _SAFE = ":@"
 IDLE_CONNECTION_TIMEOUT = 30.0
 
 
-class ConsulError(Exception):
+class ConsulError(StorageError):
     """
     A Consul request failed: refused (403 ACL, 400 bad request, 413 value
     too large) or answered with something that is not Consul's format.
@@ -114,7 +115,7 @@ class ConsulError(Exception):
         return f"consul {self.method} {self.url}{status}: {self.reason}"
 
 
-class ConsulUnavailable(ConsulError):
+class ConsulUnavailable(ConsulError, StorageUnavailable):
     """
     Consul cannot serve the request now: unreachable, no complete answer
     within the timeout, or a 5xx/429 answer (e.g. "No cluster leader").

@@ -39,3 +39,18 @@ class StoredCertificateError(StorageValueError, CertificateError):
     def __init__(self, key: str, reason: str):
         self.source = key
         StorageValueError.__init__(self, key, reason)
+
+
+class StorageError(Exception):
+    """
+    A storage server refused or failed a request (every networked
+    provider's errors derive from this, so callers catch one type).
+    """
+
+
+class StorageUnavailable(StorageError):
+    """
+    The storage server cannot serve the request now: unreachable, timed
+    out, or answering 5xx. Callers keep serving what they hold, back off,
+    and retry; it clears by itself when the server returns.
+    """
