@@ -210,3 +210,43 @@ class OrderLockTests(SynchronousTestCase):
         self.issuer.release()
         self.successResultOf(d)
         self.assertEqual(self.successResultOf(self.storage.get(keys.update_lock("a.test"))), b"other-owner")
+
+
+class FlakyStorage(MemoryStorage):
+    """Memory storage whose writes of certificates fail while ``down``."""
+
+    down = False
+
+    def set(self, key, value, ttl=None):
+        if self.down and key.startswith(keys.CERT_KEY_PREFIX):
+            from twisted.internet.defer import fail
+
+            from kongacme.storage.errors import StorageUnavailable
+
+            return fail(StorageUnavailable("redis down"))
+        return super().set(key, value, ttl)
+
+
+class StorageDownTests(SynchronousTestCase):
+    """
+    Tests for issuance while storage fails: nothing is lost.
+    """
+
+    def test_write_retried_until_stored(self):
+        """An issued certificate is served at once and its write is retried until storage is back."""
+        clock = Clock()
+        storage = FlakyStorage(clock)
+        storage.down = True
+        cache = CertificateCache(generate_self_signed())
+        manager = CertificateManager(cache, storage, FakeIssuer(), clock, Admission(["a.test"]), IssuanceConfig())
+        certified = self.successResultOf(manager.obtain("a.test"))
+        self.assertIs(cache.lookup("a.test"), certified)
+        self.assertEqual(manager.status()["not_yet_stored"], ["a.test"])
+        clock.advance(5)
+        clock.advance(5)
+        self.assertIsNone(self.successResultOf(storage.get(keys.cert_key("a.test"))))
+        storage.down = False
+        clock.advance(5)
+        self.assertIsNotNone(self.successResultOf(storage.get(keys.cert_key("a.test"))))
+        self.assertEqual(manager.status()["not_yet_stored"], [])
+        self.assertEqual(clock.getDelayedCalls(), [])

@@ -86,6 +86,7 @@ class CertificateManager:
         self._refused_logged: dict[str, float] = {}
         self.stats = collections.Counter()
         self.last_error: dict[str, str] = {}
+        self._unsaved: dict[str, CertifiedKey] = {}
 
     def reconfigure(self, issuer: IIssuer, admission: Admission, settings: Any, fail_backoff_minutes: float) -> None:
         """Apply reloaded settings; orders in flight finish with the old issuer."""
@@ -244,11 +245,10 @@ class CertificateManager:
                 self.stats["orders_failed"] += 1
                 yield self._fail(host, failure)
                 failure.raiseException()
-            yield self._storage.set(keys.cert_key(host), keys.encode_cert_key(certified))
-            yield self._storage.set(
-                keys.renew_config(host), keys.encode_renew_config(host, certified.not_after.timestamp())
-            )
+            # Served from now on even if storage is down; the write is
+            # retried until it lands (a certificate is never silently lost).
             self._cache.put(certified, [host])
+            self._persist(host, certified)
             self._backoff_until.pop(host, None)
             self.last_error.pop(host, None)
             self.stats["orders_succeeded"] += 1
@@ -286,6 +286,40 @@ class CertificateManager:
             lambda f: self.log.failure("order lock keeper for {host} stopped", f, host=host)
         )
         return keeper
+
+    #: Seconds between attempts to store an issued certificate while
+    #: storage is failing.
+    persist_retry = 5.0
+
+    def _persist(self, host: str, certified: CertifiedKey, attempt: int = 1) -> Deferred:
+        """Write the certificate under Kong's keys, retrying until it succeeds."""
+
+        def write() -> Deferred:
+            d = self._storage.set(keys.cert_key(host), keys.encode_cert_key(certified))
+            d.addCallback(
+                lambda _: self._storage.set(
+                    keys.renew_config(host), keys.encode_renew_config(host, certified.not_after.timestamp())
+                )
+            )
+            return d
+
+        def stored(_: object) -> None:
+            self._unsaved.pop(host, None)
+            if attempt > 1:
+                self.log.info("certificate for {host} stored after {attempts} attempts", host=host, attempts=attempt)
+
+        def failed(failure: Failure) -> None:
+            if self._unsaved.get(host) is not certified:
+                return  # a newer certificate replaced it
+            self.log.error(
+                "could not store the certificate for {host} (attempt {attempt}): {error}; it is served from "
+                "memory and the write is retried in {delay:.0f} s",
+                host=host, attempt=attempt, error=failure.getErrorMessage(), delay=self.persist_retry,
+            )
+            self._clock.callLater(self.persist_retry, self._persist, host, certified, attempt + 1)
+
+        self._unsaved[host] = certified
+        return write().addCallbacks(stored, failed)
 
     @inlineCallbacks
     def _fail(self, host: str, failure: Failure):
@@ -353,6 +387,7 @@ class CertificateManager:
             "in_flight": sorted(self._in_flight),
             "stats": dict(self.stats),
             "last_errors": dict(self.last_error),
+            "not_yet_stored": sorted(self._unsaved),
         }
 
 
