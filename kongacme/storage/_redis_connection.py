@@ -1,0 +1,309 @@
+"""
+The connection side of :mod:`kongacme.storage.redis`: a txredisapi
+connection pool to one Redis server, made through an endpoint on the
+injected reactor (plain TCP or TLS), with AUTH and SELECT done here rather
+than by txredisapi.
+
+Why not txredisapi's own ``password``/``dbid`` handling: when AUTH or
+SELECT is refused it stops reconnecting for good and errbacks a
+``Deferred`` nobody holds in a lazy pool (an unhandled error). Here a
+refusal is remembered as :attr:`RedisPool.last_error`, the connection is
+dropped, and the pool keeps retrying with backoff, so a password fixed on
+the server or a server that finished loading is picked up by itself.
+
+txredisapi itself still schedules its reconnection backoff on the global
+reactor (its ``ClientService`` has no clock argument); everything this
+module and the storage decide (connect timeouts, setup timeouts, per
+operation timeouts) runs on the injected one.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Optional
+
+import txredisapi
+from OpenSSL import SSL
+from twisted.internet import ssl
+from twisted.internet.abstract import isIPAddress, isIPv6Address
+from twisted.internet.defer import CancelledError, Deferred, inlineCallbacks, succeed
+from twisted.internet.endpoints import (
+    HostnameEndpoint,
+    TCP4ClientEndpoint,
+    TCP6ClientEndpoint,
+    wrapClientTLS,
+)
+from twisted.internet.error import ConnectionDone
+from twisted.internet.interfaces import IOpenSSLClientConnectionCreator, IStreamClientEndpoint
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from kongacme.storage._redis_errors import StorageUnavailable
+
+#: Reconnection backoff (seconds): the first retry after about
+#: :data:`RECONNECT_INITIAL_DELAY`, growing by ``e`` up to
+#: :data:`RECONNECT_MAX_DELAY`, so a restarted Redis is used again within
+#: a few seconds (txredisapi's own default waits up to 10 s).
+RECONNECT_INITIAL_DELAY = 0.5
+RECONNECT_MAX_DELAY = 5.0
+
+
+@implementer(IOpenSSLClientConnectionCreator)
+class _UnverifiedTLS:
+    """
+    TLS that does not check the server's certificate (Kong's
+    ``ssl_verify: false``, the default) but still sends SNI.
+    """
+
+    def __init__(self, server_name: Optional[str]):
+        self._context = ssl.CertificateOptions().getContext()
+        self._sni = None if server_name is None else server_name.encode("idna")
+
+    def clientConnectionForTLS(self, tlsProtocol: Any) -> SSL.Connection:
+        connection = SSL.Connection(self._context, None)
+        connection.set_app_data(tlsProtocol)
+        if self._sni is not None:
+            connection.set_tlsext_host_name(self._sni)
+        return connection
+
+
+def _is_ip(name: str) -> bool:
+    return isIPAddress(name) or isIPv6Address(name)
+
+
+def tls_connection_creator(
+    host: str, verify: bool, server_name: Optional[str] = None, trust_root: Any = None
+) -> Any:
+    """
+    How to start TLS to a Redis server.
+
+    :param host: the address connected to.
+    :param verify: check the certificate chain and that it names
+        ``server_name`` (or ``host``).
+    :param server_name: the name sent as SNI and verified; default ``host``.
+        IP addresses are verified but not sent as SNI.
+    :param trust_root: an ``IOpenSSLTrustRoot`` for ``verify``; ``None``
+        is the system's trust store.
+    :return: an ``IOpenSSLClientConnectionCreator``.
+    """
+    name = server_name or host
+    if verify:
+        return ssl.optionsForClientTLS(
+            name, trustRoot=trust_root if trust_root is not None else ssl.platformTrust()
+        )
+    return _UnverifiedTLS(None if _is_ip(name) else name)
+
+
+def _tcp_endpoint(reactor: Any, host: str, port: int, timeout: float) -> IStreamClientEndpoint:
+    # Literal addresses skip the name resolver (and its thread pool).
+    if isIPAddress(host):
+        return TCP4ClientEndpoint(reactor, host, port, timeout=timeout)
+    if isIPv6Address(host):
+        return TCP6ClientEndpoint(reactor, host, port, timeout=timeout)
+    return HostnameEndpoint(reactor, host, port, timeout=timeout)
+
+
+@implementer(IStreamClientEndpoint)
+class _ReportingEndpoint:
+    """Tells the pool why a connection attempt failed."""
+
+    def __init__(self, endpoint: IStreamClientEndpoint, pool: "RedisPool"):
+        self._endpoint = endpoint
+        self._pool = pool
+
+    def connect(self, protocolFactory: Any) -> Deferred:
+        return self._endpoint.connect(protocolFactory).addErrback(self._failed)
+
+    def _failed(self, failure: Failure) -> Failure:
+        if not failure.check(CancelledError):
+            self._pool.failed(f"could not connect: {failure.getErrorMessage()}")
+        return failure
+
+
+class _Protocol(txredisapi.RedisProtocol):
+    """
+    A txredisapi connection that authenticates, selects the database (or
+    PINGs, so that a server wanting a password or a failed TLS handshake
+    shows up before the connection is used) and only then joins the pool.
+    """
+
+    factory: "_Factory"
+    _setup_timer: Any = None
+    _aborted = False
+
+    @inlineCallbacks
+    def connectionMade(self) -> Any:
+        pool = self.factory.owner
+        self._setup_timer = pool.reactor.callLater(pool.timeout, self._setup_timed_out)
+        step = "PING"
+        try:
+            if pool.password is not None:
+                step = "AUTH" if pool.username is None else f"AUTH as {pool.username!r}"
+                yield self.auth(pool.password, pool.username)
+            if pool.database:
+                step = f"SELECT {pool.database}"
+                yield self.select(pool.database)
+            else:
+                step = "PING"
+                yield self.ping()
+        except Exception as e:
+            if self._setup_timer.active():
+                self._setup_timer.cancel()
+            # A refusal says more than the "lost connection" that follows a
+            # TLS failure or a timeout (already recorded by then).
+            if isinstance(e, txredisapi.ResponseError) or (not self._aborted and self.connected):
+                pool.failed(f"{step} failed: {e}")
+            self._abort()
+            return
+        if self._setup_timer.active():
+            self._setup_timer.cancel()
+        # txredisapi's own connectionMade, with no password and no dbid
+        # left for it, just marks the connection usable.
+        yield super().connectionMade()
+        pool.ready()
+
+    def _setup_timed_out(self) -> None:
+        self.factory.owner.failed(f"no answer to AUTH/SELECT/PING within {self.factory.owner.timeout:g} s")
+        self._abort()
+
+    def _abort(self) -> None:
+        self._aborted = True
+        if self.transport is not None:
+            self.transport.abortConnection()
+
+    def connectionLost(self, why: Failure) -> None:
+        if self._setup_timer is not None and self._setup_timer.active():
+            self._setup_timer.cancel()
+        if not (self._aborted or why.check(ConnectionDone) or self.factory.owner.closed):
+            self.factory.owner.failed(f"connection lost: {why.getErrorMessage()}")
+        super().connectionLost(why)
+
+
+class _Factory(txredisapi.RedisFactory):
+    protocol = _Protocol
+    initialDelay = RECONNECT_INITIAL_DELAY
+    maxDelay = RECONNECT_MAX_DELAY
+
+    def __init__(self, pool: "RedisPool", size: int):
+        # charset None and convertNumbers False: values stay bytes.
+        super().__init__(pool.address, None, size, isLazy=True, charset=None, convertNumbers=False)
+        self.owner = pool
+        # Lazy pool: nobody waits for all of it to connect; trouble is
+        # reported to the operations that need a connection.
+        self.deferred.addErrback(lambda failure: None)
+
+    def buildProtocol(self, addr: Any) -> _Protocol:
+        protocol = super().buildProtocol(addr)
+        protocol.callLater = self.owner.reactor.callLater
+        return protocol
+
+
+class RedisPool:
+    """
+    Up to ``size`` connections to one Redis server, opened on first use
+    and re-opened with backoff whenever lost or refused.
+
+    :ivar store: how errors name the server (``"redis host:port"``).
+    :ivar last_error: why the most recent connection attempt or connection
+        failed, or ``None`` once a connection is usable again.
+    """
+
+    log = Logger()
+
+    def __init__(
+        self,
+        reactor: Any,
+        host: str,
+        port: int,
+        *,
+        database: int = 0,
+        username: Optional[str] = None,
+        password: Optional[str] = None,
+        tls: Any = None,
+        timeout: float = 2.0,
+        size: int = 2,
+    ):
+        self.reactor = reactor
+        self.address = f"[{host}]:{port}" if isIPv6Address(host) else f"{host}:{port}"
+        self.store = f"redis {self.address}"
+        self.database = database
+        self.username = username
+        self.password = password
+        self.timeout = timeout
+        self.last_error: Optional[str] = None
+        self.closed = False
+        self._host = host
+        self._port = port
+        self._tls = tls
+        self._size = size
+        self._factory: Optional[_Factory] = None
+        self._healthy = True
+        # Waiters for close() while closing; None once closed.
+        self._closing: Optional[list[Deferred[None]]] = []
+
+    def connection(self) -> Deferred:
+        """
+        A usable connection (a txredisapi protocol), once there is one.
+        Connecting starts on the first call. The ``Deferred`` may wait
+        forever (Redis down): the caller puts a timeout on it. Cancelling
+        it is safe.
+
+        :raises StorageUnavailable: once :meth:`close` was called.
+        """
+        if self.closed:
+            raise StorageUnavailable(self.store, "connection closed")
+        if self._factory is None:
+            endpoint = _tcp_endpoint(self.reactor, self._host, self._port, self.timeout)
+            if self._tls is not None:
+                endpoint = wrapClientTLS(self._tls, endpoint)
+            self._factory = _Factory(self, self._size)
+            self._factory.startConnecting(_ReportingEndpoint(endpoint, self))
+        return self._factory.getConnection(peek=True)
+
+    def failed(self, error: str) -> None:
+        """Record why a connection failed (logged once per outage)."""
+        self.last_error = error
+        if self._healthy:
+            self._healthy = False
+            self.log.warn("{store}: {error}; retrying", store=self.store, error=error)
+
+    def ready(self) -> None:
+        """A connection became usable."""
+        if not self._healthy:
+            self.log.info("{store}: connected again", store=self.store)
+        self._healthy = True
+        self.last_error = None
+
+    def abort(self, protocol: Any, why: str) -> None:
+        """Drop a connection that did not answer in time (it may be stuck)."""
+        if protocol.connected:
+            self.failed(why)
+            protocol._abort()
+
+    def close(self) -> Deferred:
+        """
+        Close every connection and stop reconnecting; calling it again is
+        harmless.
+
+        :return: ``Deferred`` firing with ``None`` once all are closed.
+        """
+        if not self.closed:
+            self.closed = True
+            if self._factory is not None:
+                self._factory.disconnect().addBoth(self._closed)
+            else:
+                self._closing = None
+        if self._closing is None:
+            return succeed(None)
+        waiter: Deferred[None] = Deferred()
+        self._closing.append(waiter)
+        return waiter
+
+    def _closed(self, result: Any) -> None:
+        waiters, self._closing = self._closing or [], None
+        # Fired from inside txredisapi's ClientService state machine, which
+        # must not be re-entered (a waiter might close again): a turn later.
+        if waiters:
+            self.reactor.callLater(0, lambda: [w.callback(None) for w in waiters])
+        if isinstance(result, Failure):
+            self.log.failure("{store}: error while closing", result, store=self.store)
