@@ -227,6 +227,16 @@ class DaemonService(MultiService):
             yield listener_set.stop_all()
         if self.issuer is not None:
             yield self.issuer.close()
+        yield self._close_storage()
+
+    def _close_storage(self) -> Deferred:
+        """Close the current storage's connections (networked providers)."""
+        from twisted.internet.defer import maybeDeferred, succeed
+
+        close = getattr(self.storage, "close", None)
+        if close is None:
+            return succeed(None)
+        return maybeDeferred(close).addErrback(lambda f: self.log.failure("closing storage failed", f))
 
     # -- issuance -----------------------------------------------------------
 
@@ -240,6 +250,7 @@ class DaemonService(MultiService):
         if acme is None:
             if self.manager is not None:
                 self.log.info("acme section removed: no more certificate issuance")
+            self._close_storage()
             self.manager = self.issuer = self.storage = None
             self.token_store.target = MemoryChallengeTokenStore(self._reactor)
             return
@@ -250,6 +261,7 @@ class DaemonService(MultiService):
             or new.state_dir != old.state_dir
         )
         if storage_changed or self.storage is None:
+            self._close_storage()
             self.storage = storage_from_config(acme, new.state_dir, self._reactor)
             self.token_store.target = StorageChallengeTokenStore(self.storage)
         if storage_changed or self.issuer is None or acme != old_acme or new.issuance != old.issuance:
