@@ -56,7 +56,6 @@ import collections
 import contextlib
 import datetime
 import http.server
-import ipaddress
 import json
 import os
 import re
@@ -171,32 +170,10 @@ class Pebble:
 
     def write_certificates(self) -> None:
         """A throwaway CA and a listener leaf (localhost, 127.0.0.1) for Pebble's HTTPS."""
-        from cryptography import x509
-        from cryptography.hazmat.primitives import hashes
-        from cryptography.hazmat.primitives.asymmetric import ec
-        from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
-
         from kongacme.testing import TestCA
-        from kongacme.tls.certs import CertifiedKey
 
         ca = TestCA.create("kongacme bench Pebble listener CA")
-        key = ec.generate_private_key(ec.SECP256R1())
-        now = datetime.datetime.now(datetime.timezone.utc)
-        cert = (
-            x509.CertificateBuilder()
-            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")]))
-            .issuer_name(ca.certificate.subject)
-            .public_key(key.public_key())
-            .serial_number(x509.random_serial_number())
-            .not_valid_before(now - datetime.timedelta(minutes=5))
-            .not_valid_after(now + datetime.timedelta(days=7))
-            .add_extension(x509.SubjectAlternativeName(
-                [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), critical=False)
-            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-            .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
-            .sign(ca.key, hashes.SHA256())
-        )
-        listener = CertifiedKey(chain=(cert, ca.certificate), key=key, source="pebble listener")
+        listener = ca.issue(["localhost"], ips=["127.0.0.1"], days=7, include_ca=True)
         ca.write_ca(self.ca_pem)
         self.crt = os.path.join(self.work, "pebble-listener.crt")
         self.key = os.path.join(self.work, "pebble-listener.key")

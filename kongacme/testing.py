@@ -6,6 +6,7 @@ throwaway certificate authority that issues proper leaf certificates.
 from __future__ import annotations
 
 import datetime
+import ipaddress
 import os
 from typing import Sequence
 
@@ -82,9 +83,15 @@ class TestCA:
         rsa_bits: int = 2048,
         days: int = 90,
         not_before: datetime.datetime | None = None,
+        ips: Sequence[str] = (),
+        include_ca: bool = False,
     ) -> CertifiedKey:
         """
         A leaf certificate for ``names`` (the first is also the CN).
+
+        :param ips: IP addresses to add to the subjectAltName (a server
+            reached by address, like a local Pebble at 127.0.0.1).
+        :param include_ca: put this CA's certificate after the leaf.
         """
         key = make_key(key_type, rsa_bits)
         start = not_before or (_now() - datetime.timedelta(minutes=5))
@@ -96,7 +103,12 @@ class TestCA:
             .serial_number(x509.random_serial_number())
             .not_valid_before(start)
             .not_valid_after(start + datetime.timedelta(days=days))
-            .add_extension(x509.SubjectAlternativeName([x509.DNSName(n) for n in names]), critical=False)
+            .add_extension(
+                x509.SubjectAlternativeName(
+                    [x509.DNSName(n) for n in names] + [x509.IPAddress(ipaddress.ip_address(a)) for a in ips]
+                ),
+                critical=False,
+            )
             .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
             .add_extension(
                 x509.KeyUsage(
@@ -118,7 +130,8 @@ class TestCA:
             )
         )
         cert = builder.sign(self.key, hashes.SHA256())
-        return CertifiedKey(chain=(cert,), key=key, source="test CA")
+        chain = (cert, self.certificate) if include_ca else (cert,)
+        return CertifiedKey(chain=chain, key=key, source="test CA")
 
     def ca_pem(self) -> bytes:
         """The root certificate as PEM (a trust anchor for clients)."""

@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import datetime
 import hashlib
-import ipaddress
 import json
 import os
 import ssl
@@ -30,9 +29,7 @@ import time
 import urllib.request
 
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+from cryptography.hazmat.primitives import serialization
 
 from kongacme.testing import TestCA
 
@@ -71,34 +68,10 @@ def _listener_usable(directory: str) -> bool:
 
 def _make_listener(directory: str) -> None:
     ca = TestCA.create("kongacme demo: Pebble listener CA")
-    key = ec.generate_private_key(ec.SECP256R1())
-    now = _now()
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")]))
-        .issuer_name(ca.certificate.subject)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(days=365))
-        .add_extension(
-            x509.SubjectAlternativeName(
-                [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
-            ),
-            critical=False,
-        )
-        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
-        .sign(ca.key, hashes.SHA256())
-    )
-    pem = serialization.Encoding.PEM
+    listener = ca.issue(["localhost"], ips=["127.0.0.1"], days=365, include_ca=True)
     _write(os.path.join(directory, CA_FILE), ca.ca_pem())
-    _write(
-        os.path.join(directory, KEY_FILE),
-        key.private_bytes(pem, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()),
-        0o600,
-    )
-    _write(os.path.join(directory, CERT_FILE), cert.public_bytes(pem) + ca.ca_pem())
+    _write(os.path.join(directory, KEY_FILE), listener.key_pem(), 0o600)
+    _write(os.path.join(directory, CERT_FILE), listener.chain_pem())
 
 
 def prepare(args: argparse.Namespace) -> None:

@@ -22,8 +22,6 @@ PID) by ``addCleanup``; nothing is left for trial's dirty-reactor check.
 
 from __future__ import annotations
 
-import datetime
-import ipaddress
 import json
 import os
 import socket
@@ -31,9 +29,6 @@ from typing import Any, Optional, Sequence
 
 import attrs
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from twisted.internet import reactor, tcp
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.error import CannotListenError
@@ -138,25 +133,7 @@ def start_http01_responder(test_case: TestCase, token_store: IChallengeTokenStor
 
 def listener_certificate(ca: TestCA) -> CertifiedKey:
     """A leaf for Pebble's HTTPS: DNS ``localhost`` and IP ``127.0.0.1``."""
-    key = ec.generate_private_key(ec.SECP256R1())
-    now = datetime.datetime.now(datetime.timezone.utc)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")]))
-        .issuer_name(ca.certificate.subject)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(days=7))
-        .add_extension(
-            x509.SubjectAlternativeName([x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
-            critical=False,
-        )
-        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
-        .sign(ca.key, hashes.SHA256())
-    )
-    return CertifiedKey(chain=(cert, ca.certificate), key=key, source="pebble listener")
+    return ca.issue(["localhost"], ips=["127.0.0.1"], days=7, include_ca=True)
 
 
 class _PebbleProcess(ProcessProtocol):
