@@ -17,6 +17,7 @@ from twisted.logger import ILogObserver, Logger
 from kongacme import __version__
 from kongacme.config import DaemonConfig, load_config
 from kongacme.errors import CertificateError, ConfigError
+from kongacme.fleet.propagation import Propagator
 from kongacme.issuance.acme_issuer import DaemonAcmeIssuer
 from kongacme.issuance.admission import Admission
 from kongacme.issuance.manager import CertificateManager
@@ -149,6 +150,7 @@ class DaemonService(MultiService):
         self.storage = None
         self.issuer: DaemonAcmeIssuer | None = None
         self.manager: CertificateManager | None = None
+        self.propagator: Propagator | None = None
         self._static_names: set[str] = set()
         self.listeners: dict[str, ListenerSet] = {}
         self.reloads = 0
@@ -212,6 +214,8 @@ class DaemonService(MultiService):
         super().startService()
         if self.manager is not None:
             self._load_stored(self.manager)
+        if self.propagator is not None:
+            self.propagator.start()
         tune_gc()
         self.log.info(
             "kongacme {version} started: {certs} static certificate name(s), {routes} route(s)",
@@ -223,6 +227,8 @@ class DaemonService(MultiService):
     @inlineCallbacks
     def stopService(self):
         yield super().stopService()
+        if self.propagator is not None:
+            self.propagator.stop()
         for listener_set in self.listeners.values():
             yield listener_set.stop_all()
         if self.issuer is not None:
@@ -251,6 +257,9 @@ class DaemonService(MultiService):
             if self.manager is not None:
                 self.log.info("acme section removed: no more certificate issuance")
             self._close_storage()
+            if self.propagator is not None:
+                self.propagator.stop()
+                self.propagator = None
             self.manager = self.issuer = self.storage = None
             self.token_store.target = MemoryChallengeTokenStore(self._reactor)
             return
@@ -286,6 +295,25 @@ class DaemonService(MultiService):
         if self.tls_factory is not None:
             self.tls_factory.gate = self.manager
         self.acme_admin.challenge_port = new.issuance.challenge_port
+        self._setup_propagation(new, storage_changed)
+
+    def _setup_propagation(self, new: DaemonConfig, storage_changed: bool) -> None:
+        """Share certificates with other nodes when the storage is shared (not shm)."""
+        assert self.manager is not None and self.cache is not None
+        shared = new.acme is not None and new.acme.storage != "shm"
+        if self.propagator is not None and (storage_changed or not shared):
+            self.propagator.stop()
+            self.propagator = None
+        if shared and self.propagator is None:
+            self.propagator = Propagator(
+                self.storage, self.cache, self._reactor, new.fleet.poll_interval, new.fleet.full_sync_interval
+            )
+            if self.running:
+                self.propagator.start()
+        if self.propagator is not None:
+            self.manager.on_stored = self.propagator.announce
+        else:
+            self.manager.on_stored = None
 
     def _load_stored(self, manager: CertificateManager) -> None:
         def loaded(count: int) -> None:

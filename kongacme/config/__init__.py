@@ -10,6 +10,7 @@ from kongacme.config.acme import AccountKeyConfig, AcmeConfig
 from kongacme.config.daemon import (
     AdminConfig,
     DaemonConfig,
+    FleetConfig,
     HTTPConfig,
     IssuanceConfig,
     ListenConfig,
@@ -36,6 +37,7 @@ __all__ = [
     "AdminConfig",
     "ConsulStorageConfig",
     "DaemonConfig",
+    "FleetConfig",
     "HTTPConfig",
     "IssuanceConfig",
     "KongStorageConfig",

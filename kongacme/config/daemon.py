@@ -200,6 +200,21 @@ class IssuanceConfig:
 
 
 @attrs.frozen
+class FleetConfig:
+    """
+    Sharing certificates with other nodes through external storage.
+
+    :ivar poll_interval: seconds between polls for certificates another
+        node just issued or renewed.
+    :ivar full_sync_interval: seconds between full reads of every stored
+        certificate (catches certificates Kong nodes wrote).
+    """
+
+    poll_interval: float = 1.0
+    full_sync_interval: float = 300.0
+
+
+@attrs.frozen
 class DaemonConfig:
     """
     A whole configuration file.
@@ -226,6 +241,7 @@ class DaemonConfig:
     logging: LoggingConfig = attrs.Factory(LoggingConfig)
     acme: AcmeConfig | None = None
     issuance: IssuanceConfig = attrs.Factory(IssuanceConfig)
+    fleet: FleetConfig = attrs.Factory(FleetConfig)
     warnings: tuple[str, ...] = ()
 
 
@@ -395,6 +411,15 @@ ISSUANCE = Record(
 )
 
 
+FLEET = Record(
+    FleetConfig,
+    (
+        Field("poll_interval", Num(min=0.05), 1.0),
+        Field("full_sync_interval", Num(min=1), 300.0),
+    ),
+)
+
+
 def _check_routes(values: dict[str, Any], ctx: Context, path: str) -> None:
     if not valid(values, "routes"):
         return
@@ -425,6 +450,7 @@ DAEMON = Record(
         Field("logging", LOGGING, EMPTY),
         Field("acme", ACME),
         Field("issuance", ISSUANCE, EMPTY),
+        Field("fleet", FLEET, EMPTY),
     ),
     checks=(_check_routes,),
 )

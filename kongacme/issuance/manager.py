@@ -7,7 +7,7 @@ handshake gate that lets the first visitor wait for its certificate.
 from __future__ import annotations
 
 import collections
-from typing import Any
+from typing import Any, Callable, Optional
 
 from twisted.internet.defer import Deferred, inlineCallbacks
 from twisted.internet.interfaces import IReactorTime
@@ -87,6 +87,9 @@ class CertificateManager:
         self.stats = collections.Counter()
         self.last_error: dict[str, str] = {}
         self._unsaved: dict[str, CertifiedKey] = {}
+        #: Called with ``(host, fingerprint)`` once a certificate is stored
+        #: (the fleet propagator announces it to the other nodes).
+        self.on_stored: Optional[Callable[[str, str], Any]] = None
 
     def reconfigure(self, issuer: IIssuer, admission: Admission, settings: Any, fail_backoff_minutes: float) -> None:
         """Apply reloaded settings; orders in flight finish with the old issuer."""
@@ -305,6 +308,8 @@ class CertificateManager:
 
         def stored(_: object) -> None:
             self._unsaved.pop(host, None)
+            if self.on_stored is not None:
+                self.on_stored(host, certified.fingerprint)
             if attempt > 1:
                 self.log.info("certificate for {host} stored after {attempts} attempts", host=host, attempts=attempt)
 

@@ -1,0 +1,3 @@
+"""
+Sharing certificates across a fleet of nodes through the shared storage.
+"""

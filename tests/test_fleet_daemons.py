@@ -1,0 +1,113 @@
+"""
+Tests for a fleet: two real daemon processes sharing one real Redis and
+one Pebble (kongacme.fleet, the shared http-01 tokens, the order lock).
+"""
+
+import os
+
+from cryptography.hazmat.primitives import serialization
+from twisted.internet import reactor
+from twisted.internet.defer import gatherResults, inlineCallbacks
+from twisted.internet.protocol import Factory, Protocol
+from twisted.internet.task import deferLater
+from twisted.trial.unittest import TestCase
+
+from tests import tlsclients
+from tests.daemonproc import Daemon, free_port
+from tests.pebble import PebbleFixture
+from tests.redisfixture import RedisServer
+
+
+class Echo(Protocol):
+    def dataReceived(self, data):
+        self.transport.write(data)
+
+
+class RedisFleetTests(TestCase):
+    """
+    Tests for two nodes on one Redis: a certificate ordered through one is
+    served by the other, and the CA's challenge is answered by whichever
+    node it reaches.
+    """
+
+    timeout = 120
+
+    @inlineCallbacks
+    def setUp(self):
+        self.dir = os.path.abspath(self.mktemp())
+        os.makedirs(self.dir)
+        self.redis = yield RedisServer.start(self)
+        ports = {name: (free_port(), free_port(), free_port()) for name in ("a", "b")}
+        # Pebble validates http-01 on node A's HTTP port only.
+        self.pebble = yield PebbleFixture.start(self, ports["a"][1])
+        roots = yield self.pebble.roots()
+        self.root = os.path.join(self.dir, "root.pem")
+        with open(self.root, "wb") as f:
+            f.write(roots[0].public_bytes(serialization.Encoding.PEM))
+        upstream = reactor.listenTCP(0, Factory.forProtocol(Echo), interface="127.0.0.1")
+        self.addCleanup(upstream.stopListening)
+        self.nodes = {}
+        for name, (tls, http, admin) in ports.items():
+            directory = os.path.join(self.dir, name)
+            os.makedirs(directory)
+            daemon = Daemon(
+                directory,
+                {
+                    "listen": {
+                        "tls": ["tcp:%d:interface=127.0.0.1" % tls],
+                        "http": ["tcp:%d:interface=127.0.0.1" % http],
+                        "admin": ["tcp:%d:interface=127.0.0.1" % admin],
+                    },
+                    "state_dir": os.path.join(directory, "state"),
+                    "default_upstream": "127.0.0.1:%d" % upstream.getHost().port,
+                    "acme": {
+                        "account_email": "ops@example.test",
+                        "api_uri": self.pebble.directory_url,
+                        "tos_accepted": True,
+                        "cert_type": "ecc",
+                        "domains": ["*.fleet.test"],
+                        "storage": "redis",
+                        "storage_config": {"redis": self.redis.storage_config()},
+                    },
+                    "issuance": {"ca_bundle": self.pebble.ca_bundle, "request_timeout": 5, "handshake_wait": 20},
+                    "fleet": {"poll_interval": 0.5},
+                },
+            )
+            self.addCleanup(daemon.stop)
+            yield daemon.start(tls)
+            self.nodes[name] = (daemon, tls)
+
+    def tearDown(self):
+        if os.environ.get("KONGACME_DEBUG_FLEET"):
+            for name, (daemon, _) in self.nodes.items():
+                print("=== node", name, "\n", daemon.output[-6000:])
+
+    def orders(self, name, host):
+        return self.nodes[name][0].output.count("ordering a certificate for %s " % (host,))
+
+    @inlineCallbacks
+    def test_issued_on_b_served_by_a(self):
+        """B orders (A answers the CA's challenge from the shared store); A serves it within a second, no order of its own."""
+        b = yield tlsclients.handshake(self.nodes["b"][1], "shared.fleet.test",
+                                       tlsclients.client_context(self.root), payload=b"")
+        self.assertEqual(b["names"], ["shared.fleet.test"])
+        yield deferLater(reactor, 1.0, lambda: None)
+        a = yield tlsclients.handshake(self.nodes["a"][1], "shared.fleet.test",
+                                       tlsclients.client_context(self.root), payload=b"")
+        self.assertEqual(a["names"], ["shared.fleet.test"])
+        self.assertEqual((self.orders("a", "shared.fleet.test"), self.orders("b", "shared.fleet.test")), (0, 1))
+
+    @inlineCallbacks
+    def test_one_order_across_nodes(self):
+        """Clients hitting both nodes at once for a new name cause exactly one order in the fleet."""
+        clients = [
+            tlsclients.handshake(self.nodes[name][1], "race.fleet.test", tlsclients.client_context(), payload=b"")
+            for name in ("a", "b", "a", "b")
+        ]
+        yield gatherResults(clients)
+        yield deferLater(reactor, 1.5, lambda: None)
+        self.assertEqual(self.orders("a", "race.fleet.test") + self.orders("b", "race.fleet.test"), 1)
+        for name in ("a", "b"):
+            served = yield tlsclients.handshake(self.nodes[name][1], "race.fleet.test",
+                                                tlsclients.client_context(self.root), payload=b"")
+            self.assertEqual(served["names"], ["race.fleet.test"])
