@@ -8,7 +8,9 @@ import json
 import os
 
 from cryptography.hazmat.primitives import serialization
+from twisted.internet import reactor
 from twisted.internet.defer import gatherResults, inlineCallbacks
+from twisted.internet.protocol import Factory, Protocol
 from twisted.trial.unittest import TestCase
 
 from kongacme.tls.fallback import FALLBACK_NAME
@@ -16,6 +18,11 @@ from kongacme.tls.fallback import FALLBACK_NAME
 from tests import tlsclients
 from tests.daemonproc import Daemon, free_port
 from tests.pebble import PebbleFixture
+
+
+class Echo(Protocol):
+    def dataReceived(self, data):
+        self.transport.write(data)
 
 
 class AcmeDaemonMixin:
@@ -43,9 +50,14 @@ class AcmeDaemonMixin:
             "request_timeout": 5,
         }
         settings.update(issuance)
+        # An upstream, so served connections are proxied rather than closed
+        # for want of a route.
+        upstream = reactor.listenTCP(0, Factory.forProtocol(Echo), interface="127.0.0.1")
+        self.addCleanup(upstream.stopListening)
         self.daemon = Daemon(
             self.dir,
             {
+                "default_upstream": "127.0.0.1:%d" % upstream.getHost().port,
                 "listen": {
                     "tls": ["tcp:%d:interface=127.0.0.1" % self.tls_port],
                     "http": ["tcp:%d:interface=127.0.0.1" % self.http_port],
