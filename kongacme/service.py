@@ -10,6 +10,8 @@ import gc
 import os
 from typing import Callable
 
+import attrs
+
 from twisted.application.service import MultiService
 from twisted.internet.defer import Deferred, inlineCallbacks
 from twisted.logger import ILogObserver, Logger
@@ -278,6 +280,11 @@ class DaemonService(MultiService):
                 self.issuer.close()
             self.issuer = DaemonAcmeIssuer(acme, new.issuance, self.storage, self.token_store, self._reactor)
         admission = Admission(acme.domains, acme.allow_any_domain)
+        issuance = new.issuance
+        if new.fleet.role == "control_plane" and issuance.on_demand:
+            # A control plane orders on Admin API requests (and renews);
+            # handshakes reach the data planes.
+            issuance = attrs.evolve(issuance, on_demand=False)
         if self.manager is None or storage_changed:
             self.manager = CertificateManager(
                 self.cache,
@@ -285,13 +292,13 @@ class DaemonService(MultiService):
                 self.issuer,
                 self._reactor,
                 admission,
-                new.issuance,
+                issuance,
                 fail_backoff_minutes=acme.fail_backoff_minutes,
             )
             if old is not None:
                 self._load_stored(self.manager)
         else:
-            self.manager.reconfigure(self.issuer, admission, new.issuance, acme.fail_backoff_minutes)
+            self.manager.reconfigure(self.issuer, admission, issuance, acme.fail_backoff_minutes)
         if self.tls_factory is not None:
             self.tls_factory.gate = self.manager
         self.acme_admin.challenge_port = new.issuance.challenge_port

@@ -685,3 +685,28 @@ class IssuanceConfigTests(SynchronousTestCase):
         self.assertEqual(
             sorted(paths), ["issuance.ca_bundle", "issuance.first_handshake", "issuance.orders_per_minute"]
         )
+
+
+class FleetConfigTests(SynchronousTestCase):
+    """
+    Tests for the fleet section.
+    """
+
+    def test_hybrid_roles_need_shared_storage(self):
+        """control_plane and data_plane are refused with shm or kong storage, naming acme.storage."""
+        from kongacme.config import parse_config
+        from kongacme.errors import ConfigError
+
+        acme = {"account_email": "a@b.test", "api_uri": "https://ca.test/dir"}
+        for role in ("control_plane", "data_plane"):
+            for storage in ("shm", "kong"):
+                e = self.assertRaises(
+                    ConfigError, parse_config, {"fleet": {"role": role}, "acme": dict(acme, storage=storage)}, "/tmp"
+                )
+                self.assertEqual([path for path, _ in e.problems], ["acme.storage"])
+        ok = parse_config(
+            {"fleet": {"role": "data_plane"},
+             "acme": dict(acme, storage="redis", storage_config={"redis": {"host": "127.0.0.1"}})},
+            "/tmp",
+        )
+        self.assertEqual(ok.fleet.role, "data_plane")

@@ -98,6 +98,28 @@ class RedisFleetTests(TestCase):
         self.assertEqual((self.orders("a", "shared.fleet.test"), self.orders("b", "shared.fleet.test")), (0, 1))
 
     @inlineCallbacks
+    def test_control_plane_orders_on_request_only(self):
+        """A control-plane node (reloaded into that role) starts no order from a handshake but does on POST /acme; the data plane serves the result."""
+        daemon_a, tls_a = self.nodes["a"]
+        daemon_a.config["fleet"]["role"] = "control_plane"
+        daemon_a.write()
+        daemon_a.signal()
+        yield daemon_a.wait_for("configuration reloaded")
+        first = yield tlsclients.handshake(tls_a, "cp.fleet.test", tlsclients.client_context(), payload=b"")
+        self.assertEqual(self.orders("a", "cp.fleet.test"), 0)
+        self.assertNotEqual(first["names"], ["cp.fleet.test"])
+        admin_a = daemon_a.config["listen"]["admin"][0].split(":")[1]
+        out, err, code = yield tlsclients.run(
+            "/usr/bin/curl", "-sS", "-d", "host=cp.fleet.test", "http://127.0.0.1:%s/acme" % (admin_a,)
+        )
+        self.assertIn(b"is created", out)
+        yield deferLater(reactor, 1.0, lambda: None)
+        served = yield tlsclients.handshake(self.nodes["b"][1], "cp.fleet.test",
+                                            tlsclients.client_context(self.root), payload=b"")
+        self.assertEqual(served["names"], ["cp.fleet.test"])
+        self.assertEqual(self.orders("b", "cp.fleet.test"), 0)
+
+    @inlineCallbacks
     def test_one_order_across_nodes(self):
         """Clients hitting both nodes at once for a new name cause exactly one order in the fleet."""
         clients = [

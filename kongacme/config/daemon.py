@@ -208,10 +208,17 @@ class FleetConfig:
         node just issued or renewed.
     :ivar full_sync_interval: seconds between full reads of every stored
         certificate (catches certificates Kong nodes wrote).
+    :ivar role: Kong's deployment roles: ``traditional`` (one node does
+        everything), ``control_plane`` (issues on Admin API requests and
+        renews; starts no orders from TLS handshakes, may serve no
+        traffic), ``data_plane`` (serves traffic and challenge tokens from
+        the shared storage and, as in Kong, may start orders itself).
+        Both hybrid roles need a storage shared between nodes.
     """
 
     poll_interval: float = 1.0
     full_sync_interval: float = 300.0
+    role: str = "traditional"
 
 
 @attrs.frozen
@@ -416,8 +423,22 @@ FLEET = Record(
     (
         Field("poll_interval", Num(min=0.05), 1.0),
         Field("full_sync_interval", Num(min=1), 300.0),
+        Field("role", OneOf(("traditional", "control_plane", "data_plane")), "traditional"),
     ),
 )
+
+
+def _check_role(values: dict[str, Any], ctx: Context, path: str) -> None:
+    if not valid(values, "fleet", "acme"):
+        return
+    role, acme = values["fleet"].role, values["acme"]
+    if role != "traditional" and acme is not None and acme.storage in ("shm", "kong"):
+        # Kong forbids shm in hybrid mode; kongacme's "kong" storage is
+        # files on one host, not shared between nodes either.
+        ctx.problem(
+            join(path, "acme.storage"),
+            f"fleet.role {role} needs storage shared between nodes (redis, vault or consul), not {acme.storage}",
+        )
 
 
 def _check_routes(values: dict[str, Any], ctx: Context, path: str) -> None:
@@ -452,5 +473,5 @@ DAEMON = Record(
         Field("issuance", ISSUANCE, EMPTY),
         Field("fleet", FLEET, EMPTY),
     ),
-    checks=(_check_routes,),
+    checks=(_check_routes, _check_role),
 )
