@@ -33,6 +33,8 @@ from cryptography.hazmat.primitives import serialization
 
 from kongacme.testing import TestCA
 
+from demo_ports import alive  # scripts/ is on sys.path when run as a script
+
 CA_FILE = "pebble-listener-ca.pem"
 CERT_FILE = "pebble-listener.crt"
 KEY_FILE = "pebble-listener.key"
@@ -97,21 +99,6 @@ def prepare(args: argparse.Namespace) -> None:
     _write(os.path.join(directory, CONFIG_FILE), (json.dumps(config, indent=2) + "\n").encode())
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    # A zombie child of the demo script counts as gone.
-    try:
-        with open("/proc/%d/stat" % pid) as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return True
-
-
 def fetch_root(args: argparse.Namespace) -> None:
     directory = os.path.abspath(args.dir)
     context = ssl.create_default_context(cafile=os.path.join(directory, CA_FILE))
@@ -120,7 +107,7 @@ def fetch_root(args: argparse.Namespace) -> None:
     deadline = time.monotonic() + args.timeout
     last_error = "no answer"
     while True:
-        if args.pid and not _alive(args.pid):
+        if args.pid and not alive(args.pid):
             sys.exit("Pebble exited before its directory answered")
         try:
             with urllib.request.urlopen(base + "/dir", context=context, timeout=2) as response:

@@ -62,7 +62,8 @@ def free(args: argparse.Namespace) -> None:
         sys.exit(1)
 
 
-def _alive(pid: int) -> bool:
+def alive(pid: int) -> bool:
+    """Whether process ``pid`` runs (a zombie counts as gone)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -79,7 +80,7 @@ def _alive(pid: int) -> bool:
 def wait(args: argparse.Namespace) -> None:
     deadline = time.monotonic() + args.timeout
     while time.monotonic() < deadline:
-        if args.pid and not _alive(args.pid):
+        if args.pid and not alive(args.pid):
             sys.exit("process %d exited before listening on 127.0.0.1:%d" % (args.pid, args.port))
         try:
             socket.create_connection(("127.0.0.1", args.port), timeout=1).close()
