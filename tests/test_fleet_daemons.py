@@ -15,6 +15,7 @@ from twisted.trial.unittest import TestCase
 from tests import tlsclients
 from tests.daemonproc import Daemon, free_port
 from tests.pebble import PebbleFixture
+from tests.baofixture import BaoServer, unique
 from tests.redisfixture import RedisServer
 
 
@@ -36,7 +37,7 @@ class RedisFleetTests(TestCase):
     def setUp(self):
         self.dir = os.path.abspath(self.mktemp())
         os.makedirs(self.dir)
-        self.redis = yield RedisServer.start(self)
+        storage = yield self.start_storage()
         ports = {name: (free_port(), free_port(), free_port()) for name in ("a", "b")}
         # Pebble validates http-01 on node A's HTTP port only.
         self.pebble = yield PebbleFixture.start(self, ports["a"][1])
@@ -66,8 +67,7 @@ class RedisFleetTests(TestCase):
                         "tos_accepted": True,
                         "cert_type": "ecc",
                         "domains": ["*.fleet.test"],
-                        "storage": "redis",
-                        "storage_config": {"redis": self.redis.storage_config()},
+                        **storage,
                     },
                     "issuance": {"ca_bundle": self.pebble.ca_bundle, "request_timeout": 5, "handshake_wait": 20},
                     "fleet": {"poll_interval": 0.5},
@@ -76,6 +76,12 @@ class RedisFleetTests(TestCase):
             self.addCleanup(daemon.stop)
             yield daemon.start(tls)
             self.nodes[name] = (daemon, tls)
+
+    @inlineCallbacks
+    def start_storage(self):
+        """Start the shared store; the ``acme`` fields that point at it."""
+        self.redis = yield RedisServer.start(self)
+        return {"storage": "redis", "storage_config": {"redis": self.redis.storage_config()}}
 
     def tearDown(self):
         if os.environ.get("KONGACME_DEBUG_FLEET"):
@@ -133,3 +139,19 @@ class RedisFleetTests(TestCase):
             served = yield tlsclients.handshake(self.nodes[name][1], "race.fleet.test",
                                                 tlsclients.client_context(self.root), payload=b"")
             self.assertEqual(served["names"], ["race.fleet.test"])
+
+
+class VaultFleetTests(RedisFleetTests):
+    """
+    The same fleet tests with two nodes on one real OpenBao (Vault API).
+    """
+
+    @inlineCallbacks
+    def start_storage(self):
+        bao = yield BaoServer.start(self)
+        return {
+            "storage": "vault",
+            "storage_config": {
+                "vault": {"host": bao.host, "port": bao.port, "token": bao.token, "kv_path": "secret/" + unique("fleet")}
+            },
+        }
