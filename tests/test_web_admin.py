@@ -12,7 +12,7 @@ from twisted.internet.defer import inlineCallbacks
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from kongacme.web.admin import make_admin_factory
-from tests.test_web_support import get, settle
+from tests.test_web_support import get, listen
 
 
 class AdminTests(TestCase):
@@ -23,15 +23,7 @@ class AdminTests(TestCase):
     status: Any = {"certificates": [{"host": "example.com", "valid": True}]}
 
     def start(self, token: str | None = None) -> int:
-        site = make_admin_factory(lambda: self.status, token, reactor=reactor)
-        port = reactor.listenTCP(0, site, interface="127.0.0.1")
-        self.addCleanup(self._stop, port)
-        return port.getHost().port
-
-    @inlineCallbacks
-    def _stop(self, port: Any) -> Any:
-        yield port.stopListening()
-        yield settle()
+        return listen(self, make_admin_factory(lambda: self.status, token, reactor=reactor))
 
     def assertJSON(self, response: Any, status: int, body: Any) -> None:
         self.assertEqual(response.status, status)

@@ -213,11 +213,20 @@ class ServerMixin:
         return site, self.listen(site)
 
     def listen(self, site: Any) -> int:
-        port = reactor.listenTCP(0, site, interface="127.0.0.1")
-        self.addCleanup(self._stop, port)
-        return port.getHost().port
+        return listen(self, site)
+
+
+def listen(test: Any, site: Any) -> int:
+    """
+    Serve ``site`` on a free 127.0.0.1 port for ``test``; the cleanup stops
+    listening and waits until every connection is closed.
+    """
+    port = reactor.listenTCP(0, site, interface="127.0.0.1")
 
     @inlineCallbacks
-    def _stop(self, port: Any) -> Any:
+    def stop() -> Any:
         yield port.stopListening()
         yield settle()
+
+    test.addCleanup(stop)
+    return port.getHost().port
