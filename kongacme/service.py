@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import gc
 import os
-from typing import Callable
 
 import attrs
 
@@ -60,23 +59,6 @@ def tune_gc() -> None:
 
 class StartupError(Exception):
     """The daemon cannot start (a listener or a certificate failed)."""
-
-
-def _alpn_resolver(router: RouteTable) -> Callable[[str | None], tuple[bytes, ...]]:
-    """Server name → the route's ALPN list as bytes, memoised per route."""
-    encoded: dict[int, tuple[bytes, ...]] = {}
-
-    def alpn_for(server_name: str | None) -> tuple[bytes, ...]:
-        route = router.route_for(server_name)
-        if route is None:
-            return ()
-        key = id(route)
-        found = encoded.get(key)
-        if found is None:
-            found = encoded[key] = tuple(p.encode("ascii") for p in route.alpn)
-        return found
-
-    return alpn_for
 
 
 def load_static_certificates(config: DaemonConfig) -> list[tuple[tuple[str, ...], CertifiedKey]]:
@@ -191,7 +173,7 @@ class DaemonService(MultiService):
             self.builder,
             self.proxy_factory,
             self._reactor,
-            alpn_for=_alpn_resolver(self.router),
+            alpn_for=self.proxy_factory.alpn_for,
             handshake_timeout=self.config.tls.handshake_timeout,
             gate=self.manager,
         )
@@ -410,7 +392,6 @@ class DaemonService(MultiService):
             except Exception:
                 self.log.failure("could not apply the acme section; issuance keeps its previous settings")
         if self.tls_factory is not None:
-            self.tls_factory.alpn_for = _alpn_resolver(self.router)
             self.tls_factory.handshake_timeout = new.tls.handshake_timeout
         self._update_http_settings(new)
         self._update_admin_settings(new)

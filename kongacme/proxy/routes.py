@@ -60,12 +60,12 @@ class Route:
     port: int = attrs.field(validator=_check_port)
     alpn: tuple[str, ...] = attrs.field(default=("http/1.1",), converter=tuple, validator=_check_alpn)
     proxy_protocol: str | None = attrs.field(default=None, validator=_check_proxy_protocol)
+    #: :attr:`alpn` encoded, as the TLS layer wants it; computed once here
+    #: because the TLS layer asks on every handshake.
+    alpn_bytes: tuple[bytes, ...] = attrs.field(init=False, eq=False, repr=False)
 
-    @property
-    def alpn_bytes(self) -> tuple[bytes, ...]:
-        """
-        :return: :attr:`alpn` encoded, as the TLS layer wants it.
-        """
+    @alpn_bytes.default
+    def _encode_alpn(self) -> tuple[bytes, ...]:
         return tuple(name.encode("ascii") for name in self.alpn)
 
 
