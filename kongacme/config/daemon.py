@@ -222,6 +222,54 @@ class FleetConfig:
 
 
 @attrs.frozen
+class RenewalConfig:
+    """
+    The renewal service (kongacme's own; Kong's ``renew_threshold_days``
+    stays in ``acme``).
+
+    :ivar check_interval: seconds between passes over every managed
+        certificate (Kong: 24 h, first one 24 h after start).
+    :ivar first_check: seconds after start for the first pass.
+    :ivar reuse_key: renew with the certificate's existing private key, as
+        Kong does; ``False``: a new key per renewal.
+    :ivar ari: follow the CA's ACME Renewal Information (RFC 9773) when
+        its directory offers ``renewalInfo``.
+    :ivar backoff_initial: seconds before the first retry of a failed
+        renewal; doubled after each failure (with jitter).
+    :ivar backoff_max: the longest pause between retries, in seconds; it
+        shrinks as expiry nears so a failing renewal is tried often.
+    :ivar critical_days: a failing renewal with fewer days left than this
+        is logged at critical level.
+    """
+
+    check_interval: float = 600.0
+    first_check: float = 5.0
+    reuse_key: bool = True
+    ari: bool = True
+    backoff_initial: float = 60.0
+    backoff_max: float = 21600.0
+    critical_days: float = 7.0
+
+
+@attrs.frozen
+class StorageEncryptionConfig:
+    """
+    Optional encryption at rest of private keys kept in external storage
+    (off by default: Kong nodes cannot read encrypted keys).
+
+    :ivar key_file: a file holding the key.
+    :ivar key_env: the name of an environment variable holding the key.
+    """
+
+    key_file: str | None = None
+    key_env: str | None = None
+
+    @property
+    def enabled(self) -> bool:
+        return self.key_file is not None or self.key_env is not None
+
+
+@attrs.frozen
 class DaemonConfig:
     """
     A whole configuration file.
@@ -249,6 +297,8 @@ class DaemonConfig:
     acme: AcmeConfig | None = None
     issuance: IssuanceConfig = attrs.Factory(IssuanceConfig)
     fleet: FleetConfig = attrs.Factory(FleetConfig)
+    renewal: RenewalConfig = attrs.Factory(RenewalConfig)
+    storage_encryption: StorageEncryptionConfig = attrs.Factory(StorageEncryptionConfig)
     warnings: tuple[str, ...] = ()
 
 
@@ -428,6 +478,29 @@ FLEET = Record(
 )
 
 
+RENEWAL = Record(
+    RenewalConfig,
+    (
+        Field("check_interval", Num(min=1), 600.0),
+        Field("first_check", Num(min=0), 5.0),
+        Field("reuse_key", Bool(), True),
+        Field("ari", Bool(), True),
+        Field("backoff_initial", Num(min=1), 60.0),
+        Field("backoff_max", Num(min=1), 21600.0),
+        Field("critical_days", Num(min=0), 7.0),
+    ),
+)
+
+
+STORAGE_ENCRYPTION = Record(
+    StorageEncryptionConfig,
+    (
+        Field("key_file", FilePath(must_exist=True)),
+        Field("key_env", Str()),
+    ),
+)
+
+
 def _check_role(values: dict[str, Any], ctx: Context, path: str) -> None:
     if not valid(values, "fleet", "acme"):
         return
@@ -472,6 +545,8 @@ DAEMON = Record(
         Field("acme", ACME),
         Field("issuance", ISSUANCE, EMPTY),
         Field("fleet", FLEET, EMPTY),
+        Field("renewal", RENEWAL, EMPTY),
+        Field("storage_encryption", STORAGE_ENCRYPTION, EMPTY),
     ),
     checks=(_check_routes, _check_role),
 )
