@@ -4,12 +4,16 @@ to a verified handshake with it on node B, two daemons sharing one Redis
 (and one OpenBao), against a local Pebble.
 
 Node B has on-demand issuance off, so the only way it can serve a name is
-the fleet propagation (change markers polled every fleet.poll_interval).
+the fleet propagation: with Redis, pub/sub (a message per certificate,
+markers polled as the safety net); with Vault, change markers polled
+every fleet.poll_interval.
 For each of N new names: a client's handshake on A (held until issued),
 then handshakes on B every 10 ms until one verifies with the new
 certificate. Reports median and max per storage.
 
-Usage: python3 bench/propagation.py [-n 100] [--storage redis,vault]
+Usage: python3 bench/propagation.py [-n 100] [--storage redis,vault] [--json NAME]
+(results go to bench/out/NAME; the issue-4 pub/sub figures are
+``--storage redis --json propagation-pubsub.json``).
 """
 
 from __future__ import annotations

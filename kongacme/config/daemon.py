@@ -514,6 +514,18 @@ def _check_role(values: dict[str, Any], ctx: Context, path: str) -> None:
         )
 
 
+def _check_storage_encryption(values: dict[str, Any], ctx: Context, path: str) -> None:
+    if not valid(values, "storage_encryption") or not values["storage_encryption"].enabled:
+        return
+    # Imported here: kongacme.storage imports this package.
+    from kongacme.storage.encryption import EncryptionKeyError, load_key
+
+    try:
+        load_key(values["storage_encryption"])
+    except EncryptionKeyError as e:
+        ctx.problem(join(path, e.field), e.reason)
+
+
 def _check_routes(values: dict[str, Any], ctx: Context, path: str) -> None:
     if not valid(values, "routes"):
         return
@@ -548,5 +560,5 @@ DAEMON = Record(
         Field("renewal", RENEWAL, EMPTY),
         Field("storage_encryption", STORAGE_ENCRYPTION, EMPTY),
     ),
-    checks=(_check_routes, _check_role),
+    checks=(_check_routes, _check_role, _check_storage_encryption),
 )

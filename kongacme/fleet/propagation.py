@@ -1,20 +1,28 @@
 """
 Certificates issued or renewed on one node served by every node: a change
-marker per host that other nodes poll for (fast path, about one poll
-interval), and a full sync of Kong's ``cert_key`` entries now and then for
-certificates written by Kong nodes, which write no markers.
+marker per host that other nodes poll for (about one poll interval), an
+optional push feed (Redis pub/sub, :mod:`kongacme.fleet.feed`: a few
+milliseconds), and a full sync of Kong's ``cert_key`` entries now and then
+for certificates written by Kong nodes, which write no markers.
+
+With a feed, the markers are the safety net for messages lost while a
+node was not subscribed: every (re)subscription is followed by a poll at
+once, and while the feed is connected the polls slow down to every
+:data:`FEED_POLL_INTERVAL` seconds (or ``poll_interval`` if longer); they
+run every ``poll_interval`` again as soon as it is lost.
 """
 
 from __future__ import annotations
 
 from typing import Any, Optional
 
-from twisted.internet.defer import Deferred, inlineCallbacks
+from twisted.internet.defer import Deferred, gatherResults, inlineCallbacks, succeed
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
 from kongacme.errors import CertificateError
+from kongacme.fleet.feed import IChangeFeed
 from kongacme.interfaces import IStorage
 from kongacme.storage import keys
 from kongacme.tls.cache import CertificateCache
@@ -24,6 +32,10 @@ from kongacme.tls.cache import CertificateCache
 #: of the certificate just stored, for ``MARKER_TTL`` seconds.
 CHANGED_PREFIX = "kongacme:changed:"
 MARKER_TTL = 120.0
+
+#: Seconds between marker polls while a change feed is connected (well
+#: under :data:`MARKER_TTL`, so a marker is always seen by some poll).
+FEED_POLL_INTERVAL = 30.0
 
 
 def changed_key(host: str) -> str:
@@ -41,6 +53,10 @@ class Propagator:
     :param poll_interval: seconds between polls of the change markers.
     :param full_sync_interval: seconds between full syncs of every stored
         certificate (catches what Kong nodes wrote).
+    :param feed: a push channel to the other nodes, or ``None`` (markers
+        only).
+    :param feed_poll_interval: seconds between marker polls while ``feed``
+        is connected.
     """
 
     log = Logger()
@@ -52,8 +68,13 @@ class Propagator:
         clock: IReactorTime,
         poll_interval: float = 1.0,
         full_sync_interval: float = 300.0,
+        feed: Optional[IChangeFeed] = None,
+        feed_poll_interval: float = FEED_POLL_INTERVAL,
     ):
         self._storage = storage
+        self._feed = feed
+        self.feed_poll_interval = max(feed_poll_interval, poll_interval)
+        self._last_poll: Optional[float] = None
         self._cache = cache
         self._clock = clock
         self.poll_interval = poll_interval
@@ -69,29 +90,81 @@ class Propagator:
         after it is stored). Failures are logged, not raised.
         """
         self._seen[host] = fingerprint.encode("ascii")
-        return self._storage.set(changed_key(host), fingerprint.encode("ascii"), MARKER_TTL).addErrback(
+        sent = [self._storage.set(changed_key(host), fingerprint.encode("ascii"), MARKER_TTL)]
+        if self._feed is not None:
+            sent.append(self._feed.publish(host, fingerprint))
+        return gatherResults(sent, consumeErrors=True).addCallbacks(
+            lambda _: None,
             lambda f: self.log.warn("could not announce the certificate for {host}: {e}", host=host,
-                                    e=f.getErrorMessage())
+                                    e=f.value.subFailure.getErrorMessage()),
         )
 
-    def start(self) -> None:
-        """Start polling (the first full sync runs at once)."""
-        self._poll = LoopingCall(self.poll_changes)
+    def start(self, initial_sync: bool = True) -> None:
+        """
+        Start polling and listening to the feed.
+
+        :param initial_sync: run the first full sync at once; the daemon
+            passes ``False`` as it loads every stored certificate itself at
+            start (a second read of all of them doubled a cold start).
+        """
+        if self._feed is not None:
+            self._feed.start(self._changed, self._feed_connected)
+        self._poll = LoopingCall(self._scheduled_poll)
         self._poll.clock = self._clock
         self._poll.start(self.poll_interval, now=False)
         self._sync = LoopingCall(self.full_sync)
         self._sync.clock = self._clock
-        self._sync.start(self.full_sync_interval, now=True)
+        self._sync.start(self.full_sync_interval, now=initial_sync)
 
-    def stop(self) -> None:
-        """Stop polling."""
+    def stop(self) -> Deferred:
+        """
+        Stop polling and close the feed.
+
+        :return: ``Deferred`` firing with ``None`` once the feed is closed.
+        """
         for loop in (self._poll, self._sync):
             if loop is not None and loop.running:
                 loop.stop()
+        if self._feed is None:
+            return succeed(None)
+        return self._feed.stop().addErrback(lambda f: self.log.failure("closing the change feed failed", f))
+
+    def _scheduled_poll(self) -> Any:
+        # The feed connected: its messages do the work, polls only catch
+        # what it may have dropped, so they can be rare.
+        now = self._clock.seconds()
+        if (
+            self._feed is not None
+            and self._feed.connected
+            and self._last_poll is not None
+            and now - self._last_poll < self.feed_poll_interval
+        ):
+            return None
+        return self.poll_changes()
+
+    def _feed_connected(self) -> None:
+        # Whatever was announced while we were not subscribed has a marker.
+        self.poll_changes()
+
+    @inlineCallbacks
+    def _changed(self, host: str, fingerprint: str):
+        """A change message: load ``host``'s certificate unless already held. Never raises."""
+        try:
+            current = self._cache.get(host)
+            if self._seen.get(host) == fingerprint.encode("ascii") or (
+                current is not None and current.fingerprint == fingerprint
+            ):
+                return
+            loaded = yield self._load(host)
+            if loaded:
+                self._seen[host] = loaded.fingerprint.encode("ascii")
+        except Exception:
+            self.log.failure("could not load the certificate announced for {host}", host=host)
 
     @inlineCallbacks
     def poll_changes(self):
         """Load the certificates whose change marker is new to this node. Never raises."""
+        self._last_poll = self._clock.seconds()
         try:
             names = yield self._storage.list(CHANGED_PREFIX)
             for key in names:
@@ -122,21 +195,28 @@ class Propagator:
 
     @inlineCallbacks
     def _load(self, host: str):
-        """Put ``host``'s stored certificate in the cache if it differs; True if it did."""
+        """
+        Put ``host``'s stored certificate in the cache if it differs.
+
+        :return: ``Deferred`` firing with the certificate if it was put in
+            the cache, else ``None``.
+        """
         key = keys.cert_key(host)
-        raw = yield self._storage.get(key)
-        if raw is None:
-            return False
         try:
+            # A value error may come from get itself (a key that does not
+            # decrypt, kongacme.storage.encryption): skip that entry only.
+            raw = yield self._storage.get(key)
+            if raw is None:
+                return None
             certified = keys.decode_cert_key(raw, key)
         except (CertificateError, ValueError) as e:
             self.log.warn("ignoring corrupt stored certificate {key}: {error}", key=key, error=str(e))
-            return False
+            return None
         current = self._cache.get(host)
         if current is not None and current.fingerprint == certified.fingerprint:
-            return False
+            return None
         self._cache.put(certified, [host])
-        return True
+        return certified
 
     def _failed(self, error: Any) -> None:
         if not self._failing:

@@ -10,6 +10,7 @@ in :mod:`kongacme.storage.keys`.
 from __future__ import annotations
 
 import os
+from typing import TYPE_CHECKING, Optional
 
 from twisted.internet.interfaces import IReactorTime
 
@@ -20,13 +21,23 @@ from kongacme.storage.errors import StorageValueError, StoredCertificateError
 from kongacme.storage.files import FileStorage
 from kongacme.storage.memory import MemoryStorage
 
+if TYPE_CHECKING:
+    from kongacme.config.daemon import StorageEncryptionConfig
+
 #: Subdirectory of the daemon's state directory used by ``storage: kong``.
 STATE_SUBDIRECTORY = "storage"
 
 
-def storage_from_config(acme_config: AcmeConfig, state_dir: str, clock: IReactorTime) -> IStorage:
+def storage_from_config(
+    acme_config: AcmeConfig,
+    state_dir: str,
+    clock: IReactorTime,
+    encryption: "Optional[StorageEncryptionConfig]" = None,
+) -> IStorage:
     """
-    The storage provider named by ``acme.storage``.
+    The storage provider named by ``acme.storage``, wrapped by
+    :func:`kongacme.storage.encryption.encrypted` when ``encryption`` is
+    enabled (private keys encrypted at rest).
 
     - ``shm``: :class:`MemoryStorage` (lost on restart).
     - ``kong``: :class:`FileStorage` in ``<state_dir>/storage``, created
@@ -42,9 +53,21 @@ def storage_from_config(acme_config: AcmeConfig, state_dir: str, clock: IReactor
     :param state_dir: the daemon's state directory.
     :param clock: "now" for TTLs; the reactor in production (``redis``
         needs the reactor: it connects through it).
+    :param encryption: the daemon's ``storage_encryption`` section.
     :raises NotImplementedError: for a provider that does not exist yet.
     :raises OSError: if the ``kong`` directory cannot be created.
+    :raises kongacme.storage.encryption.EncryptionKeyError: if the
+        encryption key cannot be read (the config check makes that rare).
     """
+    if encryption is not None and encryption.enabled:
+        from kongacme.storage.encryption import encrypted, load_key
+
+        key = load_key(encryption)
+        return encrypted(_provider(acme_config, state_dir, clock), key)
+    return _provider(acme_config, state_dir, clock)
+
+
+def _provider(acme_config: AcmeConfig, state_dir: str, clock: IReactorTime) -> IStorage:
     name = acme_config.storage
     if name == "shm":
         return MemoryStorage(clock)

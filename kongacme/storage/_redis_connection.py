@@ -160,7 +160,7 @@ class _Protocol(txredisapi.RedisProtocol):
         # txredisapi's own connectionMade, with no password and no dbid
         # left for it, just marks the connection usable.
         yield super().connectionMade()
-        pool.ready()
+        pool.ready(self)
 
     def _setup_timed_out(self) -> None:
         self.factory.owner.failed(f"no answer to AUTH/SELECT/PING within {self.factory.owner.timeout:g} s")
@@ -222,10 +222,14 @@ class RedisPool:
         tls: Any = None,
         timeout: float = 2.0,
         size: int = 2,
+        label: str = "",
+        subscription: Optional["RedisSubscription"] = None,
     ):
         self.reactor = reactor
         self.address = f"[{host}]:{port}" if isIPv6Address(host) else f"{host}:{port}"
-        self.store = f"redis {self.address}"
+        self.store = f"redis {self.address}{label}"
+        #: Makes the connections SUBSCRIBE connections serving it.
+        self.subscription = subscription
         self.database = database
         self.username = username
         self.password = password
@@ -256,7 +260,8 @@ class RedisPool:
             endpoint = _tcp_endpoint(self.reactor, self._host, self._port, self.timeout)
             if self._tls is not None:
                 endpoint = wrapClientTLS(self._tls, endpoint)
-            self._factory = _Factory(self, self._size)
+            factory = _Factory if self.subscription is None else _SubscriberFactory
+            self._factory = factory(self, self._size)
             self._factory.startConnecting(_ReportingEndpoint(endpoint, self))
         return self._factory.getConnection(peek=True)
 
@@ -267,12 +272,14 @@ class RedisPool:
             self._healthy = False
             self.log.warn("{store}: {error}; retrying", store=self.store, error=error)
 
-    def ready(self) -> None:
-        """A connection became usable."""
+    def ready(self, protocol: Any = None) -> None:
+        """A connection became usable (handed to the subscription, if any)."""
         if not self._healthy:
             self.log.info("{store}: connected again", store=self.store)
         self._healthy = True
         self.last_error = None
+        if self.subscription is not None and protocol is not None:
+            self.subscription.connected(protocol)
 
     def abort(self, protocol: Any, why: str) -> None:
         """Drop a connection that did not answer in time (it may be stuck)."""
@@ -299,6 +306,16 @@ class RedisPool:
         self._closing.append(waiter)
         return waiter
 
+    def settings(self) -> dict[str, Any]:
+        """What another pool to the same server needs (a subscription's)."""
+        return {
+            "database": self.database,
+            "username": self.username,
+            "password": self.password,
+            "tls": self._tls,
+            "timeout": self.timeout,
+        }
+
     def _closed(self, result: Any) -> None:
         waiters, self._closing = self._closing or [], None
         # Fired from inside txredisapi's ClientService state machine, which
@@ -307,3 +324,171 @@ class RedisPool:
             self.reactor.callLater(0, lambda: [w.callback(None) for w in waiters])
         if isinstance(result, Failure):
             self.log.failure("{store}: error while closing", result, store=self.store)
+
+
+# -- pub/sub ------------------------------------------------------------------
+
+
+class _SubscriberProtocol(_Protocol, txredisapi.SubscriberProtocol):
+    """
+    A connection set up like the pool's (AUTH, SELECT/PING) that is then
+    put in subscribe mode by its :class:`RedisSubscription`.
+    """
+
+    def messageReceived(self, pattern: Any, channel: Any, message: Any) -> None:
+        subscription = self.factory.owner.subscription
+        if subscription is not None:
+            subscription.message(channel, message)
+
+    def connectionLost(self, why: Failure) -> None:
+        pool = self.factory.owner
+        # Even a clean close (Redis stopped) is an outage for a subscriber:
+        # messages published until it is back are lost.
+        if not (self._aborted or pool.closed) and why.check(ConnectionDone):
+            pool.failed("subscription connection closed by the server")
+        super().connectionLost(why)
+        if pool.subscription is not None:
+            pool.subscription.lost(self)
+
+
+class _SubscriberFactory(_Factory):
+    protocol = _SubscriberProtocol
+
+
+#: Seconds between PINGs on an idle subscription: a server that stopped
+#: answering (paused, a dead peer behind a firewall) is noticed within
+#: this plus the timeout, and the connection re-made.
+SUBSCRIPTION_PING_INTERVAL = 10.0
+
+
+class RedisSubscription:
+    """
+    One connection SUBSCRIBEd to one channel, re-made with the pool's
+    backoff whenever it is lost (one log line when lost, one when back,
+    from the pool) and checked with a PING every
+    :data:`SUBSCRIPTION_PING_INTERVAL` seconds.
+
+    :param reactor: ``IReactorTCP`` and ``IReactorTime``.
+    :param channel: the (already namespaced) channel name.
+    :param on_message: called with each message's bytes; its exceptions
+        are logged, never raised into the connection.
+    :param on_subscribed: called each time the subscription is (re)made,
+        so the caller can catch up with what it missed meanwhile.
+    :param on_lost: called when a subscribed connection is lost.
+    :param pool_args: ``host``, ``port`` and the keyword arguments of
+        :class:`RedisPool` (see :meth:`RedisPool.settings`).
+
+    :ivar active: whether the channel is subscribed now.
+    """
+
+    log = Logger()
+
+    def __init__(
+        self,
+        reactor: Any,
+        host: str,
+        port: int,
+        channel: bytes,
+        on_message: Any,
+        on_subscribed: Any = None,
+        on_lost: Any = None,
+        *,
+        ping_interval: float = SUBSCRIPTION_PING_INTERVAL,
+        **pool_args: Any,
+    ):
+        self.channel = channel
+        self.active = False
+        self._reactor = reactor
+        self._on_message = on_message
+        self._on_subscribed = on_subscribed
+        self._on_lost = on_lost
+        self._ping_interval = ping_interval
+        self._protocol: Any = None
+        self._ping_call: Any = None
+        self._pool = RedisPool(reactor, host, port, size=1, label=" (subscriber)", subscription=self, **pool_args)
+
+    @property
+    def store(self) -> str:
+        return self._pool.store
+
+    def start(self) -> None:
+        """Connect and subscribe (in the background; never fails)."""
+        # The pool connects on its first use; what that Deferred says is of
+        # no interest here (connected() is told about every connection).
+        self._pool.connection().addErrback(lambda failure: None)
+
+    def connected(self, protocol: Any) -> None:
+        """A pool connection is ready: SUBSCRIBE on it."""
+        if self._pool.closed:
+            return
+        d = protocol.execute_command("SUBSCRIBE", self.channel, apply_timeout=False)
+        d.addTimeout(self._pool.timeout, self._reactor)
+        d.addCallbacks(lambda _: self._subscribed(protocol), lambda f: self._pool.abort(
+            protocol, f"SUBSCRIBE failed: {f.getErrorMessage() or f.type.__name__}"))
+
+    def _subscribed(self, protocol: Any) -> None:
+        if not protocol.connected or self._pool.closed:
+            return
+        self._protocol = protocol
+        self.active = True
+        self._schedule_ping()
+        self._call(self._on_subscribed)
+
+    def _schedule_ping(self) -> None:
+        self._ping_call = self._reactor.callLater(self._ping_interval, self._ping)
+
+    def _ping(self) -> None:
+        self._ping_call = None
+        protocol = self._protocol
+        if protocol is None or not protocol.connected:
+            return
+        d = protocol.execute_command("PING")
+        d.addTimeout(self._pool.timeout, self._reactor)
+
+        def answered(_: Any) -> None:
+            if self._protocol is protocol:
+                self._schedule_ping()
+
+        def unanswered(failure: Failure) -> None:
+            self._pool.abort(protocol, f"no reply to PING within {self._pool.timeout:g} s")
+
+        d.addCallbacks(answered, unanswered)
+
+    def message(self, channel: Any, data: Any) -> None:
+        """A message arrived on the subscribed channel."""
+        if channel != self.channel:
+            return
+        self._call(self._on_message, data)
+
+    def lost(self, protocol: Any) -> None:
+        """A connection of the pool was lost."""
+        if protocol is not self._protocol:
+            return
+        self._protocol = None
+        self.active = False
+        if self._ping_call is not None and self._ping_call.active():
+            self._ping_call.cancel()
+        self._ping_call = None
+        if not self._pool.closed:
+            self._call(self._on_lost)
+
+    def _call(self, callback: Any, *args: Any) -> None:
+        if callback is None:
+            return
+        try:
+            callback(*args)
+        except Exception:
+            self.log.failure("{store}: error handling a subscription event", store=self.store)
+
+    def close(self) -> Deferred:
+        """
+        Unsubscribe and close the connection for good; harmless twice.
+
+        :return: ``Deferred`` firing with ``None`` once closed.
+        """
+        self.active = False
+        self._protocol = None
+        if self._ping_call is not None and self._ping_call.active():
+            self._ping_call.cancel()
+        self._ping_call = None
+        return self._pool.close()

@@ -16,7 +16,7 @@ from typing import Any, Callable, Generator, Optional
 
 import attrs
 import txredisapi
-from twisted.internet.defer import Deferred, fail, inlineCallbacks
+from twisted.internet.defer import Deferred, fail, gatherResults, inlineCallbacks
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
@@ -24,7 +24,7 @@ from kongacme.config.storage import RedisStorageConfig
 from kongacme.interfaces import IAtomicStorage, IStorage
 from kongacme.storage import keys
 from kongacme.storage._common import check_key, check_prefix, check_ttl, check_value
-from kongacme.storage._redis_connection import RedisPool, tls_connection_creator
+from kongacme.storage._redis_connection import RedisPool, RedisSubscription, tls_connection_creator
 from kongacme.storage._redis_errors import StorageUnavailable
 
 #: Kong's default host when ``storage_config.redis.host`` is unset.
@@ -120,6 +120,7 @@ class RedisStorage:
     trust_root: Any = attrs.field(default=None, repr=False)
     pool_size: int = attrs.field(default=2, validator=_positive)
     _pool: RedisPool = attrs.field(init=False, repr=False)
+    _subscriptions: list = attrs.field(init=False, factory=list, repr=False)
 
     def __attrs_post_init__(self) -> None:
         tls = None
@@ -328,6 +329,58 @@ class RedisStorage:
         d = self._run("EVAL compare_and_delete", lambda p: p.eval(_COMPARE_AND_DELETE, [name], [expected]))
         return d.addCallback(lambda reply: reply == 1)
 
+    # -- pub/sub --------------------------------------------------------------
+
+    def channel(self, name: str) -> bytes:
+        """
+        The Redis channel for ``name``: namespaced like keys and, as
+        channels are shared by every database of a server, suffixed with
+        ``:db<N>`` for a database other than 0.
+        """
+        suffix = f":db{self.database}" if self.database else ""
+        return (self.namespace + name + suffix).encode("utf-8")
+
+    def publish(self, channel: str, message: bytes) -> Deferred[int]:
+        """
+        ``PUBLISH`` on :meth:`channel` ``(channel)``.
+
+        :return: ``Deferred`` firing with the number of subscribers that
+            got it (failing like every command when Redis is unavailable).
+        """
+        name = self.channel(channel)
+        check_value(message)
+        return self._run("PUBLISH", lambda p: p.execute_command("PUBLISH", name, message))
+
+    def subscribe(
+        self,
+        channel: str,
+        on_message: Callable[[bytes], None],
+        on_subscribed: Optional[Callable[[], None]] = None,
+        on_lost: Optional[Callable[[], None]] = None,
+    ) -> RedisSubscription:
+        """
+        Receive what is published on :meth:`channel` ``(channel)``, on a
+        connection of its own that is re-made by itself after an outage;
+        started at once, closed by :meth:`close` (or its own ``close``).
+        See :class:`~kongacme.storage._redis_connection.RedisSubscription`
+        for the callbacks.
+        """
+        if self._pool.closed:
+            raise StorageUnavailable(self._pool.store, "connection closed")
+        subscription = RedisSubscription(
+            self._reactor,
+            self.host,
+            self.port,
+            self.channel(channel),
+            on_message,
+            on_subscribed,
+            on_lost,
+            **self._pool.settings(),
+        )
+        self._subscriptions.append(subscription)
+        subscription.start()
+        return subscription
+
     # -- lifetime -----------------------------------------------------------
 
     @property
@@ -340,9 +393,12 @@ class RedisStorage:
         Close the connections and stop reconnecting; later operations fail
         with :class:`StorageUnavailable`.
 
+        Subscriptions made by :meth:`subscribe` are closed too.
+
         :return: ``Deferred`` firing with ``None`` once closed.
         """
-        return self._pool.close()
+        closing = [self._pool.close()] + [s.close() for s in self._subscriptions]
+        return gatherResults(closing, consumeErrors=True).addCallback(lambda _: None)
 
     disconnect = close
 
