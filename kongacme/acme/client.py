@@ -11,6 +11,7 @@ from typing import Any, Optional
 import attrs
 import josepy as jose
 from acme import messages
+from cryptography import x509
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
@@ -29,6 +30,9 @@ from kongacme.errors import AcmeError, AcmeProblem, AcmeTransportError
 _log = Logger()
 
 ACCOUNT_DOES_NOT_EXIST = ERROR_PREFIX + "accountDoesNotExist"
+ALREADY_REVOKED = ERROR_PREFIX + "alreadyRevoked"
+#: RFC 5280 §5.3.1 CRLReason codes an ACME client may send (7 is unused).
+REVOCATION_REASONS = frozenset({0, 1, 2, 3, 4, 5, 6, 8, 9, 10})
 
 
 class TermsOfServiceNotAccepted(AcmeError):
@@ -239,6 +243,40 @@ class AcmeClient:
         account_url = self._account_from(response)
         _log.info("created ACME account {account_url}", account_url=account_url)
         return account_url
+
+    def revoke(self, certificate: x509.Certificate, reason: int = 0) -> Deferred[None]:
+        """
+        Revoke ``certificate`` (RFC 8555 §7.6): a ``revokeCert`` request
+        signed with the account key (the account that ordered it, or one
+        that holds authorizations for all its names).
+
+        :param certificate: the end-entity certificate.
+        :param reason: an RFC 5280 CRLReason code (0 unspecified, 1
+            keyCompromise, 4 superseded, 5 cessationOfOperation …).
+        :return: ``Deferred`` firing with ``None`` once the CA confirmed
+            (200), or failing with :class:`~kongacme.errors.AcmeProblem`
+            (e.g. ``alreadyRevoked``, ``unauthorized``, ``badRevocationReason``)
+            or :class:`~kongacme.errors.AcmeTransportError`.
+        :raises ValueError: for a reason code RFC 5280 does not define.
+        """
+        if isinstance(reason, bool) or reason not in REVOCATION_REASONS:
+            raise ValueError("revocation reason must be one of %s, not %r" % (sorted(REVOCATION_REASONS), reason))
+        return Deferred.fromCoroutine(self._revoke(certificate, reason))
+
+    async def _revoke(self, certificate: x509.Certificate, reason: int) -> None:
+        try:
+            url = self.directory["revokeCert"]
+        except KeyError:
+            url = None
+        if not isinstance(url, str) or not url:
+            raise AcmeTransportError(self.directory_url, "the directory has no revokeCert URL")
+        try:
+            await self._transport.post(url, messages.Revocation(certificate=certificate, reason=reason))
+        except AcmeProblem as problem:
+            log_problem(problem, "revoking certificate {serial} failed", serial="%x" % (certificate.serial_number,))
+            raise
+        _log.info("revoked certificate {serial} (reason {reason})", serial="%x" % (certificate.serial_number,),
+                  reason=reason)
 
     def _account_from(self, response: AcmeResponse) -> str:
         # §7.3: the account URL is the Location of the newAccount answer,

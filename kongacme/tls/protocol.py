@@ -7,6 +7,7 @@ support and a handshake deadline.
 
 from __future__ import annotations
 
+import collections
 from typing import Callable
 
 from OpenSSL import SSL
@@ -34,6 +35,25 @@ log = Logger()
 
 _NO_HELLO = ClientHello(server_name=None)
 
+#: What becomes of a connection on the TLS listener, one per connection:
+#: a handshake completed with a certificate from the cache (``cached``) or
+#: the fallback (``fallback``), either after the gate held it
+#: (``held_then_issued``, ``held_then_fallback``); or no handshake: not a
+#: ClientHello we accept (``rejected``), closed before a whole ClientHello
+#: (``abandoned``), the deadline passed (``timeout``), or TLS failed
+#: (``failed``: no shared protocol or cipher, the client refused the
+#: certificate, the connection dropped mid-handshake).
+HANDSHAKE_OUTCOMES = (
+    "cached",
+    "fallback",
+    "held_then_issued",
+    "held_then_fallback",
+    "rejected",
+    "abandoned",
+    "timeout",
+    "failed",
+)
+
 
 @implementer(IOpenSSLServerConnectionCreator)
 class SNIConnectionCreator:
@@ -50,6 +70,7 @@ class SNIConnectionCreator:
     def serverConnectionForTLS(self, protocol: "SNITLSProtocol") -> SSL.Connection:
         hello = protocol.client_hello or _NO_HELLO
         certified = self.cache.lookup(hello.server_name)
+        protocol.served_fallback = certified is self.cache.fallback
         connection = SSL.Connection(self.builder.context_for(certified), None)
         # Read by the ALPN select callback (context._select_alpn).
         connection.set_app_data(protocol)
@@ -73,6 +94,11 @@ class SNITLSProtocol(TLSMemoryBIOProtocol):
 
     client_hello: ClientHello | None = None
     alpn_allowed: tuple[bytes, ...] = ()
+    #: Whether the certificate chosen was the fallback (set when TLS starts).
+    served_fallback = False
+    #: What became of the handshake, once known (see HANDSHAKE_OUTCOMES).
+    outcome: str | None = None
+    _held = False
     _tlsConnection = None
     _hello_buffer: bytes | None = b""
     _gate_pending = False
@@ -103,6 +129,7 @@ class SNITLSProtocol(TLSMemoryBIOProtocol):
             hello = parse_client_hello(buffered)
         except ClientHelloError as e:
             log.info("TLS: dropping connection from {peer}: {reason}", peer=_peer(self.transport), reason=str(e))
+            self._count("rejected")
             self._hello_buffer = None
             self._cancel_deadline()
             self.transport.abortConnection()
@@ -123,6 +150,7 @@ class SNITLSProtocol(TLSMemoryBIOProtocol):
             self._start_tls()
             return
         self._gate_pending = True
+        self._held = True
         self.transport.pauseProducing()
         # The handshake deadline does not run while the gate holds the
         # connection; the gate bounds its own wait, and gate_timeout is the
@@ -169,6 +197,7 @@ class SNITLSProtocol(TLSMemoryBIOProtocol):
         if self._handshakeDone:
             return
         log.info("TLS: handshake with {peer} timed out", peer=_peer(self.transport))
+        self._count("timeout")
         if self._tlsConnection is None:
             self._hello_buffer = None
             self.transport.abortConnection()
@@ -187,6 +216,15 @@ class SNITLSProtocol(TLSMemoryBIOProtocol):
         TLSMemoryBIOProtocol._checkHandshakeStatus(self)
         if self._handshakeDone:
             self._cancel_deadline()
+            if self.outcome is None:
+                served = "fallback" if self.served_fallback else "issued" if self._held else "cached"
+                self._count(("held_then_" + served) if self._held else served)
+
+    def _count(self, outcome: str) -> None:
+        # One outcome per connection, counted on the factory (metrics).
+        if self.outcome is None:
+            self.outcome = outcome
+            self.factory.handshakes[outcome] += 1
 
     def _flushReceiveBIO(self) -> None:
         # Twisted's version ends the whole connection on close_notify; a
@@ -292,10 +330,13 @@ class SNITLSProtocol(TLSMemoryBIOProtocol):
         self._cancel_deadline()
         if self._tlsConnection is None:
             # TLS never started: the wrapped protocol was never connected.
+            self._count("abandoned")
             self._lost_early = True
             self._hello_buffer = None
             self.connected = False
             return
+        if not self._handshakeDone:
+            self._count("failed")
         if not self._handshakeDone and reason is not None:
             log.info(
                 "TLS: handshake with {peer} for {server_name} failed: {reason}",
@@ -319,6 +360,9 @@ class TLSServerFactory(TLSMemoryBIOFactory):
         (not counting time held by the gate).
     :param gate_timeout: the longest the gate may hold a handshake before
         it goes ahead anyway.
+
+    :ivar handshakes: connections by outcome (:data:`HANDSHAKE_OUTCOMES`),
+        for the metrics.
     """
 
     protocol = SNITLSProtocol
@@ -342,6 +386,7 @@ class TLSServerFactory(TLSMemoryBIOFactory):
         self.gate = gate
         self.handshake_timeout = handshake_timeout
         self.gate_timeout = gate_timeout
+        self.handshakes: collections.Counter[str] = collections.Counter()
 
 
 def _peer(transport) -> str:

@@ -1,17 +1,33 @@
 """
-A minimal Admin API listener: ``GET /health`` and ``GET /status``, JSON in
-and out, optional bearer-token authentication.
+The Admin API listener: ``GET /health`` and ``GET /status`` here, the Kong
+routes (``/acme``, ``/acme/certificates``) and the rest installed by their
+modules; JSON in and out, optional bearer-token authentication.
 
-Routes live in a dispatch table keyed on ``(method, path)``; the full Kong
-Admin API (``/acme``, ``/acme/certificates``) will be added there. Meant for
-a loopback or otherwise private address.
+Routes live in two dispatch tables: exact ``(method, path)`` pairs
+(:meth:`AdminResource.add_route`) and ``(method, template)`` pairs whose
+``{name}`` segments match one non-empty path segment each
+(:meth:`AdminResource.add_pattern_route`). What every route gets for free:
+
+- 401 without the bearer token (when one is configured);
+- 404 for an unknown path, 405 with ``Allow`` for a known path asked with
+  another method;
+- 413 for a body over :data:`MAX_BODY` bytes (by ``Content-Length``, or
+  counted when chunked);
+- 415 for a non-empty body that is not JSON, a form or multipart;
+- :class:`RequestError` raised by a handler (or failing its Deferred)
+  becomes that status with ``{"message": ...}``; anything else is a logged
+  500.
+
+Meant for a loopback or otherwise private address.
 """
 
 from __future__ import annotations
 
 import hmac
 import json
-from typing import Any, Callable, Mapping, Optional
+import re
+from typing import Any, Callable, Collection, Mapping, Optional
+from urllib.parse import parse_qsl
 
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime
@@ -20,12 +36,39 @@ from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request
 
 from kongacme.web._channel import QuietSite
+from kongacme.web.responses import Raw
 
 _log = Logger()
 
 #: A handler gets the request and answers ``(status code, JSON-able body)``,
-#: or a Deferred firing with that pair.
-Handler = Callable[[Request], "tuple[int, Any] | Deferred"]
+#: a :class:`~kongacme.web.responses.Raw`, or a Deferred firing with either.
+#: Pattern routes' handlers also get the matched segments as keyword
+#: arguments (raw bytes, still percent-encoded).
+Handler = Callable[..., "tuple[int, Any] | Raw | Deferred"]
+
+#: Largest request body accepted (bytes); larger ones answer 413.
+MAX_BODY = 64 * 1024
+#: Body media types the Admin API reads (Kong accepts the same three).
+JSON_TYPE = b"application/json"
+FORM_TYPE = b"application/x-www-form-urlencoded"
+MULTIPART_TYPE = b"multipart/form-data"
+BODY_TYPES = frozenset({JSON_TYPE, FORM_TYPE, MULTIPART_TYPE})
+_PARAM = re.compile(rb"\{([a-z_]+)\}")
+
+
+class RequestError(Exception):
+    """
+    A request the Admin API refuses; raised by handlers (or failing their
+    Deferred), answered as ``code`` with ``{"message": message}``.
+
+    :ivar code: the HTTP status (4xx).
+    :ivar message: what is wrong, for the client.
+    """
+
+    def __init__(self, code: int, message: str):
+        self.code = code
+        self.message = message
+        super().__init__(code, message)
 
 
 class AdminResource(Resource):
@@ -35,7 +78,8 @@ class AdminResource(Resource):
 
     :param routes: ``{(method, path): handler}``, e.g.
         ``{(b"GET", b"/health"): handler}``; ``HEAD`` uses the ``GET``
-        handler. Anything not in the table answers 404.
+        handler. A path in no table answers 404; a path known with other
+        methods answers 405.
     :param token: when set, every request must carry
         ``Authorization: Bearer <token>`` (else 401).
     """
@@ -45,11 +89,39 @@ class AdminResource(Resource):
     def __init__(self, routes: Mapping[tuple[bytes, bytes], Handler], token: Optional[str] = None):
         super().__init__()
         self._routes = dict(routes)
+        self._patterns: dict[tuple[bytes, bytes], tuple[tuple[bytes, ...], Handler]] = {}
         self._token = None if token is None else token.encode("utf-8")
 
     def add_route(self, method: bytes, path: bytes, handler: Handler) -> None:
         """Answer ``method path`` with ``handler`` (replacing any previous one)."""
         self._routes[(method, path)] = handler
+
+    def add_pattern_route(self, method: bytes, template: bytes, handler: Handler) -> None:
+        """
+        Answer ``method`` on paths matching ``template`` with ``handler``,
+        e.g. ``add_pattern_route(b"GET", b"/acme/certificates/{host}", h)``
+        calls ``h(request, host=b"example.com")``. A ``{name}`` segment
+        matches exactly one non-empty path segment (no ``/``); exact routes
+        win over patterns.
+
+        :raises ValueError: if ``template`` does not start with ``/``.
+        """
+        if not template.startswith(b"/"):
+            raise ValueError("template must start with /")
+        self._patterns[(method, template)] = (tuple(template.split(b"/")), handler)
+
+    def _match(self, path: bytes) -> dict[bytes, tuple[Handler, dict[str, bytes]]]:
+        """Every route for ``path``: ``{method: (handler, arguments)}``."""
+        found: dict[bytes, tuple[Handler, dict[str, bytes]]] = {}
+        segments = path.split(b"/")
+        for (method, template), (parts, handler) in self._patterns.items():
+            arguments = _match_segments(parts, segments)
+            if arguments is not None:
+                found.setdefault(method, (handler, arguments))
+        for (method, exact), handler in self._routes.items():
+            if exact == path:
+                found[method] = (handler, {})
+        return found
 
     def set_token(self, token: Optional[str]) -> None:
         """Require ``token`` from now on (``None``: no authentication); used on reload."""
@@ -60,13 +132,23 @@ class AdminResource(Resource):
             request.setHeader(b"www-authenticate", b'Bearer realm="kongacme"')
             return _json(request, 401, {"message": "Unauthorized"})
         method = b"GET" if request.method == b"HEAD" else request.method
-        handler = self._routes.get((method, request.path))
-        if handler is None:
+        routes = self._match(request.path)
+        if not routes:
             return _json(request, 404, {"message": "Not found"})
+        if method not in routes:
+            allowed = set(routes) | ({b"HEAD"} if b"GET" in routes else set())
+            request.setHeader(b"allow", b", ".join(sorted(allowed)))
+            return _json(request, 405, {"message": "Method not allowed"})
+        refused = _check_body(request)
+        if refused is not None:
+            return _json(request, refused.code, {"message": refused.message})
+        handler, arguments = routes[method]
         try:
-            result = handler(request)
+            result = handler(request, **arguments)
             if not isinstance(result, Deferred):
-                return _json(request, *result)
+                return _answer(request, result)
+        except RequestError as e:
+            return _json(request, e.code, {"message": e.message})
         except Exception:
             return self._crashed(request)
         finished = request.notifyFinish()
@@ -76,13 +158,16 @@ class AdminResource(Resource):
             if finished.called:
                 return
             try:
-                data = _json(request, *pair)
+                data = _answer(request, pair)
             except Exception:
                 data = self._crashed(request)
             request.write(data)
             request.finish()
 
         def crashed(f: Any) -> None:
+            if f.check(RequestError):
+                answer((f.value.code, {"message": f.value.message}))
+                return
             _log.failure("admin handler failed for {path}", f, path=_printable(request.path))
             answer((500, {"message": "An unexpected error occurred"}))
 
@@ -111,6 +196,147 @@ class AdminResource(Resource):
 
 def _printable(path: bytes) -> str:
     return path[:200].decode("ascii", "backslashreplace")
+
+
+def _match_segments(parts: tuple[bytes, ...], segments: list[bytes]) -> dict[str, bytes] | None:
+    if len(parts) != len(segments):
+        return None
+    arguments: dict[str, bytes] = {}
+    for part, segment in zip(parts, segments):
+        name = _PARAM.fullmatch(part)
+        if name is not None:
+            if not segment:
+                return None
+            arguments[name.group(1).decode("ascii")] = segment
+        elif part != segment:
+            return None
+    return arguments
+
+
+def _media_type(request: Request) -> bytes:
+    return (request.getHeader(b"content-type") or b"").split(b";")[0].strip().lower()
+
+
+def _body_size(request: Request) -> int:
+    content = request.content
+    if content is None:
+        return 0
+    position = content.tell()
+    content.seek(0, 2)
+    size = content.tell()
+    content.seek(position)
+    return size
+
+
+def _check_body(request: Request) -> RequestError | None:
+    """413 for a body over :data:`MAX_BODY`, 415 for one of a type we do not read."""
+    declared = request.getHeader(b"content-length")
+    if declared is not None and declared.strip().isdigit() and int(declared) > MAX_BODY:
+        return RequestError(413, "request body too large (at most %d bytes)" % (MAX_BODY,))
+    size = _body_size(request)
+    if size > MAX_BODY:
+        return RequestError(413, "request body too large (at most %d bytes)" % (MAX_BODY,))
+    if size and _media_type(request) not in BODY_TYPES:
+        return RequestError(
+            415, "unsupported content type: send application/json, application/x-www-form-urlencoded "
+            "or multipart/form-data"
+        )
+    return None
+
+
+def read_arguments(request: Request, allowed: Collection[str]) -> dict[str, Any]:
+    """
+    A request's arguments: query string parameters (last value wins,
+    undeclared ones ignored), then the body's fields (a JSON object, a form,
+    or on ``POST`` a multipart form; these override the query).
+
+    JSON values keep their JSON type; form and query values are strings.
+
+    :param allowed: the field names a body may carry.
+    :raises RequestError: 400 for invalid JSON, a JSON body that is not an
+        object, a body field not in ``allowed`` (named in the message) or
+        text that is not UTF-8.
+    """
+    query = request.uri.partition(b"?")[2]
+    args: dict[str, Any] = {}
+    for name, value in _pairs(query):
+        if name in allowed:
+            args[name] = value
+    media_type = _media_type(request)
+    raw = b""
+    if request.content is not None:
+        request.content.seek(0)
+        raw = request.content.read(MAX_BODY + 1)
+        request.content.seek(0)
+    body: dict[str, Any] = {}
+    if media_type == JSON_TYPE and raw.strip():
+        try:
+            parsed = json.loads(raw)
+        except ValueError:
+            raise RequestError(400, "request body is not valid JSON") from None
+        if not isinstance(parsed, dict):
+            raise RequestError(400, "request body must be a JSON object")
+        body = parsed
+    elif media_type == FORM_TYPE:
+        body = dict(_pairs(raw))
+    elif media_type == MULTIPART_TYPE:
+        if request.method != b"POST":
+            raise RequestError(415, "multipart/form-data is read on POST only: send JSON or a form")
+        # Twisted parsed it (on POST only) into request.args, with the query.
+        in_query = {name for name, _ in _pairs(query)}
+        for name, values in (request.args or {}).items():
+            text = _text(name)
+            if values and text not in in_query:
+                body[text] = _text(values[-1])
+    for name in body:
+        if name not in allowed:
+            raise RequestError(400, "unknown field in request body: %s" % (_clip(name),))
+    args.update(body)
+    return args
+
+
+def _pairs(encoded: bytes) -> list[tuple[str, str]]:
+    try:
+        return parse_qsl(encoded.decode("utf-8"), keep_blank_values=True, encoding="utf-8", errors="strict")
+    except UnicodeDecodeError:
+        raise RequestError(400, "query and form values must be UTF-8") from None
+    except ValueError:
+        raise RequestError(400, "malformed query string or form body") from None
+
+
+def _text(value: bytes) -> str:
+    try:
+        return value.decode("utf-8")
+    except UnicodeDecodeError:
+        raise RequestError(400, "query and form values must be UTF-8") from None
+
+
+def _clip(name: str) -> str:
+    return json.dumps(name[:100])
+
+
+def truthy(value: Any) -> bool:
+    """
+    A flag's value: JSON ``true`` or a non-zero number, or a string other
+    than ``0``, ``false``, ``no``, ``off`` (case-insensitive; an empty
+    value, ``?invalid_only``, is true). Kong's Lua takes any value given as
+    true, ``invalid_only=0`` included; kongacme reads the obvious "no"
+    spellings as false.
+    """
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, (int, float)):
+        return value != 0
+    if isinstance(value, str):
+        return value.strip().lower() not in ("0", "false", "no", "off")
+    return False
+
+
+def _answer(request: Request, result: Any) -> bytes:
+    """A handler's result: a :class:`Raw` as it is, else ``(code, JSON-able body)``."""
+    if isinstance(result, Raw):
+        return result.render(request)
+    return _json(request, *result)
 
 
 def _json(request: Request, code: int, body: Any) -> bytes:
@@ -154,3 +380,4 @@ def make_admin_factory(
         (b"GET", b"/status"): status,
     }
     return QuietSite(AdminResource(routes, token), reactor=reactor)
+

@@ -6,7 +6,6 @@ is checked, and a running order is reported honestly.
 
 from __future__ import annotations
 
-import json
 from typing import Any, Callable, Optional
 
 import treq
@@ -14,38 +13,36 @@ from twisted.internet.defer import Deferred, inlineCallbacks
 from twisted.logger import Logger
 from twisted.web.server import Request
 
-from kongacme.errors import IssuanceError, NotAdmitted, OrderInProgress
+from kongacme.errors import AcmeProblem, IssuanceError, NotAdmitted, OrderInProgress
+from kongacme.web.admin import read_arguments
 
 log = Logger()
 
-MAX_BODY = 64 * 1024
 SANITY_TOKEN = "x"
 SANITY_BODY = b"Not found\n"
+#: What a ``POST /acme`` body may carry.
+POST_FIELDS = frozenset({"host", "test_http_challenge_flow"})
+NOT_CONFIGURED = "ACME is not configured: add an acme section to the configuration"
 
 
-def _arguments(request: Request) -> dict[str, Any] | str:
+def issuance_failure(failure: Any) -> tuple[int, Any]:
     """
-    ``host`` and ``test_http_challenge_flow`` from the query string, a form
-    body or a JSON object body. A string result is an error message.
+    The Admin API answer for a failed order (``POST /acme``, a renewal):
+    400 not admitted, 409 another node's order in progress, else Kong's 500
+    ``failed to update certificate: …`` with the CA's problem when there is
+    one.
     """
-    args: dict[str, Any] = {}
-    for name, values in (request.args or {}).items():
-        if values:
-            args[name.decode("utf-8", "replace")] = values[-1].decode("utf-8", "replace")
-    content_type = (request.getHeader(b"content-type") or b"").split(b";")[0].strip().lower()
-    if content_type == b"application/json":
-        raw = request.content.read(MAX_BODY + 1) if request.content is not None else b""
-        if len(raw) > MAX_BODY:
-            return "request body too large"
-        if raw.strip():
-            try:
-                body = json.loads(raw)
-            except ValueError:
-                return "request body is not valid JSON"
-            if not isinstance(body, dict):
-                return "request body must be a JSON object"
-            args.update(body)
-    return args
+    error = failure.value
+    if isinstance(error, NotAdmitted):
+        return 400, {"message": error.message}
+    if isinstance(error, OrderInProgress):
+        return 409, {"message": error.message}
+    problem = error.to_dict() if isinstance(error, AcmeProblem) else None
+    text = error.message if isinstance(error, IssuanceError) else str(error)
+    body: dict[str, Any] = {"message": "failed to update certificate: %s" % (text,)}
+    if problem is not None:
+        body["problem"] = problem
+    return 500, body
 
 
 class AcmeAdmin:
@@ -71,9 +68,7 @@ class AcmeAdmin:
 
     def post(self, request: Request) -> tuple[int, Any] | Deferred:
         """``POST /acme``: issue a certificate for ``host`` (or test the http-01 path)."""
-        args = _arguments(request)
-        if isinstance(args, str):
-            return 400, {"message": args}
+        args = read_arguments(request, POST_FIELDS)
         host = args.get("host")
         if not isinstance(host, str) or not host or "," in host or " " in host:
             return 400, {"message": "host must be provided and containing a single domain"}
@@ -82,7 +77,7 @@ class AcmeAdmin:
         host = host.lower()
         manager = self._get_manager()
         if manager is None:
-            return 404, {"message": "ACME is not configured: add an acme section to the configuration"}
+            return 404, {"message": NOT_CONFIGURED}
         flow = args.get("test_http_challenge_flow")
         if flow is True or (isinstance(flow, str) and flow.lower() == "true"):
             return self._sanity_check(manager, host)
@@ -92,20 +87,7 @@ class AcmeAdmin:
         def created(_: object) -> tuple[int, Any]:
             return 201, {"message": "certificate for host %s is created" % (host,)}
 
-        def failed(failure: Any) -> tuple[int, Any]:
-            error = failure.value
-            if isinstance(error, NotAdmitted):
-                return 400, {"message": error.message}
-            if isinstance(error, OrderInProgress):
-                return 409, {"message": error.message}
-            problem = error.to_dict() if hasattr(error, "to_dict") else None
-            text = error.message if isinstance(error, IssuanceError) else str(error)
-            body: dict[str, Any] = {"message": "failed to update certificate: %s" % (text,)}
-            if problem is not None:
-                body["problem"] = problem
-            return 500, body
-
-        return manager.obtain(host, origin="admin", force=True).addCallbacks(created, failed)
+        return manager.obtain(host, origin="admin", force=True).addCallbacks(created, issuance_failure)
 
     @inlineCallbacks
     def _sanity_check(self, manager: Any, host: str):

@@ -1,0 +1,219 @@
+"""
+Prometheus metrics for ``GET /metrics``: one collector that reads the
+daemon's live state at scrape time (certificates, renewal state, the
+manager's counters, handshake outcomes, storage errors) instead of counters
+updated all over the code. Each daemon registers it in its own
+``CollectorRegistry``, so several daemons in one process do not clash.
+"""
+
+from __future__ import annotations
+
+import collections
+from typing import Any, Iterable, Iterator, Mapping
+
+import attrs
+from cryptography import x509
+from cryptography.x509.oid import NameOID
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+from twisted.internet.interfaces import IReactorTime
+
+from kongacme.proxy._relay import provides
+from kongacme.renewal.state import RenewalState
+from kongacme.tls.certs import CertifiedKey
+from kongacme.tls.protocol import HANDSHAKE_OUTCOMES
+
+#: ``reason`` label values of ``kongacme_orders_failed_total``: what the
+#: manager counts as ``stats["orders_failed:<reason>"]`` (its
+#: ``failure_reason``). Failures counted without a reason are ``other``.
+ORDER_FAILURE_REASONS = ("backoff", "not_admitted", "in_progress", "storage", "ca_problem", "ca_unreachable", "other")
+
+#: ``result`` label values of ``kongacme_handshakes_held_total``: how a
+#: handshake held for an on-demand order ended (the manager's
+#: ``stats["handshake_held_<result>"]``).
+HELD_RESULTS = ("issued", "failed", "timeout")
+
+#: ``reason`` label values of ``kongacme_handshake_orders_refused_total``:
+#: why a handshake for a name without a certificate started no order (the
+#: manager's ``stats["handshake_<reason>"]``).
+REFUSAL_REASONS = ("backoff", "rate_limited", "storage_paused")
+
+#: ``operation`` label values always present in
+#: ``kongacme_storage_errors_total``.
+STORAGE_OPERATIONS = ("get", "set", "add", "delete", "list", "compare_and_set", "compare_and_delete")
+
+
+def issuer_name(certified: CertifiedKey) -> str:
+    """The issuer's common name, or its whole DN when it has none."""
+    issuer: x509.Name = certified.leaf.issuer
+    names = issuer.get_attributes_for_oid(NameOID.COMMON_NAME)
+    if names:
+        return str(names[0].value)
+    return issuer.rfc4514_string()
+
+
+def managed_states(daemon: Any) -> list[RenewalState]:
+    """
+    What the daemon manages, sorted by host: the renewal service's
+    :class:`RenewalState` list, or, while no renewal service runs, one
+    state per name in the certificate cache (issuer and expiry from the
+    certificate, ``admitted`` and ``last_error`` from the manager).
+
+    :param daemon: a :class:`kongacme.service.DaemonService` (attributes
+        ``renewal``, ``cache``, ``manager``; any may be ``None``).
+    """
+    renewal = getattr(daemon, "renewal", None)
+    if renewal is not None:
+        return sorted(renewal.states(), key=lambda state: state.host)
+    cache = getattr(daemon, "cache", None)
+    if cache is None:
+        return []
+    manager = getattr(daemon, "manager", None)
+    states = []
+    for name in sorted(cache.names()):
+        certified = cache.get(name)
+        if certified is None:
+            continue
+        states.append(
+            RenewalState(
+                host=name,
+                not_before=certified.not_before.timestamp(),
+                not_after=certified.not_after.timestamp(),
+                issuer=issuer_name(certified),
+                admitted=manager is not None and manager.admission.admits(name),
+                last_error=None if manager is None else manager.last_error.get(name),
+            )
+        )
+    return states
+
+
+def _labelled(
+    family: CounterMetricFamily | GaugeMetricFamily, values: Mapping[str, float], always: Iterable[str]
+) -> CounterMetricFamily | GaugeMetricFamily:
+    for label in sorted(set(always) | set(values)):
+        family.add_metric([label], values.get(label, 0))
+    return family
+
+
+def _prefixed(stats: Mapping[str, int], prefix: str) -> dict[str, int]:
+    return {key[len(prefix):]: value for key, value in stats.items() if key.startswith(prefix)}
+
+
+@attrs.define(eq=False)  # hashable: the registry keys on it
+class DaemonCollector(Collector):
+    """
+    A Prometheus collector over one daemon's live state, read at each
+    scrape.
+
+    :ivar _daemon: the :class:`kongacme.service.DaemonService` (read
+        through ``renewal``, ``cache``, ``manager``, ``tls_factory`` and
+        ``storage_errors`` / ``storage``; any may be missing or ``None``).
+    :ivar _clock: "now", for the seconds until expiry.
+    """
+
+    _daemon: Any
+    _clock: IReactorTime = attrs.field(validator=provides(IReactorTime))
+
+    def describe(self) -> list[Metric]:
+        # Registration asks for the names a collector exports (to refuse
+        # duplicates); they depend on live state, so none are declared.
+        return []
+
+    def collect(self) -> Iterator[Metric]:
+        """The metrics, as of now."""
+        now = self._clock.seconds()
+        yield from self._certificates(managed_states(self._daemon), now)
+        cache = getattr(self._daemon, "cache", None)
+        yield GaugeMetricFamily(
+            "kongacme_certificate_cache_entries",
+            "Names with a certificate in the in-process cache read by TLS handshakes.",
+            value=0 if cache is None else len(cache.names()),
+        )
+        manager = getattr(self._daemon, "manager", None)
+        yield from self._orders(collections.Counter() if manager is None else manager.stats)
+        tls_factory = getattr(self._daemon, "tls_factory", None)
+        handshakes = getattr(tls_factory, "handshakes", None) or {}
+        yield _labelled(
+            CounterMetricFamily(
+                "kongacme_tls_handshakes", "Connections on the TLS listener by outcome.", labels=["outcome"]
+            ),
+            handshakes,
+            HANDSHAKE_OUTCOMES,
+        )
+        yield _labelled(
+            CounterMetricFamily(
+                "kongacme_storage_errors", "Failed storage operations by operation.", labels=["operation"]
+            ),
+            self._storage_errors(),
+            STORAGE_OPERATIONS,
+        )
+
+    def _storage_errors(self) -> Mapping[str, int]:
+        errors = getattr(self._daemon, "storage_errors", None)
+        if errors is None:
+            errors = getattr(getattr(self._daemon, "storage", None), "errors", None)
+        return errors if isinstance(errors, Mapping) else {}
+
+    def _certificates(self, states: list[RenewalState], now: float) -> Iterator[Metric]:
+        yield GaugeMetricFamily(
+            "kongacme_certificates_managed", "Certificates kongacme manages (renews).", value=len(states)
+        )
+        expiry = GaugeMetricFamily(
+            "kongacme_certificate_expiry_seconds",
+            "Seconds until the host's certificate expires (negative once expired).",
+            labels=["host"],
+        )
+        failures = GaugeMetricFamily(
+            "kongacme_renewal_failures_in_a_row", "Failed renewal attempts in a row for the host.", labels=["host"]
+        )
+        admitted = GaugeMetricFamily(
+            "kongacme_certificate_admitted",
+            "1 when the configuration still admits the host (it is renewed), else 0.",
+            labels=["host"],
+        )
+        for state in states:
+            if state.not_after is not None:
+                expiry.add_metric([state.host], state.not_after - now)
+            failures.add_metric([state.host], state.failures)
+            admitted.add_metric([state.host], 1 if state.admitted else 0)
+        yield expiry
+        yield failures
+        yield admitted
+
+    def _orders(self, stats: Mapping[str, int]) -> Iterator[Metric]:
+        yield CounterMetricFamily(
+            "kongacme_orders_started", "Certificate orders sent to the CA.", value=stats.get("orders_started", 0)
+        )
+        yield CounterMetricFamily(
+            "kongacme_orders_succeeded", "Certificate orders that ended with a certificate.",
+            value=stats.get("orders_succeeded", 0),
+        )
+        reasons = _prefixed(stats, "orders_failed:")
+        unattributed = stats.get("orders_failed", 0) - sum(reasons.values())
+        if unattributed > 0:
+            reasons["other"] = reasons.get("other", 0) + unattributed
+        yield _labelled(
+            CounterMetricFamily("kongacme_orders_failed", "Certificate orders that failed, by reason.",
+                                labels=["reason"]),
+            reasons,
+            ORDER_FAILURE_REASONS,
+        )
+        yield _labelled(
+            CounterMetricFamily(
+                "kongacme_handshakes_held",
+                "Handshakes held for an on-demand order, by how the wait ended.",
+                labels=["result"],
+            ),
+            {result: stats.get("handshake_held_" + result, 0) for result in HELD_RESULTS},
+            HELD_RESULTS,
+        )
+        yield _labelled(
+            CounterMetricFamily(
+                "kongacme_handshake_orders_refused",
+                "Handshakes for a name without a certificate that started no order, by reason.",
+                labels=["reason"],
+            ),
+            {reason: stats.get("handshake_" + reason, 0) for reason in REFUSAL_REASONS},
+            REFUSAL_REASONS,
+        )
+
