@@ -146,3 +146,14 @@ class OrderInProgress(IssuanceError):
 
     def __init__(self, host: str):
         super().__init__(host, "an order for host %s is already in progress on another node" % (host,))
+
+
+class StoragePaused(IssuanceError):
+    """The shared storage is unreachable: new orders wait until it returns."""
+
+    def __init__(self, host: str):
+        super().__init__(
+            host,
+            "storage is unavailable: new orders are paused until it returns (certificates held are still served); "
+            "host %s" % (host,),
+        )

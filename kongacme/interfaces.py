@@ -165,11 +165,13 @@ class IIssuer(Interface):
     Obtains a certificate for one host name (ACME, in kongacme).
     """
 
-    def issue(host, private_key=None):
+    def issue(host, private_key=None, replaces=None):
         """
         :param host: lower-cased DNS name, already admitted.
         :param private_key: a ``cryptography`` private key to reuse
             (renewal), or ``None`` to generate one per the config.
+        :param replaces: the ARI identifier of the certificate renewed
+            (RFC 9773 §5), or ``None``.
         :return: ``Deferred`` firing with a
             :class:`kongacme.tls.certs.CertifiedKey`, or failing with
             :class:`kongacme.errors.AcmeProblem` / another error.

@@ -6,6 +6,7 @@ configuration on reload (SIGHUP) without dropping connections.
 
 from __future__ import annotations
 
+import collections
 import gc
 import os
 
@@ -26,16 +27,22 @@ from kongacme.listeners import ListenerSet
 from kongacme.logs import make_observer
 from kongacme.proxy.forward import ProxyFactory
 from kongacme.proxy.routes import RouteTable
+from kongacme.renewal.service import RenewalService
 from kongacme.tls.cache import CertificateCache
 from kongacme.tls.certs import CertifiedKey, load_certified_key_files, names_from
 from kongacme.tls.context import ContextBuilder
 from kongacme.tls.fallback import load_or_create_fallback
 from kongacme.tls.protocol import TLSServerFactory
 from kongacme.storage import storage_from_config
+from kongacme.storage.instrumented import instrument
 from kongacme.storage.tokens import StorageChallengeTokenStore, SwitchableTokenStore
 from kongacme.web.admin import make_admin_factory
 from kongacme.web.admin_acme import AcmeAdmin
 from kongacme.web.admin_acme import install as install_acme_admin
+from kongacme.web.admin_certificates import CertificatesAdmin
+from kongacme.web.admin_certificates import install as install_certificates_admin
+from kongacme.web.openapi import install as install_openapi
+from kongacme.web.visibility import install_visibility
 from kongacme.web.challenge import make_http_factory
 from kongacme.web.tokens import MemoryChallengeTokenStore
 
@@ -131,10 +138,23 @@ class DaemonService(MultiService):
         self.admin_factory = make_admin_factory(self.status, token=config.admin.token, reactor=reactor)
         self.acme_admin = AcmeAdmin(lambda: self.manager, reactor, challenge_port=config.issuance.challenge_port)
         install_acme_admin(self.admin_factory, self.acme_admin)
+        self.certificates_admin = CertificatesAdmin(
+            lambda: getattr(self, "renewal", None),
+            lambda: self.storage,
+            lambda: self.cache,
+            lambda: self._static_names,
+            lambda: self.issuer,
+            reactor,
+        )
+        install_certificates_admin(self.admin_factory, self.certificates_admin)
+        install_openapi(self.admin_factory)
+        self.visibility = install_visibility(self.admin_factory, self, reactor)
         self.storage = None
+        self.storage_errors: collections.Counter = collections.Counter()
         self.issuer: DaemonAcmeIssuer | None = None
         self.manager: CertificateManager | None = None
         self.propagator: Propagator | None = None
+        self.renewal: RenewalService | None = None
         self._static_names: set[str] = set()
         self.listeners: dict[str, ListenerSet] = {}
         self.reloads = 0
@@ -199,7 +219,7 @@ class DaemonService(MultiService):
         if self.manager is not None:
             self._load_stored(self.manager)
         if self.propagator is not None:
-            self.propagator.start()
+            self.propagator.start(initial_sync=False)
         tune_gc()
         self.log.info(
             "kongacme {version} started: {certs} static certificate name(s), {routes} route(s)",
@@ -244,6 +264,7 @@ class DaemonService(MultiService):
             if self.propagator is not None:
                 self.propagator.stop()
                 self.propagator = None
+            self._setup_renewal(new)
             self.manager = self.issuer = self.storage = None
             self.token_store.target = MemoryChallengeTokenStore(self._reactor)
             return
@@ -252,10 +273,14 @@ class DaemonService(MultiService):
             old_acme is None
             or (acme.storage, acme.storage_config) != (old_acme.storage, old_acme.storage_config)
             or new.state_dir != old.state_dir
+            or new.storage_encryption != old.storage_encryption
         )
         if storage_changed or self.storage is None:
             self._close_storage()
-            self.storage = storage_from_config(acme, new.state_dir, self._reactor)
+            # Failures are counted for /metrics (the counter outlives reloads).
+            self.storage = instrument(
+                storage_from_config(acme, new.state_dir, self._reactor, new.storage_encryption), self.storage_errors
+            )
             self.token_store.target = StorageChallengeTokenStore(self.storage)
         if storage_changed or self.issuer is None or acme != old_acme or new.issuance != old.issuance:
             if self.issuer is not None:
@@ -268,6 +293,8 @@ class DaemonService(MultiService):
             # handshakes reach the data planes.
             issuance = attrs.evolve(issuance, on_demand=False)
         if self.manager is None or storage_changed:
+            if self.manager is not None:
+                self.manager.health.stop()
             self.manager = CertificateManager(
                 self.cache,
                 self.storage,
@@ -285,6 +312,51 @@ class DaemonService(MultiService):
             self.tls_factory.gate = self.manager
         self.acme_admin.challenge_port = new.issuance.challenge_port
         self._setup_propagation(new, storage_changed)
+        self._setup_renewal(new)
+
+    def managed_certificates(self) -> dict[str, CertifiedKey]:
+        """``{host: certificate}`` for every ACME-managed name in the cache."""
+        if self.cache is None:
+            return {}
+        static = self._static_names
+        found = {}
+        for name in self.cache.names():
+            if name in static or name.startswith("*."):
+                continue
+            certified = self.cache.get(name)
+            if certified is not None:
+                found[name] = certified
+        return found
+
+    def _setup_renewal(self, new: DaemonConfig) -> None:
+        """Start, reconfigure or stop the renewal service to match ``new``."""
+        if new.acme is None or self.manager is None:
+            if self.renewal is not None:
+                self.renewal.disownServiceParent()
+                self.renewal = None
+            return
+        acme = new.acme
+        renewal_info = (lambda certified: self.issuer.renewal_info(certified)) if new.renewal.ari else None
+        ari_id = DaemonAcmeIssuer.ari_id if new.renewal.ari else None
+        admits = self.manager.admission.admits
+        limit = new.issuance.max_orders_in_flight
+        if self.renewal is not None and self.renewal.manager is self.manager:
+            self.renewal.reconfigure(admits, new.renewal, acme.renew_threshold_days, renewal_info, ari_id, limit)
+            return
+        if self.renewal is not None:
+            self.renewal.disownServiceParent()
+        self.renewal = RenewalService(
+            self.manager,
+            self.managed_certificates,
+            admits,
+            self._reactor,
+            new.renewal,
+            acme.renew_threshold_days,
+            renewal_info=renewal_info,
+            ari_id=ari_id,
+            max_parallel=limit,
+        )
+        self.renewal.setServiceParent(self)
 
     def _setup_propagation(self, new: DaemonConfig, storage_changed: bool) -> None:
         """Share certificates with other nodes when the storage is shared (not shm)."""
@@ -294,11 +366,19 @@ class DaemonService(MultiService):
             self.propagator.stop()
             self.propagator = None
         if shared and self.propagator is None:
+            from kongacme.fleet.feed import change_feed_for
+
+            # Redis adds pub/sub (milliseconds); the others poll only.
             self.propagator = Propagator(
-                self.storage, self.cache, self._reactor, new.fleet.poll_interval, new.fleet.full_sync_interval
+                self.storage,
+                self.cache,
+                self._reactor,
+                new.fleet.poll_interval,
+                new.fleet.full_sync_interval,
+                feed=change_feed_for(self.storage, self._reactor),
             )
             if self.running:
-                self.propagator.start()
+                self.propagator.start(initial_sync=False)
         if self.propagator is not None:
             self.manager.on_stored = self.propagator.announce
         else:
@@ -439,4 +519,8 @@ class DaemonService(MultiService):
             "reloads": self.reloads,
             "last_reload_error": self.last_reload_error,
             "issuance": self.manager.status() if self.manager is not None else None,
+            "renewal": None if self.renewal is None else {
+                "passes": self.renewal.passes,
+                "last_pass": self.renewal.last_pass,
+            },
         }

@@ -8,7 +8,7 @@ from __future__ import annotations
 import datetime
 import ipaddress
 import os
-from typing import Sequence
+from typing import Any, Sequence
 
 import attrs
 from cryptography import x509
@@ -85,16 +85,24 @@ class TestCA:
         not_before: datetime.datetime | None = None,
         ips: Sequence[str] = (),
         include_ca: bool = False,
+        key: Any = None,
+        lifetime: datetime.timedelta | None = None,
     ) -> CertifiedKey:
         """
         A leaf certificate for ``names`` (the first is also the CN).
+
+        :param key: the leaf's private key (a renewal reusing its key);
+            ``None`` makes a new one of ``key_type``.
+        :param lifetime: overrides ``days`` (short-lived certificates).
 
         :param ips: IP addresses to add to the subjectAltName (a server
             reached by address, like a local Pebble at 127.0.0.1).
         :param include_ca: put this CA's certificate after the leaf.
         """
-        key = make_key(key_type, rsa_bits)
+        if key is None:
+            key = make_key(key_type, rsa_bits)
         start = not_before or (_now() - datetime.timedelta(minutes=5))
+        span = lifetime if lifetime is not None else datetime.timedelta(days=days)
         builder = (
             x509.CertificateBuilder()
             .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, names[0])]))
@@ -102,7 +110,7 @@ class TestCA:
             .public_key(key.public_key())
             .serial_number(x509.random_serial_number())
             .not_valid_before(start)
-            .not_valid_after(start + datetime.timedelta(days=days))
+            .not_valid_after(start + span)
             .add_extension(
                 x509.SubjectAlternativeName(
                     [x509.DNSName(n) for n in names] + [x509.IPAddress(ipaddress.ip_address(a)) for a in ips]
@@ -114,7 +122,7 @@ class TestCA:
                 x509.KeyUsage(
                     digital_signature=True,
                     content_commitment=False,
-                    key_encipherment=key_type == "rsa",
+                    key_encipherment=not isinstance(key, ec.EllipticCurvePrivateKey),
                     data_encipherment=False,
                     key_agreement=False,
                     key_cert_sign=False,
@@ -184,21 +192,37 @@ class FakeIssuer:
     def __init__(self, ca: TestCA | None = None):
         self.ca = ca or TestCA.create()
         self.requests: list[str] = []
+        #: ``(host, private_key, replaces)`` per call.
+        self.calls: list[tuple[str, Any, Any]] = []
+        #: When set (an ``IReactorTime``), certificates start at its "now"
+        #: minus 5 minutes instead of the wall clock's.
+        self.clock: Any = None
+        #: The certificates' lifetime.
+        self.lifetime = datetime.timedelta(days=90)
         self.hold = False
         self.fail_with: Exception | None = None
         self._held: list[tuple[str, "object"]] = []
+        self._held_keys: dict[int, Any] = {}
 
-    def issue(self, host, private_key=None):
+    def issue(self, host, private_key=None, replaces=None):
         from twisted.internet.defer import Deferred, fail, succeed
 
         self.requests.append(host)
+        self.calls.append((host, private_key, replaces))
         if self.fail_with is not None:
             return fail(self.fail_with)
         if self.hold:
             d = Deferred()
             self._held.append((host, d))
+            self._held_keys[id(d)] = private_key
             return d
-        return succeed(self.ca.issue([host]))
+        return succeed(self._issue(host, private_key))
+
+    def _issue(self, host: str, private_key: Any) -> CertifiedKey:
+        start = None
+        if self.clock is not None:
+            start = datetime.datetime.fromtimestamp(self.clock.seconds() - 300, datetime.timezone.utc)
+        return self.ca.issue([host], key=private_key, not_before=start, lifetime=self.lifetime)
 
     def release(self, host: str | None = None) -> None:
         """Fire the held requests (for ``host``, or all) with new certificates."""
@@ -208,7 +232,7 @@ class FakeIssuer:
                 if self.fail_with is not None:
                     d.errback(self.fail_with)
                 else:
-                    d.callback(self.ca.issue([held_host]))
+                    d.callback(self._issue(held_host, self._held_keys.pop(id(d), None)))
 
 
 __all__.append("FakeIssuer")

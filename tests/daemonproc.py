@@ -12,6 +12,7 @@ import sys
 
 import yaml
 from twisted.internet import reactor
+from twisted.python.failure import Failure
 from twisted.internet.defer import Deferred, inlineCallbacks
 from twisted.internet.protocol import ProcessProtocol
 from twisted.internet.task import deferLater
@@ -117,8 +118,11 @@ class Daemon:
         d = Deferred()
         self.collector.waiters.append((text.encode(), count, d))
         self.collector._check()
-        return d.addTimeout(timeout, reactor, onTimeoutCancel=lambda *a: RuntimeError(
-            "timed out waiting for %r; output:\n%s" % (text, self.output)))
+        def timed_out(result, timeout):
+            # Returned as a Failure: a plain exception object would be a result.
+            return Failure(RuntimeError("timed out waiting for %r; output:\n%s" % (text, self.output)))
+
+        return d.addTimeout(timeout, reactor, onTimeoutCancel=timed_out)
 
     def signal(self, signum: int = signal.SIGHUP) -> None:
         self.transport.signalProcess(signum)

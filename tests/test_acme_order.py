@@ -300,6 +300,42 @@ class FakeIssueTests(SynchronousTestCase):
             error = self.failureResultOf(self.issue(), AcmeTransportError).value
             self.assertTrue(error.url.startswith(self.ca.url(prefix)), error.url)
 
+    def test_replaces(self) -> None:
+        """
+        A renewal's newOrder carries ARI's ``replaces`` (RFC 9773 §5); a
+        first order does not.
+        """
+        payloads = []
+
+        def record(request, path, payload):
+            if path.startswith("/new-order"):
+                payloads.append(payload)
+            return None
+
+        self.ca.hooks.append(record)
+        self.successResultOf(self.issue(replaces="aYhba4dGQEHhs3uEe6CuLN4ByNQ.AIdlQyE"))
+        self.successResultOf(self.issue())
+        self.assertEqual(payloads[0]["replaces"], "aYhba4dGQEHhs3uEe6CuLN4ByNQ.AIdlQyE")
+        self.assertNotIn("replaces", payloads[1])
+
+    def test_already_replaced(self) -> None:
+        """
+        A CA answering ``alreadyReplaced`` gets the same order again without
+        ``replaces``, and the certificate is issued.
+        """
+        payloads = []
+
+        def refuse(request, path, payload):
+            if path.startswith("/new-order"):
+                payloads.append(payload)
+                if "replaces" in payload:
+                    return self.ca.problem(request, 409, "alreadyReplaced", "renewed already")
+            return None
+
+        self.ca.hooks.append(refuse)
+        self.assertIsInstance(self.successResultOf(self.issue(replaces="a.b")), CertifiedKey)
+        self.assertEqual(["replaces" in p for p in payloads], [True, False])
+
     def test_preferred_chain_alternate(self) -> None:
         """
         preferred_chain picks the alternate chain (Link rel="alternate")

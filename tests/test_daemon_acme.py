@@ -33,11 +33,13 @@ class AcmeDaemonMixin:
     domain_blocklist: tuple = ()
 
     @inlineCallbacks
-    def start(self, api_uri=None, storage="shm", **issuance):
+    def start(self, api_uri=None, storage="shm", pebble=None, config=None, **issuance):
         self.dir = os.path.abspath(self.mktemp())
         os.makedirs(self.dir)
         self.tls_port, self.http_port, self.admin_port = free_port(), free_port(), free_port()
-        self.pebble = yield PebbleFixture.start(self, self.http_port, domain_blocklist=self.domain_blocklist)
+        self.pebble = yield PebbleFixture.start(
+            self, self.http_port, domain_blocklist=self.domain_blocklist, **(pebble or {})
+        )
         roots = yield self.pebble.roots()
         self.root = os.path.join(self.dir, "pebble-root.pem")
         with open(self.root, "wb") as f:
@@ -56,7 +58,7 @@ class AcmeDaemonMixin:
         self.addCleanup(upstream.stopListening)
         self.daemon = Daemon(
             self.dir,
-            {
+            dict(config or {}, **{
                 "default_upstream": "127.0.0.1:%d" % upstream.getHost().port,
                 "listen": {
                     "tls": ["tcp:%d:interface=127.0.0.1" % self.tls_port],
@@ -66,7 +68,8 @@ class AcmeDaemonMixin:
                 "state_dir": os.path.join(self.dir, "state"),
                 "acme": {
                     "account_email": "ops@example.test",
-                    "api_uri": api_uri or self.pebble.directory_url,
+                    # A callable gets the Pebble fixture (to put something in front of it).
+                    "api_uri": (api_uri(self.pebble) if callable(api_uri) else api_uri) or self.pebble.directory_url,
                     "tos_accepted": True,
                     "cert_type": "ecc",
                     "domains": ["*.example.test", "localhost"],
@@ -75,7 +78,7 @@ class AcmeDaemonMixin:
                 },
                 "issuance": settings,
                 "logging": {"level": "info"},
-            },
+            }),
         )
         self.addCleanup(self.daemon.stop)
         yield self.daemon.start(self.tls_port)

@@ -250,3 +250,91 @@ class StorageDownTests(SynchronousTestCase):
         self.assertIsNotNone(self.successResultOf(storage.get(keys.cert_key("a.test"))))
         self.assertEqual(manager.status()["not_yet_stored"], [])
         self.assertEqual(clock.getDelayedCalls(), [])
+
+
+class DownStorage(MemoryStorage):
+    """Memory storage whose every operation fails while ``down`` (a Redis outage)."""
+
+    down = False
+
+    def _check(self, result):
+        if self.down:
+            from twisted.internet.defer import fail
+
+            from kongacme.storage.errors import StorageUnavailable
+
+            return fail(StorageUnavailable("connection refused"))
+        return result()
+
+    def get(self, key):
+        return self._check(lambda: MemoryStorage.get(self, key))
+
+    def set(self, key, value, ttl=None):
+        return self._check(lambda: MemoryStorage.set(self, key, value, ttl))
+
+    def add(self, key, value, ttl=None):
+        return self._check(lambda: MemoryStorage.add(self, key, value, ttl))
+
+    def delete(self, key):
+        return self._check(lambda: MemoryStorage.delete(self, key))
+
+
+class StoragePausedTests(SynchronousTestCase):
+    """
+    Tests for new orders pausing while storage is down, and resuming by
+    themselves when it returns.
+    """
+
+    def setUp(self):
+        from twisted.logger import Logger
+
+        from kongacme.issuance.health import StorageHealth
+
+        self.clock = Clock()
+        self.storage = DownStorage(self.clock)
+        self.cache = CertificateCache(generate_self_signed())
+        self.issuer = FakeIssuer()
+        self.manager = CertificateManager(
+            self.cache, self.storage, self.issuer, self.clock, Admission(["*.a.test"]), IssuanceConfig()
+        )
+        self.events = []
+        self.manager.health.log = Logger(observer=self.events.append)
+        self.assertIsInstance(self.manager.health, StorageHealth)
+
+    def levels(self):
+        return [(e["log_level"].name, e["log_format"].split(" (")[0].split(" after")[0]) for e in self.events]
+
+    def test_pause_and_resume(self):
+        """
+        An order hitting a storage outage fails with StoragePaused and
+        logs once; further orders and handshakes start nothing (no CA
+        traffic) until a probe gets an answer, which logs once; then
+        orders run again.
+        """
+        from kongacme.errors import StoragePaused
+
+        held = self.manager.obtain("x.a.test")  # storage is up: this one works
+        self.successResultOf(held)
+        self.storage.down = True
+        failure = self.failureResultOf(self.manager.obtain("y.a.test"), StoragePaused)
+        self.assertIn("paused", failure.value.message)
+        self.assertFalse(self.manager.health.available)
+        self.failureResultOf(self.manager.obtain("z.a.test"), StoragePaused)
+        self.assertIsNone(self.manager.before_handshake("w.a.test"))
+        self.assertEqual(self.manager.stats["handshake_storage_paused"], 1)
+        self.assertEqual(self.issuer.requests, ["x.a.test"])
+        # Certificates held are still served.
+        self.assertIsNot(self.cache.lookup("x.a.test"), self.cache.fallback)
+        self.clock.advance(10)
+        self.assertFalse(self.manager.health.available)
+        self.storage.down = False
+        self.clock.advance(2)
+        self.assertTrue(self.manager.health.available)
+        self.assertEqual(
+            self.levels(),
+            [("error", "storage unavailable"), ("info", "storage reachable again")],
+        )
+        self.successResultOf(self.manager.obtain("y.a.test"))
+        self.assertEqual(self.issuer.requests, ["x.a.test", "y.a.test"])
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+        self.assertEqual(self.manager.status()["storage"]["outages"], 1)

@@ -46,7 +46,7 @@ def handshake_blocking(port: int, server_name: str | None, context: ssl.SSLConte
     """
     Connect, handshake, send ``payload`` and read the echo.
 
-    :return: dict with ``names`` (SAN of the served leaf), ``alpn``,
+    :return: dict with ``der`` (the served leaf), ``names`` (its SAN), ``alpn``,
         ``version``, ``echo``, ``session``, ``reused``.
     """
     with socket.create_connection(("127.0.0.1", port), timeout=timeout) as raw:
@@ -58,8 +58,10 @@ def handshake_blocking(port: int, server_name: str | None, context: ssl.SSLConte
                 if not chunk:
                     break
                 echo += chunk
+            der = tls.getpeercert(binary_form=True)
             return {
-                "names": _names(tls.getpeercert(binary_form=True)),
+                "der": der,
+                "names": _names(der),
                 "alpn": tls.selected_alpn_protocol(),
                 "version": tls.version(),
                 "echo": echo,

@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Any, Optional
 
 import attrs
+import josepy as jose
 from acme import challenges, messages
 from twisted.internet.defer import Deferred, maybeDeferred, succeed
 from twisted.internet.interfaces import IReactorTime
@@ -30,6 +31,17 @@ _log = Logger()
 #: Seconds a stored key authorization lives (Kong's ``<token>#http-01`` TTL).
 TOKEN_TTL = 3600
 ORDER_NOT_READY = ERROR_PREFIX + "orderNotReady"
+ALREADY_REPLACED = ERROR_PREFIX + "alreadyReplaced"
+
+
+class NewOrder(messages.NewOrder):
+    """
+    newOrder with ARI's ``replaces`` (RFC 9773 §5): the ARI identifier of
+    the certificate this order renews. The ``acme`` library's NewOrder has
+    no such field yet.
+    """
+
+    replaces: Optional[str] = jose.field("replaces", omitempty=True)
 
 
 class OrderFailed(AcmeError):
@@ -68,6 +80,7 @@ class _Order:
     preferred_chain: Optional[str]
     clock: IReactorTime
     schedule: PollSchedule
+    replaces: Optional[str] = None
     tokens: list[str] = attrs.Factory(list)
 
     def _step(self, step: str, **fields: Any) -> None:
@@ -89,12 +102,22 @@ class _Order:
             wait_first=wait_first,
         )
 
+    async def _new_order(self) -> AcmeResponse:
+        identifiers = [messages.Identifier(typ=messages.IDENTIFIER_FQDN, value=self.host)]
+        url = self.client.directory["newOrder"]
+        if self.replaces is not None:
+            try:
+                return await self.client.transport.post(url, NewOrder(identifiers=identifiers, replaces=self.replaces))
+            except AcmeProblem as problem:
+                # RFC 9773 §5: the CA refuses a second order replacing the
+                # same certificate; a plain order still renews it.
+                if problem.type != ALREADY_REPLACED:
+                    raise
+                self._step("replaces refused", detail=problem.detail)
+        return await self.client.transport.post(url, NewOrder(identifiers=identifiers))
+
     async def run(self) -> CertifiedKey:
-        transport = self.client.transport
-        response = await transport.post(
-            self.client.directory["newOrder"],
-            messages.NewOrder(identifiers=[messages.Identifier(typ=messages.IDENTIFIER_FQDN, value=self.host)]),
-        )
+        response = await self._new_order()
         order = response.json()
         order_url = response.location
         if not order_url:
@@ -270,6 +293,7 @@ def issue(
     clock: Optional[IReactorTime] = None,
     *,
     schedule: PollSchedule = DEFAULT_SCHEDULE,
+    replaces: Optional[str] = None,
 ) -> Deferred[CertifiedKey]:
     """
     Obtain a certificate for ``host`` with http-01.
@@ -290,6 +314,8 @@ def issue(
     :param preferred_chain: issuer CN of the wanted chain's top, or ``None``.
     :param clock: provides ``IReactorTime``; default the client's.
     :param schedule: the polling schedule without ``Retry-After``.
+    :param replaces: the ARI identifier of the certificate this order
+        renews (RFC 9773 §5), or ``None``.
     :return: ``Deferred`` firing with the
         :class:`~kongacme.tls.certs.CertifiedKey` (source ``acme:<host>``),
         or failing with :class:`~kongacme.errors.AcmeProblem` (the CA's
@@ -310,6 +336,7 @@ def issue(
         preferred_chain=preferred_chain,
         clock=clock if clock is not None else client.clock,
         schedule=schedule,
+        replaces=replaces,
     )
     return Deferred.fromCoroutine(_issue(order))
 
@@ -336,7 +363,9 @@ class AcmeIssuer:
     _schedule: PollSchedule = DEFAULT_SCHEDULE
     _reactor: Any = None
 
-    def issue(self, host: str, private_key: Optional[PrivateKey] = None) -> Deferred[CertifiedKey]:
+    def issue(
+        self, host: str, private_key: Optional[PrivateKey] = None, replaces: Optional[str] = None
+    ) -> Deferred[CertifiedKey]:
         """
         See :meth:`kongacme.interfaces.IIssuer.issue`; a new key is made
         per the settings when ``private_key`` is ``None``.
@@ -356,5 +385,6 @@ class AcmeIssuer:
                 self._token_store,
                 self._preferred_chain,
                 schedule=self._schedule,
+                replaces=replaces,
             )
         )

@@ -62,8 +62,9 @@ class DaemonAcmeIssuer:
         _quiet_pool(self._pool)
         self._client: Optional[AcmeClient] = None
         self._connecting: Optional[Deferred] = None
+        self._waiters: list[Deferred] = []
 
-    def issue(self, host: str, private_key: Any = None) -> Deferred:
+    def issue(self, host: str, private_key: Any = None, replaces: Optional[str] = None) -> Deferred:
         def with_client(client: AcmeClient) -> Deferred:
             issuer = AcmeIssuer(
                 client,
@@ -73,7 +74,7 @@ class DaemonAcmeIssuer:
                 preferred_chain=self._acme.preferred_chain,
                 reactor=self._reactor,
             )
-            return issuer.issue(host, private_key)
+            return issuer.issue(host, private_key, replaces=replaces)
 
         def forget_client(failure: Any) -> Any:
             value = failure.value
@@ -84,27 +85,43 @@ class DaemonAcmeIssuer:
 
         return self.client().addCallback(with_client).addErrback(forget_client)
 
+    def revoke(self, certified: Any, reason: int = 0) -> Deferred:
+        """
+        Revoke ``certified``'s leaf certificate at the CA (RFC 8555 §7.6),
+        signed with the daemon's account key.
+
+        :param certified: a :class:`~kongacme.tls.certs.CertifiedKey`.
+        :param reason: an RFC 5280 CRLReason code (0: unspecified).
+        :return: ``Deferred`` firing with ``None``, or failing as
+            :meth:`kongacme.acme.client.AcmeClient.revoke` does.
+        """
+
+        def with_client(client: AcmeClient) -> Deferred:
+            return client.revoke(certified.leaf, reason)
+
+        return self.client().addCallback(with_client)
+
     def client(self) -> Deferred:
         """The registered client, connecting first if needed (one attempt at a time)."""
         if self._client is not None:
             return succeed(self._client)
+        waiter: Deferred = Deferred()
         if self._connecting is None:
+            self._waiters = [waiter]
             self._connecting = self._connect()
 
-            def done(result: Any) -> Any:
+            def done(result: Any) -> None:
+                # Every waiter gets the client (or the failure): the old
+                # relay returned None down the shared chain, so every
+                # concurrent caller after the first got None.
                 self._connecting = None
-                return result
+                waiters, self._waiters = self._waiters, []
+                for each in waiters:
+                    each.errback(result) if isinstance(result, Failure) else each.callback(result)
 
             self._connecting.addBoth(done)
-        waiter: Deferred = Deferred()
-
-        def relay(result: Any) -> None:
-            if isinstance(result, Failure):
-                waiter.errback(result)
-            else:
-                waiter.callback(result)
-
-        self._connecting.addBoth(relay)
+        else:
+            self._waiters.append(waiter)
         return waiter
 
     @inlineCallbacks
@@ -144,6 +161,22 @@ class DaemonAcmeIssuer:
             with open(account_key.path, "rb") as f:
                 return f.read()
         return None
+
+    def renewal_info(self, certified: Any) -> Deferred:
+        """
+        The CA's ARI window for ``certified`` (RFC 9773), or ``None`` when
+        the CA's directory has no ``renewalInfo``.
+        """
+        from kongacme.acme.ari import fetch_renewal_info
+
+        return self.client().addCallback(lambda client: fetch_renewal_info(client, certified.leaf))
+
+    @staticmethod
+    def ari_id(certified: Any) -> str:
+        """``certified``'s ARI identifier, the ``replaces`` of its renewal order."""
+        from kongacme.acme.ari import cert_id
+
+        return cert_id(certified.leaf)
 
     def close(self) -> Deferred:
         """Close persistent connections to the CA (at shutdown)."""

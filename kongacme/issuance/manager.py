@@ -9,7 +9,8 @@ from __future__ import annotations
 import collections
 from typing import Any, Callable, Optional
 
-from twisted.internet.defer import Deferred, inlineCallbacks
+import attrs
+from twisted.internet.defer import Deferred, fail, inlineCallbacks
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
@@ -17,10 +18,12 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from kongacme.errors import AcmeError, AcmeProblem, BackoffActive, CertificateError, IssuanceError, NotAdmitted
-from kongacme.errors import OrderInProgress
+from kongacme.errors import OrderInProgress, StoragePaused
 from kongacme.interfaces import IHandshakeGate, IIssuer, IStorage
 from kongacme.issuance.admission import Admission
+from kongacme.issuance.health import StorageHealth
 from kongacme.storage import keys
+from kongacme.storage.errors import StorageError
 from kongacme.storage.locks import StorageLocker
 from kongacme.tls.cache import CertificateCache
 from kongacme.tls.certs import CertifiedKey
@@ -42,6 +45,50 @@ def describe(failure: Failure) -> str:
     if isinstance(value, AcmeError):
         return "%s: %s" % (value.__class__.__name__, value)
     return "%s: %s" % (value.__class__.__name__, value)
+
+
+def failure_reason(error: BaseException) -> str:
+    """
+    A small fixed vocabulary for why an order failed (metrics label):
+    ``backoff``, ``not_admitted``, ``in_progress``, ``storage``, ``ca_problem``,
+    ``ca_unreachable`` or ``other``.
+    """
+    from kongacme.errors import AcmeTransportError
+
+    if isinstance(error, BackoffActive):
+        return "backoff"
+    if isinstance(error, NotAdmitted):
+        return "not_admitted"
+    if isinstance(error, OrderInProgress):
+        return "in_progress"
+    if isinstance(error, (StoragePaused, StorageError)):
+        return "storage"
+    if isinstance(error, AcmeProblem):
+        return "ca_problem"
+    if isinstance(error, AcmeError):
+        # Transport errors, poll timeouts, orders the CA left invalid.
+        return "ca_unreachable" if isinstance(error, AcmeTransportError) else "ca_problem"
+    return "other"
+
+
+@attrs.frozen
+class _TolerantReader:
+    """Reads that answer a value error (corrupt, undecryptable) as the exception instead of failing."""
+
+    _storage: Any
+
+    def get(self, key: str) -> Deferred:
+        return self._storage.get(key).addErrback(lambda f: f.trap(ValueError) and f.value)
+
+
+@attrs.frozen
+class _Renewal:
+    """What a renewal order needs beyond a first order."""
+
+    current: CertifiedKey
+    reuse_key: bool
+    replaces: Optional[str]
+    still_due: Callable[[CertifiedKey], bool]
 
 
 @implementer(IHandshakeGate)
@@ -87,6 +134,8 @@ class CertificateManager:
         self.stats = collections.Counter()
         self.last_error: dict[str, str] = {}
         self._unsaved: dict[str, CertifiedKey] = {}
+        #: Whether storage answers; while it does not, no new orders start.
+        self.health = StorageHealth(storage, clock)
         #: Called with ``(host, fingerprint)`` once a certificate is stored
         #: (the fleet propagator announces it to the other nodes).
         self.on_stored: Optional[Callable[[str, str], Any]] = None
@@ -118,6 +167,9 @@ class CertificateManager:
             if self._backoff_until.get(server_name, 0.0) > now:
                 self.stats["handshake_backoff"] += 1
                 return None
+            if not self.health.available:
+                self.stats["handshake_storage_paused"] += 1
+                return None
             refusal = self._rate_limited(now)
             if refusal is not None:
                 self.stats["handshake_rate_limited"] += 1
@@ -129,21 +181,24 @@ class CertificateManager:
                 return None
         if self.settings.first_handshake != "wait":
             return None
-        return self._waiter(shared, self.settings.handshake_wait)
+        return self._waiter(shared, self.settings.handshake_wait, server_name)
 
-    def _waiter(self, shared: Deferred, limit: float) -> Deferred:
+    def _waiter(self, shared: Deferred, limit: float, server_name: str) -> Deferred:
         waiter: Deferred = Deferred()
 
-        def release(_: object = None) -> None:
+        def release(outcome: str) -> None:
+            # stats (metrics): held handshakes by how the wait ended.
             if not waiter.called:
+                self.stats["handshake_held_" + outcome] += 1
                 waiter.callback(None)
 
-        timer = self._clock.callLater(limit, release)
+        timer = self._clock.callLater(limit, release, "timeout")
 
         def done(result: object) -> object:
             if timer.active():
                 timer.cancel()
-            release()
+            # The order's failure is not seen here (obtain's relay took it).
+            release("failed" if self._cache.lookup(server_name) is self._cache.fallback else "issued")
             return result
 
         shared.addBoth(done)
@@ -186,15 +241,44 @@ class CertificateManager:
             CA's :class:`AcmeProblem`.
         """
         host = host.lower()
-        shared = self._in_flight.get(host)
-        if shared is None:
+        if host not in self._in_flight:
             reason = self.admission.reason(host)
             if reason is not None:
-                from twisted.internet.defer import fail
-
                 return fail(NotAdmitted(host, "host %s is not allowed: %s" % (host, reason)))
+        return self._join(host, lambda: self._run(host, origin, force))
+
+    def renew(
+        self,
+        host: str,
+        current: CertifiedKey,
+        *,
+        reuse_key: bool = True,
+        replaces: Optional[str] = None,
+        still_due: Callable[[CertifiedKey], bool] = lambda certified: True,
+    ) -> Deferred:
+        """
+        Renew ``host``'s certificate ``current`` (for the renewal service):
+        join the order already running for the host, or take the order
+        lock and order, reusing the private key when ``reuse_key`` (Kong's
+        behaviour). Under the lock, a certificate another node stored
+        meanwhile that ``still_due`` says is not due is taken instead of
+        ordering (one node renews each certificate in a fleet).
+
+        :param replaces: the ARI identifier of ``current`` (RFC 9773 §5).
+        :return: ``Deferred`` firing with the new :class:`CertifiedKey`.
+        """
+        host = host.lower()
+        renewal = _Renewal(current, reuse_key, replaces, still_due)
+        return self._join(host, lambda: self._run(host, "renewal", True, renewal))
+
+    def _join(self, host: str, start: Callable[[], Deferred]) -> Deferred:
+        """Join the order running for ``host``, or start one with ``start``."""
+        shared = self._in_flight.get(host)
+        if shared is None:
+            if not self.health.available:
+                return fail(StoragePaused(host))
             self._starts.append(self._clock.seconds())
-            shared = self._run(host, origin, force)
+            shared = start()
             if shared.called:
                 return shared
             self._in_flight[host] = shared
@@ -213,10 +297,121 @@ class CertificateManager:
         shared.addBoth(relay)
         return joined
 
+    def _from_other_node(self, host: str) -> Deferred:
+        """
+        The certificate another node is ordering for ``host``, once this
+        node's cache has it; ``None`` after ``handshake_wait`` seconds.
+        """
+        deadline = self._clock.seconds() + self.settings.handshake_wait
+        result: Deferred = Deferred()
+
+        def check() -> None:
+            found = self._cache.get(host)
+            if found is not None:
+                result.callback(found)
+            elif self._clock.seconds() >= deadline:
+                result.callback(None)
+            else:
+                self._clock.callLater(0.1, check)
+
+        check()
+        return result
+
     @inlineCallbacks
-    def _run(self, host: str, origin: str, force: bool = False):
+    def _storage_call(self, host: str, operation: Callable[[], Deferred]):
+        """Run a storage operation for an order; storage down pauses orders."""
+        try:
+            result = yield operation()
+        except StorageError as e:
+            self.health.failed(e)
+            raise StoragePaused(host) from e
+        self.health.succeeded()
+        return result
+
+    @inlineCallbacks
+    def _run(self, host: str, origin: str, force: bool = False, renewal: Optional["_Renewal"] = None):
         started = self._clock.seconds()
-        backoff = yield self._storage.get(keys.fail_backoff(host))
+        if renewal is None:
+            yield self._check_backoff(host)
+        lease = yield self._storage_call(host, lambda: self._locker.acquire(keys.update_lock(host), LOCK_TTL))
+        if lease is None:
+            if origin == "handshake":
+                # Another node is ordering it: wait (at most handshake_wait)
+                # for its certificate to reach this node's cache through
+                # fleet propagation, so this node's first visitor gets it
+                # too rather than the fallback.
+                theirs = yield self._from_other_node(host)
+                if theirs is not None:
+                    return theirs
+            raise OrderInProgress(host)
+        keeper = self._keep_lease(lease, host)
+        try:
+            if renewal is not None:
+                existing = yield self._storage_call(host, lambda: self._stored_certificate(host))
+                if (
+                    existing is not None
+                    and existing.fingerprint != renewal.current.fingerprint
+                    and not renewal.still_due(existing)
+                ):
+                    # Another node renewed it while this one waited for the lock.
+                    self._cache.put(existing, [host])
+                    self.log.info("certificate for {host} was renewed by another node", host=host)
+                    return existing
+            elif not force:
+                existing = yield self._storage_call(host, lambda: self._stored_certificate(host))
+                if existing is not None:
+                    self._cache.put(existing, [host])
+                    self.log.info("certificate for {host} found in storage", host=host)
+                    return existing
+            certified = yield self._order(host, origin, started, renewal)
+            return certified
+        finally:
+            # Not yielded: a finally clause must not suspend the generator.
+            if keeper.running:
+                keeper.stop()
+            lease.release().addErrback(
+                lambda f: self.log.failure("could not release the order lock for {host}", f, host=host)
+            )
+
+    @inlineCallbacks
+    def _order(self, host: str, origin: str, started: float, renewal: Optional["_Renewal"]):
+        """Order from the CA (the lock is held), serve and store the result."""
+        self.stats["orders_started"] += 1
+        self.log.info("ordering a certificate for {host} ({origin})", host=host, origin=origin)
+        try:
+            if renewal is None:
+                certified = yield self._issuer.issue(host)
+            else:
+                key = renewal.current.key if renewal.reuse_key else None
+                certified = yield self._issuer.issue(host, key, replaces=renewal.replaces)
+        except Exception:
+            failure = Failure()
+            self.stats["orders_failed"] += 1
+            self.stats["orders_failed:" + failure_reason(failure.value)] += 1
+            if renewal is None:
+                yield self._fail(host, failure)
+            else:
+                self.last_error[host] = describe(failure)
+            failure.raiseException()
+        # Served from now on even if storage is down; the write is
+        # retried until it lands (a certificate is never silently lost).
+        self._cache.put(certified, [host])
+        self._persist(host, certified)
+        self._backoff_until.pop(host, None)
+        self.last_error.pop(host, None)
+        self.stats["orders_succeeded"] += 1
+        self.log.info(
+            "certificate for {host} issued in {seconds:.3f} s, valid until {not_after}",
+            host=host,
+            seconds=self._clock.seconds() - started,
+            not_after=certified.not_after.isoformat(),
+        )
+        return certified
+
+    @inlineCallbacks
+    def _check_backoff(self, host: str):
+        """Raise :class:`BackoffActive` while Kong's backoff key for ``host`` runs."""
+        backoff = yield self._storage_call(host, lambda: self._storage.get(keys.fail_backoff(host)))
         until = None
         if backoff is not None:
             try:
@@ -229,46 +424,6 @@ class CertificateManager:
             if remaining > 0:
                 self._backoff_until[host] = until
                 raise BackoffActive(host, remaining)
-        lease = yield self._locker.acquire(keys.update_lock(host), LOCK_TTL)
-        if lease is None:
-            raise OrderInProgress(host)
-        keeper = self._keep_lease(lease, host)
-        try:
-            existing = None if force else (yield self._stored_certificate(host))
-            if existing is not None:
-                self._cache.put(existing, [host])
-                self.log.info("certificate for {host} found in storage", host=host)
-                return existing
-            self.stats["orders_started"] += 1
-            self.log.info("ordering a certificate for {host} ({origin})", host=host, origin=origin)
-            try:
-                certified = yield self._issuer.issue(host)
-            except Exception:
-                failure = Failure()
-                self.stats["orders_failed"] += 1
-                yield self._fail(host, failure)
-                failure.raiseException()
-            # Served from now on even if storage is down; the write is
-            # retried until it lands (a certificate is never silently lost).
-            self._cache.put(certified, [host])
-            self._persist(host, certified)
-            self._backoff_until.pop(host, None)
-            self.last_error.pop(host, None)
-            self.stats["orders_succeeded"] += 1
-            self.log.info(
-                "certificate for {host} issued in {seconds:.3f} s, valid until {not_after}",
-                host=host,
-                seconds=self._clock.seconds() - started,
-                not_after=certified.not_after.isoformat(),
-            )
-            return certified
-        finally:
-            # Not yielded: a finally clause must not suspend the generator.
-            if keeper.running:
-                keeper.stop()
-            lease.release().addErrback(
-                lambda f: self.log.failure("could not release the order lock for {host}", f, host=host)
-            )
 
     def _keep_lease(self, lease: Any, host: str) -> LoopingCall:
         """Renew ``lease`` every LOCK_TTL / 3 seconds until stopped."""
@@ -307,6 +462,7 @@ class CertificateManager:
             return d
 
         def stored(_: object) -> None:
+            self.health.succeeded()
             self._unsaved.pop(host, None)
             if self.on_stored is not None:
                 self.on_stored(host, certified.fingerprint)
@@ -316,6 +472,8 @@ class CertificateManager:
         def failed(failure: Failure) -> None:
             if self._unsaved.get(host) is not certified:
                 return  # a newer certificate replaced it
+            if failure.check(StorageError):
+                self.health.failed(failure.value)
             self.log.error(
                 "could not store the certificate for {host} (attempt {attempt}): {error}; it is served from "
                 "memory and the write is retried in {delay:.0f} s",
@@ -351,10 +509,10 @@ class CertificateManager:
     @inlineCallbacks
     def _stored_certificate(self, host: str):
         """A still-usable certificate for ``host`` from storage, or None."""
-        raw = yield self._storage.get(keys.cert_key(host))
-        if raw is None:
-            return None
         try:
+            raw = yield self._storage.get(keys.cert_key(host))
+            if raw is None:
+                return None
             certified = keys.decode_cert_key(raw, keys.cert_key(host))
         except (CertificateError, ValueError) as e:
             self.log.warn("ignoring corrupt stored certificate {key}: {error}", key=keys.cert_key(host), error=str(e))
@@ -371,18 +529,25 @@ class CertificateManager:
 
         :return: ``Deferred`` firing with the number loaded.
         """
-        loaded = 0
+        from kongacme.storage.bulk import get_many
+
         names = yield self._storage.list(keys.CERT_KEY_PREFIX)
-        for key in names:
-            raw = yield self._storage.get(key)
+        # Reads run concurrently (10,000 sequential round trips dominated a
+        # cold start); a value that cannot be read (e.g. it fails to
+        # decrypt) is reported like a corrupt one, not fatal to the rest.
+        values = yield get_many(_TolerantReader(self._storage), names)
+        loaded = 0
+        for key, raw in values.items():
             if raw is None:
                 continue
             try:
+                if isinstance(raw, Exception):
+                    raise raw
                 certified = keys.decode_cert_key(raw, key)
             except (CertificateError, ValueError) as e:
                 self.log.warn("ignoring corrupt stored certificate {key}: {error}", key=key, error=str(e))
                 continue
-            self._cache.put(certified, [key[len(keys.CERT_KEY_PREFIX):]])
+            self._cache.put(certified, [key[len(keys.CERT_KEY_PREFIX):]], quiet=True)
             loaded += 1
         return loaded
 
@@ -393,6 +558,7 @@ class CertificateManager:
             "stats": dict(self.stats),
             "last_errors": dict(self.last_error),
             "not_yet_stored": sorted(self._unsaved),
+            "storage": self.health.status(),
         }
 
 
