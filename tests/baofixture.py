@@ -273,6 +273,17 @@ class BaoServer:
         """Whether the process is still alive."""
         return self._process.poll() is None
 
+    def pause(self) -> None:
+        """
+        SIGSTOP by its PID: connections stay open and nothing is answered
+        (a hung server); the dev server's data survives, unlike a restart.
+        """
+        os.kill(self._process.pid, signal.SIGSTOP)
+
+    def resume(self) -> None:
+        """SIGCONT after :meth:`pause`."""
+        os.kill(self._process.pid, signal.SIGCONT)
+
     def stop(self) -> None:
         """
         Stop the server by its PID; idempotent. SIGKILL: a dev server keeps

@@ -10,6 +10,8 @@ Usage, in a reactor-backed ``twisted.trial.unittest.TestCase``::
         ...
         await server.stop()       # an outage
         await server.restart()    # same port, empty again
+        await server.stop(save=True)  # an outage that keeps the data
+        await server.restart()        # same port, the data loaded again
         server.command("PTTL", b"ns:key")  # raw, blocking, for checks
 
 It starts in a few milliseconds, so one per test is affordable. Options:
@@ -121,6 +123,7 @@ class RedisServer:
     _args: list[str] = attrs.field(repr=False)
     _process: Any = attrs.field(default=None, repr=False)
     _protocol: Optional[_RedisProcess] = attrs.field(default=None, repr=False)
+    _saved: bool = attrs.field(default=False, repr=False)
 
     @classmethod
     def start(
@@ -216,29 +219,56 @@ class RedisServer:
             await deferLater(reactor, 0.01, lambda: None)
         return False
 
-    def stop(self) -> Deferred[None]:
+    def stop(self, save: bool = False) -> Deferred[None]:
         """
         Stop Redis by its PID and wait until it is gone. SIGKILL: there is
         nothing to save, and SIGTERM takes Redis a tenth of a second.
+
+        :param save: ``SHUTDOWN SAVE`` instead (a snapshot in
+            :attr:`workdir`, SIGKILL only if it has not exited within
+            5 s), so that :meth:`restart` comes back with the data, as a
+            Redis with persistence does.
         """
 
         async def stop() -> None:
             protocol = self._protocol
             if protocol is not None and protocol.running:
-                self._process.signalProcess("KILL")
-                await protocol.ended
+                self._saved = save
+                if save:
+                    try:
+                        # Redis exits without a reply: the read fails.
+                        self.command("SHUTDOWN", "SAVE", timeout=5.0)
+                    except (OSError, RedisReplyError):
+                        pass
+                    timer = reactor.callLater(5.0, self._kill)
+                    await protocol.ended
+                    if timer.active():
+                        timer.cancel()
+                else:
+                    self._process.signalProcess("KILL")
+                    await protocol.ended
             await settle()
 
         return Deferred.fromCoroutine(stop())
 
+    def _kill(self) -> None:
+        if self._protocol is not None and self._protocol.running:
+            self._process.signalProcess("KILL")
+
     def restart(self) -> Deferred[None]:
         """
-        Stop Redis if running and start it again on the same port (empty:
-        there is no persistence).
+        Stop Redis if running and start it again on the same port: empty
+        (there is no persistence), unless the last :meth:`stop` was
+        ``save=True``; then with the data it had.
         """
 
         async def restart() -> None:
             await self.stop()
+            if not self._saved:
+                try:
+                    os.remove(os.path.join(self.workdir, "dump.rdb"))
+                except FileNotFoundError:
+                    pass
             if not await self._launch():
                 raise RuntimeError("redis-server did not restart:\n" + self.output)
 

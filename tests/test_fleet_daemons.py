@@ -14,6 +14,7 @@ from twisted.trial.unittest import TestCase
 
 from tests import tlsclients
 from tests.daemonproc import Daemon, free_port
+from tests.fleetnodes import node_config
 from tests.pebble import PebbleFixture
 from tests.baofixture import BaoServer, unique
 from tests.redisfixture import RedisServer
@@ -53,25 +54,7 @@ class RedisFleetTests(TestCase):
             os.makedirs(directory)
             daemon = Daemon(
                 directory,
-                {
-                    "listen": {
-                        "tls": ["tcp:%d:interface=127.0.0.1" % tls],
-                        "http": ["tcp:%d:interface=127.0.0.1" % http],
-                        "admin": ["tcp:%d:interface=127.0.0.1" % admin],
-                    },
-                    "state_dir": os.path.join(directory, "state"),
-                    "default_upstream": "127.0.0.1:%d" % upstream.getHost().port,
-                    "acme": {
-                        "account_email": "ops@example.test",
-                        "api_uri": self.pebble.directory_url,
-                        "tos_accepted": True,
-                        "cert_type": "ecc",
-                        "domains": ["*.fleet.test"],
-                        **storage,
-                    },
-                    "issuance": {"ca_bundle": self.pebble.ca_bundle, "request_timeout": 5, "handshake_wait": 20},
-                    "fleet": {"poll_interval": 0.5},
-                },
+                node_config(directory, (tls, http, admin), upstream.getHost().port, self.pebble, storage),
             )
             self.addCleanup(daemon.stop)
             yield daemon.start(tls)
