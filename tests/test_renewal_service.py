@@ -300,6 +300,28 @@ class RenewalServiceTests(_World, SynchronousTestCase):
         self.assertGreater(state.due_at, self.clock.seconds())
 
 
+class ReconfigureTests(_World, SynchronousTestCase):
+    def test_reload_keeps_failures_and_rechecks_admission(self):
+        """A reload re-checks admission and the threshold but keeps each host's failure record."""
+        self.make_world()
+        node = Node(self.clock, self.storage, self.issuer, domains=("*.example.test", "*.other.test"))
+        start = datetime.datetime.fromtimestamp(START - 70 * DAY, datetime.timezone.utc)
+        for host in ("a.example.test", "b.other.test"):
+            node.cache.put(self.ca.issue([host], not_before=start), [host])
+        self.issuer.fail_with = AcmeTransportError("u", "down")
+        self.successResultOf(node.service.renew_all())  # 20 days left: not due at 14 days
+        self.assertEqual(self.issuer.requests, [])
+        self.failureResultOf(node.service.renew("a.example.test"), AcmeTransportError)
+        self.assertEqual(node.service.state("a.example.test").failures, 1)
+        node.manager.admission = Admission(["*.example.test"])
+        node.service.reconfigure(node.manager.admission.admits, SETTINGS, 30.0, None, None, 10)
+        a, b = node.service.state("a.example.test"), node.service.state("b.other.test")
+        self.assertEqual((a.failures, a.rule), (1, "threshold"))
+        self.assertEqual(a.due_at, a.not_after - 30 * DAY)
+        self.assertFalse(b.admitted)
+        self.assertIsNone(b.next_attempt)
+
+
 class AriTests(_World, SynchronousTestCase):
     """Renewal inside the CA's ARI window (RFC 9773), against a fake renewalInfo."""
 
