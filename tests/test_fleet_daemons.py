@@ -25,14 +25,18 @@ class Echo(Protocol):
         self.transport.write(data)
 
 
-class RedisFleetTests(TestCase):
+class FleetNodesMixin:
     """
-    Tests for two nodes on one Redis: a certificate ordered through one is
-    served by the other, and the CA's challenge is answered by whichever
-    node it reaches.
+    Two daemon processes (a, b) on one shared store and one Pebble, which
+    validates http-01 through node A only.
+
+    :cvar pebble_options: for :meth:`PebbleFixture.start`.
+    :cvar extra_config: merged into each node's configuration.
     """
 
     timeout = 120
+    pebble_options: dict = {}
+    extra_config: dict = {}
 
     @inlineCallbacks
     def setUp(self):
@@ -41,7 +45,7 @@ class RedisFleetTests(TestCase):
         storage = yield self.start_storage()
         ports = {name: (free_port(), free_port(), free_port()) for name in ("a", "b")}
         # Pebble validates http-01 on node A's HTTP port only.
-        self.pebble = yield PebbleFixture.start(self, ports["a"][1])
+        self.pebble = yield PebbleFixture.start(self, ports["a"][1], **self.pebble_options)
         roots = yield self.pebble.roots()
         self.root = os.path.join(self.dir, "root.pem")
         with open(self.root, "wb") as f:
@@ -54,7 +58,10 @@ class RedisFleetTests(TestCase):
             os.makedirs(directory)
             daemon = Daemon(
                 directory,
-                node_config(directory, (tls, http, admin), upstream.getHost().port, self.pebble, storage),
+                dict(
+                    node_config(directory, (tls, http, admin), upstream.getHost().port, self.pebble, storage),
+                    **self.extra_config,
+                ),
             )
             self.addCleanup(daemon.stop)
             yield daemon.start(tls)
@@ -73,6 +80,14 @@ class RedisFleetTests(TestCase):
 
     def orders(self, name, host):
         return self.nodes[name][0].output.count("ordering a certificate for %s " % (host,))
+
+
+class RedisFleetTests(FleetNodesMixin, TestCase):
+    """
+    Tests for two nodes on one Redis: a certificate ordered through one is
+    served by the other, and the CA's challenge is answered by whichever
+    node it reaches.
+    """
 
     @inlineCallbacks
     def test_issued_on_b_served_by_a(self):
@@ -138,3 +153,39 @@ class VaultFleetTests(RedisFleetTests):
                 "vault": {"host": bao.host, "port": bao.port, "token": bao.token, "kv_path": "secret/" + unique("fleet")}
             },
         }
+
+
+class RedisFleetRenewalTests(FleetNodesMixin, TestCase):
+    """
+    Renewal in a fleet: Pebble issues 60-second certificates, both nodes
+    check every 2 s; one node renews (the order lock), the other serves
+    the result.
+    """
+
+    timeout = 180
+    pebble_options = {"validity": 60}
+    extra_config = {"renewal": {"check_interval": 2, "first_check": 1}}
+
+    @inlineCallbacks
+    def test_one_renewal_for_the_fleet(self):
+        host = "renew.fleet.test"
+        context = tlsclients.client_context(self.root)
+        first = yield tlsclients.handshake(self.nodes["a"][1], host, context, payload=b"")
+        serial = first["der"]
+        # Both nodes serve it, then both serve one renewed certificate.
+        deadline = reactor.seconds() + 90
+        served = {}
+        while reactor.seconds() < deadline:
+            for name in ("a", "b"):
+                result = yield tlsclients.handshake(self.nodes[name][1], host, context, payload=b"")
+                self.assertEqual(result["names"], [host])
+                served[name] = result["der"]
+            if served["a"] != serial and served["a"] == served["b"]:
+                break
+            yield deferLater(reactor, 0.5, lambda: None)
+        else:
+            self.fail("not renewed on both nodes:\n" + self.nodes["a"][0].output[-3000:])
+        renewals = sum(
+            self.nodes[name][0].output.count("ordering a certificate for %s (renewal)" % (host,)) for name in "ab"
+        )
+        self.assertEqual(renewals, 1)
