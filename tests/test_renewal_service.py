@@ -402,6 +402,26 @@ class AriTests(_World, SynchronousTestCase):
         self.assertIn("6 certificate(s)", warnings[0])
         self.assertEqual(self.node.service.state("a.example.test").rule, "threshold")
 
+    def test_ca_down_asks_few(self):
+        """With the CA unreachable, a pass over many certificates makes at most max_parallel ARI requests."""
+        for n in range(50):
+            certified = self.ca.issue(["h%d.example.test" % n])
+            self.node.cache.put(certified, ["h%d.example.test" % n])
+            self.windows[certified.fingerprint] = AcmeTransportError("https://ca.test/ari", "refused")
+        self.windows[self.old.fingerprint] = AcmeTransportError("https://ca.test/ari", "refused")
+        self.node.service.max_parallel = 1
+        self.successResultOf(self.node.service.run_pass())
+        self.assertEqual(len(self.fetches), 1)
+        self.assertIn("51 certificate(s)", self.node.messages("warn")[0])
+
+    def test_no_ari_asks_once(self):
+        """A CA without ARI is asked about one certificate per pass, not all of them."""
+        for n in range(20):
+            self.node.cache.put(self.ca.issue(["h%d.example.test" % n]), ["h%d.example.test" % n])
+        self.node.service.max_parallel = 1
+        self.successResultOf(self.node.service.run_pass())
+        self.assertEqual(len(self.fetches), 1)
+
     def test_no_ari_at_ca(self):
         """A CA without ARI is asked once a day, not every pass."""
         self.successResultOf(self.node.service.run_pass())

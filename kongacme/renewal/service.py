@@ -17,7 +17,7 @@ from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from kongacme.errors import OrderInProgress, StoragePaused
+from kongacme.errors import AcmeTransportError, OrderInProgress, StoragePaused
 from kongacme.renewal.schedule import DAY, due_time, pick_in_window, retry_delay, severity
 from kongacme.renewal.state import RenewalState, iso
 from kongacme.tls.certs import CertifiedKey
@@ -40,6 +40,10 @@ def issuer_name(certified: CertifiedKey) -> str:
         value = names[0].value
         return value if isinstance(value, str) else value.decode("utf-8", "replace")
     return issuer.rfc4514_string()
+
+
+#: Stands for an ARI request not made (the answer is known from another).
+_SKIPPED = object()
 
 
 class _Tracked:
@@ -470,16 +474,39 @@ class RenewalService(Service):
         semaphore = DeferredSemaphore(max(1, self.max_parallel))
         current = self._managed()
         errors: list[str] = []
+        # What every certificate would get once one answer shows it: the CA
+        # has no ARI (None), or cannot be reached (an AcmeTransportError).
+        # The rest are not asked then: 10,000 requests to a CA that is down
+        # would hold the pass for as many timeouts.
+        verdict: list[Any] = []
+
+        def ask(certified: CertifiedKey) -> Deferred:
+            if verdict:
+                return succeed(_SKIPPED)
+            return self._renewal_info(certified)
+
+        def answered(window: Any, tracked: _Tracked) -> None:
+            if window is None:
+                verdict.append(None)
+            elif window is _SKIPPED:
+                if verdict[0] is None:
+                    self._apply_window(tracked, None)
+                else:
+                    self._window_failed(tracked, verdict[0], errors)
+                return
+            self._apply_window(tracked, window)
+
+        def failed(failure: Failure, tracked: _Tracked) -> None:
+            if failure.check(AcmeTransportError) and not verdict:
+                verdict.append(failure)
+            self._window_failed(tracked, failure, errors)
 
         def fetch(tracked: _Tracked) -> Deferred:
             certified = current.get(tracked.state.host)
             if certified is None:
                 return succeed(None)
-            d = semaphore.run(self._renewal_info, certified)
-            return d.addCallbacks(
-                lambda window: self._apply_window(tracked, window),
-                lambda f: self._window_failed(tracked, f, errors),
-            )
+            d = semaphore.run(ask, certified)
+            return d.addCallbacks(answered, failed, callbackArgs=(tracked,), errbackArgs=(tracked,))
 
         await gatherResults([fetch(t) for t in wanted])
         if errors:
