@@ -339,7 +339,7 @@ class DaemonService(MultiService):
         renewal_info = (lambda certified: self.issuer.renewal_info(certified)) if new.renewal.ari else None
         ari_id = DaemonAcmeIssuer.ari_id if new.renewal.ari else None
         admits = self.manager.admission.admits
-        limit = new.issuance.max_orders_in_flight
+        limit = new.renewal.max_parallel
         if self.renewal is not None and self.renewal.manager is self.manager:
             self.renewal.reconfigure(admits, new.renewal, acme.renew_threshold_days, renewal_info, ari_id, limit)
             return

@@ -240,6 +240,9 @@ class RenewalConfig:
         shrinks as expiry nears so a failing renewal is tried often.
     :ivar critical_days: a failing renewal with fewer days left than this
         is logged at critical level.
+    :ivar max_parallel: renewals running at once in a pass (each costs
+        ~30 ms of CPU; few at a time keeps serving fast while many are due,
+        see bench/RESULTS.md).
     """
 
     check_interval: float = 600.0
@@ -249,6 +252,7 @@ class RenewalConfig:
     backoff_initial: float = 60.0
     backoff_max: float = 21600.0
     critical_days: float = 7.0
+    max_parallel: int = 2
 
 
 @attrs.frozen
@@ -488,6 +492,7 @@ RENEWAL = Record(
         Field("backoff_initial", Num(min=1), 60.0),
         Field("backoff_max", Num(min=1), 21600.0),
         Field("critical_days", Num(min=0), 7.0),
+        Field("max_parallel", Int(1, 1000), 2),
     ),
 )
 

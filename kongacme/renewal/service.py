@@ -27,9 +27,10 @@ from kongacme.tls.certs import CertifiedKey
 MIN_PASS_GAP = 1.0
 #: Seconds before asking the CA for an ARI window again after it failed.
 ARI_ERROR_RETRY = 3600.0
-#: Hosts looked at per reactor turn in a pass (10,000 certificates do not
-#: hold the reactor for one long stretch).
-CHUNK = 2000
+#: Hosts looked at per reactor turn in a pass: reading a new
+#: certificate's dates costs ~20 µs, so a first pass over 10,000 gives the
+#: reactor a turn every ~5 ms instead of holding it for 0.4 s.
+CHUNK = 250
 
 
 def issuer_name(certified: CertifiedKey) -> str:
@@ -171,13 +172,20 @@ class RenewalService(Service):
     def states(self) -> list[RenewalState]:
         """Every managed host's state, sorted by host."""
         self._refresh(self.clock.seconds())
-        return [self._tracked[host].state for host in sorted(self._tracked)]
+        return [self._reported(self._tracked[host]) for host in sorted(self._tracked)]
 
     def state(self, host: str) -> Optional[RenewalState]:
         """One host's state, or ``None`` when it is not managed."""
         self._refresh(self.clock.seconds())
         tracked = self._tracked.get(host.lower())
-        return None if tracked is None else tracked.state
+        return None if tracked is None else self._reported(tracked)
+
+    @staticmethod
+    def _reported(tracked: "_Tracked") -> RenewalState:
+        state = tracked.state
+        if state.issuer is None and tracked.certified is not None:
+            state.issuer = issuer_name(tracked.certified)
+        return state
 
     def forget(self, host: str) -> None:
         """Stop tracking ``host`` (its certificate was deleted)."""
@@ -316,9 +324,10 @@ class RenewalService(Service):
                 tracked = tracked_hosts[host] = _Tracked(host)
             if tracked.certified is not certified:
                 self._adopt(tracked, certified)
-                self._plan(tracked)
+                if tracked.admission_checked:
+                    self._plan(tracked)
             if not tracked.admission_checked:
-                self._check_admission(tracked)
+                self._check_admission(tracked)  # plans too
             if count % CHUNK == 0:
                 yield
 
@@ -341,7 +350,7 @@ class RenewalService(Service):
         tracked.certified = certified
         state.not_before = certified.not_before.timestamp()
         state.not_after = certified.not_after.timestamp()
-        state.issuer = issuer_name(certified)
+        state.issuer = None  # read when reported (display only)
         state.failures = 0
         state.last_error = None
         state.ari_window = None
@@ -372,7 +381,7 @@ class RenewalService(Service):
             joined: Deferred = Deferred()
             running.addBoth(lambda r: (joined.errback(r) if isinstance(r, Failure) else joined.callback(r), r)[1])
             return joined
-        current = self._managed().get(host)
+        current = tracked.certified
         if current is None:
             return fail(KeyError(host))
         state = tracked.state
