@@ -242,3 +242,37 @@ class IAtomicStorage(IStorage):
 
         :return: ``Deferred`` firing with ``True`` if deleted.
         """
+
+
+class IChangeFeed(Interface):
+    """
+    Tells every node at once that a host has a new certificate. Best
+    effort: messages may be lost (while a node reconnects), so the polled
+    markers stay as the safety net.
+    """
+
+    connected = Attribute("whether changes published by other nodes reach this one now (bool)")
+
+    def start(on_change, on_connected):
+        """
+        Start receiving.
+
+        :param on_change: called with ``(host, fingerprint)`` for each
+            change announced by any node (this one included).
+        :param on_connected: called each time the feed is (re)connected,
+            so that the caller can catch up with what it missed meanwhile.
+        """
+
+    def publish(host, fingerprint):
+        """
+        Announce ``host``'s new certificate to every node.
+
+        :return: ``Deferred`` firing when sent, or failing.
+        """
+
+    def stop():
+        """
+        Stop receiving and close connections; harmless twice.
+
+        :return: ``Deferred`` firing with ``None`` once closed.
+        """

@@ -3,9 +3,7 @@ The push side of fleet propagation: an optional change feed a storage may
 offer beside the polled change markers. Redis has one (pub/sub,
 :mod:`kongacme.fleet.redis_feed`); Vault, Consul and files have none and
 are polled only.
-
-The interface lives here rather than in :mod:`kongacme.interfaces` for now
-because only the fleet package uses it.
+:class:`~kongacme.interfaces.IChangeFeed` is re-exported here.
 """
 
 from __future__ import annotations
@@ -13,43 +11,9 @@ from __future__ import annotations
 from typing import Any, Optional
 
 from twisted.internet.interfaces import IReactorTime
-from zope.interface import Attribute, Interface
+from kongacme.interfaces import IChangeFeed, IStorage
 
-from kongacme.interfaces import IStorage
-
-
-class IChangeFeed(Interface):
-    """
-    Tells every node at once that a host has a new certificate. Best
-    effort: messages may be lost (while a node reconnects), so the polled
-    markers stay as the safety net.
-    """
-
-    connected = Attribute("whether changes published by other nodes reach this one now (bool)")
-
-    def start(on_change, on_connected):
-        """
-        Start receiving.
-
-        :param on_change: called with ``(host, fingerprint)`` for each
-            change announced by any node (this one included).
-        :param on_connected: called each time the feed is (re)connected,
-            so that the caller can catch up with what it missed meanwhile.
-        """
-
-    def publish(host, fingerprint):
-        """
-        Announce ``host``'s new certificate to every node.
-
-        :return: ``Deferred`` firing when sent, or failing.
-        """
-
-    def stop():
-        """
-        Stop receiving and close connections; harmless twice.
-
-        :return: ``Deferred`` firing with ``None`` once closed.
-        """
+__all__ = ["IChangeFeed", "change_feed_for", "unwrap"]
 
 
 def unwrap(storage: Any) -> Any:
