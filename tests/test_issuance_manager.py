@@ -168,9 +168,17 @@ class CertificateManagerTests(SynchronousTestCase):
         self.successResultOf(self.storage.set(keys.cert_key("good.test"), keys.encode_cert_key(good)))
         self.successResultOf(self.storage.set(keys.cert_key("bad.test"), b'{"key": "-----BEGIN', None))
         self.successResultOf(self.storage.set(keys.cert_key("json.test"), b"not json"))
+        from twisted.logger import Logger
+
+        from kongacme.issuance import stored
+
+        events = []
+        self.patch(stored, "log", Logger(observer=events.append))
         self.assertEqual(self.successResultOf(self.manager.load_from_storage()), 1)
         self.assertEqual(self.cache.lookup("good.test").fingerprint, good.fingerprint)
         self.assertIs(self.cache.lookup("bad.test"), self.cache.fallback)
+        reported = sorted(e["key"] for e in events if e["log_level"].name == "warn")
+        self.assertEqual(reported, [keys.cert_key("bad.test"), keys.cert_key("json.test")])
 
 
 class OrderLockTests(SynchronousTestCase):

@@ -17,11 +17,12 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from kongacme.errors import AcmeError, AcmeProblem, BackoffActive, CertificateError, IssuanceError, NotAdmitted
+from kongacme.errors import AcmeError, AcmeProblem, BackoffActive, IssuanceError, NotAdmitted
 from kongacme.errors import OrderInProgress, StoragePaused
 from kongacme.interfaces import IHandshakeGate, IIssuer, IStorage
 from kongacme.issuance.admission import Admission
 from kongacme.issuance.health import StorageHealth
+from kongacme.issuance.stored import load_all, stored_certificate
 from kongacme.storage import keys
 from kongacme.storage.errors import StorageError
 from kongacme.storage.locks import StorageLocker
@@ -69,16 +70,6 @@ def failure_reason(error: BaseException) -> str:
         # Transport errors, poll timeouts, orders the CA left invalid.
         return "ca_unreachable" if isinstance(error, AcmeTransportError) else "ca_problem"
     return "other"
-
-
-@attrs.frozen
-class _TolerantReader:
-    """Reads that answer a value error (corrupt, undecryptable) as the exception instead of failing."""
-
-    _storage: Any
-
-    def get(self, key: str) -> Deferred:
-        return self._storage.get(key).addErrback(lambda f: f.trap(ValueError) and f.value)
 
 
 @attrs.frozen
@@ -506,50 +497,18 @@ class CertificateManager:
         except Exception:
             self.log.failure("could not store the backoff for {host}", host=host)
 
-    @inlineCallbacks
-    def _stored_certificate(self, host: str):
+    def _stored_certificate(self, host: str) -> Deferred:
         """A still-usable certificate for ``host`` from storage, or None."""
-        try:
-            raw = yield self._storage.get(keys.cert_key(host))
-            if raw is None:
-                return None
-            certified = keys.decode_cert_key(raw, keys.cert_key(host))
-        except (CertificateError, ValueError) as e:
-            self.log.warn("ignoring corrupt stored certificate {key}: {error}", key=keys.cert_key(host), error=str(e))
-            return None
-        if certified.not_after.timestamp() <= self._clock.seconds():
-            return None
-        return certified
+        return stored_certificate(self._storage, host, self._clock.seconds())
 
-    @inlineCallbacks
-    def load_from_storage(self):
+    def load_from_storage(self) -> Deferred:
         """
         Put every certificate found in storage into the cache (at start).
         Corrupt entries are reported and skipped.
 
         :return: ``Deferred`` firing with the number loaded.
         """
-        from kongacme.storage.bulk import get_many
-
-        names = yield self._storage.list(keys.CERT_KEY_PREFIX)
-        # Reads run concurrently (10,000 sequential round trips dominated a
-        # cold start); a value that cannot be read (e.g. it fails to
-        # decrypt) is reported like a corrupt one, not fatal to the rest.
-        values = yield get_many(_TolerantReader(self._storage), names)
-        loaded = 0
-        for key, raw in values.items():
-            if raw is None:
-                continue
-            try:
-                if isinstance(raw, Exception):
-                    raise raw
-                certified = keys.decode_cert_key(raw, key)
-            except (CertificateError, ValueError) as e:
-                self.log.warn("ignoring corrupt stored certificate {key}: {error}", key=key, error=str(e))
-                continue
-            self._cache.put(certified, [key[len(keys.CERT_KEY_PREFIX):]], quiet=True)
-            loaded += 1
-        return loaded
+        return load_all(self._storage, self._cache)
 
     def status(self) -> dict:
         """Counters and hosts in flight, for the Admin API."""
