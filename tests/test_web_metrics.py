@@ -195,6 +195,10 @@ class MetricsEndpointTests(MetricsSiteMixin, TestCase):
         admitted = labelled(families, "kongacme_certificate_admitted", "host")
         self.assertEqual(admitted["retired.example.test"], 0)
         self.assertEqual(admitted["healthy.example.test"], 1)
+        self.assertEqual(
+            sample_value(families, "kongacme_certificate_soonest_expiry_seconds"),
+            min(seconds for host, seconds in expiry.items() if admitted[host]),
+        )
 
     @inlineCallbacks
     def test_read_at_scrape_time(self) -> Any:

@@ -171,14 +171,25 @@ class DaemonCollector(Collector):
             "1 when the configuration still admits the host (it is renewed), else 0.",
             labels=["host"],
         )
+        soonest = None
         for state in states:
             if state.not_after is not None:
                 expiry.add_metric([state.host], state.not_after - now)
+                if state.admitted and (soonest is None or state.not_after < soonest):
+                    soonest = state.not_after
             failures.add_metric([state.host], state.failures)
             admitted.add_metric([state.host], 1 if state.admitted else 0)
         yield expiry
         yield failures
         yield admitted
+        if soonest is not None:
+            # One series whatever the number of hosts: what to alert on when
+            # the per-host series are dropped (allow_any_domain fleets).
+            yield GaugeMetricFamily(
+                "kongacme_certificate_soonest_expiry_seconds",
+                "Seconds until the first of the admitted (renewed) certificates expires.",
+                value=soonest - now,
+            )
 
     def _orders(self, stats: Mapping[str, int]) -> Iterator[Metric]:
         yield CounterMetricFamily(
