@@ -3,6 +3,7 @@ Tests for kongacme.fleet.propagation: two nodes sharing one store.
 """
 
 from twisted.internet.defer import succeed
+from twisted.internet.defer import fail
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 from zope.interface import implementer
@@ -19,6 +20,9 @@ from kongacme.tls.cache import CertificateCache
 from kongacme.tls.fallback import generate_self_signed
 
 
+from kongacme.storage.errors import StorageUnavailable  # noqa: E402
+
+
 class DownableStorage(MemoryStorage):
     """Memory storage whose reads fail while ``down`` (an outage)."""
 
@@ -26,12 +30,13 @@ class DownableStorage(MemoryStorage):
 
     def list(self, prefix):
         if self.down:
-            from twisted.internet.defer import fail
-
-            from kongacme.storage.errors import StorageUnavailable
-
             return fail(StorageUnavailable("down"))
         return super().list(prefix)
+
+    def get(self, key):
+        if self.down:
+            return fail(StorageUnavailable("GET: Lost connection"))
+        return super().get(key)
 
 
 class FakeBus:
@@ -164,7 +169,7 @@ class PropagatorFeedTests(SynchronousTestCase):
 
     def setUp(self):
         self.clock = Clock()
-        self.storage = MemoryStorage(self.clock)
+        self.storage = DownableStorage(self.clock)
         self.issuer = FakeIssuer()
         self.bus = FakeBus()
         self.a = Node(self.storage, self.clock, self.issuer, self.bus.feed())
@@ -229,6 +234,26 @@ class PropagatorFeedTests(SynchronousTestCase):
         feed.publish("bad.fleet.test", "AB:" * 19 + "AB")
         self.assertIsNone(self.b.cache.get("none.fleet.test"))
         self.assertIsNone(self.b.cache.get("bad.fleet.test"))
+
+    def test_storage_gone_when_message_arrives(self):
+        """
+        A message arriving while storage cannot be read is the storage-down
+        warning (once), not an error with a traceback; the certificate is
+        loaded once storage is back.
+        """
+        from twisted.logger import Logger
+
+        events = []
+        self.b.propagator.log = Logger(observer=events.append)
+        certified = self.write_quietly("late.fleet.test")
+        self.storage.down = True
+        self.b.propagator._changed("late.fleet.test", certified.fingerprint)
+        self.b.propagator._changed("late.fleet.test", certified.fingerprint)
+        self.assertEqual([e["log_level"].name for e in events], ["warn"])
+        self.assertIn("storage unavailable", events[0]["log_format"])
+        self.storage.down = False
+        self.clock.advance(30)
+        self.assertEqual(self.b.cache.lookup("late.fleet.test").fingerprint, certified.fingerprint)
 
     def test_stop_stops_feed(self):
         """stop() closes the feed."""

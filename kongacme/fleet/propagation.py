@@ -25,6 +25,7 @@ from kongacme.errors import CertificateError
 from kongacme.fleet.feed import IChangeFeed
 from kongacme.interfaces import IStorage
 from kongacme.storage import keys
+from kongacme.storage.errors import StorageError
 from kongacme.tls.cache import CertificateCache
 
 #: kongacme's own key prefix (outside Kong's reserved ``kong_acme:`` words
@@ -158,6 +159,10 @@ class Propagator:
             loaded = yield self._load(host)
             if loaded:
                 self._seen[host] = loaded.fingerprint.encode("ascii")
+        except StorageError as e:
+            # Storage went away between the message and the read: the
+            # marker is read again once it is back.
+            self._failed(e)
         except Exception:
             self.log.failure("could not load the certificate announced for {host}", host=host)
 
