@@ -155,6 +155,7 @@ class DaemonService(MultiService):
         self.manager: CertificateManager | None = None
         self.propagator: Propagator | None = None
         self.renewal: RenewalService | None = None
+        self._load_retry_call = None
         self._static_names: set[str] = set()
         self.listeners: dict[str, ListenerSet] = {}
         self.reloads = 0
@@ -230,6 +231,8 @@ class DaemonService(MultiService):
 
     @inlineCallbacks
     def stopService(self):
+        if self._load_retry_call is not None and self._load_retry_call.active():
+            self._load_retry_call.cancel()
         yield super().stopService()
         if self.propagator is not None:
             self.propagator.stop()
@@ -384,13 +387,37 @@ class DaemonService(MultiService):
         else:
             self.manager.on_stored = None
 
-    def _load_stored(self, manager: CertificateManager) -> None:
+    #: Seconds between attempts to load the stored certificates while
+    #: storage does not answer at start.
+    load_retry = 5.0
+
+    def _load_stored(self, manager: CertificateManager, attempt: int = 1) -> None:
+        """
+        Load every stored certificate into the cache; while storage does
+        not answer, try again every :attr:`load_retry` seconds (one error
+        line, one line when it worked) until it does or the manager is
+        replaced by a reload.
+        """
+        from kongacme.storage.errors import StorageError
+
         def loaded(count: int) -> None:
             self.log.info("{count} certificate(s) loaded from storage", count=count)
 
-        manager.load_from_storage().addCallbacks(
-            loaded, lambda f: self.log.failure("could not load certificates from storage", f)
-        )
+        def failed(failure) -> None:
+            if not failure.check(StorageError):
+                self.log.failure("could not load certificates from storage", failure)
+                return
+            if attempt == 1:
+                self.log.error(
+                    "could not load certificates from storage ({error}); retrying every {delay:.0f} s",
+                    error=failure.getErrorMessage(), delay=self.load_retry,
+                )
+            if self.manager is manager and self.running:
+                self._load_retry_call = self._reactor.callLater(
+                    self.load_retry, self._load_stored, manager, attempt + 1
+                )
+
+        manager.load_from_storage().addCallbacks(loaded, failed)
 
     # -- configuration ------------------------------------------------------
 

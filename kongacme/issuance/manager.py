@@ -360,9 +360,7 @@ class CertificateManager:
             # Not yielded: a finally clause must not suspend the generator.
             if keeper.running:
                 keeper.stop()
-            lease.release().addErrback(
-                lambda f: self.log.failure("could not release the order lock for {host}", f, host=host)
-            )
+            lease.release().addErrback(self._release_failed, host)
 
     @inlineCallbacks
     def _order(self, host: str, origin: str, started: float, renewal: Optional["_Renewal"]):
@@ -415,6 +413,14 @@ class CertificateManager:
             if remaining > 0:
                 self._backoff_until[host] = until
                 raise BackoffActive(host, remaining)
+
+    def _release_failed(self, failure: Failure, host: str) -> None:
+        if failure.check(StorageError):
+            # Expected while storage is down; the lease expires by itself.
+            self.log.warn("could not release the order lock for {host} ({error}); it expires within {ttl:.0f} s",
+                          host=host, error=failure.getErrorMessage(), ttl=LOCK_TTL)
+        else:
+            self.log.failure("could not release the order lock for {host}", failure, host=host)
 
     def _keep_lease(self, lease: Any, host: str) -> LoopingCall:
         """Renew ``lease`` every LOCK_TTL / 3 seconds until stopped."""
@@ -494,6 +500,9 @@ class CertificateManager:
         )
         try:
             yield self._storage.set(keys.fail_backoff(host), keys.encode_backoff(until), until - self._clock.seconds())
+        except StorageError as e:
+            self.log.warn("could not store the backoff for {host} ({error}); it holds on this node only",
+                          host=host, error=str(e))
         except Exception:
             self.log.failure("could not store the backoff for {host}", host=host)
 
