@@ -469,6 +469,27 @@ def parse_h2load(text: str) -> dict:
     return out
 
 
+def tls_get(ctx, port: int, name: str, timeout: float = 30) -> tuple[float, bytes]:
+    """
+    One new TLS connection to 127.0.0.1:``port`` with SNI ``name``: a GET
+    with ``Connection: close``, read to EOF.
+
+    :return: ``(seconds from connect to handshake done, the answer)``.
+    """
+    t0 = time.perf_counter()
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as raw:
+        with ctx.wrap_socket(raw, server_hostname=name) as tls:
+            handshake = time.perf_counter() - t0
+            tls.sendall(b"GET / HTTP/1.1\r\nHost: %s\r\nConnection: close\r\n\r\n" % name.encode())
+            data = b""
+            while True:
+                chunk = tls.recv(65536)
+                if not chunk:
+                    break
+                data += chunk
+    return handshake, data
+
+
 def tls_client_loop(port: int, names: Sequence[str], threads: int = 4) -> dict:
     """
     Full TLS 1.3 handshakes from Python's ssl module, one new connection per
@@ -493,15 +514,7 @@ def tls_client_loop(port: int, names: Sequence[str], threads: int = 4) -> dict:
     def worker(i: int) -> None:
         for name in names[i::threads]:
             try:
-                with socket.create_connection(("127.0.0.1", port), timeout=30) as raw:
-                    with ctx.wrap_socket(raw, server_hostname=name) as tls:
-                        tls.sendall(b"GET / HTTP/1.1\r\nHost: %s\r\nConnection: close\r\n\r\n" % name.encode())
-                        data = b""
-                        while True:
-                            chunk = tls.recv(65536)
-                            if not chunk:
-                                break
-                            data += chunk
+                _, data = tls_get(ctx, port, name)
                 if not data.startswith(b"HTTP/1.1 200"):
                     raise RuntimeError("unexpected answer %r" % data[:60])
                 ok[i] += 1

@@ -170,16 +170,7 @@ def client_child(spec_path: str) -> None:
             hs = None
             ok = False
             try:
-                with socket.create_connection(("127.0.0.1", port), timeout=30) as raw:
-                    with ctx.wrap_socket(raw, server_hostname=name) as tls:
-                        hs = time.perf_counter() - t0
-                        tls.sendall(b"GET / HTTP/1.1\r\nHost: %s\r\nConnection: close\r\n\r\n" % name.encode())
-                        data = b""
-                        while True:
-                            chunk = tls.recv(65536)
-                            if not chunk:
-                                break
-                            data += chunk
+                hs, data = B.tls_get(ctx, port, name)
                 ok = data.startswith(b"HTTP/1.1 200")
                 if not ok and len(errors) < 5:
                     errors.append("%s: answer %r" % (name, data[:60]))

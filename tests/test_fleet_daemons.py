@@ -5,18 +5,17 @@ one Pebble (kongacme.fleet, the shared http-01 tokens, the order lock).
 
 import os
 
-from cryptography.hazmat.primitives import serialization
 from twisted.internet import reactor
-from twisted.internet.defer import gatherResults, inlineCallbacks
+from twisted.internet.defer import Deferred, gatherResults, inlineCallbacks
 from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.task import deferLater
 from twisted.trial.unittest import TestCase
 
 from tests import tlsclients
-from tests.daemonproc import Daemon, free_port
-from tests.fleetnodes import node_config
+from tests.daemonproc import free_port
+from tests.fleetnodes import redis_storage, start_nodes, vault_storage, write_root
 from tests.pebble import PebbleFixture
-from tests.baofixture import BaoServer, unique
+from tests.baofixture import BaoServer
 from tests.redisfixture import RedisServer
 
 
@@ -46,32 +45,18 @@ class FleetNodesMixin:
         ports = {name: (free_port(), free_port(), free_port()) for name in ("a", "b")}
         # Pebble validates http-01 on node A's HTTP port only.
         self.pebble = yield PebbleFixture.start(self, ports["a"][1], **self.pebble_options)
-        roots = yield self.pebble.roots()
-        self.root = os.path.join(self.dir, "root.pem")
-        with open(self.root, "wb") as f:
-            f.write(roots[0].public_bytes(serialization.Encoding.PEM))
+        self.root = yield write_root(self.pebble, self.dir)
         upstream = reactor.listenTCP(0, Factory.forProtocol(Echo), interface="127.0.0.1")
         self.addCleanup(upstream.stopListening)
-        self.nodes = {}
-        for name, (tls, http, admin) in ports.items():
-            directory = os.path.join(self.dir, name)
-            os.makedirs(directory)
-            daemon = Daemon(
-                directory,
-                dict(
-                    node_config(directory, (tls, http, admin), upstream.getHost().port, self.pebble, storage),
-                    **self.extra_config,
-                ),
-            )
-            self.addCleanup(daemon.stop)
-            yield daemon.start(tls)
-            self.nodes[name] = (daemon, tls)
+        self.nodes = yield Deferred.fromCoroutine(
+            start_nodes(self, self.dir, ports, upstream.getHost().port, self.pebble, storage, self.extra_config)
+        )
 
     @inlineCallbacks
     def start_storage(self):
         """Start the shared store; the ``acme`` fields that point at it."""
         self.redis = yield RedisServer.start(self)
-        return {"storage": "redis", "storage_config": {"redis": self.redis.storage_config()}}
+        return redis_storage(self.redis)
 
     def tearDown(self):
         if os.environ.get("KONGACME_DEBUG_FLEET"):
@@ -147,12 +132,7 @@ class VaultFleetTests(RedisFleetTests):
     @inlineCallbacks
     def start_storage(self):
         bao = yield BaoServer.start(self)
-        return {
-            "storage": "vault",
-            "storage_config": {
-                "vault": {"host": bao.host, "port": bao.port, "token": bao.token, "kv_path": "secret/" + unique("fleet")}
-            },
-        }
+        return vault_storage(bao, "fleet")
 
 
 class RedisFleetRenewalTests(FleetNodesMixin, TestCase):

@@ -9,7 +9,6 @@ from __future__ import annotations
 import os
 import re
 
-from cryptography.hazmat.primitives import serialization
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred, gatherResults, inlineCallbacks
 from twisted.internet.protocol import Factory, Protocol
@@ -19,9 +18,9 @@ from twisted.python.threadpool import ThreadPool
 from twisted.trial.unittest import TestCase
 
 from tests import tlsclients
-from tests.baofixture import BaoServer, unique
-from tests.fleetnodes import node_config
-from tests.daemonproc import Daemon, free_port
+from tests.baofixture import BaoServer
+from tests.fleetnodes import redis_storage, start_nodes, vault_storage, write_root
+from tests.daemonproc import free_port
 from tests.pebble import PebbleFixture, settle
 from tests.redisfixture import RedisServer
 
@@ -82,10 +81,7 @@ class RedisFleetOutageTests(TestCase):
         # Pebble validates http-01 on node A's HTTP port only; A answers
         # for every node from the tokens in the shared storage.
         self.pebble = yield PebbleFixture.start(self, ports["a"][1])
-        roots = yield self.pebble.roots()
-        self.root = os.path.join(self.dir, "root.pem")
-        with open(self.root, "wb") as f:
-            f.write(roots[0].public_bytes(serialization.Encoding.PEM))
+        self.root = yield write_root(self.pebble, self.dir)
         self.context = tlsclients.client_context(self.root)
         echo = Factory.forProtocol(Echo)
         echo.open = set()
@@ -99,37 +95,30 @@ class RedisFleetOutageTests(TestCase):
         self.clients = ThreadPool(minthreads=0, maxthreads=NAMES * len(NODES), name="fleet-outage-clients")
         self.clients.start()
         self.addCleanup(self.clients.stop)
-        self.nodes = {}
-        for name, (tls, http, admin) in ports.items():
-            directory = os.path.join(self.dir, name)
-            os.makedirs(directory)
-            daemon = Daemon(
-                directory,
-                node_config(
-                    directory,
-                    (tls, http, admin),
-                    upstream.getHost().port,
-                    self.pebble,
-                    storage,
-                    issuance={
-                        "request_timeout": 10,
-                        "handshake_wait": 60,
-                        # All fifty at once on each node, none refused.
-                        "max_orders_in_flight": 2 * NAMES,
-                        "orders_per_minute": 10 * NAMES,
-                    },
-                    fleet={"poll_interval": 0.2},
-                ),
+        self.nodes = yield Deferred.fromCoroutine(
+            start_nodes(
+                self,
+                self.dir,
+                ports,
+                upstream.getHost().port,
+                self.pebble,
+                storage,
+                issuance={
+                    "request_timeout": 10,
+                    "handshake_wait": 60,
+                    # All fifty at once on each node, none refused.
+                    "max_orders_in_flight": 2 * NAMES,
+                    "orders_per_minute": 10 * NAMES,
+                },
+                fleet={"poll_interval": 0.2},
             )
-            self.addCleanup(daemon.stop)
-            yield daemon.start(tls)
-            self.nodes[name] = (daemon, tls)
+        )
 
     @inlineCallbacks
     def start_storage(self):
         """Start the shared store; the ``acme`` fields that point at it."""
         self.redis = yield RedisServer.start(self)
-        return {"storage": "redis", "storage_config": {"redis": self.redis.storage_config()}}
+        return redis_storage(self.redis)
 
     def take_down(self):
         """The outage: Redis stopped (saving its data, as a Redis with persistence)."""
@@ -259,15 +248,7 @@ class VaultFleetOutageTests(RedisFleetOutageTests):
     @inlineCallbacks
     def start_storage(self):
         self.bao = yield BaoServer.start(self)
-        return {
-            "storage": "vault",
-            "storage_config": {
-                "vault": {
-                    "host": self.bao.host, "port": self.bao.port, "token": self.bao.token,
-                    "kv_path": "secret/" + unique("outage"),
-                }
-            },
-        }
+        return vault_storage(self.bao, "outage")
 
     def take_down(self):
         self.bao.pause()
