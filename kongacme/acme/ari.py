@@ -12,7 +12,7 @@ from typing import Any, Optional
 
 import attrs
 from cryptography import x509
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, succeed
 
 from kongacme.errors import AcmeTransportError
 
@@ -118,11 +118,11 @@ def fetch_renewal_info(client: Any, cert: x509.Certificate) -> Deferred[Optional
     """
     base = client.renewal_info_url
     if base is None:
-        return Deferred.fromCoroutine(_none())
+        return succeed(None)
     try:
         ident = cert_id(cert)
     except ValueError:
-        return Deferred.fromCoroutine(_none())
+        return succeed(None)
     url = base.rstrip("/") + "/" + ident
 
     async def fetch() -> RenewalWindow:
@@ -130,7 +130,3 @@ def fetch_renewal_info(client: Any, cert: x509.Certificate) -> Deferred[Optional
         return parse_renewal_info(response.json(), url, response.retry_after(client.clock.seconds()))
 
     return Deferred.fromCoroutine(fetch())
-
-
-async def _none() -> None:
-    return None

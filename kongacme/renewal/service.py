@@ -315,9 +315,8 @@ class RenewalService(Service):
         is due takes milliseconds (``bench/renewal.py``).
         """
         tracked_hosts = self._tracked
-        if len(tracked_hosts) > len(managed) or any(host not in managed for host in tracked_hosts):
-            for host in [h for h in tracked_hosts if h not in managed]:
-                del tracked_hosts[host]
+        for host in [h for h in tracked_hosts if h not in managed]:
+            del tracked_hosts[host]
         for count, (host, certified) in enumerate(managed.items(), 1):
             tracked = tracked_hosts.get(host)
             if tracked is None:
