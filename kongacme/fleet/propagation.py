@@ -21,9 +21,9 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
-from kongacme.errors import CertificateError
 from kongacme.fleet.feed import IChangeFeed
 from kongacme.interfaces import IStorage
+from kongacme.issuance.stored import read_certificate
 from kongacme.storage import keys
 from kongacme.storage.errors import StorageError
 from kongacme.tls.cache import CertificateCache
@@ -206,16 +206,8 @@ class Propagator:
         :return: ``Deferred`` firing with the certificate if it was put in
             the cache, else ``None``.
         """
-        key = keys.cert_key(host)
-        try:
-            # A value error may come from get itself (a key that does not
-            # decrypt, kongacme.storage.encryption): skip that entry only.
-            raw = yield self._storage.get(key)
-            if raw is None:
-                return None
-            certified = keys.decode_cert_key(raw, key)
-        except (CertificateError, ValueError) as e:
-            self.log.warn("ignoring corrupt stored certificate {key}: {error}", key=key, error=str(e))
+        certified = yield read_certificate(self._storage, host)
+        if certified is None:
             return None
         current = self._cache.get(host)
         if current is not None and current.fingerprint == certified.fingerprint:

@@ -6,7 +6,7 @@ reported and skipped, never fatal.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Optional
 
 import attrs
 from twisted.internet.defer import Deferred, inlineCallbacks
@@ -17,6 +17,7 @@ from kongacme.interfaces import IStorage
 from kongacme.storage import keys
 from kongacme.storage.bulk import get_many
 from kongacme.tls.cache import CertificateCache
+from kongacme.tls.certs import CertifiedKey
 
 log = Logger()
 
@@ -25,26 +26,47 @@ def _corrupt(key: str, error: Exception) -> None:
     log.warn("ignoring corrupt stored certificate {key}: {error}", key=key, error=str(error))
 
 
-@inlineCallbacks
-def stored_certificate(storage: IStorage, host: str, now: float):
+def decode_stored(raw: Any, key: str) -> Optional[CertifiedKey]:
     """
-    ``host``'s stored certificate if it is still valid at ``now``.
+    The certificate in a value read from ``key``, or ``None`` (reported)
+    when the value is corrupt or is the exception a tolerant read gave.
+    """
+    try:
+        if isinstance(raw, Exception):
+            raise raw
+        return keys.decode_cert_key(raw, key)
+    except (CertificateError, ValueError, TypeError) as e:
+        _corrupt(key, e)
+        return None
+
+
+@inlineCallbacks
+def read_certificate(storage: IStorage, host: str):
+    """
+    ``host``'s stored certificate, valid or not.
 
     :return: ``Deferred`` firing with a :class:`CertifiedKey` or ``None``
-        (absent, expired, corrupt or undecryptable; the last two logged).
+        (absent, or corrupt or undecryptable: reported), failing with the
+        storage's error when it cannot be read.
     """
     key = keys.cert_key(host)
     try:
+        # A value error may come from get itself (a key that does not
+        # decrypt, kongacme.storage.encryption): that entry only is skipped.
         raw = yield storage.get(key)
-        if raw is None:
-            return None
-        certified = keys.decode_cert_key(raw, key)
-    except (CertificateError, ValueError) as e:
-        _corrupt(key, e)
-        return None
-    if certified.not_after.timestamp() <= now:
-        return None
-    return certified
+    except ValueError as e:
+        raw = e
+    return None if raw is None else decode_stored(raw, key)
+
+
+def stored_certificate(storage: IStorage, host: str, now: float) -> Deferred:
+    """
+    ``host``'s stored certificate if it is still valid at ``now``, else
+    ``None`` (see :func:`read_certificate`).
+    """
+    return read_certificate(storage, host).addCallback(
+        lambda certified: certified if certified is not None and certified.not_after.timestamp() > now else None
+    )
 
 
 @attrs.frozen
@@ -58,29 +80,37 @@ class _TolerantReader:
 
 
 @inlineCallbacks
-def load_all(storage: IStorage, cache: CertificateCache):
+def read_all(storage: IStorage):
     """
-    Put every certificate found in storage into ``cache`` (at start).
+    Every stored certificate, read concurrently (10,000 sequential round
+    trips dominated a cold start, ``bench/RESULTS.md``). Corrupt values are
+    reported and skipped.
 
-    Reads run concurrently (10,000 sequential round trips dominated a cold
-    start, ``bench/RESULTS.md``); one summary line is the caller's to log,
-    the cache logs each certificate at debug level only.
-
-    :return: ``Deferred`` firing with the number loaded.
+    :return: ``Deferred`` firing with ``[(host, CertifiedKey)]`` in the
+        order listed, failing with the storage's error when it cannot be
+        read.
     """
     names = yield storage.list(keys.CERT_KEY_PREFIX)
     values = yield get_many(_TolerantReader(storage), names)
-    loaded = 0
+    found = []
     for key, raw in values.items():
-        if raw is None:
-            continue
-        try:
-            if isinstance(raw, Exception):
-                raise raw
-            certified = keys.decode_cert_key(raw, key)
-        except (CertificateError, ValueError) as e:
-            _corrupt(key, e)
-            continue
-        cache.put(certified, [key[len(keys.CERT_KEY_PREFIX):]], quiet=True)
-        loaded += 1
-    return loaded
+        certified = None if raw is None else decode_stored(raw, key)
+        if certified is not None:
+            found.append((keys.host_of(key, keys.CERT_KEY_PREFIX), certified))
+    return found
+
+
+def load_all(storage: IStorage, cache: CertificateCache) -> Deferred:
+    """
+    Put every stored certificate into ``cache`` (at start). One summary
+    line is the caller's to log; the cache logs each at debug level only.
+
+    :return: ``Deferred`` firing with the number loaded.
+    """
+
+    def put(found: list) -> int:
+        for host, certified in found:
+            cache.put(certified, [host], quiet=True)
+        return len(found)
+
+    return read_all(storage).addCallback(put)
