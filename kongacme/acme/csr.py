@@ -13,7 +13,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 from cryptography.x509.oid import NameOID
 
-from kongacme.tls.certs import PrivateKey
+from kongacme.tls.certs import PrivateKey, issuer_cn
 
 
 def check_host(host: str) -> str:
@@ -71,5 +71,4 @@ def top_issuer_cn(chain_pem: bytes) -> Optional[str]:
         return None
     if not certificates:
         return None
-    names = certificates[-1].issuer.get_attributes_for_oid(NameOID.COMMON_NAME)
-    return str(names[0].value) if names else None
+    return issuer_cn(certificates[-1])

@@ -11,9 +11,10 @@ import re
 from kongacme.config.fields import Invalid
 
 _LABEL = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
-# Upstreams are resolved by the system resolver, where container and service
-# names with underscores are common.
-_UPSTREAM_LABEL = re.compile(r"^[a-z0-9_]([a-z0-9_-]{0,61}[a-z0-9_])?$")
+#: Labels that may also hold underscores: upstreams are resolved by the
+#: system resolver, where container and service names with underscores are
+#: common, and stored host names may have been written by anyone.
+LENIENT_LABEL = re.compile(r"^[a-z0-9_]([a-z0-9_-]{0,61}[a-z0-9_])?$")
 
 
 def is_hostname(name: str, label: re.Pattern[str] = _LABEL) -> bool:
@@ -65,7 +66,7 @@ def host_port(value: str) -> tuple[str, int]:
     host = host.lower()
     if ":" in host:
         raise Invalid("must be host:port (write IPv6 addresses in brackets: [::1]:8000)")
-    if not is_hostname(host, _UPSTREAM_LABEL):
+    if not is_hostname(host, LENIENT_LABEL):
         raise Invalid(f"{host!r} is not a valid host name or address")
     return host, port
 
@@ -82,7 +83,7 @@ def server_host(value: str) -> str:
         return str(ipaddress.ip_address(name))
     except ValueError:
         pass
-    if not is_hostname(name, _UPSTREAM_LABEL):
+    if not is_hostname(name, LENIENT_LABEL):
         raise Invalid(f"{value!r} is not a valid host name or IP address")
     return name
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 import random
 from typing import Any, Callable, Mapping, Optional
 
-from cryptography.x509.oid import NameOID
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred, DeferredSemaphore, fail, gatherResults, succeed
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
@@ -20,7 +19,7 @@ from twisted.python.failure import Failure
 from kongacme.errors import AcmeTransportError, OrderInProgress, StoragePaused
 from kongacme.renewal.schedule import DAY, due_time, pick_in_window, retry_delay, severity
 from kongacme.renewal.state import RenewalState, iso
-from kongacme.tls.certs import CertifiedKey
+from kongacme.tls.certs import CertifiedKey, issuer_label
 
 #: Seconds between two passes at least (a burst of due times, or a clock
 #: jump, never turns the service into a busy loop).
@@ -31,16 +30,6 @@ ARI_ERROR_RETRY = 3600.0
 #: certificate's dates costs ~20 µs, so a first pass over 10,000 gives the
 #: reactor a turn every ~5 ms instead of holding it for 0.4 s.
 CHUNK = 250
-
-
-def issuer_name(certified: CertifiedKey) -> str:
-    """The issuer's common name, or its whole DN when it has none."""
-    issuer = certified.leaf.issuer
-    names = issuer.get_attributes_for_oid(NameOID.COMMON_NAME)
-    if names:
-        value = names[0].value
-        return value if isinstance(value, str) else value.decode("utf-8", "replace")
-    return issuer.rfc4514_string()
 
 
 #: Stands for an ARI request not made (the answer is known from another).
@@ -184,7 +173,7 @@ class RenewalService(Service):
     def _reported(tracked: "_Tracked") -> RenewalState:
         state = tracked.state
         if state.issuer is None and tracked.certified is not None:
-            state.issuer = issuer_name(tracked.certified)
+            state.issuer = issuer_label(tracked.certified.leaf)
         return state
 
     def forget(self, host: str) -> None:

@@ -88,6 +88,20 @@ class CertifiedKey:
         )
 
 
+def issuer_cn(cert: x509.Certificate) -> str | None:
+    """The issuer's common name, or ``None`` when it has none."""
+    names = cert.issuer.get_attributes_for_oid(NameOID.COMMON_NAME)
+    if not names:
+        return None
+    value = names[0].value
+    return value if isinstance(value, str) else value.decode("utf-8", "replace")
+
+
+def issuer_label(cert: x509.Certificate) -> str:
+    """The issuer's common name, or its whole DN when it has none (for display)."""
+    return issuer_cn(cert) or cert.issuer.rfc4514_string()
+
+
 def certificate_names(cert: x509.Certificate) -> tuple[str, ...]:
     """
     DNS names of ``cert``: SAN dNSName entries, else the subject CN.

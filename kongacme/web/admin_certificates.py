@@ -18,19 +18,19 @@ answers 404 when the plugin is not configured).
 from __future__ import annotations
 
 import datetime
-import re
-from typing import Any, Callable, Optional
+from typing import Any, Callable
 
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
-from cryptography.x509.oid import NameOID
 from twisted.internet.defer import Deferred, inlineCallbacks, maybeDeferred
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.web.server import Request
 
-from kongacme.errors import AcmeError, CertificateError
+from kongacme.config.hosts import LENIENT_LABEL, is_hostname
+from kongacme.errors import AcmeError
+from kongacme.issuance.stored import decode_stored, read_all
 from kongacme.storage import keys
-from kongacme.tls.certs import CertifiedKey
+from kongacme.tls.certs import CertifiedKey, issuer_cn
 from kongacme.web.admin import RequestError, read_arguments, truthy
 from kongacme.web.admin_acme import NOT_CONFIGURED, issuance_failure
 
@@ -43,7 +43,6 @@ TIME_FORMAT = "%Y-%m-%d %H:%M:%S"
 DELETE_FIELDS = frozenset({"revoke"})
 #: Longest host name (RFC 1035: 253 octets written out).
 MAX_HOST = 253
-_LABEL = re.compile(r"(?!-)[a-z0-9_-]{1,63}(?<!-)")
 
 
 def parse_host(raw: bytes) -> str:
@@ -67,10 +66,7 @@ def parse_host(raw: bytes) -> str:
     if ":" in text:
         raise RequestError(400, "port is not allowed in host")
     host = text.lower()
-    labels = host.split(".")
-    if labels[0] == "*" and len(labels) > 1:
-        labels = labels[1:]
-    if not all(_LABEL.fullmatch(label) for label in labels):
+    if not is_hostname(host[2:] if host.startswith("*.") else host, LENIENT_LABEL):
         raise RequestError(400, "invalid host: %s" % (_shown(text),))
     return host
 
@@ -101,12 +97,6 @@ def pubkey_type(certified: CertifiedKey) -> str:
     return type(key).__name__
 
 
-def issuer_cn(certified: CertifiedKey) -> Optional[str]:
-    """The issuer's common name, ``None`` when it has none."""
-    values = certified.leaf.issuer.get_attributes_for_oid(NameOID.COMMON_NAME)
-    return str(values[0].value) if values else None
-
-
 def describe(host: str, certified: CertifiedKey, now: float, renewal: Any = None) -> dict[str, Any]:
     """
     One entry of ``GET /acme/certificates``: Kong's eight fields and
@@ -124,7 +114,7 @@ def describe(host: str, certified: CertifiedKey, now: float, renewal: Any = None
     return {
         "digest": certified.fingerprint,
         "host": host,
-        "issuer_cn": issuer_cn(certified),
+        "issuer_cn": issuer_cn(certified.leaf),
         "not_before": not_before.strftime(TIME_FORMAT),
         "not_after": not_after.strftime(TIME_FORMAT),
         "valid": _timestamp(not_before) < now < _timestamp(not_after),
@@ -204,22 +194,14 @@ class CertificatesAdmin:
         renewal = self._get_renewal()
         now = self._clock.seconds()
         try:
-            stored = yield storage.list(keys.CERT_KEY_PREFIX)
+            stored = yield read_all(storage)
         except Exception as e:
             return self._storage_failed(e)
+        # One look at the renewal states, not one per host.
+        states = {} if renewal is None else {state.host: state for state in renewal.states()}
         data = []
-        for key in sorted(stored):
-            host = keys.host_of(key, keys.CERT_KEY_PREFIX)
-            try:
-                raw = yield storage.get(key)
-            except Exception as e:
-                return self._storage_failed(e)
-            if raw is None:
-                continue  # deleted since it was listed
-            certified = _decode(raw, key)
-            if certified is None:
-                continue
-            entry = describe(host, certified, now, _state(renewal, host))
+        for host, certified in sorted(stored, key=lambda pair: pair[0]):
+            entry = describe(host, certified, now, states.get(host))
             if not invalid_only or not entry["valid"]:
                 data.append(entry)
         return 200, {"data": data}
@@ -236,7 +218,7 @@ class CertificatesAdmin:
             raw = yield storage.get(keys.cert_key(name))
         except Exception as e:
             return self._storage_failed(e)
-        certified = None if raw is None else _decode(raw, keys.cert_key(name))
+        certified = None if raw is None else decode_stored(raw, keys.cert_key(name))
         if certified is None:
             return _absent(name, raw is not None)
         now = self._clock.seconds()
@@ -268,7 +250,7 @@ class CertificatesAdmin:
         if raw is None:
             return _absent(name, False)
         if revoke:
-            certified = _decode(raw, key)
+            certified = decode_stored(raw, key)
             if certified is None:
                 return 409, {"message": "cannot revoke the certificate for host %s: the stored value is unreadable "
                              "(delete without revoke to remove it)" % (name,)}
@@ -328,14 +310,6 @@ class CertificatesAdmin:
     def _storage_failed(self, error: Exception) -> tuple[int, Any]:
         log.warn("Admin API: storage failed: {error}", error=str(error))
         return 503, {"message": "storage unavailable: %s" % (error,)}
-
-
-def _decode(raw: bytes, key: str) -> Optional[CertifiedKey]:
-    try:
-        return keys.decode_cert_key(raw, key)
-    except (CertificateError, ValueError, TypeError) as e:
-        log.warn("Admin API: skipping corrupt stored certificate {key}: {error}", key=key, error=str(e))
-        return None
 
 
 def _state(renewal: Any, host: str) -> Any:

@@ -12,15 +12,13 @@ import collections
 from typing import Any, Iterable, Iterator, Mapping
 
 import attrs
-from cryptography import x509
-from cryptography.x509.oid import NameOID
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 from twisted.internet.interfaces import IReactorTime
 
 from kongacme.proxy._relay import provides
 from kongacme.renewal.state import RenewalState
-from kongacme.tls.certs import CertifiedKey
+from kongacme.tls.certs import issuer_label
 from kongacme.tls.protocol import HANDSHAKE_OUTCOMES
 
 #: ``reason`` label values of ``kongacme_orders_failed_total``: what the
@@ -41,15 +39,6 @@ REFUSAL_REASONS = ("backoff", "rate_limited", "storage_paused")
 #: ``operation`` label values always present in
 #: ``kongacme_storage_errors_total``.
 STORAGE_OPERATIONS = ("get", "set", "add", "delete", "list", "compare_and_set", "compare_and_delete")
-
-
-def issuer_name(certified: CertifiedKey) -> str:
-    """The issuer's common name, or its whole DN when it has none."""
-    issuer: x509.Name = certified.leaf.issuer
-    names = issuer.get_attributes_for_oid(NameOID.COMMON_NAME)
-    if names:
-        return str(names[0].value)
-    return issuer.rfc4514_string()
 
 
 def managed_states(daemon: Any) -> list[RenewalState]:
@@ -79,7 +68,7 @@ def managed_states(daemon: Any) -> list[RenewalState]:
                 host=name,
                 not_before=certified.not_before.timestamp(),
                 not_after=certified.not_after.timestamp(),
-                issuer=issuer_name(certified),
+                issuer=issuer_label(certified.leaf),
                 admitted=manager is not None and manager.admission.admits(name),
                 last_error=None if manager is None else manager.last_error.get(name),
             )
