@@ -10,10 +10,10 @@ from __future__ import annotations
 import io
 import json
 import os
+import socket
 import sys
 from typing import Any
 
-from twisted.internet import reactor
 from twisted.internet.defer import inlineCallbacks, succeed
 from twisted.internet.threads import deferToThread
 from twisted.internet.utils import getProcessOutputAndValue
@@ -40,12 +40,16 @@ class SucceedingManager:
         return succeed(None)
 
 
-def closed_port() -> int:
-    """A 127.0.0.1 port nobody listens on (listened on, then closed)."""
-    port = reactor.listenTCP(0, Site(Resource()), interface="127.0.0.1")
-    number = port.getHost().port
-    port.stopListening()
-    return number
+def closed_port(test_case: Any) -> int:
+    """
+    A 127.0.0.1 port that refuses connections for the rest of the test: a
+    socket bound there without listening, so no other process (the tests
+    run in parallel) can start listening on it meanwhile.
+    """
+    held = socket.socket()
+    test_case.addCleanup(held.close)
+    held.bind(("127.0.0.1", 0))
+    return held.getsockname()[1]
 
 
 class CliMixin:
@@ -222,7 +226,7 @@ class UnreachableTests(CliMixin, TestCase):
         Connection refused exits 2 with a clear message, for every Admin
         command.
         """
-        url = "http://127.0.0.1:%d" % (closed_port(),)
+        url = "http://127.0.0.1:%d" % (closed_port(self),)
         for argv in (["certs"], ["issue", "a.test"], ["renew"], ["renew", "a.test"]):
             code, out, err = yield self.kongacme("--admin", url, *argv)
             self.assertEqual((code, out), (2, ""))
@@ -245,7 +249,7 @@ class UnreachableTests(CliMixin, TestCase):
         ``python -m kongacme.cli`` (what the console script runs) exits 2
         with the message on stderr when the Admin API is down.
         """
-        url = "http://127.0.0.1:%d" % (closed_port(),)
+        url = "http://127.0.0.1:%d" % (closed_port(self),)
         out, err, code = yield getProcessOutputAndValue(
             sys.executable, ["-m", "kongacme.cli", "--admin", url, "certs"], env=dict(os.environ), path=ROOT
         )
