@@ -76,12 +76,12 @@ class LoadConfigTests(SynchronousTestCase):
         self.assertEqual(config.acme.domains, ("demo.test", "*.demo.test"))
         self.assertEqual(config.acme.storage, "shm")
 
-    def test_empty_file_gives_defaults(self) -> None:
+    def test_empty_mapping_gives_defaults(self) -> None:
         """
-        An empty file is every default, with state_dir resolved next to the
-        file and no ACME section.
+        ``{}`` is every default, with state_dir resolved next to the file and
+        no ACME section.
         """
-        path = self.write("")
+        path = self.write("{}\n")
         config = load_config(path)
         self.assertEqual(
             config,
@@ -98,6 +98,19 @@ class LoadConfigTests(SynchronousTestCase):
         self.assertIsNone(config.acme)
         self.assertIsNone(config.default_route)
         self.assertEqual((config.routes, config.certificates, config.warnings), ((), (), ()))
+
+    def test_empty_file_is_an_error(self) -> None:
+        """
+        An empty file, one of only whitespace or comments, or a bare document
+        marker is refused ("configuration file is empty"): it is far more
+        often a truncated write than a wish for every default.
+        """
+        for text in ("", "\n  \n", "# all commented out\n# listen:\n", "---\n", "--- # x\n...\n"):
+            path = self.write(text)
+            problems = self.assertRaises(ConfigError, load_config, path).problems
+            self.assertEqual(len(problems), 1, text)
+            self.assertEqual(problems[0][0], "")
+            self.assertIn("configuration file is empty", problems[0][1])
 
     def test_json_file(self) -> None:
         """

@@ -178,6 +178,23 @@ class DaemonTests(TestCase):
         self.assertEqual(still["names"], ["static.test"])
 
     @inlineCallbacks
+    def test_reload_empty_file(self):
+        """
+        An empty or comments-only file on SIGHUP (a truncated write racing
+        ``systemctl reload``) is rejected as empty; the running listeners and
+        certificates stay.
+        """
+        for count, text in enumerate(("", "# nothing here yet\n"), start=1):
+            with open(self.daemon.path, "w") as f:
+                f.write(text)
+            self.daemon.signal()
+            yield self.daemon.wait_for("reload rejected", count=count)
+            self.assertEqual(self.daemon.output.count("configuration file is empty"), count)
+            still = yield tlsclients.handshake(self.tls_port, "static.test", self.verified(), payload=b"ok")
+            self.assertEqual(still["names"], ["static.test"])
+            self.assertEqual(still["echo"], b"A:ok")
+
+    @inlineCallbacks
     def test_admin_status(self):
         """The Admin listener answers /health and /status."""
         out, err, code = yield tlsclients.run(

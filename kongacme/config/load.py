@@ -91,7 +91,13 @@ def load_config(path: str) -> DaemonConfig:
         raise ConfigError([("", _yaml_message(path, e))]) from None
     except yaml.YAMLError as e:
         raise ConfigError([("", f"{path}: invalid YAML: {e}")]) from None
-    if data is not None and not isinstance(data, Mapping):
+    if data is None:
+        # An empty or comments-only file is far more likely a truncated write
+        # (an editor or deployment tool racing ``systemctl reload``) than a
+        # wish for every default: applied on SIGHUP it would move every
+        # listener and drop the acme section. ``{}`` asks for the defaults.
+        raise ConfigError([("", f"{path}: configuration file is empty (write {{}} for every default)")])
+    if not isinstance(data, Mapping):
         raise ConfigError([("", f"{path}: the top level must be {_SECTIONS}, not {_a(data)}")])
     return parse_config(data, os.path.dirname(os.path.abspath(path)))
 
