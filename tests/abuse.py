@@ -1,0 +1,230 @@
+"""
+The attack set of the hardening issue, as plain blocking functions over
+real sockets: malformed ClientHellos, idle connections, slowloris on any
+port, random SNI names, bursts of SIGHUP. Each is bounded in count and time
+and only ever talks to 127.0.0.1. ``tests/test_abuse.py`` runs them small
+against a daemon; ``bench/abuse.py`` runs them full size and records what
+the daemon did.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import socket
+import ssl
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+
+def client_hello(server_name: str | None = "hello.test") -> bytes:
+    """
+    The first flight of a real TLS client (Python's ``ssl``): one
+    ClientHello record, to be mutated.
+    """
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+    tls = context.wrap_bio(incoming, outgoing, server_hostname=server_name)
+    try:
+        tls.do_handshake()
+    except ssl.SSLWantReadError:
+        pass
+    return outgoing.read()
+
+
+def hello_with_raw_sni(raw_name: bytes) -> bytes:
+    """
+    A real ClientHello whose server_name extension carries ``raw_name``
+    verbatim (NUL bytes, 300 bytes: what no TLS library will send), with
+    every length field around it rewritten to match.
+    """
+    placeholder = "p" * 40 + ".test"
+    hello = bytearray(client_hello(placeholder))
+    at = bytes(hello).index(placeholder.encode())
+    # server_name extension: type(2) len(2) list_len(2) name_type(1) name_len(2) name
+    ext_start = at - 9
+    assert hello[ext_start:ext_start + 2] == b"\x00\x00", "server_name extension not where expected"
+    body = b"\x00" + len(raw_name).to_bytes(2, "big") + raw_name
+    ext = b"\x00\x00" + (len(body) + 2).to_bytes(2, "big") + len(body).to_bytes(2, "big") + body
+    old_ext_len = 4 + int.from_bytes(hello[ext_start + 2:ext_start + 4], "big")
+    delta = len(ext) - old_ext_len
+    hello[ext_start:ext_start + old_ext_len] = ext
+    # Fix the record length (bytes 3-4), the handshake length (6-8) and the
+    # extensions block length, found by walking the ClientHello.
+    pos = 9 + 2 + 32
+    pos += 1 + hello[pos]  # session id
+    pos += 2 + int.from_bytes(hello[pos:pos + 2], "big")  # cipher suites
+    pos += 1 + hello[pos]  # compression methods
+    ext_total = int.from_bytes(hello[pos:pos + 2], "big") + delta
+    hello[pos:pos + 2] = ext_total.to_bytes(2, "big")
+    hello[3:5] = (int.from_bytes(hello[3:5], "big") + delta).to_bytes(2, "big")
+    hello[6:9] = (int.from_bytes(hello[6:9], "big") + delta).to_bytes(3, "big")
+    return bytes(hello)
+
+
+def malformed_inputs(rng: random.Random, count: int) -> list[tuple[str, bytes]]:
+    """
+    ``count`` hostile first flights for a TLS port, of several kinds: random
+    bytes, a real ClientHello with bytes flipped or cut short, a record
+    header announcing more than it sends, plain HTTP, an SNI with a NUL
+    byte, an SNI of 300 bytes.
+    """
+    hello = client_hello()
+    kinds = [
+        ("random", lambda: rng.randbytes(rng.randint(1, 600))),
+        ("bitflip", lambda: _flip(rng, hello)),
+        ("truncated", lambda: hello[: rng.randint(1, len(hello) - 1)]),
+        ("short_record", lambda: b"\x16\x03\x01\x40\x00" + hello[5:60]),
+        ("http", lambda: b"GET / HTTP/1.1\r\nHost: x\r\n\r\n"),
+        ("sni_nul", lambda: hello_with_raw_sni(b"evil\x00.test")),
+        ("sni_300", lambda: hello_with_raw_sni(b"a" * 300)),
+    ]
+    return [kinds[i % len(kinds)][0:1] + (kinds[i % len(kinds)][1](),) for i in range(count)]
+
+
+def _flip(rng: random.Random, data: bytes) -> bytes:
+    out = bytearray(data)
+    for _ in range(rng.randint(1, 8)):
+        at = rng.randrange(len(out))
+        out[at] ^= 1 << rng.randrange(8)
+    return bytes(out)
+
+
+def send_and_read(port: int, data: bytes, timeout: float = 5.0) -> str:
+    """
+    Send ``data``, half-close, read until the server closes.
+
+    :return: ``"closed"`` (the server closed, whatever it answered first),
+        ``"reset"``, ``"refused"`` or ``"timeout"`` (the server neither
+        answered nor closed in ``timeout`` seconds).
+    """
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
+            try:
+                sock.sendall(data)
+                sock.shutdown(socket.SHUT_WR)
+                while sock.recv(65536):
+                    pass
+            except socket.timeout:
+                return "timeout"
+            except ConnectionResetError:
+                return "reset"
+            return "closed"
+    except ConnectionRefusedError:
+        return "refused"
+    except OSError:
+        return "reset"
+
+
+def malformed_hellos(port: int, inputs: list[tuple[str, bytes]], parallel: int = 8) -> dict[str, int]:
+    """Send each input on its own connection; count the outcomes."""
+    counts: dict[str, int] = {}
+    with ThreadPoolExecutor(parallel) as pool:
+        for outcome in pool.map(lambda item: send_and_read(port, item[1]), inputs):
+            counts[outcome] = counts.get(outcome, 0) + 1
+    return counts
+
+
+def open_idle(port: int, count: int, timeout: float = 2.0) -> list[socket.socket]:
+    """
+    Open ``count`` connections that send nothing. Connections the kernel
+    queues but the server has not accepted count too: that is the point of a
+    connection cap.
+    """
+    sockets = []
+    for _ in range(count):
+        try:
+            sockets.append(socket.create_connection(("127.0.0.1", port), timeout=timeout))
+        except OSError:
+            break
+    return sockets
+
+
+def closed_by_server(sockets: list[socket.socket], wait: float) -> int:
+    """How many of ``sockets`` the server closed within ``wait`` seconds."""
+    deadline = time.monotonic() + wait
+    closed = 0
+    for sock in sockets:
+        sock.settimeout(max(0.01, deadline - time.monotonic()))
+        try:
+            while sock.recv(65536):
+                pass
+            closed += 1
+        except (ConnectionResetError, BrokenPipeError):
+            closed += 1
+        except OSError:
+            pass
+    return closed
+
+
+def slowloris(port: int, connections: int, duration: float, first: bytes, interval: float = 0.5) -> dict[str, int]:
+    """
+    ``connections`` clients that each send ``first`` one byte at a time,
+    one every ``interval`` seconds, for at most ``duration`` seconds.
+
+    :return: ``{"cut": n, "held": m}``: connections the server closed before
+        the end, and those still open.
+    """
+    socks = open_idle(port, connections)
+    alive = {id(s): s for s in socks}
+    deadline = time.monotonic() + duration
+    at = 0
+    while alive and time.monotonic() < deadline:
+        for key, sock in list(alive.items()):
+            try:
+                sock.send(first[at % len(first):at % len(first) + 1])
+            except OSError:
+                del alive[key]
+        at += 1
+        time.sleep(interval)
+    held = len(alive)
+    for sock in socks:
+        sock.close()
+    return {"cut": len(socks) - held, "held": held}
+
+
+def random_names(rng: random.Random, count: int, suffix: str) -> list[str]:
+    """``count`` random, valid host names under ``suffix``."""
+    alphabet = "abcdefghijklmnopqrstuvwxyz0123456789"
+    return ["".join(rng.choice(alphabet) for _ in range(12)) + "." + suffix for _ in range(count)]
+
+
+def handshake_outcome(port: int, name: str, cafile: str | None, timeout: float = 30.0) -> str:
+    """
+    One TLS handshake for ``name``.
+
+    :return: ``"verified"`` (the certificate verifies for ``name`` against
+        ``cafile``), ``"unverified"`` (a handshake with some other
+        certificate), or ``"failed: <reason>"``.
+    """
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    if cafile:
+        context.load_verify_locations(cafile)
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=timeout) as raw:
+            with context.wrap_socket(raw, server_hostname=name):
+                return "verified"
+    except ssl.SSLCertVerificationError:
+        return "unverified"
+    except (OSError, ssl.SSLError) as e:
+        return "failed: %s" % (e,)
+
+
+def sighup_burst(pid: int, count: int, within: float) -> None:
+    """``count`` SIGHUPs to ``pid`` spread over ``within`` seconds."""
+    for _ in range(count):
+        os.kill(pid, signal.SIGHUP)
+        time.sleep(within / count)
+
+
+def fd_count(pid: int) -> int:
+    """Open file descriptors of ``pid``."""
+    return len(os.listdir("/proc/%d/fd" % pid))
+
+
+def tracebacks(log_text: str) -> int:
+    """Tracebacks and unhandled errors in a daemon's log."""
+    return log_text.count("Traceback (most recent call last)") + log_text.count("Unhandled Error")
