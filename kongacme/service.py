@@ -23,8 +23,9 @@ from kongacme.fleet.propagation import Propagator
 from kongacme.issuance.acme_issuer import DaemonAcmeIssuer
 from kongacme.issuance.admission import Admission
 from kongacme.issuance.manager import CertificateManager
-from kongacme.listeners import ListenerSet
-from kongacme.logs import make_observer
+from kongacme.connlimit import ConnectionLimiter, derive_budget, open_file_limit
+from kongacme.listeners import ListenerSet, update_listeners
+from kongacme.logs import DaemonLogObserver, make_observer
 from kongacme.proxy.forward import ProxyFactory
 from kongacme.proxy.routes import RouteTable
 from kongacme.renewal.service import RenewalService
@@ -35,6 +36,7 @@ from kongacme.tls.fallback import load_or_create_fallback
 from kongacme.tls.protocol import TLSServerFactory
 from kongacme.storage import storage_from_config
 from kongacme.storage.instrumented import instrument
+from kongacme.storage.locks import node_owner
 from kongacme.storage.tokens import StorageChallengeTokenStore, SwitchableTokenStore
 from kongacme.web.admin import make_admin_factory
 from kongacme.web.admin_acme import AcmeAdmin
@@ -103,6 +105,9 @@ class DaemonService(MultiService):
     """
 
     log = Logger()
+    #: The process's log observer, once twistd has taken it (reopened and
+    #: reconfigured on reload); ``None`` when not run by twistd.
+    log_observer: DaemonLogObserver | None = None
 
     def __init__(self, reactor, config: DaemonConfig, config_path: str | None = None):
         super().__init__()
@@ -158,6 +163,9 @@ class DaemonService(MultiService):
         self._load_retry_call = None
         self._static_names: set[str] = set()
         self.listeners: dict[str, ListenerSet] = {}
+        #: Connection counts and caps per listener (set at start).
+        self.connection_limiter: ConnectionLimiter | None = None
+        self._nofile: int | None = None
         self.reloads = 0
         self.last_reload_error: str | None = None
 
@@ -170,7 +178,8 @@ class DaemonService(MultiService):
         setComponent = getattr(parent, "setComponent", None)
         if setComponent is not None:
             logging = self.config.logging
-            setComponent(ILogObserver, make_observer(logging.level, logging.format, logging.file))
+            self.log_observer = make_observer(logging.level, logging.format, logging.file, clock=self._reactor)
+            setComponent(ILogObserver, self.log_observer)
 
     def privilegedStartService(self) -> None:
         """
@@ -198,18 +207,17 @@ class DaemonService(MultiService):
             handshake_timeout=self.config.tls.handshake_timeout,
             gate=self.manager,
         )
+        self.connection_limiter = self._make_limiter(self.config)
+        limiter = self.connection_limiter
         self.listeners = {
-            "tls": ListenerSet(self._reactor, "tls", self.tls_factory),
-            "http": ListenerSet(self._reactor, "http", self.http_factory),
-            "admin": ListenerSet(self._reactor, "admin", self.admin_factory),
+            "tls": ListenerSet(self._reactor, "tls", self.tls_factory, limiter.listener("tls")),
+            "http": ListenerSet(self._reactor, "http", self.http_factory, limiter.listener("http")),
+            "admin": ListenerSet(self._reactor, "admin", self.admin_factory, limiter.listener("admin")),
         }
         errors: list = []
-        for kind, listener_set in self.listeners.items():
-            result = listener_set.update(getattr(self.config.listen, kind))
-            result.addCallback(errors.extend)
+        # Endpoints of the reactor listen synchronously (systemd: adopts).
+        self._update_listeners(self.config).addCallback(errors.extend)
         if errors:
-            for listener_set in self.listeners.values():
-                listener_set.stop_all()
             raise StartupError("; ".join(str(e) for e in errors))
         super().privilegedStartService()
 
@@ -238,9 +246,14 @@ class DaemonService(MultiService):
             self.propagator.stop()
         for listener_set in self.listeners.values():
             yield listener_set.stop_all()
+        if self.connection_limiter is not None:
+            self.connection_limiter.stop()
         if self.issuer is not None:
             yield self.issuer.close()
         yield self._close_storage()
+        if self.log_observer is not None:
+            # Lines suppressed by the rate limiter are counted now, not lost.
+            self.log_observer.limiter.stop()
 
     def _close_storage(self) -> Deferred:
         """Close the current storage's connections (networked providers)."""
@@ -306,6 +319,9 @@ class DaemonService(MultiService):
                 admission,
                 issuance,
                 fail_backoff_minutes=acme.fail_backoff_minutes,
+                # Stable per node and state_dir: a restart takes over the
+                # order locks its previous run left.
+                lock_owner=node_owner(new.state_dir),
             )
             if old is not None:
                 self._load_stored(self.manager)
@@ -433,17 +449,51 @@ class DaemonService(MultiService):
 
     def reload(self) -> Deferred:
         """
-        Re-read the configuration file and apply it. An invalid file is
-        logged with its reasons and the running configuration stays.
+        Reopen the log file (logrotate moved it), then re-read the
+        configuration file and apply it. An invalid file is logged with its
+        reasons and the running configuration stays.
 
         :return: ``Deferred`` firing with ``True`` if applied, else ``False``.
         """
+        self._reopen_log()
         self.log.info("reloading configuration from {path}", path=self.config_path)
         try:
             new = load_config(self.config_path)
         except ConfigError as e:
             return self._reject(str(e))
         return self.apply(new)
+
+    def _reopen_log(self) -> None:
+        """Reopen the log file; one that cannot be opened keeps the old one."""
+        if self.log_observer is None:
+            return
+        try:
+            self.log_observer.reopen()
+        except OSError as e:
+            self.log.error(
+                "could not reopen the log file {path}, still writing to the old one: {error}",
+                path=self.log_observer.file,
+                error=e,
+            )
+
+    def _reconfigure_log(self, new: DaemonConfig) -> None:
+        """Apply the ``logging`` section; a file that cannot be opened keeps the old settings."""
+        logging = new.logging
+        observer = self.log_observer
+        if observer is None or (logging.level, logging.format, logging.file) == (
+            observer.level,
+            observer.format,
+            observer.file,
+        ):
+            return
+        try:
+            observer.reconfigure(logging.level, logging.format, logging.file)
+        except OSError as e:
+            self.log.error(
+                "logging.file: cannot open {path}: {error}; logging keeps its previous settings",
+                path=logging.file,
+                error=e,
+            )
 
     def _reject(self, reason: str) -> Deferred:
         from twisted.internet.defer import succeed
@@ -473,10 +523,18 @@ class DaemonService(MultiService):
         except (CertificateError, ConfigError, OSError) as e:
             result = yield self._reject(str(e))
             return result
+        # New endpoints are opened beside the old ones before anything
+        # changes: one that cannot be opened (a port already taken) rejects
+        # the reload, and the daemon keeps every listener it had.
+        listen_errors = yield self._update_listeners(new)
+        if listen_errors:
+            result = yield self._reject("; ".join(str(e) for e in listen_errors))
+            return result
         for warning in getattr(new, "warnings", ()):
             self.log.warn("configuration: {warning}", warning=warning)
         old = self.config
         self.config = new
+        self._reconfigure_log(new)
         self.router = RouteTable.from_config(new.routes, new.default_route)
         self.proxy_factory.router = self.router
         self.proxy_factory.connect_timeout = new.proxy.connect_timeout
@@ -502,24 +560,47 @@ class DaemonService(MultiService):
             self.tls_factory.handshake_timeout = new.tls.handshake_timeout
         self._update_http_settings(new)
         self._update_admin_settings(new)
-        errors: list = []
-        for kind, listener_set in self.listeners.items():
-            failed = yield listener_set.update(getattr(new.listen, kind))
-            errors.extend(failed)
+        if self.connection_limiter is not None:
+            self.connection_limiter.reconfigure(self._budget(new))
         self.reloads += 1
-        if errors:
-            self.last_reload_error = "; ".join(str(e) for e in errors)
-            self.log.error(
-                "configuration applied, but some listeners failed: {errors}", errors=self.last_reload_error
-            )
-        else:
-            self.last_reload_error = None
-            self.log.info(
-                "configuration reloaded: {routes} route(s), {certs} static certificate name(s)",
-                routes=len(new.routes),
-                certs=len(self._static_names),
-            )
+        self.last_reload_error = None
+        self.log.info(
+            "configuration reloaded: {routes} route(s), {certs} static certificate name(s)",
+            routes=len(new.routes),
+            certs=len(self._static_names),
+        )
         return True
+
+    # -- listeners and connection limits -------------------------------------
+
+    def _update_listeners(self, new: DaemonConfig) -> Deferred:
+        """
+        Move every listener set to ``new.listen``: all new endpoints open
+        first, and if one fails none of the changes happen.
+
+        :return: ``Deferred`` firing with the list of
+            :class:`kongacme.listeners.ListenError` (empty: done).
+        """
+        return update_listeners([(ls, getattr(new.listen, kind)) for kind, ls in self.listeners.items()])
+
+    def _budget(self, config: DaemonConfig):
+        """The connection limits of ``config`` under this process's open-file limit."""
+        assert self._nofile is not None
+        return derive_budget(config.limits, self._nofile, http_proxies=config.http.mode == "proxy")
+
+    def _make_limiter(self, config: DaemonConfig) -> ConnectionLimiter:
+        """
+        Read (and raise, with ``limits.raise_nofile``) the open-file limit,
+        then build the connection limiter from ``config.limits``.
+        """
+        before, self._nofile = open_file_limit(config.limits.raise_nofile)
+        if self._nofile != before:
+            self.log.info(
+                "open-file limit raised from {before} to {now} (limits.raise_nofile)", before=before, now=self._nofile
+            )
+        budget = self._budget(config)
+        self.log.info("connection limits: {limits}", limits=budget.describe())
+        return ConnectionLimiter(self._reactor, budget)
 
     def _update_http_settings(self, new: DaemonConfig) -> None:
         self.http_factory.reconfigure(

@@ -18,7 +18,7 @@ from zope.interface.verify import verifyObject
 
 from kongacme.interfaces import IAtomicStorage, ILease, ILocker
 from kongacme.storage import keys
-from kongacme.storage.locks import StorageLocker
+from kongacme.storage.locks import LockOwner, StorageLocker
 
 
 class LockConformanceMixin:
@@ -26,8 +26,8 @@ class LockConformanceMixin:
     Tests for IAtomicStorage and the locks built on it.
     """
 
-    def locker(self) -> StorageLocker:
-        return StorageLocker(self.storage)
+    def locker(self, owner: LockOwner | None = None) -> StorageLocker:
+        return StorageLocker(self.storage) if owner is None else StorageLocker(self.storage, owner)
 
     def test_atomic_interface(self):
         """The provider is an IAtomicStorage; the locker and its leases verify."""
@@ -98,3 +98,48 @@ class LockConformanceMixin:
         self.assertFalse((yield old.renew(self.short_ttl)))
         self.assertFalse((yield old.release()))
         self.assertEqual((yield self.storage.get(name)), new.token.encode())
+
+    @inlineCallbacks
+    def test_previous_life_taken_over(self):
+        """
+        A lock left by this node's previous life (a crash mid-order) is
+        taken over at once, before its lease ends; the dead life's lease can
+        neither renew nor release it any more.
+        """
+        name = keys.update_lock("crash.example")
+        old = yield self.locker(LockOwner("aaaa", "life1")).acquire(name, self.short_ttl * 10)
+        new = yield self.locker(LockOwner("aaaa", "life2")).acquire(name, self.short_ttl * 10)
+        self.assertIsNotNone(new)
+        self.assertTrue(new.token.startswith("aaaa:life2:"))
+        self.assertEqual((yield self.storage.get(name)), new.token.encode())
+        self.assertFalse((yield old.renew(self.short_ttl)))
+        self.assertFalse((yield old.release()))
+        self.assertTrue((yield new.release()))
+
+    @inlineCallbacks
+    def test_other_nodes_locks_kept(self):
+        """
+        Another node's lock (a fleet sharing the store), Kong's placeholder
+        and this very life's lock are not taken over.
+        """
+        name = keys.update_lock("fleet.example")
+        theirs = yield self.locker(LockOwner("bbbb", "life1")).acquire(name, self.short_ttl * 10)
+        self.assertIsNone((yield self.locker(LockOwner("aaaa", "life2")).acquire(name, self.short_ttl * 10)))
+        self.assertIsNone((yield self.locker(LockOwner("bbbb", "life1")).acquire(name, self.short_ttl * 10)))
+        self.assertEqual((yield self.storage.get(name)), theirs.token.encode())
+        kong = keys.update_lock("kong.example")
+        yield self.storage.add(kong, b"placeholder", self.short_ttl * 10)
+        self.assertIsNone((yield self.locker(LockOwner("aaaa", "life2")).acquire(kong, self.short_ttl * 10)))
+        self.assertEqual((yield self.storage.get(kong)), b"placeholder")
+
+    @inlineCallbacks
+    def test_holder(self):
+        """holder() names who holds a lock, for the log line of a waiting visitor."""
+        name = keys.update_lock("who.example")
+        mine = self.locker(LockOwner("aaaa", "life2"))
+        self.assertIsNone((yield mine.holder(name)))
+        yield self.locker(LockOwner("bbbb", "life1")).acquire(name, self.short_ttl * 10)
+        self.assertEqual((yield mine.holder(name)), "node bbbb")
+        kong = keys.update_lock("who-kong.example")
+        yield self.storage.add(kong, b"placeholder", self.short_ttl * 10)
+        self.assertEqual((yield mine.holder(kong)), "a Kong node")

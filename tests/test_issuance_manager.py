@@ -17,17 +17,22 @@ from kongacme.tls.cache import CertificateCache
 from kongacme.tls.fallback import generate_self_signed
 
 
+def set_up_world(test) -> None:
+    """Give ``test`` a Clock at a fixed time, memory storage, a cache and a fake issuer."""
+    test.clock = Clock()
+    test.clock.advance(1_800_000_000)
+    test.storage = MemoryStorage(test.clock)
+    test.cache = CertificateCache(generate_self_signed())
+    test.issuer = FakeIssuer()
+
+
 class CertificateManagerTests(SynchronousTestCase):
     """
     Tests for CertificateManager with a fake issuer, memory storage and a Clock.
     """
 
     def setUp(self):
-        self.clock = Clock()
-        self.clock.advance(1_800_000_000)
-        self.storage = MemoryStorage(self.clock)
-        self.cache = CertificateCache(generate_self_signed())
-        self.issuer = FakeIssuer()
+        set_up_world(self)
         self.settings = IssuanceConfig(handshake_wait=5.0, orders_per_minute=3, max_orders_in_flight=2)
         self.manager = self.make()
 
@@ -346,3 +351,169 @@ class StoragePausedTests(SynchronousTestCase):
         self.assertEqual(self.issuer.requests, ["x.a.test", "y.a.test"])
         self.assertEqual(self.clock.getDelayedCalls(), [])
         self.assertEqual(self.manager.status()["storage"]["outages"], 1)
+
+
+class RestartLockTests(SynchronousTestCase):
+    """
+    Tests for order locks left by a crash: a restarted node takes its
+    previous life's locks over at once; another node's lock makes a
+    visitor wait, with one log line saying so.
+    """
+
+    def setUp(self):
+        from twisted.logger import Logger
+
+        set_up_world(self)
+        self.events = []
+        self.log = Logger(observer=self.events.append)
+
+    def manager(self, owner):
+        manager = CertificateManager(
+            self.cache, self.storage, self.issuer, self.clock, Admission(["*.example.test"]),
+            IssuanceConfig(handshake_wait=10.0), lock_owner=owner,
+        )
+        manager.log = self.log
+        return manager
+
+    def crash_left_lock(self, owner, host):
+        """A lock as a node killed mid-order leaves it: 30 s of lease and nobody renewing."""
+        from kongacme.storage.locks import StorageLocker
+
+        self.assertIsNotNone(self.successResultOf(StorageLocker(self.storage, owner).acquire(keys.update_lock(host), 30)))
+
+    def lines(self, text):
+        return [e for e in self.events if text in e.get("log_format", "")]
+
+    def test_restart_takes_over_at_once(self):
+        """
+        The first visitor after a restart gets a certificate from an order
+        started at once, not the fallback after waiting for the old lease.
+        """
+        from kongacme.storage.locks import LockOwner
+
+        self.crash_left_lock(LockOwner("node1", "life1"), "crash.example.test")
+        self.issuer.hold = True
+        waiting = self.manager(LockOwner("node1", "life2")).before_handshake("crash.example.test")
+        # Ordered at once, with no clock advance: nothing waited for the lease.
+        self.assertEqual(self.issuer.requests, ["crash.example.test"])
+        self.issuer.release()
+        self.successResultOf(waiting)
+        self.assertEqual(self.cache.lookup("crash.example.test").names, ("crash.example.test",))
+        self.assertIsNone(self.successResultOf(self.storage.get(keys.update_lock("crash.example.test"))))
+        self.assertEqual(self.lines("another node holds"), [])
+
+    def test_other_node_lock_waits_and_says_so(self):
+        """
+        A lock another node holds is not taken: the visitor waits (at most
+        handshake_wait) and one line names the host and the holder.
+        """
+        from kongacme.storage.locks import LockOwner
+
+        self.crash_left_lock(LockOwner("node2", "life1"), "fleet.example.test")
+        waiting = self.manager(LockOwner("node1", "life2")).before_handshake("fleet.example.test")
+        self.assertNoResult(waiting)
+        self.clock.advance(10.1)
+        self.successResultOf(waiting)
+        self.assertEqual(self.issuer.requests, [])
+        self.assertIs(self.cache.lookup("fleet.example.test"), self.cache.fallback)
+        [line] = self.lines("another node holds")
+        self.assertEqual((line["host"], line["holder"]), ("fleet.example.test", "node node2"))
+
+    def test_default_owner_is_a_node_of_its_own(self):
+        """Without lock_owner a manager takes no other lock over (the behaviour before node ids)."""
+        from kongacme.storage.locks import PROCESS_LIFE, LockOwner
+
+        self.crash_left_lock(LockOwner("node1", "life1"), "x.example.test")
+        self.crash_left_lock(LockOwner("node1", PROCESS_LIFE), "y.example.test")
+        manager = self.manager(None)
+        self.failureResultOf(manager.obtain("x.example.test"), OrderInProgress)
+        self.failureResultOf(manager.obtain("y.example.test"), OrderInProgress)
+        self.assertEqual(self.issuer.requests, [])
+
+
+class BoundedStateTests(SynchronousTestCase):
+    """
+    Tests for the manager's per-host memory under a flood of distinct
+    failing names (allow_any_domain with random SNI): capped and expiring.
+    """
+
+    def setUp(self):
+        set_up_world(self)
+        self.issuer.fail_with = AcmeProblem("urn:ietf:params:acme:error:rejectedIdentifier", "no", 400)
+
+    def make(self, **kwargs):
+        from twisted.logger import Logger
+
+        manager = CertificateManager(
+            self.cache, self.storage, self.issuer, self.clock, Admission([], allow_any_domain=True),
+            IssuanceConfig(orders_per_minute=10**9, max_orders_in_flight=10**9), fail_backoff_minutes=5, **kwargs
+        )
+        manager.log = Logger(observer=lambda event: None)
+        return manager
+
+    def fail_names(self, manager, count, prefix="n"):
+        for i in range(count):
+            self.failureResultOf(manager.obtain("%s%d.flood.test" % (prefix, i)), AcmeProblem)
+
+    def test_flood_capped(self):
+        """
+        Twice the cap of distinct failing names leave at most the cap of
+        errors and backoffs, the newest (the default cap of 10,000 with
+        20,000 names is in tests.test_issuance_recent; here a cap of 1,000
+        keeps the test fast).
+        """
+        from kongacme.issuance.recent import MAX_ENTRIES
+
+        self.assertEqual(self.make()._backoff_until.cap, MAX_ENTRIES)
+        self.assertEqual(self.make().last_error.cap, MAX_ENTRIES)
+        manager = self.make(max_entries=1_000)
+        self.fail_names(manager, 2_000)
+        self.assertEqual(manager.last_error.held, 1_000)
+        self.assertEqual(manager._backoff_until.held, 1_000)
+        self.assertIn("n1999.flood.test", manager.last_error)
+        self.assertNotIn("n0.flood.test", manager.last_error)
+        self.assertEqual(len(manager.status()["last_errors"]), 1_000)
+
+    def test_entries_expire(self):
+        """Backoffs go when they end, errors after an hour; a write sweeps what expired."""
+        manager = self.make(max_entries=100)
+        self.fail_names(manager, 50)
+        self.assertEqual((manager._backoff_until.held, manager.last_error.held), (50, 50))
+        self.clock.advance(301)
+        self.assertNotIn("n0.flood.test", manager._backoff_until)
+        self.assertIn("n0.flood.test", manager.last_error)
+        self.fail_names(manager, 1, prefix="later")  # a write past the sweep interval sweeps
+        self.assertEqual(manager._backoff_until.held, 1)
+        self.assertEqual(manager.last_error.held, 51)
+        self.clock.advance(3600)
+        self.assertEqual(manager.status()["last_errors"], {})
+        self.assertEqual(manager.last_error.held, 0)  # reading them all swept them
+        self.assertEqual((len(manager._backoff_until), manager._backoff_until.held), (0, 0))
+
+    def test_backoff_still_refuses_handshakes(self):
+        """A remembered backoff still sends handshakes to the fallback until it ends, then orders again."""
+        manager = self.make()
+        self.fail_names(manager, 1)
+        self.assertIsNone(manager.before_handshake("n0.flood.test"))
+        self.assertEqual(manager.stats["handshake_backoff"], 1)
+        self.clock.advance(301)
+        self.issuer.fail_with = None
+        manager.before_handshake("n0.flood.test")
+        self.assertEqual(self.issuer.requests, ["n0.flood.test", "n0.flood.test"])
+
+    def test_refusal_log_memory_capped(self):
+        """Names refused by the rate limits are remembered (to log once a minute) within the cap."""
+        manager = CertificateManager(
+            self.cache, self.storage, self.issuer, self.clock, Admission([], allow_any_domain=True),
+            IssuanceConfig(orders_per_minute=0), max_entries=100,
+        )
+        events = []
+        from twisted.logger import Logger
+
+        manager.log = Logger(observer=events.append)
+        for i in range(500):
+            self.assertIsNone(manager.before_handshake("r%d.flood.test" % (i,)))
+        self.assertEqual(manager._refused_logged.held, 100)
+        self.assertEqual(len(events), 500)
+        manager.before_handshake("r499.flood.test")
+        self.assertEqual(len(events), 500)  # logged within the minute already

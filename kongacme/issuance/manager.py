@@ -22,10 +22,11 @@ from kongacme.errors import OrderInProgress, StoragePaused
 from kongacme.interfaces import IHandshakeGate, IIssuer, IStorage
 from kongacme.issuance.admission import Admission
 from kongacme.issuance.health import StorageHealth
+from kongacme.issuance.recent import MAX_ENTRIES, ExpiringMap
 from kongacme.issuance.stored import load_all, stored_certificate
 from kongacme.storage import keys
 from kongacme.storage.errors import StorageError
-from kongacme.storage.locks import StorageLocker
+from kongacme.storage.locks import LockOwner, StorageLocker
 from kongacme.tls.cache import CertificateCache
 from kongacme.tls.certs import CertifiedKey
 
@@ -34,6 +35,9 @@ from kongacme.tls.certs import CertifiedKey
 #: lets a second node start a duplicate, and a crashed holder frees it
 #: within LOCK_TTL.
 LOCK_TTL = 30.0
+
+#: How long a failed order's error is reported (``last_errors``, metrics).
+ERROR_MAX_AGE = 3600.0
 
 
 def describe(failure: Failure) -> str:
@@ -96,6 +100,11 @@ class CertificateManager:
     :param admission: which hosts may get certificates.
     :param settings: the ``issuance`` config section.
     :param fail_backoff_minutes: Kong's per-host pause after a failure.
+    :param lock_owner: whose tokens the order locks hold (stable per node
+        and ``state_dir``, see :func:`kongacme.storage.locks.node_owner`);
+        by default a node id for this run only.
+    :param max_entries: per-host errors, backoffs and refusals remembered
+        at most (oldest dropped first; each also expires).
     """
 
     log = Logger()
@@ -109,21 +118,28 @@ class CertificateManager:
         admission: Admission,
         settings: Any,
         fail_backoff_minutes: float = 5.0,
+        lock_owner: Optional[LockOwner] = None,
+        max_entries: int = MAX_ENTRIES,
     ):
         self._cache = cache
         self._storage = storage
         self._issuer = issuer
-        self._locker = StorageLocker(storage)
+        self._locker = StorageLocker(storage, lock_owner or LockOwner.ephemeral())
         self._clock = clock
         self.admission = admission
         self.settings = settings
         self.fail_backoff_minutes = fail_backoff_minutes
         self._in_flight: dict[str, Deferred] = {}
         self._starts: collections.deque[float] = collections.deque()
-        self._backoff_until: dict[str, float] = {}
-        self._refused_logged: dict[str, float] = {}
+        # Per-host memory expires and is capped: with allow_any_domain a
+        # flood of random names must not grow it without bound.
+        #: ``{host: until}`` for the backoffs this node knows of (each entry
+        #: goes when its backoff ends).
+        self._backoff_until: ExpiringMap[float] = ExpiringMap(clock, 0.0, max_entries)
+        self._refused_logged: ExpiringMap[bool] = ExpiringMap(clock, 60.0, max_entries)
         self.stats = collections.Counter()
-        self.last_error: dict[str, str] = {}
+        #: ``{host: reason}`` of failed orders, for an hour at most.
+        self.last_error: ExpiringMap[str] = ExpiringMap(clock, ERROR_MAX_AGE, max_entries)
         self._unsaved: dict[str, CertifiedKey] = {}
         #: Whether storage answers; while it does not, no new orders start.
         self.health = StorageHealth(storage, clock)
@@ -155,7 +171,7 @@ class CertificateManager:
             if not self.admission.admits(server_name):
                 return None
             now = self._clock.seconds()
-            if self._backoff_until.get(server_name, 0.0) > now:
+            if server_name in self._backoff_until:
                 self.stats["handshake_backoff"] += 1
                 return None
             if not self.health.available:
@@ -205,11 +221,9 @@ class CertificateManager:
         return None
 
     def _log_refusal(self, host: str, reason: str, now: float) -> None:
-        if self._refused_logged.get(host, -1e9) > now - 60.0:
-            return
-        if len(self._refused_logged) > 10000:
-            self._refused_logged.clear()
-        self._refused_logged[host] = now
+        if host in self._refused_logged:
+            return  # logged for this host within the last minute
+        self._refused_logged[host] = True
         self.log.warn("not ordering a certificate for {host} now: {reason}; serving the fallback", host=host,
                       reason=reason)
 
@@ -309,6 +323,20 @@ class CertificateManager:
         return result
 
     @inlineCallbacks
+    def _log_lock_wait(self, host: str, lock: str):
+        """One line: a visitor for ``host`` waits because another node holds its lock."""
+        try:
+            holder = yield self._locker.holder(lock)
+        except StorageError:
+            holder = None
+        self.stats["handshake_lock_held_elsewhere"] += 1
+        self.log.info(
+            "another node holds the order lock for {host} ({holder}): the handshake waits up to {wait:.0f} s "
+            "for that node's certificate",
+            host=host, holder=holder or "unknown holder", wait=self.settings.handshake_wait,
+        )
+
+    @inlineCallbacks
     def _storage_call(self, host: str, operation: Callable[[], Deferred]):
         """Run a storage operation for an order; storage down pauses orders."""
         try:
@@ -324,9 +352,11 @@ class CertificateManager:
         started = self._clock.seconds()
         if renewal is None:
             yield self._check_backoff(host)
-        lease = yield self._storage_call(host, lambda: self._locker.acquire(keys.update_lock(host), LOCK_TTL))
+        lock = keys.update_lock(host)
+        lease = yield self._storage_call(host, lambda: self._locker.acquire(lock, LOCK_TTL))
         if lease is None:
             if origin == "handshake":
+                yield self._log_lock_wait(host, lock)
                 # Another node is ordering it: wait (at most handshake_wait)
                 # for its certificate to reach this node's cache through
                 # fleet propagation, so this node's first visitor gets it
@@ -411,7 +441,7 @@ class CertificateManager:
         if until is not None:
             remaining = until - self._clock.seconds()
             if remaining > 0:
-                self._backoff_until[host] = until
+                self._backoff_until.put(host, until, until)
                 raise BackoffActive(host, remaining)
 
     def _release_failed(self, failure: Failure, host: str) -> None:
@@ -488,7 +518,7 @@ class CertificateManager:
         retry_after = getattr(failure.value, "retry_after", None)
         if retry_after:
             until = max(until, self._clock.seconds() + retry_after)
-        self._backoff_until[host] = until
+        self._backoff_until.put(host, until, until)
         reason = describe(failure)
         self.last_error[host] = reason
         self.log.warn(
