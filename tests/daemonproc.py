@@ -5,10 +5,12 @@ config written to a temporary directory.
 
 from __future__ import annotations
 
+import copy
 import os
 import signal
 import socket
 import sys
+from typing import Any, Callable
 
 import yaml
 from twisted.internet import reactor
@@ -16,6 +18,8 @@ from twisted.python.failure import Failure
 from twisted.internet.defer import Deferred, inlineCallbacks
 from twisted.internet.protocol import ProcessProtocol
 from twisted.internet.task import deferLater
+from twisted.trial.itrial import IReporter
+from zope.interface import implementer
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -70,6 +74,10 @@ def run_twistd(*args: str):
     return collector.ended.addCallback(lambda code: (code, collector.output.decode(errors="replace")))
 
 
+#: For each ShowsDaemonOutput test running, the Daemons made meanwhile.
+_watching: list[list["Daemon"]] = []
+
+
 class Daemon:
     """
     A kongacme daemon process with its config file.
@@ -83,6 +91,8 @@ class Daemon:
         self.path = os.path.join(directory, "kongacme.yaml")
         self.collector: _Collector | None = None
         self.transport = None
+        for made in _watching:
+            made.append(self)
 
     def write(self, text: str | None = None) -> None:
         with open(self.path, "w") as f:
@@ -132,3 +142,68 @@ class Daemon:
         if self.collector is not None and not self.collector.ended.called:
             self.transport.signalProcess("TERM")
             yield self.collector.ended
+
+
+class ShowsDaemonOutput:
+    """
+    Mixin for a trial ``TestCase`` that runs :class:`Daemon` processes:
+    when a test fails or errs, its report ends with the output of every
+    daemon made while it ran (a client's traceback alone rarely says why).
+    List it before ``TestCase``.
+    """
+
+    def run(self, result: Any) -> None:
+        reporter = IReporter(result, None)
+        if reporter is None:  # a plain unittest result: run as is
+            super().run(result)  # type: ignore[misc]
+            return
+        made: list[Daemon] = []
+        _watching.append(made)
+        try:
+            super().run(_AddsDaemonOutput(reporter, lambda: made))  # type: ignore[misc]
+        finally:
+            _watching.remove(made)
+
+
+@implementer(IReporter)
+class _AddsDaemonOutput:
+    """
+    A reporter that passes everything on to ``reporter``, adding the
+    daemons' output to the message of each failure and error.
+    """
+
+    def __init__(self, reporter: Any, daemons: Callable[[], list[Daemon]]):
+        self._reporter = reporter
+        self._daemons = daemons
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._reporter, name)
+
+    def addFailure(self, test: Any, fail: Any) -> None:
+        self._reporter.addFailure(test, self._with_output(fail))
+
+    def addError(self, test: Any, error: Any) -> None:
+        self._reporter.addError(test, self._with_output(error))
+
+    def _with_output(self, problem: Any) -> Failure:
+        failure = problem if isinstance(problem, Failure) else Failure(*problem)
+        logs = [
+            "--- output of the daemon in %s ---\n%s" % (daemon.directory, daemon.output or "(none)")
+            for daemon in self._daemons()
+            if daemon.collector is not None
+        ]
+        if not logs:
+            return failure
+        # The reporters print the type and str() of the value (workers of
+        # trial --jobs send only those and the frames): keep the type and
+        # the frames, extend the message.
+        extended = copy.copy(failure)
+        extended.value = _Extended("%s\n\n%s" % (failure.getErrorMessage(), "\n".join(logs)))
+        return extended
+
+
+class _Extended(Exception):
+    """An exception's message with the daemons' output after it."""
+
+    def __str__(self) -> str:
+        return self.args[0]

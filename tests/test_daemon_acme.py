@@ -16,7 +16,7 @@ from twisted.trial.unittest import TestCase
 from kongacme.tls.fallback import FALLBACK_NAME
 
 from tests import tlsclients
-from tests.daemonproc import Daemon, free_port
+from tests.daemonproc import Daemon, ShowsDaemonOutput, free_port
 from tests.pebble import PebbleFixture
 
 
@@ -25,8 +25,11 @@ class Echo(Protocol):
         self.transport.write(data)
 
 
-class AcmeDaemonMixin:
-    """A daemon process issuing from a Pebble started for each test."""
+class AcmeDaemonMixin(ShowsDaemonOutput):
+    """
+    A daemon process issuing from a Pebble started for each test; a failing
+    test's report ends with the daemon's output.
+    """
 
     timeout = 120
     first_handshake = "wait"

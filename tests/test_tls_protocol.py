@@ -25,17 +25,25 @@ from kongacme.tls.protocol import TLSServerFactory
 
 from tests import tlsclients
 from tests.test_tls_clienthello import client_hello_bytes, with_raw_sni
+from tests.test_tls_upstream_close import BODY as HTTP10_BODY, fetch_until_close_blocking
 
 
 @implementer(IHalfCloseableProtocol)
 class EchoOrHTTP(Protocol):
-    """Echoes bytes; answers an HTTP GET with 200; on EOF writes b"EOF" and half-closes."""
+    """
+    Echoes bytes; answers an HTTP/1.1 GET with 200 and closes; answers an
+    HTTP/1.0 GET with 200 and closes its write side (as a proxy does when
+    the upstream closes first); on EOF writes b"EOF" and half-closes.
+    """
 
     def connectionMade(self):
         self.factory.hellos.append(getattr(self, "client_hello", None))
 
     def dataReceived(self, data):
-        if data.startswith(b"GET "):
+        if data.startswith(b"GET ") and b" HTTP/1.0\r\n" in data:
+            self.transport.write(b"HTTP/1.0 200 OK\r\n\r\n" + HTTP10_BODY)
+            self.transport.loseWriteConnection()
+        elif data.startswith(b"GET "):
             self.transport.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok")
             self.transport.loseConnection()
         else:
@@ -281,6 +289,23 @@ class HalfCloseTests(TLSTestMixin, TestCase):
         payload = b"x" * 1000
         received = yield deferToThread(tlsclients.half_close_blocking, self.portno, "exact.test", payload, "fin")
         self.assertEqual(received, payload + b"EOF")
+
+    @inlineCallbacks
+    def test_server_closes_first(self):
+        """
+        The server side closes its write side first, then the client closes
+        (close_notify or a bare FIN): the client got every byte and the
+        server's close_notify, and nothing is logged as an error (this was
+        an AttributeError from _flushSendBIO, which fails the test).
+        """
+        for client_close in ("close_notify", "fin", "close_notify"):
+            body, clean = yield deferToThread(
+                fetch_until_close_blocking, self.portno, "exact.test", self.cafile, client_close
+            )
+            self.assertEqual(body, b"HTTP/1.0 200 OK\r\n\r\n" + HTTP10_BODY)
+            self.assertTrue(clean, client_close)
+        # Let the server read the last client's close before the test ends.
+        yield tlsclients.handshake(self.portno, "exact.test", self.verified())
 
 
 class HandshakeGateTests(TLSTestMixin, TestCase):

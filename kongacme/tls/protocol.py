@@ -226,6 +226,13 @@ class SNITLSProtocol(TLSMemoryBIOProtocol):
             self.outcome = outcome
             self.factory.handshakes[outcome] += 1
 
+    def _flushSendBIO(self) -> None:
+        # Closing the TCP connection can run connectionLost synchronously (it
+        # does when our write side is already shut), which drops the
+        # SSL.Connection; nothing is left to flush then.
+        if self._tlsConnection is not None:
+            TLSMemoryBIOProtocol._flushSendBIO(self)
+
     def _flushReceiveBIO(self) -> None:
         # Twisted's version ends the whole connection on close_notify; a
         # proxy must keep sending the other direction (half-close).
@@ -235,10 +242,10 @@ class SNITLSProtocol(TLSMemoryBIOProtocol):
             except SSL.WantReadError:
                 break
             except ZeroReturnError:
-                self._peer_closed_write(None)
+                self._peer_closed_write()
             except Error as e:
-                if _representsEOF(e) and self._can_half_close():
-                    self._peer_closed_write(None)
+                if _representsEOF(e) and self._handshakeDone:
+                    self._peer_closed_write()
                 else:
                     self._tlsShutdownFinished(Failure())
             else:
@@ -247,19 +254,51 @@ class SNITLSProtocol(TLSMemoryBIOProtocol):
         self._flushSendBIO()
 
     def _can_half_close(self) -> bool:
+        # After loseConnection the wrapped protocol wants no more data: the
+        # client's close_notify then completes the shutdown.
         return (
             self._handshakeDone
-            and not self._write_closed
+            and not self.disconnecting
             and IHalfCloseableProtocol.providedBy(self.wrappedProtocol)
         )
 
-    def _peer_closed_write(self, _reason: object) -> None:
+    def _peer_closed_write(self) -> None:
+        """
+        The client finished sending (close_notify, or a TCP FIN read as
+        end of stream).
+
+        A half-closeable wrapped protocol is told (``readConnectionLost``)
+        and may go on writing. Once our side is closed too (close_notify
+        sent, nothing left buffered) the connection ends here.
+        """
+        self._read_closed = True
         if self._can_half_close():
-            self._read_closed = True
             self.wrappedProtocol.readConnectionLost()
-        else:
-            self._shutdownTLS()
-            self._tlsShutdownFinished(None)
+            if self._lostTLSConnection or not self._write_closed or self._close_write_pending:
+                # Still sending; or the wrapped protocol closed or aborted
+                # the connection itself. A pending close_notify ends the
+                # connection once sent (_send_close_notify).
+                return
+        self._finish_tls()
+
+    def _finish_tls(self) -> None:
+        """
+        Both directions are done: answer the client's close_notify (if ours
+        was not sent yet) and close the TCP connection.
+
+        ``transport.loseConnection()`` may call ``connectionLost`` before it
+        returns (our TCP write side already shut), which drops the
+        ``SSL.Connection``: so it comes last.
+        """
+        if self._lostTLSConnection:
+            return
+        self._lostTLSConnection = True
+        try:
+            self._tlsConnection.shutdown()
+        except Error:
+            pass
+        self._flushSendBIO()
+        self.transport.loseConnection()
 
     def readConnectionLost(self) -> None:
         """
@@ -272,13 +311,13 @@ class SNITLSProtocol(TLSMemoryBIOProtocol):
             self.transport.loseConnection()
             return
         if self._read_closed or self._lostTLSConnection:
-            if self._write_closed:
+            if self._write_closed and not self._close_write_pending:
                 self.transport.loseConnection()
             return
         self._tlsConnection.bio_shutdown()
         self._flushReceiveBIO()
         if not self._read_closed and not self._lostTLSConnection:
-            self._peer_closed_write(None)
+            self._peer_closed_write()
 
     def writeConnectionLost(self) -> None:
         """Our TCP write side is closed; nothing to do."""
@@ -300,6 +339,9 @@ class SNITLSProtocol(TLSMemoryBIOProtocol):
 
     def _send_close_notify(self) -> None:
         self._close_write_pending = False
+        if self._read_closed:
+            self._finish_tls()
+            return
         try:
             self._tlsConnection.shutdown()
         except Error:
