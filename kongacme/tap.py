@@ -5,16 +5,33 @@
 from __future__ import annotations
 
 import signal
+import sys
+from typing import NoReturn, Optional, Sequence
 
+from twisted import version as twisted_version
 from twisted.python import usage
 
+from kongacme import __version__
 from kongacme.config import load_config
 from kongacme.errors import ConfigError
+
+#: Exit status of ``twistd kongacme`` on a usage error or an invalid
+#: configuration (twistd before 26.10 exits 0 on usage errors).
+EXIT_USAGE = 1
+
+
+class _InvalidConfig(usage.UsageError):
+    """The options are fine; the configuration file is not."""
 
 
 class Options(usage.Options):
     """
     Options for ``twistd kongacme``.
+
+    A usage error prints the error first (then the options, for a wrong
+    option; only the problems, for an invalid configuration) on stderr and
+    exits with :data:`EXIT_USAGE`, instead of twistd's options table with
+    the error at its end.
     """
 
     synopsis = "--config FILE"
@@ -25,13 +42,35 @@ class Options(usage.Options):
     )
     optParameters = [["config", "c", None, "Path to the YAML configuration file (required)."]]
 
+    def opt_version(self) -> NoReturn:
+        """
+        Print kongacme's version (and Twisted's) and exit.
+        """
+        print("kongacme %s (Twisted %s)" % (__version__, twisted_version.short()))
+        sys.exit(0)
+
+    def parseOptions(self, options: Optional[Sequence[str]] = None) -> None:
+        try:
+            super().parseOptions(options)
+        except usage.UsageError as e:
+            self._usage_error(e)
+
+    def _usage_error(self, error: usage.UsageError) -> NoReturn:
+        command = "twistd kongacme"
+        text = "%s: %s\n" % (command, error)
+        if not isinstance(error, _InvalidConfig):
+            text += "\n%s\n" % (str(self).rstrip("\n"),)
+        sys.stderr.write(text)
+        sys.stderr.flush()
+        sys.exit(EXIT_USAGE)
+
     def postOptions(self) -> None:
         if not self["config"]:
             raise usage.UsageError("--config FILE is required")
         try:
             self["loaded"] = load_config(self["config"])
         except ConfigError as e:
-            raise usage.UsageError("invalid configuration in %s:\n%s" % (self["config"], e)) from None
+            raise _InvalidConfig("invalid configuration in %s:\n%s" % (self["config"], e)) from None
 
 
 def makeService(options: Options):

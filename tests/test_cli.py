@@ -312,14 +312,16 @@ class UsageTests(SynchronousTestCase):
 
     def test_usage(self) -> None:
         """
-        No command or an unknown one exits 64 with the usage on stderr;
-        --help prints help on stdout and exits 0.
+        No command or an unknown one exits 64 with the error, then the
+        usage, on stderr; --help prints help on stdout and exits 0.
         """
         for argv in ([], ["bogus"], ["issue"], ["--timeout", "x", "certs"]):
             out, err = io.StringIO(), io.StringIO()
             self.assertEqual(run(argv, out, err, {}, lambda: NOW), 64, argv)
             self.assertEqual(out.getvalue(), "")
-            self.assertTrue(err.getvalue().startswith("usage: kongacme"), err.getvalue())
+            first, rest = err.getvalue().split("\n", 1)
+            self.assertRegex(first, r"^kongacme( issue)?: error: ", err.getvalue())
+            self.assertTrue(rest.startswith("usage: kongacme"), err.getvalue())
         out, err = io.StringIO(), io.StringIO()
         self.assertEqual(run(["--help"], out, err, {}, lambda: NOW), 0)
         self.assertIn("check-config", out.getvalue())

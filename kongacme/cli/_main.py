@@ -47,13 +47,26 @@ class _Parser(argparse.ArgumentParser):
     """An ArgumentParser that raises instead of printing and exiting (so run() owns the streams)."""
 
     def error(self, message: str) -> None:  # type: ignore[override]
-        raise _Usage("%s%s: error: %s\n" % (self.format_usage(), self.prog, message))
+        # The error first: it is what the user has to read.
+        raise _Usage("%s: error: %s\n%s" % (self.prog, message, self.format_usage()))
 
     def print_help(self, file: Any = None) -> None:
         raise _Help(self.format_help())
 
     def exit(self, status: int = 0, message: Optional[str] = None) -> None:  # type: ignore[override]
         raise _Usage(message or "")
+
+
+class _Version(argparse.Action):
+    """``--version``: print kongacme's version (through run()'s streams) and exit 0."""
+
+    def __init__(self, option_strings: Sequence[str], dest: str = argparse.SUPPRESS, help: Optional[str] = None):
+        super().__init__(option_strings, dest, nargs=0, default=argparse.SUPPRESS, help=help)
+
+    def __call__(self, parser: Any, namespace: Any, values: Any, option_string: Optional[str] = None) -> None:
+        from kongacme import __version__
+
+        raise _Help("kongacme %s\n" % (__version__,))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -64,6 +77,7 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="Exit codes: 0 done, 1 refused/failed or invalid configuration, 2 Admin API unreachable, "
         "64 usage error.",
     )
+    parser.add_argument("--version", action=_Version, help="print kongacme's version and exit")
     parser.add_argument("--admin", metavar="URL", default=None,
                         help="the Admin API (default: $%s or %s)" % (ADMIN_ENV, DEFAULT_ADMIN))
     parser.add_argument("--token", default=None,
