@@ -236,4 +236,3 @@ class FakeIssuer:
 
 
 __all__.append("FakeIssuer")
-from kongacme.storage.consul_fake import FakeConsul, start_fake_consul  # noqa: E402,F401

@@ -1,6 +1,6 @@
 """
 Tests for kongacme.storage.consul (ConsulStorage) and
-kongacme.storage.consul_fake (FakeConsul).
+tests.consul_fake (FakeConsul).
 
 No Consul server can be installed on the machines this project is tested on
 (it is not in Debian, PyPI or npm), so everything here runs against
@@ -33,7 +33,7 @@ from kongacme.config.storage import ConsulStorageConfig, StorageConfig
 from kongacme.interfaces import IAtomicStorage, IStorage
 from kongacme.storage import keys, storage_from_config
 from kongacme.storage.consul import ConsulError, ConsulStorage, ConsulUnavailable
-from kongacme.storage.consul_fake import MAX_VALUE_SIZE, FakeConsul, start_fake_consul
+from tests.consul_fake import MAX_VALUE_SIZE, FakeConsul, start_fake_consul
 from kongacme.storage.locks import StorageLocker
 from tests.lock_conformance import LockConformanceMixin
 from tests.storage_conformance import StorageConformanceMixin

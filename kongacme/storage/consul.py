@@ -30,7 +30,7 @@ store: a value counts as expired from the millisecond in ``Flags`` on (Kong:
 one millisecond later); an empty value reads as ``b""`` (Kong: absent); the
 listing filters expired keys; errors are exceptions with the HTTP status.
 
-Tested only against :mod:`kongacme.storage.consul_fake` (served on a real
+Tested only against the fake of Consul in ``tests/consul_fake.py`` (served on a real
 port and through StubTreq): no Consul server can be installed where this
 project is tested.
 
