@@ -137,7 +137,7 @@ class CertificateManager:
         #: goes when its backoff ends).
         self._backoff_until: ExpiringMap[float] = ExpiringMap(clock, 0.0, max_entries)
         self._refused_logged: ExpiringMap[bool] = ExpiringMap(clock, 60.0, max_entries)
-        self.stats = collections.Counter()
+        self.stats: collections.Counter[str] = collections.Counter()
         #: ``{host: reason}`` of failed orders, for an hour at most.
         self.last_error: ExpiringMap[str] = ExpiringMap(clock, ERROR_MAX_AGE, max_entries)
         self._unsaved: dict[str, CertifiedKey] = {}
@@ -396,7 +396,8 @@ class CertificateManager:
     def _order(self, host: str, origin: str, started: float, renewal: Optional["_Renewal"]):
         """Order from the CA (the lock is held), serve and store the result."""
         self.stats["orders_started"] += 1
-        self.log.info("ordering a certificate for {host} ({origin})", host=host, origin=origin)
+        # log_unlimited: one line per order, bounded by the order caps, never rate-limited (kongacme.logs).
+        self.log.info("ordering a certificate for {host} ({origin})", host=host, origin=origin, log_unlimited=True)
         try:
             if renewal is None:
                 certified = yield self._issuer.issue(host)
@@ -424,6 +425,7 @@ class CertificateManager:
             host=host,
             seconds=self._clock.seconds() - started,
             not_after=certified.not_after.isoformat(),
+            log_unlimited=True,
         )
         return certified
 
@@ -527,6 +529,7 @@ class CertificateManager:
             backoff=until - self._clock.seconds(),
             reason=reason,
             problem=failure.value.to_dict() if isinstance(failure.value, AcmeProblem) else None,
+            log_unlimited=True,
         )
         try:
             yield self._storage.set(keys.fail_backoff(host), keys.encode_backoff(until), until - self._clock.seconds())

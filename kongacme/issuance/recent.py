@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import collections
 from collections.abc import Iterator, MutableMapping
-from typing import Generic, Optional, TypeVar
+from typing import Optional, TypeVar
 
 from twisted.internet.interfaces import IReactorTime
 
@@ -18,7 +18,7 @@ V = TypeVar("V")
 MAX_ENTRIES = 10_000
 
 
-class ExpiringMap(MutableMapping, Generic[V]):
+class ExpiringMap(MutableMapping[str, V]):
     """
     A ``{host: value}`` mapping whose entries expire and whose size is
     capped, oldest written first out.
