@@ -19,10 +19,9 @@ from zope.interface import implementer
 from kongacme.testing import TestCA, write_certified_key
 from kongacme.tls.fallback import FALLBACK_NAME
 
-from kongacme.proxy.proxyproto import parse_header
-
 from tests import tlsclients
 from tests.daemonproc import Daemon, free_port, run_twistd
+from tests.proxyproto_decoder import parse_header
 
 
 class Tagged(Protocol):

@@ -27,7 +27,6 @@ from zope.interface.verify import verifyObject
 
 from kongacme.interfaces import IRouter
 from kongacme.proxy.forward import ProxyFactory, ProxyServerProtocol
-from kongacme.proxy.proxyproto import parse_header
 from kongacme.proxy.routes import Route, RouteTable
 from tests.proxyhelpers import (
     FakeHello,
@@ -40,6 +39,7 @@ from tests.proxyhelpers import (
     tls_client_endpoint,
     tls_server_factory,
 )
+from tests.proxyproto_decoder import parse_header
 
 NS = "kongacme.proxy.forward"
 CLIENT = IPv4Address("TCP", "203.0.113.5", 40000)

@@ -1,5 +1,6 @@
 """
-Tests for kongacme.proxy.proxyproto.
+Tests for kongacme.proxy.proxyproto (the encoder) and for
+tests.proxyproto_decoder, the decoder the tests read its headers with.
 """
 
 from __future__ import annotations
@@ -9,15 +10,8 @@ import struct
 from twisted.internet.address import IPv4Address, IPv6Address, UNIXAddress
 from twisted.trial import unittest
 
-from kongacme.proxy.proxyproto import (
-    PP2_TYPE_ALPN,
-    PP2_TYPE_AUTHORITY,
-    V2_SIGNATURE,
-    ParsedHeader,
-    parse_header,
-    v1_header,
-    v2_header,
-)
+from kongacme.proxy.proxyproto import PP2_TYPE_ALPN, PP2_TYPE_AUTHORITY, V2_SIGNATURE, v1_header, v2_header
+from tests.proxyproto_decoder import ParsedHeader, parse_header
 
 SRC4 = IPv4Address("TCP", "192.168.0.1", 56324)
 DST4 = IPv4Address("TCP", "192.168.0.11", 443)
