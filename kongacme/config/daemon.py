@@ -1,7 +1,7 @@
 """
 The daemon's own sections: listeners, TLS, static certificates, routes,
-proxying, the plain-HTTP listener, the Admin API and logging; and
-:class:`DaemonConfig`, the whole file.
+proxying, the plain-HTTP listener, the Admin API, logging and connection
+limits; and :class:`DaemonConfig`, the whole file.
 """
 
 from __future__ import annotations
@@ -281,6 +281,33 @@ class DaemonConfig:
     :ivar state_dir: absolute directory for persistent state (relative
         values are resolved by :func:`kongacme.config.load_config`).
     :ivar default_route: where connections matching no route go (YAML key
+@attrs.frozen
+class LimitsConfig:
+    """
+    Connection limits (HAProxy's ``maxconn``): a listener at its limit
+    stops accepting, and new connections wait in the kernel's backlog.
+    ``None`` derives the value from the open-file limit
+    (:func:`kongacme.connlimit.derive_budget` gives the formula).
+
+    :ivar max_connections: client connections on all listeners together.
+    :ivar reserve_fds: file descriptors kept for storage, the CA, logs and
+        the like, out of the connections' budget.
+    :ivar tls: connections on the TLS listener(s).
+    :ivar http: connections on the plain-HTTP listener(s).
+    :ivar admin: connections on the Admin listener(s): a small cap, so the
+        Admin API can never take the descriptors TLS needs.
+    :ivar raise_nofile: raise the soft open-file limit to the hard limit at
+        start.
+    """
+
+    max_connections: int | None = None
+    reserve_fds: int | None = None
+    tls: int | None = None
+    http: int | None = None
+    admin: int = 64
+    raise_nofile: bool = True
+
+
         ``default_upstream``), ``None``: they are closed.
     :ivar acme: the Kong ACME plugin config, ``None``: no issuance.
     :ivar warnings: things accepted but worth telling the operator
@@ -311,6 +338,7 @@ _PLAIN_ENDPOINTS = ("tcp", "tcp6", "unix", "systemd")
 
 def _advice(allowed: tuple[str, ...]) -> str:
     return "use " + ", ".join(f"{kind}:" for kind in allowed[:-1]) + f" or {allowed[-1]}:"
+    limits: LimitsConfig = attrs.Factory(LimitsConfig)
 
 
 def _endpoint(allowed: tuple[str, ...]) -> Callable[[str], str]:
@@ -541,6 +569,21 @@ def _check_routes(values: dict[str, Any], ctx: Context, path: str) -> None:
                 ctx.problem(
                     join(index(join(path, "routes"), i), index("hosts", j)),
                     f"{host} is already routed by {index('routes', owner[host])}",
+_CONNECTIONS = Int(1, 10_000_000)
+
+LIMITS = Record(
+    LimitsConfig,
+    (
+        Field("max_connections", _CONNECTIONS),
+        Field("reserve_fds", Int(0, 10_000_000)),
+        Field("tls", _CONNECTIONS),
+        Field("http", _CONNECTIONS),
+        Field("admin", _CONNECTIONS, 64),
+        Field("raise_nofile", Bool(), True),
+    ),
+)
+
+
                 )
             else:
                 owner[host] = i
@@ -567,3 +610,4 @@ DAEMON = Record(
     ),
     checks=(_check_routes, _check_role, _check_storage_encryption),
 )
+        Field("limits", LIMITS, EMPTY),

@@ -95,8 +95,9 @@ class DaemonCollector(Collector):
     scrape.
 
     :ivar _daemon: the :class:`kongacme.service.DaemonService` (read
-        through ``renewal``, ``cache``, ``manager``, ``tls_factory`` and
-        ``storage_errors`` / ``storage``; any may be missing or ``None``).
+        through ``renewal``, ``cache``, ``manager``, ``tls_factory``,
+        ``storage_errors`` / ``storage`` and ``connection_limiter``; any may
+        be missing or ``None``).
     :ivar _clock: "now", for the seconds until expiry.
     """
 
@@ -135,6 +136,41 @@ class DaemonCollector(Collector):
             ),
             self._storage_errors(),
             STORAGE_OPERATIONS,
+        )
+        limiter = getattr(self._daemon, "connection_limiter", None)
+        if limiter is not None:
+            yield from self._connections(limiter)
+
+    def _connections(self, limiter: Any) -> Iterator[Metric]:
+        in_use = GaugeMetricFamily(
+            "kongacme_connections", "Client connections open on the listener.", labels=["listener"]
+        )
+        limit = GaugeMetricFamily(
+            "kongacme_connections_limit", "Connections the listener accepts at most (limits.<listener>).",
+            labels=["listener"],
+        )
+        paused = GaugeMetricFamily(
+            "kongacme_listener_paused",
+            "1 while the listener is at a limit and new connections wait in the kernel backlog.",
+            labels=["listener"],
+        )
+        refused = CounterMetricFamily(
+            "kongacme_connections_refused",
+            "Connections closed at accept because a limit was reached in the same accept batch.",
+            labels=["listener"],
+        )
+        for kind, count, cap, is_paused, closed in limiter.snapshot():
+            in_use.add_metric([kind], count)
+            limit.add_metric([kind], cap)
+            paused.add_metric([kind], 1 if is_paused else 0)
+            refused.add_metric([kind], closed)
+        yield in_use
+        yield limit
+        yield paused
+        yield refused
+        yield GaugeMetricFamily(
+            "kongacme_connections_max", "Connections on all listeners together, at most (limits.max_connections).",
+            value=limiter.budget.max_connections,
         )
 
     def _storage_errors(self) -> Mapping[str, int]:

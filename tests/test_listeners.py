@@ -1,0 +1,130 @@
+"""
+Tests for kongacme.listeners: listener sets follow the configured endpoint
+strings, new endpoints open before old ones close, and a set that cannot
+open one of them keeps every listener it had.
+"""
+
+from __future__ import annotations
+
+import socket
+
+from twisted.internet import reactor
+from twisted.internet.defer import inlineCallbacks
+from twisted.internet.protocol import Factory, Protocol
+from twisted.trial.unittest import TestCase
+
+from kongacme.listeners import ListenError, ListenerSet, update_listeners
+from tests.daemonproc import free_port
+
+
+def endpoint(port: int) -> str:
+    return "tcp:%d:interface=127.0.0.1" % (port,)
+
+
+def accepts(port: int) -> bool:
+    """Whether something accepts TCP connections on 127.0.0.1:``port``."""
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=2).close()
+        return True
+    except OSError:
+        return False
+
+
+def occupy(test) -> int:
+    """A port held by a listening socket of the test (closed at cleanup)."""
+    holder = socket.socket()
+    holder.bind(("127.0.0.1", 0))
+    holder.listen(1)
+    test.addCleanup(holder.close)
+    return holder.getsockname()[1]
+
+
+class ListenerSetTests(TestCase):
+    """
+    Tests for ListenerSet and update_listeners with real TCP ports.
+    """
+
+    def make(self, kind="tls") -> ListenerSet:
+        listener_set = ListenerSet(reactor, kind, Factory.forProtocol(Protocol))
+        self.addCleanup(listener_set.stop_all)
+        return listener_set
+
+    @inlineCallbacks
+    def test_move(self):
+        """Moving to a free port listens there and closes the old port."""
+        listeners = self.make()
+        old, new = free_port(), free_port()
+        errors = yield listeners.update([endpoint(old)])
+        self.assertEqual(errors, [])
+        errors = yield listeners.update([endpoint(new)])
+        self.assertEqual(errors, [])
+        self.assertEqual(listeners.descriptions, [endpoint(new)])
+        self.assertTrue(accepts(new))
+        self.assertFalse(accepts(old))
+
+    @inlineCallbacks
+    def test_move_to_busy_port_keeps_old(self):
+        """
+        Moving to a port already taken fails with the reason, and the old
+        listener keeps listening (it is closed only after the new one
+        opened).
+        """
+        listeners = self.make()
+        old = free_port()
+        yield listeners.update([endpoint(old)])
+        busy = occupy(self)
+        errors = yield listeners.update([endpoint(busy)])
+        self.assertEqual(len(errors), 1)
+        self.assertIsInstance(errors[0], ListenError)
+        self.assertEqual(errors[0].description, endpoint(busy))
+        self.assertIn("Address already in use", str(errors[0]))
+        self.assertEqual(listeners.descriptions, [endpoint(old)])
+        self.assertTrue(accepts(old))
+
+    @inlineCallbacks
+    def test_partial_failure_opens_nothing(self):
+        """
+        When one of several new endpoints fails, the ones opened beside it
+        are closed again, in this set and in the others updated together.
+        """
+        tls, admin = self.make("tls"), self.make("admin")
+        tls_old, admin_old = free_port(), free_port()
+        yield update_listeners([(tls, [endpoint(tls_old)]), (admin, [endpoint(admin_old)])])
+        tls_new, admin_new, busy = free_port(), free_port(), occupy(self)
+        errors = yield update_listeners([
+            (tls, [endpoint(tls_new)]),
+            (admin, [endpoint(admin_new), endpoint(busy)]),
+        ])
+        self.assertEqual([e.description for e in errors], [endpoint(busy)])
+        self.assertEqual(tls.descriptions, [endpoint(tls_old)])
+        self.assertEqual(admin.descriptions, [endpoint(admin_old)])
+        for port in (tls_old, admin_old):
+            self.assertTrue(accepts(port))
+        for port in (tls_new, admin_new):
+            self.assertFalse(accepts(port))
+
+    @inlineCallbacks
+    def test_unparsable_endpoint(self):
+        """An endpoint string that does not parse is an error, not an exception."""
+        listeners = self.make()
+        errors = yield listeners.update(["nonsense:1"])
+        self.assertEqual([e.description for e in errors], ["nonsense:1"])
+        self.assertEqual(listeners.descriptions, [])
+
+    @inlineCallbacks
+    def test_unchanged_endpoint_kept(self):
+        """An endpoint in both configurations keeps its port object (no re-bind)."""
+        listeners = self.make()
+        kept, added = free_port(), free_port()
+        yield listeners.update([endpoint(kept)])
+        before = listeners.ports()[0]
+        yield listeners.update([endpoint(kept), endpoint(added)])
+        self.assertIn(before, listeners.ports())
+        self.assertEqual(len(listeners.ports()), 2)
+
+    def test_prepare_twice(self):
+        """prepare() without commit() or abort() in between is a programming error."""
+        listeners = self.make()
+        listeners.prepare([])
+        self.assertRaises(RuntimeError, listeners.prepare, [])
+        listeners.abort()
