@@ -346,7 +346,7 @@ class DaemonStreamTests(TestCase):
         self.assertEqual(received, b"")
         yield self.daemon.wait_for("dropping connection")
         events = [json.loads(line) for line in self.daemon.output.splitlines() if line.startswith("{")]
-        dropped = [e for e in events if "dropping connection" in e.get("log_format", "")]
+        dropped = [e for e in events if "dropping connection" in e["message"]]
         self.assertEqual(len(dropped), 1)
         self.assertIn("peer", dropped[0])
         self.assertFalse([line for line in self.daemon.output.splitlines() if line and not line.startswith("{")])

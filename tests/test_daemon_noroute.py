@@ -59,4 +59,6 @@ class NoRouteTests(TestCase):
         yield daemon.start(port)
         outcomes = yield deferToThread(request_after_handshake, port)
         self.assertEqual(set(outcomes), {"eof"}, outcomes)
-        self.assertEqual(daemon.output.count("no route for nowhere.test"), 10)
+        # Ten connections, one line each for the first five: the log's rate
+        # limit (kongacme.logs) folds the rest into one line 10 s later.
+        self.assertEqual(daemon.output.count("no route for nowhere.test"), 5)

@@ -280,6 +280,7 @@ async def _issue(order: _Order) -> CertifiedKey:
         host=order.host,
         elapsed_ms=(order.clock.seconds() - start) * 1000,
         not_after=certified.not_after.isoformat(),
+        log_unlimited=True,  # one per order: never rate-limited (kongacme.logs)
     )
     return certified
 

@@ -70,13 +70,14 @@ class CertificateCache:
                     action="replaced" if previous is not None else "added",
                     source=certified_key.source,
                     not_after=certified_key.not_after.isoformat(),
+                    log_unlimited=True,  # one per certificate change: never rate-limited (kongacme.logs)
                 )
                 self._notify(name, certified_key)
 
     def remove(self, name: str) -> None:
         name = name.lower()
         if self._by_name.pop(name, None) is not None:
-            self.log.info("certificate for {name} removed", name=name)
+            self.log.info("certificate for {name} removed", name=name, log_unlimited=True)
             self._notify(name, None)
 
     def names(self) -> list[str]:
