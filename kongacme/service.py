@@ -140,7 +140,13 @@ class DaemonService(MultiService):
             request_timeout=config.http.request_timeout,
             reactor=reactor,
         )
-        self.admin_factory = make_admin_factory(self.status, token=config.admin.token, reactor=reactor)
+        self.admin_factory = make_admin_factory(
+            self.status,
+            token=config.admin.token,
+            reactor=reactor,
+            request_timeout=config.admin.request_timeout,
+            max_header_bytes=config.admin.max_header_bytes,
+        )
         self.acme_admin = AcmeAdmin(lambda: self.manager, reactor, challenge_port=config.issuance.challenge_port)
         install_acme_admin(self.admin_factory, self.acme_admin)
         self.certificates_admin = CertificatesAdmin(
@@ -612,6 +618,9 @@ class DaemonService(MultiService):
 
     def _update_admin_settings(self, new: DaemonConfig) -> None:
         self.admin_factory.resource.set_token(new.admin.token)
+        self.admin_factory.reconfigure(
+            request_timeout=new.admin.request_timeout, max_header_bytes=new.admin.max_header_bytes
+        )
 
     # -- introspection ------------------------------------------------------
 

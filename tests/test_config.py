@@ -292,7 +292,10 @@ class ListenTests(SynchronousTestCase):
             "systemd:domain=INET6:index=0",
             "systemd:domain=INET:name=https",
         ]
-        config = parse_config({"listen": {"tls": endpoints, "http": endpoints, "admin": endpoints}}, "/srv")
+        # (An Admin API on these addresses needs a token.)
+        config = parse_config(
+            {"listen": {"tls": endpoints, "http": endpoints, "admin": endpoints}, "admin": {"token": "t"}}, "/srv"
+        )
         self.assertEqual(config.listen.tls, tuple(endpoints))
         self.assertEqual(config.listen.admin, tuple(endpoints))
 

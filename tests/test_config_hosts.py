@@ -7,7 +7,15 @@ from __future__ import annotations
 from twisted.trial.unittest import SynchronousTestCase
 
 from kongacme.config.fields import Invalid
-from kongacme.config.hosts import host_pattern, host_port, is_hostname, server_host, server_name
+from kongacme.config.hosts import (
+    host_pattern,
+    host_port,
+    hostname_problem,
+    is_hostname,
+    normalize_hostname,
+    server_host,
+    server_name,
+)
 
 
 class HostsTests(SynchronousTestCase):
@@ -33,7 +41,9 @@ class HostsTests(SynchronousTestCase):
         """
         self.assertEqual(host_pattern(" *.Example.COM "), "*.example.com")
         self.assertEqual(host_pattern("10.0.0.1"), "10.0.0.1")
-        for bad in ("*", "*.", "a*.test", "*.*.test", "test.*", "a.test:80", "[::1]"):
+        self.assertEqual(host_pattern("Demo.Test."), "demo.test")
+        self.assertEqual(host_pattern("*.demo.test."), "*.demo.test")
+        for bad in ("*", "*.", "a*.test", "a.test..", ".", "a_b.test", "*.*.test", "test.*", "a.test:80", "[::1]"):
             self.assertRaises(Invalid, host_pattern, bad)
 
     def test_host_port(self) -> None:
@@ -56,3 +66,22 @@ class HostsTests(SynchronousTestCase):
         self.assertEqual(server_name("Redis.Example"), "redis.example")
         self.assertRaises(Invalid, server_name, "10.0.0.1")
         self.assertRaises(Invalid, server_name, "redis:6379")
+
+    def test_normalize_hostname(self) -> None:
+        """
+        normalize_hostname strips white space, lower-cases and drops one
+        trailing dot; it only normalises (two dots stay, to be refused).
+        """
+        for value, expected in [(" Dot.Demo.Test. ", "dot.demo.test"), ("a.test", "a.test"),
+                                ("a.test..", "a.test.."), (".", ""), ("", ""), ("*.A.test.", "*.a.test")]:
+            self.assertEqual(normalize_hostname(value), expected, value)
+
+    def test_hostname_problem(self) -> None:
+        """
+        hostname_problem accepts DNS host names, names the underscore a CA
+        refuses, and calls the rest invalid.
+        """
+        self.assertIsNone(hostname_problem("a-1.demo.test"))
+        self.assertIn("'_' is not allowed", hostname_problem("under_score.demo.test"))
+        for bad in ("", "a..b", "a b", "-a.test", "*.a.test", "x" * 64 + ".test"):
+            self.assertEqual(hostname_problem(bad), "not a valid host name", bad)

@@ -50,3 +50,29 @@ class AdmissionTests(SynchronousTestCase):
     def test_kong_message(self):
         """A host outside domains gets Kong's wording."""
         self.assertEqual(Admission(["a.test"]).reason("b.test"), "host is not included in plugin config.domains")
+
+    def test_trailing_dot(self):
+        """
+        A fully qualified name (one trailing dot) is the name without it,
+        in domains and in the host asked about.
+        """
+        admission = Admission(["dot.demo.test.", "*.wild.test."])
+        for host in ("dot.demo.test", "dot.demo.test.", "DOT.demo.test.", "a.wild.test.", "a.wild.test"):
+            self.assertTrue(admission.admits(host), host)
+        self.assertFalse(admission.admits("dot.demo.test.."))
+        self.assertFalse(admission.admits("wild.test."))
+
+    def test_underscore_refused(self):
+        """
+        A name with an underscore label is refused with the reason, even
+        with allow_any_domain or when domains match it: a CA would refuse
+        it as malformed, after spending a rate-limit slot on it.
+        """
+        for admission in (Admission(allow_any_domain=True), Admission(["*.demo.test"]),
+                          Admission(["under_score.demo.test"])):
+            self.assertEqual(
+                admission.reason("under_score.demo.test"),
+                "not a valid host name: '_' is not allowed in a certificate's names (letters, digits and hyphens only)",
+            )
+            self.assertFalse(admission.admits("_acme-challenge.demo.test"))
+            self.assertFalse(admission.admits("a.under_score.demo.test."))

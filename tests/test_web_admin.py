@@ -11,9 +11,17 @@ from twisted.internet import reactor
 from twisted.internet.defer import fail, inlineCallbacks, succeed
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
-from kongacme.web.admin import MAX_BODY, AdminResource, RequestError, make_admin_factory, read_arguments, truthy
+from kongacme.web.admin import (
+    MAX_BODY,
+    AdminResource,
+    AdminSettings,
+    RequestError,
+    make_admin_factory,
+    read_arguments,
+    truthy,
+)
 from kongacme.web.responses import Raw
-from tests.test_web_support import get, listen
+from tests.test_web_support import connect, exchange, get, listen, parse_response
 
 
 class AdminTests(TestCase):
@@ -320,6 +328,133 @@ class RoutingTests(TestCase):
         response = yield get(port, b"/things/x", headers=b"Authorization: Bearer s3cret\r\n")
         self.assertEqual(response.status, 200)
         self.assertEqual(self.calls, [("one", {"name": b"x"})])
+
+
+class LimitTests(TestCase):
+    """
+    Tests for the Admin listener's head checks and time limits, over real
+    sockets: the token and the declared size are checked from the headers
+    before any body is read, and a trickling client is cut off.
+    """
+
+    HUGE = b"POST /status HTTP/1.1\r\nHost: admin\r\nContent-Type: application/json\r\n" \
+           b"Content-Length: 100000000000\r\n"
+
+    def start(self, token: str | None = "s3cret", **limits: Any) -> int:
+        site = make_admin_factory(dict, token, reactor=reactor, **limits)
+        self.requests: list[Any] = []
+        factory = site.requestFactory
+
+        def recording(*args: Any) -> Any:
+            request = factory(*args)
+            self.requests.append(request)
+            return request
+
+        site.requestFactory = recording
+        return listen(self, site)
+
+    def assertBodyNeverRead(self) -> None:
+        # Twisted makes the body's file (a temporary file for a length this
+        # large) when it starts reading a body: none was made.
+        self.assertTrue(self.requests)
+        for request in self.requests:
+            self.assertIsNone(request.content)
+
+    @inlineCallbacks
+    def test_huge_body_without_token(self) -> Any:
+        """
+        A request announcing a 100 GB body without the token answers 401
+        from its head alone (the client sends no body at all) and the
+        connection is closed; no body file is made.
+        """
+        port = self.start()
+        response = yield exchange(port, self.HUGE + b"\r\n")
+        self.assertEqual((response.status, json.loads(response.body)), (401, {"message": "Unauthorized"}))
+        self.assertEqual(response.header(b"www-authenticate"), b'Bearer realm="kongacme"')
+        self.assertEqual(response.header(b"connection"), b"close")
+        self.assertBodyNeverRead()
+
+    @inlineCallbacks
+    def test_huge_body_with_token(self) -> Any:
+        """
+        With the token, the same request answers 413 from its head alone,
+        in Kong's JSON shape; an expected-100-continue client is not told
+        to go on.
+        """
+        port = self.start()
+        for extra in (b"", b"Expect: 100-continue\r\n"):
+            response = yield exchange(port, self.HUGE + b"Authorization: Bearer s3cret\r\n" + extra + b"\r\n")
+            self.assertEqual((response.status, json.loads(response.body)),
+                             (413, {"message": "request body too large (at most 65536 bytes)"}))
+            self.assertEqual(response.header(b"content-type"), b"application/json")
+            self.assertNotIn(b"100 Continue", response.raw)
+        self.assertBodyNeverRead()
+
+    @inlineCallbacks
+    def test_head_without_token(self) -> Any:
+        """
+        A refused HEAD gets the headers of the 401 and no body.
+        """
+        port = self.start()
+        response = yield exchange(port, b"HEAD /health HTTP/1.1\r\nHost: admin\r\n\r\n")
+        self.assertEqual(response.status, 401)
+        self.assertTrue(response.raw.endswith(b"\r\n\r\n"))
+
+    @inlineCallbacks
+    def test_trickled_head_cut_off(self) -> Any:
+        """
+        A client sending its request head one byte at a time is answered
+        408 and closed once request_timeout has passed, although each byte
+        would reset an idle timeout.
+        """
+        port = self.start(token=None, request_timeout=0.5)
+        client = yield connect(port)
+        client.trickle(b"GET /health HTTP/1.1\r\nHost: admin\r\nX-Slow: " + b"s" * 200 + b"\r\n\r\n", 0.05)
+        raw = yield client.closed
+        response = parse_response(raw)
+        self.assertEqual((response.status, json.loads(response.body)),
+                         (408, {"message": "request not received in time"}))
+
+    @inlineCallbacks
+    def test_trickled_body_cut_off(self) -> Any:
+        """
+        An authorised request whose body trickles in is cut off by the same
+        deadline; the handler never runs.
+        """
+        port = self.start(request_timeout=0.5)
+        client = yield connect(port)
+        client.transport.write(b"POST /status HTTP/1.1\r\nHost: admin\r\nAuthorization: Bearer s3cret\r\n"
+                               b"Content-Type: application/json\r\nContent-Length: 200\r\n\r\n")
+        client.trickle(b"{" + b" " * 198 + b"}", 0.05)
+        raw = yield client.closed
+        self.assertEqual(parse_response(raw).status, 408)
+
+    @inlineCallbacks
+    def test_header_limits(self) -> Any:
+        """
+        Headers over max_header_bytes answer 431 in Kong's JSON shape.
+        """
+        port = self.start(token=None, max_header_bytes=1024)
+        response = yield get(port, b"/health", headers=b"X-Big: " + b"a" * 2000 + b"\r\n")
+        self.assertEqual((response.status, json.loads(response.body)),
+                         (431, {"message": "request headers too large"}))
+
+    @inlineCallbacks
+    def test_reconfigure(self) -> Any:
+        """
+        site.reconfigure changes the limits for new connections; invalid
+        values raise and keep the old settings.
+        """
+        site = make_admin_factory(dict, None, reactor=reactor)
+        port = listen(self, site)
+        self.assertEqual(site.reconfigure(request_timeout=0.3).request_timeout, 0.3)
+        self.assertRaises(ValueError, site.reconfigure, request_timeout=0)
+        self.assertRaises(TypeError, site.reconfigure, colour="blue")
+        self.assertEqual(site.settings, AdminSettings(request_timeout=0.3))
+        client = yield connect(port)
+        client.trickle(b"GET /health HTTP/1.1\r\n" + b"X: y\r\n" * 100, 0.05)
+        raw = yield client.closed
+        self.assertEqual(parse_response(raw).status, 408)
 
 
 class TruthyTests(SynchronousTestCase):

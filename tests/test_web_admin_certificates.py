@@ -311,6 +311,17 @@ class OneTests(CertificatesTestMixin, TestCase):
         self.assertJSON(response, 200, {"data": describe("a.example.test", certified, NOW)})
 
     @inlineCallbacks
+    def test_trailing_dot(self) -> Any:
+        """
+        A fully qualified name with its trailing dot finds the host stored
+        without it (it answered 400 before).
+        """
+        port = self.start()
+        certified = self.world.store("dot.demo.test", self.world.issue("dot.demo.test"))
+        response = yield get(port, b"/acme/certificates/dot.demo.test.")
+        self.assertJSON(response, 200, {"data": describe("dot.demo.test", certified, NOW)})
+
+    @inlineCallbacks
     def test_not_found(self) -> Any:
         """
         An absent host answers Kong's 404; a corrupt one the same with a
@@ -337,7 +348,7 @@ class OneTests(CertificatesTestMixin, TestCase):
         world = self.world
         world.storage = BrokenStorage()  # any storage access would answer 503
         for raw in [b"a" * 254, (b"a" * 63 + b".") * 4 + b"a", b"a%2Fb", b"a%00b", b"%2e%2e", b"a%20b",
-                    b"a.test:443", b"a..test", b".a.test", b"a.test.", b"-a.test",
+                    b"a.test:443", b"a..test", b".a.test", b"a.test..", b"-a.test",
                     b"a_b$.test", b"a*.test", b"*", b"a.*.test", b"a" * 64 + b".test"]:
             for method in (b"GET", b"DELETE"):
                 response = yield get(port, b"/acme/certificates/" + raw, method=method)
@@ -359,13 +370,15 @@ class ParseHostTests(SynchronousTestCase):
     def test_accepted(self) -> None:
         """
         DNS names (underscores, digits, a leftmost wildcard, 253
-        characters) are accepted and lower-cased.
+        characters, one trailing dot) are accepted, lower-cased and without
+        the trailing dot.
         """
         longest = ((b"a" * 63 + b".") * 3 + b"a" * 61)
         self.assertEqual(len(longest), 253)
         for raw, expected in [(b"Example.COM", "example.com"), (b"*.example.com", "*.example.com"),
                               (b"_acme.x-1.test", "_acme.x-1.test"), (b"127.0.0.1", "127.0.0.1"),
-                              (longest, longest.decode())]:
+                              (longest, longest.decode()), (longest + b".", longest.decode()),
+                              (b"Dot.Demo.Test.", "dot.demo.test"), (b"*.example.com.", "*.example.com")]:
             self.assertEqual(parse_host(raw), expected)
 
     def test_control_characters(self) -> None:

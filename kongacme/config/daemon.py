@@ -36,7 +36,7 @@ from kongacme.config.records import (
     Record,
     valid,
 )
-from kongacme.config.hosts import host_pattern, host_port
+from kongacme.config.hosts import host_pattern, host_port, listener_exposure
 
 
 @attrs.frozen
@@ -144,9 +144,17 @@ class AdminConfig:
     The Admin API.
 
     :ivar token: bearer token required on requests, ``None`` for none.
+    :ivar allow_unauthenticated: serve without a token on a non-loopback
+        address (refused otherwise).
+    :ivar max_header_bytes: largest request head accepted (431 beyond).
+    :ivar request_timeout: seconds to receive a whole request, head and
+        body (408 and closed beyond), and to keep an idle connection.
     """
 
     token: str | None = None
+    allow_unauthenticated: bool = False
+    max_header_bytes: int = 8192
+    request_timeout: float = 30.0
 
 
 @attrs.frozen
@@ -274,14 +282,6 @@ class StorageEncryptionConfig:
 
 
 @attrs.frozen
-class DaemonConfig:
-    """
-    A whole configuration file.
-
-    :ivar state_dir: absolute directory for persistent state (relative
-        values are resolved by :func:`kongacme.config.load_config`).
-    :ivar default_route: where connections matching no route go (YAML key
-@attrs.frozen
 class LimitsConfig:
     """
     Connection limits (HAProxy's ``maxconn``): a listener at its limit
@@ -308,6 +308,14 @@ class LimitsConfig:
     raise_nofile: bool = True
 
 
+@attrs.frozen
+class DaemonConfig:
+    """
+    A whole configuration file.
+
+    :ivar state_dir: absolute directory for persistent state (relative
+        values are resolved by :func:`kongacme.config.load_config`).
+    :ivar default_route: where connections matching no route go (YAML key
         ``default_upstream``), ``None``: they are closed.
     :ivar acme: the Kong ACME plugin config, ``None``: no issuance.
     :ivar warnings: things accepted but worth telling the operator
@@ -330,6 +338,7 @@ class LimitsConfig:
     fleet: FleetConfig = attrs.Factory(FleetConfig)
     renewal: RenewalConfig = attrs.Factory(RenewalConfig)
     storage_encryption: StorageEncryptionConfig = attrs.Factory(StorageEncryptionConfig)
+    limits: LimitsConfig = attrs.Factory(LimitsConfig)
     warnings: tuple[str, ...] = ()
 
 
@@ -338,7 +347,6 @@ _PLAIN_ENDPOINTS = ("tcp", "tcp6", "unix", "systemd")
 
 def _advice(allowed: tuple[str, ...]) -> str:
     return "use " + ", ".join(f"{kind}:" for kind in allowed[:-1]) + f" or {allowed[-1]}:"
-    limits: LimitsConfig = attrs.Factory(LimitsConfig)
 
 
 def _endpoint(allowed: tuple[str, ...]) -> Callable[[str], str]:
@@ -472,7 +480,34 @@ HTTP = Record(
     ),
 )
 
-ADMIN = Record(AdminConfig, (Field("token", Str()),))
+ADMIN = Record(
+    AdminConfig,
+    (
+        Field("token", Str()),
+        Field("allow_unauthenticated", Bool(), False),
+        Field("max_header_bytes", Int(1024, 1048576), 8192),
+        Field("request_timeout", Num(min=0, min_exclusive=True), 30.0),
+    ),
+)
+
+
+def _check_admin_exposure(values: dict[str, Any], ctx: Context, path: str) -> None:
+    # An Admin API anyone can reach without a token lets anyone order
+    # certificates and read the status: refused unless asked for.
+    if not valid(values, "listen", "admin"):
+        return
+    admin = values["admin"]
+    if admin.token is not None or admin.allow_unauthenticated:
+        return
+    for i, description in enumerate(values["listen"].admin):
+        where = listener_exposure(description)
+        if where is not None:
+            ctx.problem(
+                join(path, "admin.token"),
+                f"required: {index('listen.admin', i)} ({description}) {where}; set admin.token, listen on "
+                "127.0.0.1 or a unix: socket, or set admin.allow_unauthenticated: true to serve it without one",
+            )
+            return
 
 LOGGING = Record(
     LoggingConfig,
@@ -534,6 +569,21 @@ STORAGE_ENCRYPTION = Record(
 )
 
 
+_CONNECTIONS = Int(1, 10_000_000)
+
+LIMITS = Record(
+    LimitsConfig,
+    (
+        Field("max_connections", _CONNECTIONS),
+        Field("reserve_fds", Int(0, 10_000_000)),
+        Field("tls", _CONNECTIONS),
+        Field("http", _CONNECTIONS),
+        Field("admin", _CONNECTIONS, 64),
+        Field("raise_nofile", Bool(), True),
+    ),
+)
+
+
 def _check_role(values: dict[str, Any], ctx: Context, path: str) -> None:
     if not valid(values, "fleet", "acme"):
         return
@@ -569,21 +619,6 @@ def _check_routes(values: dict[str, Any], ctx: Context, path: str) -> None:
                 ctx.problem(
                     join(index(join(path, "routes"), i), index("hosts", j)),
                     f"{host} is already routed by {index('routes', owner[host])}",
-_CONNECTIONS = Int(1, 10_000_000)
-
-LIMITS = Record(
-    LimitsConfig,
-    (
-        Field("max_connections", _CONNECTIONS),
-        Field("reserve_fds", Int(0, 10_000_000)),
-        Field("tls", _CONNECTIONS),
-        Field("http", _CONNECTIONS),
-        Field("admin", _CONNECTIONS, 64),
-        Field("raise_nofile", Bool(), True),
-    ),
-)
-
-
                 )
             else:
                 owner[host] = i
@@ -607,7 +642,7 @@ DAEMON = Record(
         Field("fleet", FLEET, EMPTY),
         Field("renewal", RENEWAL, EMPTY),
         Field("storage_encryption", STORAGE_ENCRYPTION, EMPTY),
-    ),
-    checks=(_check_routes, _check_role, _check_storage_encryption),
-)
         Field("limits", LIMITS, EMPTY),
+    ),
+    checks=(_check_routes, _check_role, _check_storage_encryption, _check_admin_exposure),
+)

@@ -8,14 +8,17 @@ from __future__ import annotations
 import ipaddress
 from typing import Iterable
 
-from kongacme.tls.clienthello import normalize_server_name
+from kongacme.config.hosts import hostname_problem, normalize_hostname
 
 
 class Admission:
     """
     Kong's ``domains`` / ``allow_any_domain`` rules.
 
-    A host is lower-cased; IP addresses are never admitted (they cannot be
+    A host is normalised (:func:`~kongacme.config.hosts.normalize_hostname`:
+    lower-cased, a trailing dot dropped) and must be a host name a CA
+    accepts (letters, digits and hyphens: a name with ``_`` is refused here,
+    before an order spends a rate-limit slot on it); IP addresses are never admitted (they cannot be
     ACME ``dns`` identifiers, whatever ``enable_ipv4_common_name`` says);
     with ``allow_any_domain`` every valid host name is admitted; otherwise
     it must equal an entry of ``domains`` or end with the suffix of a
@@ -31,7 +34,7 @@ class Admission:
         self._exact: set[str] = set()
         self._suffixes: set[str] = set()
         for pattern in domains:
-            pattern = pattern.lower()
+            pattern = normalize_hostname(pattern)
             if pattern.startswith("*."):
                 self._suffixes.add(pattern[1:])  # ".example.com"
             else:
@@ -43,14 +46,15 @@ class Admission:
         """
         if host is None:
             return "no host name"
-        normalized = normalize_server_name(host.encode("ascii", "replace"))
-        if normalized is None:
-            return "not a valid host name"
+        normalized = normalize_hostname(host)
         try:
             ipaddress.ip_address(normalized)
             return "IP addresses cannot get certificates here"
         except ValueError:
             pass
+        problem = hostname_problem(normalized)
+        if problem is not None:
+            return problem
         if normalized.replace(".", "").isdigit():
             return "IP addresses cannot get certificates here"
         if self.allow_any_domain:

@@ -8,17 +8,23 @@ Routes live in two dispatch tables: exact ``(method, path)`` pairs
 ``{name}`` segments match one non-empty path segment each
 (:meth:`AdminResource.add_pattern_route`). What every route gets for free:
 
-- 401 without the bearer token (when one is configured);
+- 401 without the bearer token (when one is configured), answered from the
+  request head before any body is read, and the connection closed;
+- 413 for a body over :data:`MAX_BODY` bytes: a larger ``Content-Length``
+  at once from the head, a chunked body when it grows past the limit;
+- the port-80 listener's head size limits and request deadline
+  (:mod:`kongacme.web._channel`, :class:`AdminSettings`): a client
+  trickling its request is cut off after ``request_timeout``;
 - 404 for an unknown path, 405 with ``Allow`` for a known path asked with
   another method;
-- 413 for a body over :data:`MAX_BODY` bytes (by ``Content-Length``, or
-  counted when chunked);
 - 415 for a non-empty body that is not JSON, a form or multipart;
 - :class:`RequestError` raised by a handler (or failing its Deferred)
   becomes that status with ``{"message": ...}``; anything else is a logged
   500.
 
-Meant for a loopback or otherwise private address.
+Meant for a loopback or otherwise private address; the configuration
+refuses a non-loopback one without a token (``admin.token``,
+``admin.allow_unauthenticated``).
 """
 
 from __future__ import annotations
@@ -29,13 +35,14 @@ import re
 from typing import Any, Callable, Collection, Mapping, Optional
 from urllib.parse import parse_qsl
 
+import attrs
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request
 
-from kongacme.web._channel import QuietSite
+from kongacme.web._channel import LimitedSite, Refusal, positive
 from kongacme.web.responses import Raw
 
 _log = Logger()
@@ -53,6 +60,9 @@ JSON_TYPE = b"application/json"
 FORM_TYPE = b"application/x-www-form-urlencoded"
 MULTIPART_TYPE = b"multipart/form-data"
 BODY_TYPES = frozenset({JSON_TYPE, FORM_TYPE, MULTIPART_TYPE})
+#: The 401 answer's body and ``WWW-Authenticate`` header.
+UNAUTHORIZED = {"message": "Unauthorized"}
+CHALLENGE = b'Bearer realm="kongacme"'
 _PARAM = re.compile(rb"\{([a-z_]+)\}")
 
 
@@ -128,9 +138,9 @@ class AdminResource(Resource):
         self._token = None if token is None else token.encode("utf-8")
 
     def render(self, request: Request) -> bytes:
-        if self._token is not None and not self._authorized(request):
-            request.setHeader(b"www-authenticate", b'Bearer realm="kongacme"')
-            return _json(request, 401, {"message": "Unauthorized"})
+        if not self.authorized(request):
+            request.setHeader(b"www-authenticate", CHALLENGE)
+            return _json(request, 401, UNAUTHORIZED)
         method = b"GET" if request.method == b"HEAD" else request.method
         routes = self._match(request.path)
         if not routes:
@@ -182,8 +192,14 @@ class AdminResource(Resource):
         )
         return _json(request, 500, {"message": "An unexpected error occurred"})
 
-    def _authorized(self, request: Request) -> bool:
-        assert self._token is not None
+    def authorized(self, request: Request) -> bool:
+        """
+        Whether ``request`` may be served: no token is configured, or it
+        carries ``Authorization: Bearer <token>`` (once). Reads only the
+        headers, so the channel asks it before any body is read.
+        """
+        if self._token is None:
+            return True
         values = request.requestHeaders.getRawHeaders(b"authorization") or []
         if len(values) != 1:
             return False
@@ -192,6 +208,15 @@ class AdminResource(Resource):
         # differ (only their lengths leak).
         match = hmac.compare_digest(credentials.strip(), self._token)
         return scheme.lower() == b"bearer" and match
+
+
+def shown(text: str) -> str:
+    """
+    ``text`` (e.g. a host name from a request) made safe to quote in a
+    message: its first 100 characters, control and non-ASCII characters
+    escaped.
+    """
+    return text[:100].encode("unicode_escape").decode("ascii")
 
 
 def _printable(path: bytes) -> str:
@@ -229,13 +254,11 @@ def _body_size(request: Request) -> int:
 
 
 def _check_body(request: Request) -> RequestError | None:
-    """413 for a body over :data:`MAX_BODY`, 415 for one of a type we do not read."""
-    declared = request.getHeader(b"content-length")
-    if declared is not None and declared.strip().isdigit() and int(declared) > MAX_BODY:
-        return RequestError(413, "request body too large (at most %d bytes)" % (MAX_BODY,))
+    """
+    415 for a body of a type we do not read (its size was checked by the
+    channel as it arrived).
+    """
     size = _body_size(request)
-    if size > MAX_BODY:
-        return RequestError(413, "request body too large (at most %d bytes)" % (MAX_BODY,))
     if size and _media_type(request) not in BODY_TYPES:
         return RequestError(
             415, "unsupported content type: send application/json, application/x-www-form-urlencoded "
@@ -339,12 +362,84 @@ def _answer(request: Request, result: Any) -> bytes:
     return _json(request, *result)
 
 
+def _encode(body: Any) -> bytes:
+    return json.dumps(body, separators=(",", ":")).encode("utf-8")
+
+
 def _json(request: Request, code: int, body: Any) -> bytes:
-    data = json.dumps(body, separators=(",", ":")).encode("utf-8")
+    data = _encode(body)
     request.setResponseCode(code)
     request.setHeader(b"content-type", b"application/json")
     request.setHeader(b"content-length", b"%d" % (len(data),))
     return b"" if request.method == b"HEAD" else data
+
+
+@attrs.frozen
+class AdminSettings:
+    """
+    The Admin listener's limits, as the port-80 listener's
+    (:class:`kongacme.web.challenge.HTTPSettings`). Immutable: replace them
+    with :meth:`AdminSite.reconfigure`; they apply from the next
+    connection.
+
+    :ivar max_header_bytes: request line plus headers, and longest single
+        line (431 beyond).
+    :ivar max_request_line_bytes: longest request line (414 beyond).
+    :ivar request_timeout: seconds a client has to send a whole request
+        (head and body), counted from connection start or the end of the
+        previous response; also how long an idle keep-alive connection
+        stays (408, closed).
+    """
+
+    max_header_bytes: int = attrs.field(default=8192, validator=positive)
+    max_request_line_bytes: int = attrs.field(default=8192, validator=positive)
+    request_timeout: float = attrs.field(default=30.0, validator=positive)
+
+
+class AdminSite(LimitedSite):
+    """
+    The Admin API's :class:`twisted.web.server.Site`: limited channels that
+    check the token and the declared body size from the request head, and
+    answer every refusal in Kong's ``{"message": ...}`` shape.
+
+    :ivar settings: the :class:`AdminSettings` new connections use.
+    """
+
+    resource: AdminResource
+
+    def __init__(self, resource: AdminResource, settings: AdminSettings, reactor: Optional[IReactorTime]):
+        super().__init__(resource, timeout=settings.request_timeout, reactor=reactor)
+        self.settings = settings
+
+    def reconfigure(self, **changes: Any) -> AdminSettings:
+        """
+        Replace some :class:`AdminSettings` fields, e.g. on a configuration
+        reload; they apply from the next connection.
+
+        :return: the new settings.
+        :raises ValueError: for an invalid value (the old settings stay).
+        :raises TypeError: for an unknown field.
+        """
+        self.settings = attrs.evolve(self.settings, **changes)
+        return self.settings
+
+    def check_head(self, request: Request, method: bytes, path: bytes) -> Optional[Refusal]:
+        """401 before any body is read when the token is missing or wrong."""
+        if self.resource.authorized(request):
+            return None
+        return Refusal(401, "no valid Admin API token", _JSON_HEADERS + ((b"www-authenticate", CHALLENGE),),
+                       _encode(UNAUTHORIZED))
+
+    def body_limit(self, path: bytes) -> int:
+        """:data:`MAX_BODY` for every route."""
+        return MAX_BODY
+
+    def refusal(self, code: int, why: str) -> Refusal:
+        """A refused request's answer: ``{"message": why}``."""
+        return Refusal(code, why, _JSON_HEADERS, _encode({"message": why}))
+
+
+_JSON_HEADERS = ((b"content-type", b"application/json"),)
 
 
 def make_admin_factory(
@@ -352,10 +447,13 @@ def make_admin_factory(
     token: Optional[str] = None,
     *,
     reactor: Optional[IReactorTime] = None,
-) -> QuietSite:
+    request_timeout: float = 30.0,
+    max_header_bytes: int = 8192,
+) -> AdminSite:
     """
     Build the Admin API site; listen with ``reactor.listenTCP(port, site,
-    interface="127.0.0.1")`` or an endpoint.
+    interface="127.0.0.1")`` or an endpoint. On reload call
+    ``site.resource.set_token(...)`` and ``site.reconfigure(...)``.
 
     :param status_provider: zero-argument callable returning a
         JSON-serialisable dict, served by ``GET /status``.
@@ -363,8 +461,12 @@ def make_admin_factory(
         no authentication.
     :param reactor: ``IReactorTime`` for connection timeouts; pass the
         daemon's reactor (``None`` lets Twisted use the global one).
+    :param request_timeout: seconds to receive a whole request (absolute,
+        not reset by each byte) and to keep an idle connection.
+    :param max_header_bytes: request line plus headers.
     :return: the site.
     :raises TypeError: when ``token`` is not a string or is empty.
+    :raises ValueError: for a limit that is not a positive number.
     """
     if token is not None and (not isinstance(token, str) or not token):
         raise TypeError("token must be a non-empty str or None")
@@ -379,5 +481,6 @@ def make_admin_factory(
         (b"GET", b"/health"): health,
         (b"GET", b"/status"): status,
     }
-    return QuietSite(AdminResource(routes, token), reactor=reactor)
+    settings = AdminSettings(max_header_bytes=max_header_bytes, request_timeout=request_timeout)
+    return AdminSite(AdminResource(routes, token), settings, reactor)
 

@@ -13,8 +13,9 @@ from twisted.internet.defer import Deferred, inlineCallbacks
 from twisted.logger import Logger
 from twisted.web.server import Request
 
+from kongacme.config.hosts import hostname_problem, normalize_hostname
 from kongacme.errors import AcmeProblem, IssuanceError, NotAdmitted, OrderInProgress
-from kongacme.web.admin import read_arguments
+from kongacme.web.admin import read_arguments, shown
 
 log = Logger()
 
@@ -74,7 +75,12 @@ class AcmeAdmin:
             return 400, {"message": "host must be provided and containing a single domain"}
         if ":" in host:
             return 400, {"message": "port is not allowed in host"}
-        host = host.lower()
+        host = normalize_hostname(host)
+        problem = hostname_problem(host)
+        if problem is not None:
+            # Refused before any order: the CA would refuse it as malformed
+            # and the attempt would still count against its rate limits.
+            return 400, {"message": "host %s is not allowed: %s" % (shown(host), problem)}
         manager = self._get_manager()
         if manager is None:
             return 404, {"message": NOT_CONFIGURED}

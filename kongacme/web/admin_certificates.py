@@ -26,12 +26,12 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.web.server import Request
 
-from kongacme.config.hosts import LENIENT_LABEL, is_hostname
+from kongacme.config.hosts import LENIENT_LABEL, is_hostname, normalize_hostname
 from kongacme.errors import AcmeError
 from kongacme.issuance.stored import decode_stored, read_all
 from kongacme.storage import keys
 from kongacme.tls.certs import CertifiedKey, issuer_cn
-from kongacme.web.admin import RequestError, read_arguments, truthy
+from kongacme.web.admin import RequestError, read_arguments, shown, truthy
 from kongacme.web.admin_acme import NOT_CONFIGURED, issuance_failure
 
 log = Logger()
@@ -49,13 +49,15 @@ def parse_host(raw: bytes) -> str:
     """
     The host in a request path, checked strictly: ASCII letters, digits,
     ``-``, ``_`` and dots making a name of at most 253 characters (a
-    leftmost ``*`` label allowed), lower-cased. Percent-encoding, control
+    leftmost ``*`` label allowed), normalised as everywhere
+    (:func:`~kongacme.config.hosts.normalize_hostname`: lower-cased, one
+    trailing dot dropped). Percent-encoding, control
     characters, non-ASCII, ports and empty labels are refused rather than
     decoded: no stored host needs them.
 
     :raises RequestError: 400 naming what is wrong.
     """
-    if len(raw) > MAX_HOST:
+    if len(raw) > MAX_HOST + raw.endswith(b"."):
         raise RequestError(400, "invalid host: longer than %d characters" % (MAX_HOST,))
     try:
         text = raw.decode("ascii")
@@ -65,14 +67,10 @@ def parse_host(raw: bytes) -> str:
         raise RequestError(400, "invalid host: percent-encoding is not accepted")
     if ":" in text:
         raise RequestError(400, "port is not allowed in host")
-    host = text.lower()
+    host = normalize_hostname(text)
     if not is_hostname(host[2:] if host.startswith("*.") else host, LENIENT_LABEL):
-        raise RequestError(400, "invalid host: %s" % (_shown(text),))
+        raise RequestError(400, "invalid host: %s" % (shown(text),))
     return host
-
-
-def _shown(text: str) -> str:
-    return text[:100].encode("unicode_escape").decode("ascii")
 
 
 def _timestamp(moment: datetime.datetime) -> float:

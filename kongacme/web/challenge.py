@@ -37,7 +37,7 @@ from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request
 
 from kongacme.interfaces import IChallengeTokenStore, IRouter
-from kongacme.web._channel import LimitedHTTPChannel, LimitedRequest, QuietSite
+from kongacme.web._channel import LimitedRequest, LimitedSite, positive
 from kongacme.web.hosts import parse_host_header
 from kongacme.web.proxy import UpstreamForwarder
 
@@ -50,11 +50,6 @@ MAX_TOKEN_LENGTH = 256
 _TOKEN = re.compile(rb"[A-Za-z0-9_-]{1,%d}" % (MAX_TOKEN_LENGTH,))
 _UNSAFE_IN_TARGET = re.compile(rb"[^\x21-\x7e]")
 NOT_FOUND_BODY = b"Not found\n"
-
-
-def _positive(instance: object, attribute: attrs.Attribute, value: Any) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
-        raise ValueError(f"{attribute.name} must be a positive number, not {value!r}")
 
 
 def _port_or_none(instance: object, attribute: attrs.Attribute, value: Any) -> None:
@@ -90,22 +85,20 @@ class HTTPSettings:
 
     mode: str = attrs.field(default="redirect", validator=attrs.validators.in_(MODES))
     https_port: Optional[int] = attrs.field(default=None, validator=_port_or_none)
-    max_header_bytes: int = attrs.field(default=16384, validator=_positive)
-    max_request_line_bytes: int = attrs.field(default=8192, validator=_positive)
-    request_timeout: float = attrs.field(default=30.0, validator=_positive)
-    max_body_bytes: int = attrs.field(default=64 * 1024, validator=_positive)
-    max_proxy_body_bytes: int = attrs.field(default=16 * 1024 * 1024, validator=_positive)
+    max_header_bytes: int = attrs.field(default=16384, validator=positive)
+    max_request_line_bytes: int = attrs.field(default=8192, validator=positive)
+    request_timeout: float = attrs.field(default=30.0, validator=positive)
+    max_body_bytes: int = attrs.field(default=64 * 1024, validator=positive)
+    max_proxy_body_bytes: int = attrs.field(default=16 * 1024 * 1024, validator=positive)
 
 
-class HTTPSite(QuietSite):
+class HTTPSite(LimitedSite):
     """
     The port-80 :class:`twisted.web.server.Site`: limited channels
     (:mod:`kongacme.web._channel`) and the current :class:`HTTPSettings`.
 
     :ivar settings: the settings new requests and connections use.
     """
-
-    protocol = LimitedHTTPChannel  # type: ignore[assignment]
 
     def __init__(self, resource: Resource, settings: HTTPSettings, reactor: Any):
         super().__init__(
