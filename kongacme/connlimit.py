@@ -91,12 +91,16 @@ class Budget:
 
     def describe(self) -> str:
         """One line for the log."""
-        return "max_connections %d (open-file limit %d, %d reserved), %s" % (
+        line = "max_connections %d (open-file limit %d, %d reserved), %s" % (
             self.max_connections,
             self.nofile,
             self.reserve_fds,
             ", ".join("%s %d" % (kind, self.caps[kind]) for kind in KINDS),
         )
+        most = self.fd_budget // max(self.fd_costs.values())
+        if self.max_connections > most:
+            line += "; the descriptors allow only %d TLS connections, which is where TLS stops" % (most,)
+        return line
 
 
 def derive_budget(limits: Any, nofile: int, http_proxies: bool = False) -> Budget:

@@ -6,6 +6,7 @@ log line per episode, and accept batches clamped to the room left.
 
 from __future__ import annotations
 
+import os
 import resource
 import socket
 
@@ -261,9 +262,6 @@ class Held(Protocol):
 
     def connectionMade(self):
         self.factory.connected.append(self)
-        waiter, self.factory.waiter = self.factory.waiter, None
-        if waiter is not None:
-            waiter.callback(self)
 
     def dataReceived(self, data):
         self.transport.write(data)
@@ -301,9 +299,7 @@ class RealSocketTests(TestCase):
 
         limiter = ConnectionLimiter(reactor, budget(tls=3))
         self.addCleanup(limiter.stop)
-        factory = Factory.forProtocol(Held)
-        factory.connected = []
-        factory.waiter = None
+        factory = self.held_factory()
         listeners = ListenerSet(reactor, "tls", factory, limiter.listener("tls"))
         errors = yield listeners.update(["tcp:0:interface=127.0.0.1"])
         self.assertEqual(errors, [])
@@ -335,3 +331,86 @@ class RealSocketTests(TestCase):
             client.close()
         yield until(lambda: limiter.listener("tls").in_use == 0)
         self.assertFalse(limiter.listener("tls").paused)
+
+    @inlineCallbacks
+    def check_second_waits(self, limiter, factory, connect):
+        """With a cap of 1: a second client waits until the first closes."""
+        first = connect()
+        self.addCleanup(first.close)
+        yield until(lambda: len(factory.connected) == 1)
+        second = connect()
+        self.addCleanup(second.close)
+        second.sendall(b"waiting")
+        for _ in range(20):
+            yield deferLater(reactor, 0.01, lambda: None)
+        self.assertEqual(len(factory.connected), 1)
+        self.assertTrue(limiter.listener("admin").paused)
+        factory.connected[0].transport.loseConnection()
+        yield until(lambda: len(factory.connected) == 2)
+        self.assertEqual(second.recv(100), b"waiting")
+
+    def held_factory(self):
+        factory = Factory.forProtocol(Held)
+        factory.connected = []
+        return factory
+
+    @inlineCallbacks
+    def test_unix_socket(self):
+        """A unix: listener pauses at its cap like a TCP one."""
+        from kongacme.listeners import ListenerSet
+
+        limiter = ConnectionLimiter(reactor, budget(admin=1))
+        self.addCleanup(limiter.stop)
+        factory = self.held_factory()
+        listeners = ListenerSet(reactor, "admin", factory, limiter.listener("admin"))
+        path = os.path.abspath(self.mktemp())
+        errors = yield listeners.update(["unix:" + path])
+        self.assertEqual(errors, [])
+        self.addCleanup(listeners.stop_all)
+
+        def connect():
+            client = socket.socket(socket.AF_UNIX)
+            client.settimeout(5)
+            client.connect(path)
+            return client
+
+        yield self.check_second_waits(limiter, factory, connect)
+
+    @inlineCallbacks
+    def test_adopted_socket(self):
+        """
+        A listening socket adopted from a file descriptor (what systemd:
+        endpoints do) pauses at its cap like one the reactor opened.
+        """
+        limiter = ConnectionLimiter(reactor, budget(admin=1))
+        self.addCleanup(limiter.stop)
+        factory = self.held_factory()
+        inherited = socket.socket()
+        inherited.bind(("127.0.0.1", 0))
+        inherited.listen(50)
+        inherited.setblocking(False)
+        self.addCleanup(inherited.close)
+        limit = limiter.listener("admin")
+        port = reactor.adoptStreamPort(inherited.fileno(), socket.AF_INET, limit.wrap(factory))
+        self.addCleanup(port.stopListening)
+        limit.track(port)
+        address = inherited.getsockname()
+        yield self.check_second_waits(limiter, factory, lambda: socket.create_connection(address, timeout=5))
+
+
+class BudgetDescriptionTests(SynchronousTestCase):
+    """
+    Tests for Budget.describe, the start-up and reload log line.
+    """
+
+    def test_describe(self):
+        """The line gives every limit, and says when descriptors cut max_connections."""
+        self.assertEqual(
+            derive_budget(LimitsConfig(), 1024).describe(),
+            "max_connections 480 (open-file limit 1024, 64 reserved), tls 480, http 120, admin 64",
+        )
+        self.assertTrue(
+            derive_budget(LimitsConfig(max_connections=5000), 1024).describe().endswith(
+                "; the descriptors allow only 480 TLS connections, which is where TLS stops"
+            )
+        )
