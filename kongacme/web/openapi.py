@@ -4,8 +4,10 @@ The Admin API described as an OpenAPI 3.0 document, served by
 it (schemathesis).
 
 Every route answers 401 without the bearer token when ``admin.token`` is
-set, 413 for a body over 64 KiB and 415 for a body that is not JSON or a
-form, so those are listed on every operation.
+set, 408 for a request not received in ``admin.request_timeout``, 413 for
+a body over 64 KiB, 415 for a body that is not JSON or a form and 431 for
+a request head over ``admin.max_header_bytes``, so those are listed on
+every operation.
 """
 
 from __future__ import annotations
@@ -35,18 +37,20 @@ def _json(description: str, schema: dict[str, Any]) -> dict[str, Any]:
 
 _COMMON = {
     "401": {"$ref": "#/components/responses/Unauthorized"},
+    "408": {"$ref": "#/components/responses/Timeout"},
     "413": {"$ref": "#/components/responses/TooLarge"},
     "415": {"$ref": "#/components/responses/UnsupportedMediaType"},
+    "431": {"$ref": "#/components/responses/HeadTooLarge"},
 }
 _NOT_CONFIGURED = "No `acme` section is configured (Kong: the plugin is not configured)."
 _HOST = {
     "name": "host",
     "in": "path",
     "required": True,
-    "description": "A host name as stored (lower-cased; `*.` leftmost label allowed). Percent-encoding, "
-    "ports, control characters and names over 253 characters answer 400.",
-    "schema": {"type": "string", "minLength": 1, "maxLength": 253,
-               "pattern": r"^(\*\.)?[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*$"},
+    "description": "A host name as stored (lower-cased; `*.` leftmost label allowed; one trailing dot is "
+    "dropped). Percent-encoding, ports, control characters and names over 253 characters answer 400.",
+    "schema": {"type": "string", "minLength": 1, "maxLength": 254,
+               "pattern": r"^(\*\.)?[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*\.?$"},
 }
 _FLAG = {"oneOf": [{"type": "boolean"}, {"type": "string"}]}
 
@@ -143,7 +147,10 @@ _PATHS: dict[str, Any] = {
             {
                 "201": _message("Issued: `certificate for host H is created`."),
                 "200": _message("Sanity check passed."),
-                "400": _message("No or bad host, host not admitted, sanity check failed, bad body."),
+                "400": _message(
+                    "No or bad host (a name no CA issues for, e.g. with `_`, is refused before ordering), "
+                    "host not admitted, sanity check failed, bad body."
+                ),
                 "404": _message(_NOT_CONFIGURED),
                 "409": _message("Another node's order for the host is in progress."),
                 "500": _message("`failed to update certificate: …` (the CA's problem in `problem`)."),
@@ -271,8 +278,15 @@ _DOCUMENT: dict[str, Any] = {
     "components": {
         "schemas": _SCHEMAS,
         "responses": {
-            "Unauthorized": _message("`admin.token` is set and the request did not carry it."),
-            "TooLarge": _message("The request body is over 64 KiB."),
+            "Unauthorized": _message(
+                "`admin.token` is set and the request did not carry it (answered from the request head, "
+                "before any body is read; the connection is closed)."
+            ),
+            "Timeout": _message("The whole request was not received within `admin.request_timeout` seconds."),
+            "TooLarge": _message(
+                "The request body is over 64 KiB (a larger Content-Length is refused before the body is read)."
+            ),
+            "HeadTooLarge": _message("The request line and headers are over `admin.max_header_bytes`."),
             "UnsupportedMediaType": _message(
                 "A body that is not application/json, application/x-www-form-urlencoded or (POST only) "
                 "multipart/form-data."
