@@ -15,7 +15,7 @@ from twisted.internet.threads import deferToThread
 from twisted.trial.unittest import SkipTest, TestCase
 
 from tests import tlsclients
-from tests.daemonproc import Daemon, free_port
+from tests.daemonproc import REPO, Daemon, free_port
 from tests.test_daemon_acme import AcmeDaemonMixin
 
 GARBAGE = b"GET / HTTP/1.0\r\n\r\n" * 4
@@ -162,6 +162,42 @@ class LogFileTests(LogDaemonMixin, TestCase):
         events = [json.loads(line) for line in read(second).splitlines()]
         self.assertIn("configuration reloaded: 0 route(s), 0 static certificate name(s)", [e["message"] for e in events])
         self.assertNotIn("dropping connection", read(first))
+
+
+class LogrotateTests(LogDaemonMixin, TestCase):
+    """
+    Tests for etc/kongacme.logrotate, run by the real logrotate against a
+    running daemon.
+    """
+
+    @inlineCallbacks
+    def test_shipped_config_rotates(self):
+        """The shipped config, pointed at a temporary folder and signalling this daemon, moves the file and the daemon starts a new one."""
+        logrotate = shutil.which("logrotate") or ("/usr/sbin/logrotate" if os.path.exists("/usr/sbin/logrotate") else None)
+        if logrotate is None:
+            raise SkipTest("logrotate is not installed (apt-get install logrotate)")
+        shipped = read(os.path.join(REPO, "etc", "kongacme.logrotate"))
+        directives = [line.split()[0] for line in shipped.splitlines() if line.strip() and not line.startswith("#")]
+        self.assertNotIn("copytruncate", directives)
+        self.assertIn("postrotate", directives)
+        path = yield self.start_logging_to_file()
+        folder = os.path.dirname(path)
+        config = os.path.join(folder, "logrotate.conf")
+        with open(config, "w") as f:
+            f.write(
+                shipped.replace("/var/log/kongacme/", folder + "/").replace(
+                    "systemctl reload kongacme", "kill -HUP %d" % self.daemon.transport.pid
+                )
+            )
+        os.chmod(config, 0o644)
+        state = os.path.join(self.dir, "logrotate.state")
+        out, err, code = yield tlsclients.run(logrotate, "--force", "--state", state, config)
+        self.assertEqual(code, 0, (out, err))
+        yield self.wait_in_file(path, "configuration reloaded")
+        self.assertIn("started", read(path + ".1"))
+        self.assertNotIn("reloading configuration", read(path + ".1"))
+        yield garbage(self.tls_port)
+        yield self.wait_in_file(path, "dropping connection")
 
 
 class RateLimitTests(LogDaemonMixin, TestCase):
