@@ -35,6 +35,8 @@ from twisted.logger import (
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from kongacme.errors import ConfigError
+
 LEVELS = {
     "debug": LogLevel.debug,
     "info": LogLevel.info,
@@ -287,6 +289,21 @@ class LogFile:
     def close(self) -> None:
         """Close the file."""
         self._stream.close()
+
+
+def check_log_file(file: str) -> None:
+    """
+    Open ``file`` for appending once, as the daemon will at start.
+
+    :param file: ``logging.file``; ``"-"`` (stdout) is always fine.
+    :raises ConfigError: naming ``logging.file`` if it cannot be opened.
+    """
+    if file == "-":
+        return
+    try:
+        open(file, "a", encoding="utf-8").close()
+    except OSError as e:
+        raise ConfigError([("logging.file", "cannot open %s: %s" % (file, e.strerror or e))]) from None
 
 
 # -- the daemon's observer -------------------------------------------------------

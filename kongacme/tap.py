@@ -14,6 +14,7 @@ from twisted.python import usage
 from kongacme import __version__
 from kongacme.config import load_config
 from kongacme.errors import ConfigError
+from kongacme.logs import check_log_file
 
 #: Exit status of ``twistd kongacme`` on a usage error or an invalid
 #: configuration (twistd before 26.10 exits 0 on usage errors).
@@ -69,6 +70,8 @@ class Options(usage.Options):
             raise usage.UsageError("--config FILE is required")
         try:
             self["loaded"] = load_config(self["config"])
+            # Here, not when twistd takes the log observer: a usage error, not a traceback.
+            check_log_file(self["loaded"].logging.file)
         except ConfigError as e:
             raise _InvalidConfig("invalid configuration in %s:\n%s" % (self["config"], e)) from None
 

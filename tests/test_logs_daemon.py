@@ -15,7 +15,7 @@ from twisted.internet.threads import deferToThread
 from twisted.trial.unittest import SkipTest, TestCase
 
 from tests import tlsclients
-from tests.daemonproc import REPO, Daemon, free_port
+from tests.daemonproc import REPO, Daemon, free_port, run_twistd
 from tests.test_daemon_acme import AcmeDaemonMixin
 
 GARBAGE = b"GET / HTTP/1.0\r\n\r\n" * 4
@@ -162,6 +162,33 @@ class LogFileTests(LogDaemonMixin, TestCase):
         events = [json.loads(line) for line in read(second).splitlines()]
         self.assertIn("configuration reloaded: 0 route(s), 0 static certificate name(s)", [e["message"] for e in events])
         self.assertNotIn("dropping connection", read(first))
+
+
+class UnopenableLogFileTests(TestCase):
+    """
+    Tests for a ``logging.file`` that cannot be opened at start.
+    """
+
+    @inlineCallbacks
+    def test_usage_error_naming_the_field(self):
+        """twistd exits non-zero with "logging.file: cannot open …", not a traceback."""
+        directory = os.path.abspath(self.mktemp())
+        os.makedirs(directory)
+        path = os.path.join(directory, "missing", "kongacme.log")
+        config = os.path.join(directory, "kongacme.yaml")
+        with open(config, "w") as f:
+            json.dump(
+                {
+                    "listen": {"tls": ["tcp:%d:interface=127.0.0.1" % free_port()], "http": [], "admin": []},
+                    "state_dir": os.path.join(directory, "state"),
+                    "logging": {"file": path},
+                },
+                f,
+            )
+        code, output = yield run_twistd("-n", "--pidfile=", "kongacme", "--config", config)
+        self.assertNotEqual(code, 0, output)
+        self.assertIn("logging.file: cannot open %s: No such file or directory" % path, output)
+        self.assertNotIn("Traceback", output)
 
 
 class LogrotateTests(LogDaemonMixin, TestCase):
