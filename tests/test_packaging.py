@@ -179,3 +179,41 @@ class WheelTests(SynchronousTestCase):
         """No module named like a fake (``*fake*``) is in the wheel: fakes only tests use live in tests/."""
         fakes = [n for n in wheel_names() if n.endswith(".py") and "fake" in os.path.basename(n).lower()]
         self.assertEqual(fakes, [])
+
+
+class ScriptsTestTests(SynchronousTestCase):
+    """
+    Tests for scripts/test, the README's test command.
+    """
+
+    def setUp(self) -> None:
+        if os.path.realpath(sys.prefix) != os.path.realpath(os.path.join(REPO, ".venv")):
+            raise self.skipTest("runs from the project's virtualenv only (scripts/bootstrap makes .venv)")
+
+    def scripts_test(self, *args: str) -> tuple[subprocess.CompletedProcess, list[str]]:
+        """Run scripts/test with its own TMPDIR: the result and what it left there."""
+        tmp = os.path.abspath(self.mktemp())
+        os.makedirs(tmp)
+        env = dict(os.environ, TMPDIR=tmp)
+        result = subprocess.run(
+            [os.path.join(REPO, "scripts", "test"), *args], capture_output=True, text=True, env=env, timeout=600
+        )
+        return result, os.listdir(tmp)
+
+    def test_pass_removes_temp(self) -> None:
+        """
+        A passing run ends with "trial: N passed, 0 failed, 0 skipped" and
+        removes trial's temporary directory.
+        """
+        result, left = self.scripts_test("tests.test_packaging.VersionTests.test_setup_reads_init")
+        self.assertEqual(result.returncode, 0, result.stdout + result.stderr)
+        self.assertEqual(result.stdout.splitlines()[-1], "trial: 1 passed, 0 failed, 0 skipped")
+        self.assertEqual(left, [])
+
+    def test_failure_keeps_temp(self) -> None:
+        """A failing run exits non-zero, says so in the closing line and keeps (and names) the directory."""
+        result, left = self.scripts_test("tests.test_packaging.NoSuchTests")
+        self.assertNotEqual(result.returncode, 0)
+        self.assertEqual(result.stdout.splitlines()[-1], "trial: 0 passed, 1 failed, 0 skipped")
+        self.assertEqual(len(left), 1)
+        self.assertIn(left[0], result.stderr)
