@@ -205,6 +205,7 @@ class _Episode:
         self._reached = reached
         self._cleared = cleared
         self.full = False
+        self.stopped = False
         self._warned = False
         self._settle = None
 
@@ -218,7 +219,7 @@ class _Episode:
             if not self._warned:
                 self._warned = True
                 self._reached()
-        elif self._warned and self._settle is None:
+        elif self._warned and self._settle is None and not self.stopped:
             self._settle = self._clock.callLater(SETTLE, self._settled)
 
     def _settled(self) -> None:
@@ -228,7 +229,7 @@ class _Episode:
             self._cleared()
 
     def cancel(self) -> None:
-        """Forget a pending "cleared" line (the limit was reached again, or stop)."""
+        """Forget a pending "cleared" line (the limit was reached again)."""
         if self._settle is not None and self._settle.active():
             self._settle.cancel()
         self._settle = None
@@ -407,7 +408,7 @@ class ConnectionLimiter:
         per wake-up (growing under load) without looking back at the
         listener, so a batch would overshoot a cap.
         """
-        if self._clamp_call is None:
+        if self._clamp_call is None and not self.episode.stopped:
             self._clamp_call = self._clock.callLater(0, self.clamp)
 
     def clamp(self) -> None:
@@ -423,13 +424,16 @@ class ConnectionLimiter:
                     port.numberAccepts = room
 
     def stop(self) -> None:
-        """Cancel pending timers (service stop)."""
+        """
+        Cancel pending timers and start no more (service stop): connections
+        closing afterwards are still counted, without log lines.
+        """
         if self._clamp_call is not None and self._clamp_call.active():
             self._clamp_call.cancel()
         self._clamp_call = None
-        self.episode.cancel()
-        for limit in self.listeners.values():
-            limit.episode.cancel()
+        for episode in [self.episode] + [limit.episode for limit in self.listeners.values()]:
+            episode.stopped = True
+            episode.cancel()
 
     def snapshot(self) -> Iterator[tuple[str, int, int, bool, int]]:
         """``(kind, in use, cap, paused, refused)`` per listener, for the metrics."""

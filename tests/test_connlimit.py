@@ -14,6 +14,7 @@ from twisted.internet import reactor
 from twisted.internet.defer import Deferred, inlineCallbacks
 from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.task import Clock, deferLater
+from twisted.internet.threads import deferToThread
 from twisted.logger import globalLogPublisher
 from twisted.trial.unittest import SkipTest, SynchronousTestCase, TestCase
 
@@ -414,3 +415,53 @@ class BudgetDescriptionTests(SynchronousTestCase):
                 "; the descriptors allow only 480 TLS connections, which is where TLS stops"
             )
         )
+
+
+class TLSEndpointTests(TestCase):
+    """
+    Tests for a capped ssl: listener (allowed for the Admin API), where
+    Twisted's TLS factory wraps the limited one.
+    """
+
+    @inlineCallbacks
+    def test_ssl_endpoint(self):
+        """The second TLS client's handshake waits until the first connection closes."""
+        from kongacme.listeners import ListenerSet
+        from kongacme.testing import TestCA, write_certified_key
+        from tests import tlsclients
+
+        directory = os.path.abspath(self.mktemp())
+        os.makedirs(directory)
+        ca = TestCA.create()
+        cafile = ca.write_ca(os.path.join(directory, "ca.pem"))
+        cert, key = write_certified_key(ca.issue(["admin.test"]), directory, "admin")
+        limiter = ConnectionLimiter(reactor, budget(admin=1))
+        self.addCleanup(limiter.stop)
+        factory = Factory.forProtocol(Held)
+        factory.connected = []
+        listeners = ListenerSet(reactor, "admin", factory, limiter.listener("admin"))
+        errors = yield listeners.update(["ssl:0:interface=127.0.0.1:privateKey=%s:certKey=%s" % (key, cert)])
+        self.assertEqual(errors, [])
+        self.addCleanup(listeners.stop_all)
+        port = listeners.ports()[0].getHost().port
+        context = tlsclients.client_context(cafile)
+
+        def open_first():
+            raw = socket.create_connection(("127.0.0.1", port), timeout=10)
+            tls = context.wrap_socket(raw, server_hostname="admin.test")
+            tls.sendall(b"one")
+            return tls, tls.recv(100)
+
+        first, echo = yield deferToThread(open_first)
+        self.addCleanup(first.close)
+        self.assertEqual(echo, b"one")
+        yield until(lambda: len(factory.connected) == 1)
+        second = tlsclients.handshake(port, "admin.test", tlsclients.client_context(cafile), payload=b"two")
+        for _ in range(20):
+            yield deferLater(reactor, 0.01, lambda: None)
+        self.assertFalse(second.called)
+        self.assertEqual(len(factory.connected), 1)
+        # Aborted: a TLS close would wait for the idle client's close_notify.
+        factory.connected[0].transport.abortConnection()
+        result = yield second
+        self.assertEqual(result["echo"], b"two")
