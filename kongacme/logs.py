@@ -18,6 +18,7 @@ from __future__ import annotations
 import datetime
 import json
 import sys
+import threading
 from collections.abc import Callable, Hashable
 from typing import Any, TextIO
 
@@ -120,6 +121,10 @@ class RateLimitingObserver:
     that must all be kept (one per order or per certificate change, which
     the order caps bound).
 
+    Events logged from another thread than the one that built the limiter
+    (the reactor's) pass unlimited: the summary timer is the reactor's, and
+    threads here log rarely (key generation).
+
     Windows are fixed: the first event of a kind opens one. At most
     ``max_kinds`` kinds are tracked at once; beyond that, new kinds share
     one window, so a flood of distinct failures cannot grow the table.
@@ -137,9 +142,10 @@ class RateLimitingObserver:
     window: float = 10.0
     max_kinds: int = 2048
     _windows: dict = attrs.field(factory=dict, init=False)
+    _thread: int = attrs.field(factory=threading.get_ident, init=False)
 
     def __call__(self, event: dict) -> None:
-        if event.get("log_unlimited"):
+        if event.get("log_unlimited") or threading.get_ident() != self._thread:
             self.observer(event)
             return
         now = self.clock.seconds()

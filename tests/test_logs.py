@@ -139,6 +139,20 @@ class RateLimitingObserverTests(SynchronousTestCase):
         self.assertEqual(len(self.seen), 50)
         self.assertEqual(self.clock.getDelayedCalls(), [])
 
+    def test_other_threads_pass(self):
+        """Lines logged from another thread pass unlimited and schedule nothing (the clock is the reactor's)."""
+        import threading
+
+        def flood():
+            for _ in range(20):
+                self.limiter(event())
+
+        thread = threading.Thread(target=flood)
+        thread.start()
+        thread.join()
+        self.assertEqual(len(self.seen), 20)
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
     def test_kind_ignores_field_values(self):
         """Two events differing only in field values are one kind."""
         self.assertEqual(event_kind(event(peer="a", reason="b")), event_kind(event(peer="c", reason="d")))
