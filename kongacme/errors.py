@@ -41,6 +41,19 @@ class ClientHelloError(Exception):
     """
 
 
+class ResponseTooLarge(Exception):
+    """
+    An HTTP answer's body went past the size we read
+    (:func:`kongacme.response_body.read_body`).
+
+    :ivar limit: the limit, in bytes.
+    """
+
+    def __init__(self, limit: int):
+        self.limit = limit
+        super().__init__("answer larger than %d bytes" % (limit,))
+
+
 class AcmeError(Exception):
     """
     Something went wrong talking to an ACME CA. Subclasses say what.

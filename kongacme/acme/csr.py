@@ -6,13 +6,13 @@ matched against.
 
 from __future__ import annotations
 
-import ipaddress
 from typing import Optional
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 from cryptography.x509.oid import NameOID
 
+from kongacme.net import is_ip_literal
 from kongacme.tls.certs import PrivateKey, issuer_cn
 
 
@@ -28,11 +28,7 @@ def check_host(host: str) -> str:
     if not isinstance(host, str):
         raise TypeError("host must be str, not %s" % (type(host).__name__,))
     name = host.strip().lower().rstrip(".")
-    try:
-        ipaddress.ip_address(name.strip("[]"))
-    except ValueError:
-        pass
-    else:
+    if is_ip_literal(name):
         raise ValueError("%r is an IP address, not a DNS name" % (host,))
     if name.startswith("*."):
         raise ValueError("%r: wildcard names need dns-01, which is not supported" % (host,))

@@ -23,22 +23,15 @@ from typing import Any, Optional
 import attrs
 import josepy as jose
 from acme import jws
-from OpenSSL import SSL
 from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.interfaces import IReactorTime
-from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
-from twisted.web.client import (
-    PotentialDataLoss,
-    RequestTransmissionFailed,
-    ResponseDone,
-    ResponseFailed,
-    ResponseNeverReceived,
-)
 
 from kongacme.acme.response import ERROR_PREFIX, AcmeResponse, problem_from_response
-from kongacme.errors import AcmeError, AcmeProblem, AcmeTransportError
+from kongacme.errors import AcmeError, AcmeProblem, AcmeTransportError, ResponseTooLarge
+from kongacme.failures import describe_failure
+from kongacme.response_body import read_body
 
 _log = Logger()
 
@@ -60,74 +53,6 @@ MAX_RESPONSE_BYTES = 1024 * 1024
 #: and may expire, so hoarding them has no value).
 MAX_NONCES = 64
 USER_AGENT = "kongacme"
-
-
-class _BodyReader(Protocol):
-    """
-    Collects a response body up to a size limit; its ``Deferred`` can be
-    cancelled, which closes the connection.
-    """
-
-    def __init__(self, url: str, limit: int):
-        self._url = url
-        self._limit = limit
-        self._chunks: list[bytes] = []
-        self._size = 0
-        self.finished: Optional[Deferred[bytes]] = Deferred(self._cancel)
-
-    def _cancel(self, d: Deferred[bytes]) -> None:
-        self.finished = None
-        if self.transport is not None:
-            self.transport.stopProducing()
-
-    def dataReceived(self, data: bytes) -> None:
-        if self.finished is None:
-            return
-        self._size += len(data)
-        if self._size > self._limit:
-            d, self.finished = self.finished, None
-            self.transport.stopProducing()
-            d.errback(AcmeTransportError(self._url, "answer larger than %d bytes" % (self._limit,)))
-            return
-        self._chunks.append(data)
-
-    def connectionLost(self, reason: Failure) -> None:
-        if self.finished is None:
-            return
-        d, self.finished = self.finished, None
-        # PotentialDataLoss: a body delimited by the connection closing
-        # (no Content-Length), which is complete as far as anyone can tell.
-        if reason.check(ResponseDone, PotentialDataLoss):
-            d.callback(b"".join(self._chunks))
-        else:
-            d.errback(reason)
-
-
-def _describe(failure: Failure) -> str:
-    """A one-line account of a network failure, unwrapping Twisted's lists."""
-    value = failure.value
-    inner = "; ".join(_describe(r) for r in getattr(value, "reasons", None) or () if isinstance(r, Failure))
-    if isinstance(value, ResponseNeverReceived):
-        return "connection lost before an answer (%s)" % (inner,)
-    if isinstance(value, ResponseFailed):
-        return "answer cut off (%s)" % (inner,)
-    if isinstance(value, RequestTransmissionFailed):
-        return "request not sent (%s)" % (inner,)
-    # twisted.web._newclient's private _DataLoss and ParseError, by name.
-    if type(value).__name__ == "_DataLoss":
-        return "body incomplete"
-    if isinstance(value, SSL.Error):
-        reasons = [
-            r[-1]
-            for r in (value.args[0] if value.args and isinstance(value.args[0], list) else ())
-            if isinstance(r, tuple)
-        ]
-        return "TLS error: %s" % (", ".join(str(r) for r in reasons) or value,)
-    if type(value).__name__ == "ParseError":
-        return "not an HTTP answer: %s" % (value.args[0] if value.args else value,)
-    text = str(value)
-    name = type(value).__name__
-    return "%s: %s" % (name, text) if text else name
 
 
 def jws_algorithm(key: jose.JWK) -> jose.JWASignature:
@@ -317,10 +242,10 @@ class AcmeTransport:
         if method == "HEAD" or response.length == 0:
             data = b""
         else:
-            reader = _BodyReader(url, MAX_RESPONSE_BYTES)
-            finished = reader.finished
-            response.deliverBody(reader)
-            data = await finished
+            try:
+                data = await read_body(response, MAX_RESPONSE_BYTES)
+            except ResponseTooLarge as e:
+                raise AcmeTransportError(url, str(e)) from None
         answer = AcmeResponse(url=url, code=response.code, headers=response.headers, body=data)
         self._keep_nonce(answer)
         if not 200 <= answer.code < 300:
@@ -353,7 +278,7 @@ def _transport_error(failure: Failure, url: str) -> Failure:
         # Cancelled by our caller (a timeout was turned into an
         # AcmeTransportError before this): let it through as such.
         raise CancelledError()
-    raise AcmeTransportError(url, _describe(failure))
+    raise AcmeTransportError(url, describe_failure(failure))
 
 
 def _encode_payload(payload: Any) -> bytes:

@@ -19,6 +19,7 @@ from zope.interface import implementer
 
 from kongacme.errors import AcmeError, AcmeProblem, BackoffActive, IssuanceError, NotAdmitted
 from kongacme.errors import OrderInProgress, StoragePaused
+from kongacme.failures import describe_failure
 from kongacme.interfaces import IHandshakeGate, IIssuer, IStorage
 from kongacme.issuance.admission import Admission
 from kongacme.issuance.health import StorageHealth
@@ -47,9 +48,7 @@ def describe(failure: Failure) -> str:
         return value.message
     if isinstance(value, AcmeProblem):
         return str(value)
-    if isinstance(value, AcmeError):
-        return "%s: %s" % (value.__class__.__name__, value)
-    return "%s: %s" % (value.__class__.__name__, value)
+    return describe_failure(failure)
 
 
 def failure_reason(error: BaseException) -> str:

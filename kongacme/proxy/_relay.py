@@ -5,17 +5,13 @@ flow-control valve and small helpers. Private: nothing here is API.
 
 from __future__ import annotations
 
-import functools
-import ipaddress
 from typing import TYPE_CHECKING, Any, Callable
 
-import attrs
-from twisted.internet.endpoints import HostnameEndpoint, TCP4ClientEndpoint, TCP6ClientEndpoint
-from twisted.internet.interfaces import IHalfCloseableProtocol, IPushProducer, IStreamClientEndpoint
+from twisted.internet.interfaces import IHalfCloseableProtocol, IPushProducer
 from twisted.internet.protocol import ClientFactory, Factory, Protocol, connectionDone
 from twisted.internet.error import NotConnectingError
 from twisted.python.failure import Failure
-from zope.interface import Interface, implementer
+from zope.interface import implementer
 
 if TYPE_CHECKING:
     from kongacme.proxy.forward import ProxyServerProtocol
@@ -129,16 +125,6 @@ class PendingConnect:
             pass  # already connected or failed
 
 
-@functools.lru_cache(maxsize=1024)
-def ip_literal(host: str) -> bool:
-    """Whether ``host`` is an IPv4 or IPv6 address (brackets allowed); memoised, it runs per connection."""
-    try:
-        ipaddress.ip_address(host.strip("[]"))
-        return True
-    except ValueError:
-        return False
-
-
 def half_closer(transport: Any) -> Callable[[], None] | None:
     """
     The transport's ``loseWriteConnection``, or ``None`` without one.
@@ -150,16 +136,6 @@ def half_closer(transport: Any) -> Callable[[], None] | None:
     if getattr(type(transport), "loseWriteConnection", None) is None:
         return None
     return transport.loseWriteConnection
-
-
-def provides(interface: type[Interface]) -> Callable[[Any, attrs.Attribute, Any], None]:
-    """An attrs validator: the value must provide ``interface``."""
-
-    def check(instance: Any, attribute: attrs.Attribute, value: Any) -> None:
-        if not interface.providedBy(value):
-            raise TypeError(f"{attribute.name} must provide {interface.__name__}, not {value!r}")
-
-    return check
 
 
 def route_name(route: Route | None) -> str:
@@ -178,21 +154,3 @@ def peer_name(transport: Any) -> str:
     except Exception:
         return "?"
 
-
-def describe(failure: Failure) -> str:
-    """A failure's message for a log line."""
-    return failure.getErrorMessage() or failure.type.__name__
-
-
-def upstream_endpoint(reactor: Any, host: str, port: int, timeout: float) -> IStreamClientEndpoint:
-    """
-    A client endpoint for ``host``: IP literals skip name resolution (and
-    its thread pool); names go through ``HostnameEndpoint`` (happy eyeballs).
-    """
-    host = host.strip("[]")
-    try:
-        ip = ipaddress.ip_address(host)
-    except ValueError:
-        return HostnameEndpoint(reactor, host, port, timeout=timeout)
-    endpoint = TCP4ClientEndpoint if ip.version == 4 else TCP6ClientEndpoint
-    return endpoint(reactor, host, port, timeout=timeout)

@@ -21,12 +21,14 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from kongacme.failures import describe_failure
 from kongacme.interfaces import IRouter
+from kongacme.net import client_endpoint, is_ip_literal
 from kongacme.proxy._relay import DirectUpstreamFactory, PendingConnect, UpstreamFactory, UpstreamProtocol, Valve
-from kongacme.proxy._relay import describe, half_closer, ip_literal, peer_name
-from kongacme.proxy._relay import provides, route_name, upstream_endpoint
+from kongacme.proxy._relay import half_closer, peer_name, route_name
 from kongacme.proxy.proxyproto import v1_header, v2_header
 from kongacme.proxy.routes import Route
+from kongacme.validators import provides
 
 log = Logger()
 
@@ -137,7 +139,7 @@ class ProxyServerProtocol(Protocol):
         self.route = route
         # Read nothing more until there is somewhere to put it.
         self._client_valve.pauseProducing()
-        if ip_literal(route.host):
+        if is_ip_literal(route.host):
             connector = self.factory.reactor.connectTCP(
                 route.host.strip("[]"), route.port, DirectUpstreamFactory(self), timeout=self.factory.connect_timeout
             )
@@ -236,7 +238,7 @@ class ProxyServerProtocol(Protocol):
             upstream=route_name(self.route),
             server_name=self.server_name,
             peer=peer_name(self.transport),
-            reason=describe(failure),
+            reason=describe_failure(failure),
         )
         self._close()
 
@@ -277,7 +279,7 @@ class ProxyServerProtocol(Protocol):
                 "upstream {upstream} for {server_name} closed the connection: {reason}",
                 upstream=route_name(self.route),
                 server_name=self.server_name,
-                reason=describe(reason),
+                reason=describe_failure(reason),
             )
         self._upstream = None
         self._close()
@@ -414,7 +416,7 @@ class ProxyFactory(Factory):
         IP literals skip name resolution (and its thread pool), names go
         through ``HostnameEndpoint`` (happy eyeballs).
         """
-        return upstream_endpoint(self._reactor, route.host, route.port, self.connect_timeout)
+        return client_endpoint(self._reactor, route.host, route.port, self.connect_timeout)
 
     def alpn_for(self, server_name: str | None) -> tuple[bytes, ...]:
         """

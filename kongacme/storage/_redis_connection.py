@@ -22,22 +22,15 @@ from __future__ import annotations
 from typing import Any, Optional
 
 import txredisapi
-from OpenSSL import SSL
-from twisted.internet import ssl
-from twisted.internet.abstract import isIPAddress, isIPv6Address
 from twisted.internet.defer import CancelledError, Deferred, inlineCallbacks, succeed
-from twisted.internet.endpoints import (
-    HostnameEndpoint,
-    TCP4ClientEndpoint,
-    TCP6ClientEndpoint,
-    wrapClientTLS,
-)
+from twisted.internet.endpoints import wrapClientTLS
 from twisted.internet.error import ConnectionDone
-from twisted.internet.interfaces import IOpenSSLClientConnectionCreator, IStreamClientEndpoint
+from twisted.internet.interfaces import IStreamClientEndpoint
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from kongacme.net import client_endpoint
 from kongacme.storage._redis_errors import StorageUnavailable
 
 #: Reconnection backoff (seconds): the first retry after about
@@ -46,61 +39,6 @@ from kongacme.storage._redis_errors import StorageUnavailable
 #: a few seconds (txredisapi's own default waits up to 10 s).
 RECONNECT_INITIAL_DELAY = 0.5
 RECONNECT_MAX_DELAY = 5.0
-
-
-@implementer(IOpenSSLClientConnectionCreator)
-class _UnverifiedTLS:
-    """
-    TLS that does not check the server's certificate (Kong's
-    ``ssl_verify: false``, the default) but still sends SNI.
-    """
-
-    def __init__(self, server_name: Optional[str]):
-        self._context = ssl.CertificateOptions().getContext()
-        self._sni = None if server_name is None else server_name.encode("idna")
-
-    def clientConnectionForTLS(self, tlsProtocol: Any) -> SSL.Connection:
-        connection = SSL.Connection(self._context, None)
-        connection.set_app_data(tlsProtocol)
-        if self._sni is not None:
-            connection.set_tlsext_host_name(self._sni)
-        return connection
-
-
-def _is_ip(name: str) -> bool:
-    return isIPAddress(name) or isIPv6Address(name)
-
-
-def tls_connection_creator(
-    host: str, verify: bool, server_name: Optional[str] = None, trust_root: Any = None
-) -> Any:
-    """
-    How to start TLS to a Redis server.
-
-    :param host: the address connected to.
-    :param verify: check the certificate chain and that it names
-        ``server_name`` (or ``host``).
-    :param server_name: the name sent as SNI and verified; default ``host``.
-        IP addresses are verified but not sent as SNI.
-    :param trust_root: an ``IOpenSSLTrustRoot`` for ``verify``; ``None``
-        is the system's trust store.
-    :return: an ``IOpenSSLClientConnectionCreator``.
-    """
-    name = server_name or host
-    if verify:
-        return ssl.optionsForClientTLS(
-            name, trustRoot=trust_root if trust_root is not None else ssl.platformTrust()
-        )
-    return _UnverifiedTLS(None if _is_ip(name) else name)
-
-
-def _tcp_endpoint(reactor: Any, host: str, port: int, timeout: float) -> IStreamClientEndpoint:
-    # Literal addresses skip the name resolver (and its thread pool).
-    if isIPAddress(host):
-        return TCP4ClientEndpoint(reactor, host, port, timeout=timeout)
-    if isIPv6Address(host):
-        return TCP6ClientEndpoint(reactor, host, port, timeout=timeout)
-    return HostnameEndpoint(reactor, host, port, timeout=timeout)
 
 
 @implementer(IStreamClientEndpoint)
@@ -226,7 +164,7 @@ class RedisPool:
         subscription: Optional["RedisSubscription"] = None,
     ):
         self.reactor = reactor
-        self.address = f"[{host}]:{port}" if isIPv6Address(host) else f"{host}:{port}"
+        self.address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
         self.store = f"redis {self.address}{label}"
         #: Makes the connections SUBSCRIBE connections serving it.
         self.subscription = subscription
@@ -257,7 +195,7 @@ class RedisPool:
         if self.closed:
             raise StorageUnavailable(self.store, "connection closed")
         if self._factory is None:
-            endpoint = _tcp_endpoint(self.reactor, self._host, self._port, self.timeout)
+            endpoint = client_endpoint(self.reactor, self._host, self._port, self.timeout)
             if self._tls is not None:
                 endpoint = wrapClientTLS(self._tls, endpoint)
             factory = _Factory if self.subscription is None else _SubscriberFactory

@@ -9,19 +9,15 @@ errors a caller sees.
 
 from __future__ import annotations
 
-import ipaddress
 import json
 from typing import Any, Optional, Union
 from urllib.parse import quote
 
 import attrs
-from OpenSSL import SSL
-from service_identity import VerificationError
 from treq.client import HTTPClient
-from twisted.internet import defer, error as neterror
+from twisted.internet import defer
 from twisted.internet.defer import Deferred, inlineCallbacks
-from twisted.internet.interfaces import IOpenSSLClientConnectionCreator, IReactorTime
-from twisted.internet.ssl import CertificateOptions, optionsForClientTLS
+from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.client import Agent, HTTPConnectionPool
@@ -29,6 +25,9 @@ from twisted.web.iweb import IPolicyForHTTPS
 from zope.interface import implementer
 
 from kongacme.acme.trust import load_trust_root
+from kongacme.failures import describe_failure
+from kongacme.net import client_tls
+from kongacme.response_body import read_body
 from kongacme.storage.errors import StorageError, StorageUnavailable
 
 #: Seconds a pooled connection may stay idle; well below Vault's default
@@ -214,30 +213,6 @@ class KubernetesAuth:
 # -- TLS ------------------------------------------------------------------
 
 
-def _is_ip(name: str) -> bool:
-    try:
-        ipaddress.ip_address(name)
-    except ValueError:
-        return False
-    return True
-
-
-@implementer(IOpenSSLClientConnectionCreator)
-class _UnverifiedTLS:
-    """TLS that sends SNI but checks neither chain nor name (``tls_verify: false``)."""
-
-    def __init__(self, server_name: str):
-        self._context = CertificateOptions(verify=False).getContext()
-        self._sni = None if _is_ip(server_name) else server_name.encode("idna")
-
-    def clientConnectionForTLS(self, tlsProtocol: Any) -> SSL.Connection:
-        connection = SSL.Connection(self._context, None)
-        connection.set_app_data(tlsProtocol)
-        if self._sni is not None:
-            connection.set_tlsext_host_name(self._sni)
-        return connection
-
-
 @implementer(IPolicyForHTTPS)
 @attrs.frozen
 class VaultTLSPolicy:
@@ -254,10 +229,7 @@ class VaultTLSPolicy:
 
     def creatorForNetloc(self, hostname: bytes, port: int) -> Any:
         """The connection creator for one connection to ``hostname``."""
-        name = self.server_name or hostname.decode("ascii")
-        if not self.verify:
-            return _UnverifiedTLS(name)
-        return optionsForClientTLS(name, trustRoot=self.trust_root)
+        return client_tls(self.server_name or hostname.decode("ascii"), self.verify, self.trust_root)
 
 
 def make_vault_client(
@@ -290,18 +262,12 @@ def make_vault_client(
 
 
 def _transport_reason(failure: Failure, timeout: float) -> str:
-    """Words for a failed request, naming timeouts and TLS failures as such."""
+    """Words for a failed request, naming our own timeout as such."""
     nested = getattr(failure.value, "reasons", None) or []
     reasons = [failure] + [r for r in nested if isinstance(r, Failure)]
     if any(r.check(defer.TimeoutError, defer.CancelledError) for r in reasons):
         return f"no answer within the timeout ({timeout * 1000:g} ms)"
-    for r in reasons:
-        if r.check(SSL.Error, VerificationError):
-            return f"TLS handshake failed ({type(r.value).__name__}: {r.getErrorMessage()})"
-    if failure.check(neterror.ConnectionRefusedError):
-        return "connection refused"
-    inner = reasons[-1]
-    return f"{type(inner.value).__name__}: {inner.getErrorMessage()}"
+    return describe_failure(failure)
 
 
 @attrs.define
@@ -380,7 +346,7 @@ class VaultAPI:
             data = json.dumps(payload, separators=(",", ":")).encode("ascii")
             headers["Content-Type"] = ["application/json"]
         d = self._client.request(method, url, headers=headers, data=data, allow_redirects=False)
-        d.addCallback(lambda response: response.content().addCallback(lambda body: (response.code, body)))
+        d.addCallback(lambda response: read_body(response).addCallback(lambda body: (response.code, body)))
         d.addTimeout(self.timeout, self._reactor)
         bare = url.split("?", 1)[0]
 

@@ -53,14 +53,11 @@ import attrs
 from twisted.internet import error as netError
 from twisted.internet.defer import Deferred, gatherResults, succeed
 from twisted.internet.interfaces import IReactorTime
-from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.client import (
     HTTPConnectionPool,
-    PotentialDataLoss,
     RequestTransmissionFailed,
-    ResponseDone,
     ResponseFailed,
     ResponseNeverReceived,
 )
@@ -70,8 +67,10 @@ from zope.interface import implementer
 from kongacme.storage.errors import StorageError, StorageUnavailable
 from kongacme.acme.trust import make_http_client
 from kongacme.config.storage import ConsulStorageConfig
+from kongacme.failures import describe_failure
 from kongacme.interfaces import IAtomicStorage, IStorage
-from kongacme.proxy._relay import provides
+from kongacme.response_body import read_body
+from kongacme.validators import provides
 from kongacme.storage._common import (
     check_key,
     check_prefix,
@@ -130,38 +129,6 @@ class _Entry:
     value: bytes
     expires_at: Optional[float]
     modify_index: int
-
-
-class _Body(Protocol):
-    """Collects a response body; cancelling :attr:`finished` closes the connection."""
-
-    def __init__(self) -> None:
-        self._chunks: list[bytes] = []
-        self.finished: Deferred[bytes] = Deferred(lambda _: self.transport.stopProducing())
-
-    def dataReceived(self, data: bytes) -> None:
-        self._chunks.append(data)
-
-    def connectionLost(self, reason: Failure) -> None:
-        if self.finished.called:
-            return
-        if reason.check(ResponseDone, PotentialDataLoss):
-            self.finished.callback(b"".join(self._chunks))
-        else:
-            self.finished.errback(reason)
-
-
-def _describe(failure: Failure) -> str:
-    """One line for a network failure, unwrapping Twisted's lists of reasons."""
-    value = failure.value
-    reasons = [r for r in getattr(value, "reasons", None) or () if isinstance(r, Failure)]
-    if reasons:
-        return "; ".join(_describe(r) for r in reasons)
-    if isinstance(value, netError.ConnectionRefusedError):
-        return "connection refused"
-    text = str(value).strip()
-    name = type(value).__name__
-    return f"{name}: {text}" if text and text != name else name
 
 
 _UNREACHABLE = (
@@ -266,7 +233,7 @@ class ConsulStorage:
         def unreachable(failure: Failure) -> Failure:
             if failure.check(ConsulError) or not failure.check(*_UNREACHABLE):
                 return failure
-            raise ConsulUnavailable(method, url, _describe(failure))
+            raise ConsulUnavailable(method, url, describe_failure(failure))
 
         return d.addErrback(unreachable)
 
@@ -275,10 +242,7 @@ class ConsulStorage:
         response = await self._http.request(
             method, url, headers=headers, data=body, allow_redirects=False, unbuffered=True, reactor=self._reactor
         )
-        reader = _Body()
-        finished = reader.finished
-        response.deliverBody(reader)
-        data = await finished
+        data = await read_body(response)
         code = response.code
         if code >= 500 or code == 429:
             raise ConsulUnavailable(method, url, _message(data) or "server error", code)

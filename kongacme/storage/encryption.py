@@ -33,7 +33,7 @@ from zope.interface import implementer
 
 from kongacme.storage._wrapper import ForwardingWrapper
 from kongacme.interfaces import IAtomicStorage, IStorage
-from kongacme.proxy._relay import provides
+from kongacme.validators import provides
 from kongacme.storage import keys
 from kongacme.storage.errors import StoredCertificateError
 

@@ -22,7 +22,7 @@ from zope.interface import implementer
 
 from kongacme.storage._wrapper import ForwardingWrapper
 from kongacme.interfaces import IAtomicStorage, IStorage
-from kongacme.proxy._relay import provides
+from kongacme.validators import provides
 
 #: Errors that mean the caller misused the API (a bad key, a str value),
 #: not that the store failed; they pass through uncounted.

@@ -22,9 +22,10 @@ from zope.interface import implementer
 
 from kongacme.config.storage import RedisStorageConfig
 from kongacme.interfaces import IAtomicStorage, IStorage
+from kongacme.net import client_tls
 from kongacme.storage import keys
 from kongacme.storage._common import check_key, check_prefix, check_ttl, check_value
-from kongacme.storage._redis_connection import RedisPool, RedisSubscription, tls_connection_creator
+from kongacme.storage._redis_connection import RedisPool, RedisSubscription
 from kongacme.storage._redis_errors import StorageUnavailable
 
 #: Kong's default host when ``storage_config.redis.host`` is unset.
@@ -125,7 +126,9 @@ class RedisStorage:
     def __attrs_post_init__(self) -> None:
         tls = None
         if self.ssl:
-            tls = tls_connection_creator(self.host, self.ssl_verify, self.server_name, self.trust_root)
+            # SNI and verification use server_name, else the host; an IP
+            # address is verified but never sent as SNI.
+            tls = client_tls(self.server_name or self.host, self.ssl_verify, self.trust_root)
         self._pool = RedisPool(
             self._reactor,
             self.host,

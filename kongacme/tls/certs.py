@@ -6,7 +6,6 @@ cache, the TLS contexts and (later) the Admin API.
 from __future__ import annotations
 
 import datetime
-import ipaddress
 from typing import Sequence
 
 import attrs
@@ -16,6 +15,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import ExtensionOID, NameOID
 
 from kongacme.errors import CertificateError
+from kongacme.net import is_ip_literal
 
 PrivateKey = rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey
 
@@ -117,9 +117,7 @@ def certificate_names(cert: x509.Certificate) -> tuple[str, ...]:
     else:
         for attribute in cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME):
             value = str(attribute.value).lower()
-            try:
-                ipaddress.ip_address(value)
-            except ValueError:
+            if not is_ip_literal(value):
                 names.append(value)
     return tuple(dict.fromkeys(names))
 

@@ -16,7 +16,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 from twisted.internet.interfaces import IReactorTime
 
-from kongacme.proxy._relay import provides
+from kongacme.validators import provides
 from kongacme.renewal.state import RenewalState
 from kongacme.tls.certs import issuer_label
 from kongacme.tls.protocol import HANDSHAKE_OUTCOMES
