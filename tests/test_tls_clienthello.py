@@ -123,6 +123,29 @@ class ParseClientHelloTests(SynchronousTestCase):
         hello = parse_client_hello(with_raw_sni("bücher.test".encode("utf-8")))
         self.assertIsNone(hello.server_name)
         self.assertEqual(hello.raw_server_name, "bücher.test".encode("utf-8"))
+        self.assertIsNone(hello.unservable)
+
+    def test_unservable_sni(self):
+        """
+        An SNI with a NUL byte or over 255 bytes (which OpenSSL refuses) is
+        no usable name and says why no certificate can be served; up to 255
+        bytes without NUL the fallback can be.
+        """
+        for raw, reason in ((b"a\x00b.test", "SNI with a NUL byte"), (b"demo.test\x00", "SNI with a NUL byte"),
+                            (b"a" * 256, "SNI longer than 255 bytes"), (b"x" * 2000, "SNI longer than 255 bytes")):
+            hello = parse_client_hello(with_raw_sni(raw))
+            self.assertIsNone(hello.server_name, raw)
+            self.assertEqual(hello.raw_server_name, raw)
+            self.assertEqual(hello.unservable, reason)
+        self.assertIsNone(parse_client_hello(with_raw_sni(b"a" * 255)).unservable)
+        self.assertIsNone(parse_client_hello(client_hello_bytes("a.test")).unservable)
+
+    def test_trailing_dot(self):
+        """An SNI ending with a dot is looked up without it."""
+        hello = parse_client_hello(with_raw_sni(b"Demo.Test."))
+        self.assertEqual(hello.server_name, "demo.test")
+        self.assertIsNone(hello.raw_server_name)
+        self.assertIsNone(hello.unservable)
 
 
 class NormalizeServerNameTests(SynchronousTestCase):

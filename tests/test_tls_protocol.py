@@ -8,6 +8,7 @@ import os
 import socket
 import ssl
 
+from cryptography.hazmat.primitives.serialization import Encoding
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred, gatherResults, inlineCallbacks
 from twisted.internet.interfaces import IHalfCloseableProtocol
@@ -24,7 +25,7 @@ from kongacme.tls.fallback import FALLBACK_NAME, generate_self_signed
 from kongacme.tls.protocol import TLSServerFactory
 
 from tests import tlsclients
-from tests.test_tls_clienthello import client_hello_bytes, with_raw_sni
+from tests.test_tls_clienthello import append_sni_extension, client_hello_bytes, with_raw_sni
 from tests.test_tls_upstream_close import BODY as HTTP10_BODY, fetch_until_close_blocking
 
 
@@ -223,14 +224,30 @@ class HostileInputTests(TLSTestMixin, TestCase):
 
     @inlineCallbacks
     def test_hostile_sni(self):
-        """A 255-byte or non-ASCII SNI gets a ServerHello (fallback), not a crash."""
-        for raw in (b"a" * 255, "bücher.test".encode("utf-8")):
+        """
+        A 255-byte or non-ASCII SNI gets the fallback certificate; one OpenSSL
+        refuses (a NUL byte, 256 bytes) gets an unrecognized_name alert from
+        kongacme, counted as rejected; the listener keeps serving.
+        """
+        fallback = self.fallback.chain[0].public_bytes(Encoding.DER)
+        for raw in (b"a" * 255, "bücher.test".encode("utf-8"), b"a" * 63 + b".\x01\x7f.test"):
+            received = yield deferToThread(read_server_flight_blocking, self.portno, tls12_hello_with_sni(raw), fallback)
+            self.assertIn(fallback, received, raw)
+        for raw in (b"a\x00b.test", b"exact.test\x00", b"a" * 256, b"a." * 200):
             received = yield deferToThread(tlsclients.raw_exchange_blocking, self.portno, with_raw_sni(raw))
-            self.assertEqual(received[:1], b"\x16", raw)  # a handshake record: ServerHello
-        # OpenSSL itself refuses a NUL inside the name with an alert (0x15).
-        received = yield deferToThread(tlsclients.raw_exchange_blocking, self.portno, with_raw_sni(b"a\x00b.test"))
-        self.assertEqual(received[:1], b"\x15")
+            self.assertEqual(received, b"\x15\x03\x03\x00\x02\x02\x70", raw)  # fatal unrecognized_name
+        self.assertEqual(self.factory.handshakes["rejected"], 4)
         yield self.assertStillServing()
+
+    @inlineCallbacks
+    def test_trailing_dot_sni(self):
+        """An SNI with a trailing dot ("exact.test.") is served exact.test's certificate."""
+        exact = self.cache.lookup("exact.test").chain[0].public_bytes(Encoding.DER)
+        received = yield deferToThread(
+            read_server_flight_blocking, self.portno, tls12_hello_with_sni(b"Exact.Test."), exact
+        )
+        self.assertIn(exact, received)
+        self.assertEqual(self.wrapped.hellos[-1].server_name, "exact.test")
 
     @inlineCallbacks
     def test_stalled_mid_hello(self):
@@ -253,6 +270,30 @@ class HostileInputTests(TLSTestMixin, TestCase):
         yield self.assertStillServing()
         closed_after = yield deferToThread(seconds_until_closed, stalled)
         self.assertLess(closed_after, 3.0)
+
+
+def tls12_hello_with_sni(raw: bytes) -> bytes:
+    """
+    A TLS 1.2 ClientHello (so the server's Certificate message travels in
+    the clear) whose only SNI carries ``raw`` verbatim.
+    """
+    return append_sni_extension(client_hello_bytes(max_version=ssl.TLSVersion.TLSv1_2), raw)
+
+
+def read_server_flight_blocking(port: int, hello: bytes, until: bytes, limit: float = 5.0) -> bytes:
+    """Send ``hello`` and read what comes back until ``until`` shows up, the server closes or ``limit`` passes."""
+    with socket.create_connection(("127.0.0.1", port), timeout=limit) as sock:
+        sock.sendall(hello)
+        received = b""
+        try:
+            while until not in received:
+                chunk = sock.recv(65536)
+                if not chunk:
+                    break
+                received += chunk
+        except (socket.timeout, ConnectionResetError):
+            pass
+        return received
 
 
 def seconds_until_closed(sock, limit=5.0):

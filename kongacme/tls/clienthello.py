@@ -30,6 +30,9 @@ _EXT_ALPN = 16
 
 _LABEL = re.compile(r"^(?!-)[a-z0-9_-]{1,63}(?<!-)$")
 
+#: RFC 6066 §3: a HostName is at most 255 bytes (the TLS engine enforces it).
+MAX_SNI_BYTES = 255
+
 
 @implementer(IConnectionInfo)
 @attrs.frozen
@@ -42,16 +45,26 @@ class ClientHello:
     :ivar alpn_offered: ALPN protocol names offered, in the client's order.
     :ivar raw_server_name: the SNI bytes as sent when they were rejected
         (for the log line), else ``None``.
+    :ivar unservable: why no certificate at all can be served for this
+        hello, or ``None``. OpenSSL ends the handshake with an
+        ``unrecognized_name`` alert while reading a host_name that holds a
+        NUL byte or is longer than 255 bytes; the ClientHello cannot be
+        changed before OpenSSL reads it (its bytes are part of the handshake
+        transcript both sides sign), so such a hello cannot get even the
+        fallback certificate.
     """
 
     server_name: str | None
     alpn_offered: tuple[bytes, ...] = ()
     raw_server_name: bytes | None = None
+    unservable: str | None = None
 
 
 def normalize_server_name(raw: bytes) -> str | None:
     """
-    Validate and lower-case an SNI host name.
+    Validate and lower-case an SNI host name; one trailing dot (a fully
+    qualified ``demo.test.``) is dropped, so it is looked up as
+    ``demo.test``.
 
     :return: the name, or ``None`` if it is not ASCII, is an empty label
         sequence, longer than 253 octets, or has an invalid label.
@@ -185,7 +198,17 @@ def parse_client_hello(buffer: bytes) -> ClientHello | None:
         server_name=server_name,
         alpn_offered=tuple(alpn),
         raw_server_name=raw_name if (raw_name is not None and server_name is None) else None,
+        unservable=_unservable(raw_name) if (raw_name is not None and server_name is None) else None,
     )
+
+
+def _unservable(raw: bytes) -> str | None:
+    """Why OpenSSL would refuse this SNI host_name, or ``None``."""
+    if len(raw) > MAX_SNI_BYTES:
+        return "SNI longer than %d bytes" % (MAX_SNI_BYTES,)
+    if b"\x00" in raw:
+        return "SNI with a NUL byte"
+    return None
 
 
 def _first_host_name(message: bytes, pos: int, end: int) -> bytes | None:

@@ -35,12 +35,16 @@ log = Logger()
 
 _NO_HELLO = ClientHello(server_name=None)
 
+#: A fatal unrecognized_name(112) alert record (RFC 8446 §6, RFC 6066 §3).
+_UNRECOGNIZED_NAME_ALERT = b"\x15\x03\x03\x00\x02\x02\x70"
+
 #: What becomes of a connection on the TLS listener, one per connection:
 #: a handshake completed with a certificate from the cache (``cached``) or
 #: the fallback (``fallback``), either after the gate held it
 #: (``held_then_issued``, ``held_then_fallback``); or no handshake: not a
-#: ClientHello we accept (``rejected``), closed before a whole ClientHello
-#: (``abandoned``), the deadline passed (``timeout``), or TLS failed
+#: ClientHello we accept, or an SNI OpenSSL refuses (``rejected``), closed
+#: before a whole ClientHello (``abandoned``), the deadline passed
+#: (``timeout``), or TLS failed
 #: (``failed``: no shared protocol or cipher, the client refused the
 #: certificate, the connection dropped mid-handshake).
 HANDSHAKE_OUTCOMES = (
@@ -137,6 +141,22 @@ class SNITLSProtocol(TLSMemoryBIOProtocol):
         if hello is None:
             return
         self.client_hello = hello
+        if hello.unservable is not None:
+            # OpenSSL would end the handshake over this name while reading
+            # the hello (see ClientHello.unservable): say so ourselves, with
+            # the same unrecognized_name alert (RFC 6066 §3).
+            log.info(
+                "TLS: refusing SNI {raw!r} from {peer}: {reason}",
+                raw=hello.raw_server_name[:80],
+                peer=_peer(self.transport),
+                reason=hello.unservable,
+            )
+            self._count("rejected")
+            self._hello_buffer = None
+            self._cancel_deadline()
+            self.transport.write(_UNRECOGNIZED_NAME_ALERT)
+            self.transport.loseConnection()
+            return
         if hello.raw_server_name is not None:
             log.info(
                 "TLS: invalid SNI {raw!r} from {peer}, serving the fallback certificate",
