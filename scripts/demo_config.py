@@ -1,11 +1,13 @@
 """
-Write the demo's kongacme configuration: etc/kongacme.example.yaml (which
-documents every field) with the settings that point it at the local Pebble.
+Write the demo's kongacme configuration: a local setup pointed at the
+demo's Pebble, written from scratch (etc/kongacme.example.yaml is the
+production template and documents every field; the demo does not read it).
 
 Usage: python3 scripts/demo_config.py OUT.yaml --ca-bundle FILE
 
-Relative paths in the written file are resolved against its directory, as
-kongacme does for every config file.
+Relative paths in the written file (state_dir, ca_bundle) are resolved
+against its directory, as kongacme does for every config file: with OUT in
+.demo/, state lives in .demo/state.
 """
 
 from __future__ import annotations
@@ -15,12 +17,9 @@ import os
 
 import yaml
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-EXAMPLE = os.path.join(HERE, "..", "etc", "kongacme.example.yaml")
-
 HEADER = """\
-# Written by scripts/demo (scripts/demo_config.py) on every start, from
-# etc/kongacme.example.yaml -- read that file for what each field means.
+# Written by scripts/demo (scripts/demo_config.py) on every start; what each
+# field means is in etc/kongacme.example.yaml (the production template).
 # Edit this copy and `kill -HUP $(cat .demo/twistd.pid)` to try a change
 # while the demo runs; the next scripts/demo run writes it afresh.
 #
@@ -32,23 +31,35 @@ HEADER = """\
 
 
 def demo_config(ca_bundle: str) -> dict:
-    with open(EXAMPLE, encoding="utf-8") as f:
-        config = yaml.safe_load(f)
-    config["listen"] = {
-        "tls": ["tcp:8443:interface=127.0.0.1"],
-        "http": ["tcp:8080:interface=127.0.0.1"],
-        "admin": ["tcp:8001:interface=127.0.0.1"],
-    }
-    config["state_dir"] = "state"
-    config["default_upstream"] = "127.0.0.1:8000"
-    # The demo upstream (scripts/demo_upstream.py) speaks HTTP/1.1 only: a
-    # client that negotiated h2 with kongacme would send it HTTP/2 frames.
-    for route in config.get("routes") or []:
-        route["alpn"] = ["http/1.1"]
-    config.setdefault("http", {})["https_port"] = 8443
-    issuance = config.setdefault("issuance", {})
-    issuance.update(
-        {
+    """
+    The demo's configuration.
+
+    :param ca_bundle: the CA file that makes Pebble's HTTPS trusted
+        (relative to the written file's directory, or absolute).
+    """
+    return {
+        "listen": {
+            "tls": ["tcp:8443:interface=127.0.0.1"],
+            "http": ["tcp:8080:interface=127.0.0.1"],
+            "admin": ["tcp:8001:interface=127.0.0.1"],
+        },
+        # Next to the written file: .demo/state (account key, certificates,
+        # fallback certificate), kept across runs.
+        "state_dir": "state",
+        "routes": [
+            {
+                "hosts": ["demo.test", "*.demo.test"],
+                "upstream": "127.0.0.1:8000",
+                # The demo upstream (scripts/demo_upstream.py) speaks
+                # HTTP/1.1 only: a client that negotiated h2 with kongacme
+                # would send it HTTP/2 frames.
+                "alpn": ["http/1.1"],
+            }
+        ],
+        "default_upstream": "127.0.0.1:8000",
+        "http": {"mode": "redirect", "https_port": 8443},
+        "logging": {"level": "info", "format": "text", "file": "-"},
+        "issuance": {
             # Trust Pebble's HTTPS (its listener certificate comes from a CA
             # made by scripts/demo_pebble.py).
             "ca_bundle": ca_bundle,
@@ -56,20 +67,17 @@ def demo_config(ca_bundle: str) -> dict:
             "first_handshake": "wait",
             # Pebble validates http-01 on 8080 here, not 80.
             "challenge_port": 8080,
-        }
-    )
-    acme = config.setdefault("acme", {})
-    acme.update(
-        {
+        },
+        "acme": {
+            "account_email": "admin@example.test",
             "api_uri": "https://127.0.0.1:14000/dir",
             "tos_accepted": True,
             "domains": ["demo.test", "*.demo.test"],
             "cert_type": "ecc",
             # Files under state_dir: account and certificates survive restarts.
             "storage": "kong",
-        }
-    )
-    return config
+        },
+    }
 
 
 def main() -> None:

@@ -4,8 +4,10 @@ Tests for kongacme.config: loading files, defaults, the daemon's sections.
 
 from __future__ import annotations
 
+import importlib.util
 import os
 
+import yaml
 from twisted.trial.unittest import SynchronousTestCase
 
 from kongacme.config import (
@@ -52,29 +54,49 @@ class LoadConfigTests(SynchronousTestCase):
 
     def test_example_config_loads(self) -> None:
         """
-        etc/kongacme.example.yaml loads without problems or warnings, with the
-        demo's listeners, routes and ACME settings.
+        etc/kongacme.example.yaml, the production template, loads without
+        problems or warnings (its state_dir, /var/lib/kongacme, need not
+        exist yet): ports 443 and 80, the Admin API on loopback, state in
+        the unit's StateDirectory, Let's Encrypt staging, kong storage.
         """
         config = load_config(EXAMPLE)
         self.assertEqual(config.warnings, ())
         self.assertEqual(
             config.listen,
-            ListenConfig(
-                tls=("tcp:8443:interface=127.0.0.1",),
-                http=("tcp:8080:interface=127.0.0.1",),
-                admin=("tcp:8001:interface=127.0.0.1",),
-            ),
+            ListenConfig(tls=("tcp:443",), http=("tcp:80",), admin=("tcp:8001:interface=127.0.0.1",)),
         )
-        repo = os.path.dirname(os.path.dirname(EXAMPLE))
-        self.assertEqual(config.state_dir, os.path.join(repo, ".demo", "state"))
-        self.assertEqual(config.default_route, RouteConfig((), "127.0.0.1", 8000))
-        self.assertEqual(config.routes[0].hosts, ("demo.test", "*.demo.test"))
+        self.assertEqual(config.state_dir, "/var/lib/kongacme")
+        self.assertIsNone(config.default_route)
+        self.assertIsNone(config.http.https_port)
+        self.assertEqual(config.issuance.challenge_port, 80)
+        self.assertEqual(config.routes[0].hosts, ("example.com", "*.example.com"))
         assert config.acme is not None
-        self.assertEqual(config.acme.account_email, "admin@example.test")
-        self.assertEqual(config.acme.api_uri, "https://127.0.0.1:14000/dir")
+        self.assertEqual(config.acme.api_uri, "https://acme-staging-v02.api.letsencrypt.org/directory")
         self.assertTrue(config.acme.tos_accepted)
-        self.assertEqual(config.acme.domains, ("demo.test", "*.demo.test"))
-        self.assertEqual(config.acme.storage, "shm")
+        self.assertEqual(config.acme.domains, ("example.com", "*.example.com"))
+        self.assertEqual(config.acme.storage, "kong")
+
+    def test_demo_config_loads(self) -> None:
+        """
+        The demo's config (scripts/demo_config.py writes it; it does not
+        read the example) loads without problems, with state next to the
+        written file and the local Pebble as its CA.
+        """
+        repo = os.path.dirname(os.path.dirname(EXAMPLE))
+        spec = importlib.util.spec_from_file_location("demo_config", os.path.join(repo, "scripts", "demo_config.py"))
+        assert spec is not None and spec.loader is not None
+        demo = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(demo)
+        path = self.write(yaml.safe_dump(demo.demo_config("ca.pem")))
+        with open(os.path.join(os.path.dirname(path), "ca.pem"), "w") as f:
+            f.write("")
+        config = load_config(path)
+        self.assertEqual(config.warnings, ())
+        self.assertEqual(config.state_dir, os.path.join(os.path.dirname(path), "state"))
+        self.assertEqual(config.listen.tls, ("tcp:8443:interface=127.0.0.1",))
+        assert config.acme is not None
+        self.assertEqual(config.acme.api_uri, "https://127.0.0.1:14000/dir")
+        self.assertEqual(config.acme.storage, "kong")
 
     def test_empty_mapping_gives_defaults(self) -> None:
         """
@@ -298,6 +320,33 @@ class ListenTests(SynchronousTestCase):
         )
         self.assertEqual(config.listen.tls, tuple(endpoints))
         self.assertEqual(config.listen.admin, tuple(endpoints))
+
+    def test_haproxy_prefix_for_tls_and_http(self) -> None:
+        """
+        The TLS and HTTP listeners accept Twisted's haproxy: prefix (PROXY
+        protocol from a load balancer) over any endpoint they accept; the
+        wrapped endpoint is checked as usual; the Admin listener refuses it.
+        """
+        endpoints = ["haproxy:tcp:8443:interface=127.0.0.1", "haproxy:tcp6:443", "haproxy:systemd:domain=INET:index=0"]
+        config = parse_config({"listen": {"tls": endpoints, "http": "haproxy:unix:/run/k.sock"}}, "/srv")
+        self.assertEqual(config.listen.tls, tuple(endpoints))
+        self.assertEqual(config.listen.http, ("haproxy:unix:/run/k.sock",))
+        found = problems_of(
+            self,
+            {"listen": {"tls": ["haproxy:tcp:70000", "haproxy:ssl:443", "haproxy:", "haproxy:haproxy:tcp:1"],
+                        "admin": "haproxy:tcp:8001"}},
+        )
+        self.assertEqual(
+            found,
+            [
+                ("listen.tls[0]", "tcp: port must be a number between 0 and 65535"),
+                ("listen.tls[1]", NO_SSL),
+                ("listen.tls[2]", "haproxy: needs the endpoint it wraps, e.g. haproxy:tcp:443"),
+                ("listen.tls[3]", "unknown or unsupported endpoint type 'haproxy:'; use tcp:, tcp6:, unix: or systemd:"),
+                ("listen.admin[0]",
+                 "unknown or unsupported endpoint type 'haproxy:'; use tcp:, tcp6:, unix:, systemd: or ssl:"),
+            ],
+        )
 
     def test_ssl_rejected_for_tls_and_http(self) -> None:
         """
