@@ -33,6 +33,18 @@ def is_ip_literal(host: str) -> bool:
     return True
 
 
+def canonical_ip(host: str) -> str:
+    """
+    An IP address in its canonical text form (RFC 5952 for IPv6:
+    ``2001:db8::7``, not ``2001:db8:0:0:0:0:0:7`` as Twisted's PROXY v2
+    parser writes it); anything else unchanged.
+    """
+    try:
+        return str(ipaddress.ip_address(host))
+    except ValueError:
+        return host
+
+
 def client_endpoint(reactor: Any, host: str, port: int, timeout: float) -> IStreamClientEndpoint:
     """
     A TCP client endpoint for ``host``: IP literals (brackets allowed)

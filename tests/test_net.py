@@ -14,7 +14,7 @@ from twisted.internet.testing import MemoryReactorClock
 from twisted.trial.unittest import SynchronousTestCase
 from zope.interface.verify import verifyObject
 
-from kongacme.net import UnverifiedTLS, client_endpoint, client_tls, is_ip_literal
+from kongacme.net import UnverifiedTLS, canonical_ip, client_endpoint, client_tls, is_ip_literal
 from kongacme.testing import TestCA
 
 
@@ -37,6 +37,22 @@ class IsIPLiteralTests(SynchronousTestCase):
         """
         for host in ("example.com", "localhost", "1.2.3", "1.2.3.4.5", "256.1.1.1", "", "[example.com]"):
             self.assertFalse(is_ip_literal(host), host)
+
+
+class CanonicalIPTests(SynchronousTestCase):
+    """
+    Tests for canonical_ip.
+    """
+
+    def test_forms(self) -> None:
+        """
+        IPv6 addresses get their RFC 5952 form (as Twisted's PROXY v2
+        parser does not), IPv4 stays, names pass unchanged.
+        """
+        self.assertEqual(canonical_ip("2001:db8:0:0:0:0:0:7"), "2001:db8::7")
+        self.assertEqual(canonical_ip("2001:DB8::A"), "2001:db8::a")
+        self.assertEqual(canonical_ip("198.51.100.7"), "198.51.100.7")
+        self.assertEqual(canonical_ip("unknown"), "unknown")
 
 
 class ClientEndpointTests(SynchronousTestCase):

@@ -48,6 +48,12 @@ class ListenConfig:
     :ivar tls: TLS connections (kongacme terminates TLS, so no ``ssl:``).
     :ivar http: plain HTTP (ACME http-01 challenges, redirects).
     :ivar admin: the Admin API (``ssl:`` allowed).
+
+    ``tls`` and ``http`` endpoints may carry Twisted's ``haproxy:`` prefix
+    (``haproxy:tcp:443``): every connection then starts with a PROXY
+    protocol header (v1 or v2) from a load balancer in front, and the
+    client address it declares is the one logged, sent upstream and put
+    in ``X-Forwarded-For``.
     """
 
     tls: tuple[str, ...] = ("tcp:8443:interface=127.0.0.1",)
@@ -349,13 +355,22 @@ def _advice(allowed: tuple[str, ...]) -> str:
     return "use " + ", ".join(f"{kind}:" for kind in allowed[:-1]) + f" or {allowed[-1]}:"
 
 
-def _endpoint(allowed: tuple[str, ...]) -> Callable[[str], str]:
+def _endpoint(allowed: tuple[str, ...], proxied: bool = False) -> Callable[[str], str]:
     def check(description: str) -> str:
         try:
             args, kwargs = _parse(description)
         except Exception as e:
             raise Invalid(f"not a valid endpoint description ({e})") from None
         kind = str(args[0]).lower() if args else ""
+        if proxied and kind == "haproxy":
+            # A load balancer in front sends a PROXY header (v1 or v2) first:
+            # Twisted's haproxy: prefix wraps the endpoint after it, which is
+            # checked like any other.
+            wrapped = description.partition(":")[2]
+            if not wrapped.strip():
+                raise Invalid("haproxy: needs the endpoint it wraps, e.g. haproxy:tcp:443")
+            _endpoint(allowed)(wrapped)
+            return description
         if kind == "ssl" and kind not in allowed:
             raise Invalid(f"ssl: endpoints are not allowed here (kongacme terminates TLS itself); {_advice(allowed)}")
         if kind not in allowed:
@@ -384,16 +399,16 @@ def _endpoint(allowed: tuple[str, ...]) -> Callable[[str], str]:
     return check
 
 
-def _listen_field(name: str, allowed: tuple[str, ...]) -> Field:
+def _listen_field(name: str, allowed: tuple[str, ...], proxied: bool = False) -> Field:
     default = getattr(attrs.fields(ListenConfig), name).default
-    return Field(name, ListOf(Then(Str(), _endpoint(allowed)), single_ok=True), default)
+    return Field(name, ListOf(Then(Str(), _endpoint(allowed, proxied)), single_ok=True), default)
 
 
 LISTEN = Record(
     ListenConfig,
     (
-        _listen_field("tls", _PLAIN_ENDPOINTS),
-        _listen_field("http", _PLAIN_ENDPOINTS),
+        _listen_field("tls", _PLAIN_ENDPOINTS, proxied=True),
+        _listen_field("http", _PLAIN_ENDPOINTS, proxied=True),
         _listen_field("admin", _PLAIN_ENDPOINTS + ("ssl",)),
     ),
 )

@@ -25,6 +25,8 @@ from twisted.web.iweb import IBodyProducer, IResponse
 from twisted.web.server import Request
 from zope.interface import implementer
 
+from kongacme.net import canonical_ip
+
 _log = Logger()
 
 #: Headers that describe one connection, not the message (RFC 9110 §7.6.1),
@@ -112,7 +114,7 @@ def _upstream_headers(request: Request, host_header: bytes) -> Headers:
     for name, values in incoming.getAllRawHeaders():
         if name.lower() not in skip:
             headers.setRawHeaders(name, list(values))
-    client_ip = getattr(request.getClientAddress(), "host", "unknown").encode("ascii", "replace")
+    client_ip = canonical_ip(getattr(request.getClientAddress(), "host", "unknown")).encode("ascii", "replace")
     forwarded_for = b", ".join(incoming.getRawHeaders(b"x-forwarded-for", []) + [client_ip])
     headers.setRawHeaders(b"x-forwarded-for", [forwarded_for])
     headers.setRawHeaders(b"x-real-ip", [client_ip])
