@@ -45,6 +45,20 @@ def canonical_ip(host: str) -> str:
         return host
 
 
+def peer_name(transport: Any) -> str:
+    """
+    ``host:port`` of a transport's peer for log lines (``[host]:port`` for
+    IPv6, in canonical form), or ``"?"`` when it has none. Behind a
+    ``haproxy:`` listener this is the client the PROXY header declared.
+    """
+    try:
+        peer = transport.getPeer()
+        host, port = canonical_ip(peer.host), peer.port
+    except Exception:
+        return "?"
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
 def client_endpoint(reactor: Any, host: str, port: int, timeout: float) -> IStreamClientEndpoint:
     """
     A TCP client endpoint for ``host``: IP literals (brackets allowed)

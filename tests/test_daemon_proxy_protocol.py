@@ -195,14 +195,16 @@ class ProxyProtocolListenerTests(ShowsDaemonOutput, TestCase):
     @inlineCallbacks
     def test_logged_client_address(self) -> Any:
         """
-        The daemon's log lines name the declared client: bytes that are not
-        a ClientHello after the header are dropped with a line naming it.
+        The daemon's log lines name the declared client (IPv6 in brackets,
+        canonical form): bytes that are not a ClientHello after the header
+        are dropped with a line naming it.
         """
-        yield deferToThread(raw_exchange, self.tls_port, V1_HEADER + b"GET / HTTP/1.1\r\n\r\n")
-        yield self.daemon.wait_for("dropping connection")
+        for header in (V1_HEADER, V2_HEADER):
+            yield deferToThread(raw_exchange, self.tls_port, header + b"GET / HTTP/1.1\r\n\r\n")
+        yield self.daemon.wait_for("dropping connection", count=2)
         events = [json.loads(line) for line in self.daemon.output.splitlines() if line.startswith("{")]
-        [dropped] = [e for e in events if "dropping connection" in json.dumps(e)]
-        self.assertEqual(dropped["peer"], "198.51.100.7:51234")
+        dropped = [e["peer"] for e in events if "dropping connection" in json.dumps(e)]
+        self.assertEqual(dropped, ["198.51.100.7:51234", "[2001:db8::7]:40000"])
 
     @inlineCallbacks
     def test_no_header_refused(self) -> Any:

@@ -10,11 +10,12 @@ from OpenSSL import SSL
 from twisted.internet.endpoints import HostnameEndpoint, TCP4ClientEndpoint, TCP6ClientEndpoint
 from twisted.internet.interfaces import IOpenSSLClientConnectionCreator
 from twisted.internet.protocol import Factory, Protocol
-from twisted.internet.testing import MemoryReactorClock
+from twisted.internet.address import IPv4Address, IPv6Address
+from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.trial.unittest import SynchronousTestCase
 from zope.interface.verify import verifyObject
 
-from kongacme.net import UnverifiedTLS, canonical_ip, client_endpoint, client_tls, is_ip_literal
+from kongacme.net import UnverifiedTLS, canonical_ip, client_endpoint, client_tls, is_ip_literal, peer_name
 from kongacme.testing import TestCA
 
 
@@ -53,6 +54,27 @@ class CanonicalIPTests(SynchronousTestCase):
         self.assertEqual(canonical_ip("2001:DB8::A"), "2001:db8::a")
         self.assertEqual(canonical_ip("198.51.100.7"), "198.51.100.7")
         self.assertEqual(canonical_ip("unknown"), "unknown")
+
+
+class PeerNameTests(SynchronousTestCase):
+    """
+    Tests for peer_name.
+    """
+
+    def test_addresses(self) -> None:
+        """
+        IPv4 peers read host:port; IPv6 peers [host]:port in canonical form.
+        """
+        transport = StringTransport(peerAddress=IPv4Address("TCP", "198.51.100.7", 51234))
+        self.assertEqual(peer_name(transport), "198.51.100.7:51234")
+        transport = StringTransport(peerAddress=IPv6Address("TCP", "2001:db8:0:0:0:0:0:7", 40000))
+        self.assertEqual(peer_name(transport), "[2001:db8::7]:40000")
+
+    def test_none(self) -> None:
+        """
+        A transport without a peer (gone, or none at all) reads "?".
+        """
+        self.assertEqual(peer_name(None), "?")
 
 
 class ClientEndpointTests(SynchronousTestCase):

@@ -145,12 +145,3 @@ def route_name(route: Route | None) -> str:
     host = f"[{route.host}]" if ":" in route.host else route.host
     return f"{host}:{route.port}"
 
-
-def peer_name(transport: Any) -> str:
-    """``host:port`` of a transport's peer for log lines, or ``"?"``."""
-    try:
-        peer = transport.getPeer()
-        return f"{peer.host}:{peer.port}"
-    except Exception:
-        return "?"
-

@@ -23,9 +23,9 @@ from zope.interface import implementer
 
 from kongacme.failures import describe_failure
 from kongacme.interfaces import IRouter
-from kongacme.net import client_endpoint, is_ip_literal
+from kongacme.net import client_endpoint, is_ip_literal, peer_name
 from kongacme.proxy._relay import DirectUpstreamFactory, PendingConnect, UpstreamFactory, UpstreamProtocol, Valve
-from kongacme.proxy._relay import half_closer, peer_name, route_name
+from kongacme.proxy._relay import half_closer, route_name
 from kongacme.proxy.proxyproto import v1_header, v2_header
 from kongacme.proxy.routes import Route
 from kongacme.validators import provides

@@ -28,6 +28,7 @@ from zope.interface import implementer
 
 from kongacme.errors import ClientHelloError
 from kongacme.interfaces import ICertificateCache, IHandshakeGate
+from kongacme.net import peer_name
 from kongacme.tls.clienthello import ClientHello, parse_client_hello
 from kongacme.tls.context import ContextBuilder
 
@@ -132,7 +133,7 @@ class SNITLSProtocol(TLSMemoryBIOProtocol):
         try:
             hello = parse_client_hello(buffered)
         except ClientHelloError as e:
-            log.info("TLS: dropping connection from {peer}: {reason}", peer=_peer(self.transport), reason=str(e))
+            log.info("TLS: dropping connection from {peer}: {reason}", peer=peer_name(self.transport), reason=str(e))
             self._count("rejected")
             self._hello_buffer = None
             self._cancel_deadline()
@@ -148,7 +149,7 @@ class SNITLSProtocol(TLSMemoryBIOProtocol):
             log.info(
                 "TLS: refusing SNI {raw!r} from {peer}: {reason}",
                 raw=hello.raw_server_name[:80],
-                peer=_peer(self.transport),
+                peer=peer_name(self.transport),
                 reason=hello.unservable,
             )
             self._count("rejected")
@@ -161,7 +162,7 @@ class SNITLSProtocol(TLSMemoryBIOProtocol):
             log.info(
                 "TLS: invalid SNI {raw!r} from {peer}, serving the fallback certificate",
                 raw=hello.raw_server_name[:80],
-                peer=_peer(self.transport),
+                peer=peer_name(self.transport),
             )
         factory: TLSServerFactory = self.factory  # type: ignore[assignment]
         gate = factory.gate
@@ -216,7 +217,7 @@ class SNITLSProtocol(TLSMemoryBIOProtocol):
         self._deadline = None
         if self._handshakeDone:
             return
-        log.info("TLS: handshake with {peer} timed out", peer=_peer(self.transport))
+        log.info("TLS: handshake with {peer} timed out", peer=peer_name(self.transport))
         self._count("timeout")
         if self._tlsConnection is None:
             self._hello_buffer = None
@@ -402,7 +403,7 @@ class SNITLSProtocol(TLSMemoryBIOProtocol):
         if not self._handshakeDone and reason is not None:
             log.info(
                 "TLS: handshake with {peer} for {server_name} failed: {reason}",
-                peer=_peer(self.transport),
+                peer=peer_name(self.transport),
                 server_name=(self.client_hello or _NO_HELLO).server_name,
                 reason=_describe(self._reason or reason),
             )
@@ -449,14 +450,6 @@ class TLSServerFactory(TLSMemoryBIOFactory):
         self.handshake_timeout = handshake_timeout
         self.gate_timeout = gate_timeout
         self.handshakes: collections.Counter[str] = collections.Counter()
-
-
-def _peer(transport) -> str:
-    try:
-        peer = transport.getPeer()
-        return "%s:%s" % (peer.host, peer.port)
-    except Exception:
-        return "?"
 
 
 def _describe(reason: Failure) -> str:

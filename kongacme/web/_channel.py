@@ -34,6 +34,8 @@ from twisted.logger import Logger
 from twisted.web import server
 from twisted.web.http import RESPONSES, HTTPChannel
 
+from kongacme.net import peer_name
+
 _log = Logger()
 _PRINTABLE = re.compile(rb"[\x20-\x7e]*")
 
@@ -51,14 +53,6 @@ def positive(instance: object, attribute: attrs.Attribute, value: Any) -> None:
     """
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
         raise ValueError(f"{attribute.name} must be a positive number, not {value!r}")
-
-
-def _peer(transport: Any) -> str:
-    try:
-        address = transport.getPeer()
-        return f"{address.host}:{address.port}"
-    except Exception:
-        return "unknown"
 
 
 @attrs.frozen
@@ -276,7 +270,7 @@ class LimitedHTTPChannel(HTTPChannel):
         self._cancel_deadline()
         _log.warn(
             "refused HTTP request from {peer}: {status} ({why})",
-            peer=_peer(self.transport),
+            peer=peer_name(self.transport),
             status=refusal.code,
             why=refusal.why,
             **fields,
@@ -306,7 +300,7 @@ class LimitedHTTPChannel(HTTPChannel):
         if self._bytes_since_response:
             self.reject(408, "request not received in time", timeout=self._request_timeout)
         else:
-            _log.debug("closing idle HTTP connection from {peer}", peer=_peer(self.transport))
+            _log.debug("closing idle HTTP connection from {peer}", peer=peer_name(self.transport))
             self.rejected = True
             self._close()
 
