@@ -5,6 +5,7 @@ config written to a temporary directory.
 
 from __future__ import annotations
 
+import collections
 import copy
 import os
 import signal
@@ -26,11 +27,88 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TWISTD = "from twisted.scripts.twistd import run; run()"
 
 
+#: Sockets holding the ports free_port() handed out (oldest first).
+_reserved: "collections.OrderedDict[int, socket.socket]" = collections.OrderedDict()
+#: How many ports stay reserved at once (one descriptor each).
+MAX_RESERVED = 512
+
+
 def free_port() -> int:
-    """A TCP port on 127.0.0.1 that was free a moment ago."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """
+    A TCP port on 127.0.0.1 that nothing listens on, kept reserved: a
+    socket bound to it (``SO_REUSEADDR``, never listening) stays open, so
+    no later ``bind(("127.0.0.1", 0))`` of this process or any other —
+    Pebble's ports, a test's upstream on port 0 — is given the same port,
+    while the daemon (Twisted, like Go and redis, binds with
+    ``SO_REUSEADDR``) can still listen on it.
+
+    (Without the reservation the test's upstream once got the port chosen
+    for the daemon's TLS listener: the daemon could not listen, the test's
+    TLS client talked to the echoing upstream and failed with
+    ``UNEXPECTED_MESSAGE``, its own ClientHello echoed back.)
+    """
+    holder = socket.socket()
+    holder.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    holder.bind(("127.0.0.1", 0))
+    port = holder.getsockname()[1]
+    _reserved[port] = holder
+    while len(_reserved) > MAX_RESERVED:
+        _reserved.popitem(last=False)[1].close()
+    return port
+
+
+def _listening_inodes(port: int) -> set[str] | None:
+    """
+    The socket inodes listening on TCP ``port`` (any address), from
+    ``/proc/net/tcp{,6}``; ``None`` where there is no such file.
+    """
+    found: set[str] = set()
+    seen = False
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            with open(table) as f:
+                lines = f.readlines()[1:]
+        except OSError:
+            continue
+        seen = True
+        for line in lines:
+            fields = line.split()
+            # local_address is HEXIP:HEXPORT; state 0A is LISTEN.
+            if len(fields) > 9 and fields[3] == "0A" and int(fields[1].rsplit(":", 1)[1], 16) == port:
+                found.add(fields[9])
+    return found if seen else None
+
+
+def _socket_inodes(pid: int) -> set[str]:
+    """The inodes of the sockets process ``pid`` has open."""
+    inodes = set()
+    try:
+        for fd in os.listdir("/proc/%d/fd" % (pid,)):
+            try:
+                target = os.readlink("/proc/%d/fd/%s" % (pid, fd))
+            except OSError:
+                continue
+            if target.startswith("socket:["):
+                inodes.add(target[8:-1])
+    except OSError:
+        pass
+    return inodes
+
+
+def listens(pid: int, port: int) -> bool:
+    """
+    Whether process ``pid`` listens on TCP ``port`` — not merely whether
+    something accepts connections there (it may be another process that
+    took the port). Without ``/proc``, whether a connection is accepted.
+    """
+    listening = _listening_inodes(port)
+    if listening is None:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            return True
+        except OSError:
+            return False
+    return bool(listening & _socket_inodes(pid))
 
 
 def child_env() -> dict:
@@ -109,15 +187,16 @@ class Daemon:
             env=child_env(),
             path=REPO,
         )
-        for _ in range(200):
+        # Ready once the daemon process itself listens on wait_port: a
+        # connection accepted there could come from another process that
+        # holds the port (then the daemon exits, unable to listen).
+        for _ in range(300):
             if self.collector.ended.called:
                 raise RuntimeError("twistd exited:\n" + self.output)
-            try:
-                socket.create_connection(("127.0.0.1", wait_port), timeout=0.2).close()
+            if listens(self.transport.pid, wait_port):
                 return
-            except OSError:
-                yield deferLater(reactor, 0.05, lambda: None)
-        raise RuntimeError("daemon did not listen:\n" + self.output)
+            yield deferLater(reactor, 0.05, lambda: None)
+        raise RuntimeError("daemon did not listen on port %d:\n%s" % (wait_port, self.output))
 
     @property
     def output(self) -> str:
