@@ -47,6 +47,7 @@ from kongacme.web.openapi import install as install_openapi
 from kongacme.web.visibility import install_visibility
 from kongacme.web.challenge import make_http_factory
 from kongacme.web.tokens import MemoryChallengeTokenStore
+from kongacme.workers.master import WorkerMode, reload_refusal
 
 
 def tune_gc() -> None:
@@ -172,6 +173,8 @@ class DaemonService(MultiService):
         #: Connection counts and caps per listener (set at start).
         self.connection_limiter: ConnectionLimiter | None = None
         self._nofile: int | None = None
+        #: With ``workers`` > 1, what the master does for its workers.
+        self.workers: WorkerMode | None = None
         self.reloads = 0
         self.last_reload_error: str | None = None
 
@@ -216,7 +219,7 @@ class DaemonService(MultiService):
         self.connection_limiter = self._make_limiter(self.config)
         limiter = self.connection_limiter
         self.listeners = {
-            "tls": ListenerSet(self._reactor, "tls", self.tls_factory, limiter.listener("tls")),
+            "tls": self._tls_listeners(limiter),
             "http": ListenerSet(self._reactor, "http", self.http_factory, limiter.listener("http")),
             "admin": ListenerSet(self._reactor, "admin", self.admin_factory, limiter.listener("admin")),
         }
@@ -225,7 +228,19 @@ class DaemonService(MultiService):
         self._update_listeners(self.config).addCallback(errors.extend)
         if errors:
             raise StartupError("; ".join(str(e) for e in errors))
+        if self.workers is not None:
+            self.workers.start()
         super().privilegedStartService()
+
+    def _tls_listeners(self, limiter: ConnectionLimiter) -> ListenerSet:
+        """
+        The TLS listener set: served here with ``workers: 1``, else opened
+        here and served by the worker processes (:mod:`kongacme.workers`).
+        """
+        if self.config.workers == 1:
+            return ListenerSet(self._reactor, "tls", self.tls_factory, limiter.listener("tls"))
+        self.workers = WorkerMode(self, self._reactor)
+        return self.workers.listeners
 
     def startService(self) -> None:
         if self.cache is None:
@@ -517,6 +532,10 @@ class DaemonService(MultiService):
         settings, HTTP settings and listeners. Connections in flight keep
         their upstream and certificate.
         """
+        refusal = reload_refusal(self.config, new)
+        if refusal is not None:
+            result = yield self._reject(refusal)
+            return result
         try:
             static = load_static_certificates(new)
             fallback = None
@@ -568,6 +587,8 @@ class DaemonService(MultiService):
         self._update_admin_settings(new)
         if self.connection_limiter is not None:
             self.connection_limiter.reconfigure(self._budget(new))
+        if self.workers is not None:
+            self.workers.reconfigure(new)
         self.reloads += 1
         self.last_reload_error = None
         self.log.info(
@@ -636,6 +657,7 @@ class DaemonService(MultiService):
             "reloads": self.reloads,
             "last_reload_error": self.last_reload_error,
             "issuance": self.manager.status() if self.manager is not None else None,
+            "workers": None if self.workers is None else self.workers.status(),
             "renewal": None if self.renewal is None else {
                 "passes": self.renewal.passes,
                 "last_pass": self.renewal.last_pass,

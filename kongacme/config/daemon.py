@@ -1,11 +1,13 @@
 """
 The daemon's own sections: listeners, TLS, static certificates, routes,
 proxying, the plain-HTTP listener, the Admin API, logging and connection
-limits; and :class:`DaemonConfig`, the whole file.
+limits, the number of worker processes; and :class:`DaemonConfig`, the
+whole file.
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from typing import Any
 
@@ -324,6 +326,10 @@ class DaemonConfig:
     :ivar default_route: where connections matching no route go (YAML key
         ``default_upstream``), ``None``: they are closed.
     :ivar acme: the Kong ACME plugin config, ``None``: no issuance.
+    :ivar workers: processes serving the TLS listener (``1``: the daemon
+        is one process; more: a master and that many workers, see
+        :mod:`kongacme.workers`); ``auto`` in the file is resolved to the
+        CPUs this process may run on.
     :ivar warnings: things accepted but worth telling the operator
         (deprecated or unsupported Kong fields), each starting with the
         field path.
@@ -345,6 +351,7 @@ class DaemonConfig:
     renewal: RenewalConfig = attrs.Factory(RenewalConfig)
     storage_encryption: StorageEncryptionConfig = attrs.Factory(StorageEncryptionConfig)
     limits: LimitsConfig = attrs.Factory(LimitsConfig)
+    workers: int = 1
     warnings: tuple[str, ...] = ()
 
 
@@ -599,6 +606,43 @@ LIMITS = Record(
 )
 
 
+#: The most worker processes ``workers`` accepts.
+MAX_WORKERS = 256
+
+
+def available_cpus() -> int:
+    """The CPUs this process may run on (``workers: auto``)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
+@attrs.frozen
+class _Workers(Kind):
+    """``workers``: ``auto`` or an integer from 1 to :data:`MAX_WORKERS`."""
+
+    def parse(self, value: object, ctx: Context, path: str) -> Any:
+        if value == "auto":
+            return max(1, min(MAX_WORKERS, available_cpus()))
+        if isinstance(value, int) and not isinstance(value, bool) and 1 <= value <= MAX_WORKERS:
+            return value
+        return ctx.problem(path, f"must be auto or an integer between 1 and {MAX_WORKERS}")
+
+
+def _check_workers(values: dict[str, Any], ctx: Context, path: str) -> None:
+    # Workers adopt the master's listening TLS sockets; a PROXY-protocol
+    # (haproxy:) TLS listener is not handed to them yet.
+    if not valid(values, "workers", "listen") or values["workers"] == 1:
+        return
+    for i, description in enumerate(values["listen"].tls):
+        if description.lower().startswith("haproxy:"):
+            ctx.problem(
+                join(path, index("listen.tls", i)),
+                "haproxy: listeners are not supported with workers > 1 yet; use workers: 1",
+            )
+
+
 def _check_role(values: dict[str, Any], ctx: Context, path: str) -> None:
     if not valid(values, "fleet", "acme"):
         return
@@ -658,6 +702,7 @@ DAEMON = Record(
         Field("renewal", RENEWAL, EMPTY),
         Field("storage_encryption", STORAGE_ENCRYPTION, EMPTY),
         Field("limits", LIMITS, EMPTY),
+        Field("workers", _Workers(), 1),
     ),
-    checks=(_check_routes, _check_role, _check_storage_encryption, _check_admin_exposure),
+    checks=(_check_routes, _check_role, _check_storage_encryption, _check_admin_exposure, _check_workers),
 )

@@ -1,0 +1,285 @@
+"""
+The master's side of ``workers: N`` (N > 1), wired into
+:class:`kongacme.service.DaemonService`:
+
+- the TLS listening sockets are opened by the master (``tcp:``, ``tcp6:``,
+  ``unix:``, ``systemd:``) but never accepted on there: they are handed to
+  the workers;
+- every worker gets the configuration's share it needs, the fallback and
+  every cached certificate when it starts, then each change as it happens
+  (the certificate cache's subscription: orders, renewals, fleet
+  propagation, static certificates, removals alike);
+- a worker's :class:`channel.AskCertificate` goes through the master's
+  handshake gate (the certificate manager), so one order per name however
+  many workers ask;
+- the workers' counters are summed into the master's TLS handshake
+  counters (``/metrics``) and kept per worker (``/status``, and
+  ``kongacme_worker_*`` metrics).
+"""
+
+from __future__ import annotations
+
+import collections
+import os
+import socket
+from typing import Any
+
+from twisted.internet.defer import Deferred
+from twisted.internet.protocol import Factory
+from twisted.logger import Logger
+from twisted.protocols import amp
+from twisted.python.failure import Failure
+
+from kongacme.listeners import ListenerSet
+from kongacme.tls.certs import CertifiedKey
+from kongacme.workers import channel
+from kongacme.workers.supervisor import WorkerProcess, WorkerSupervisor, spawn_worker
+
+log = Logger()
+
+
+def reload_refusal(old: Any, new: Any) -> str | None:
+    """
+    Why a reload from configuration ``old`` to ``new`` cannot be applied
+    while running (``None``: it can).
+    """
+    if new.workers != old.workers:
+        return "workers: changing the number of workers takes a restart (%d now, %d asked)" % (
+            old.workers, new.workers,
+        )
+    if old.workers > 1 and tuple(new.listen.tls) != tuple(old.listen.tls):
+        return "listen.tls: changing the TLS listeners with workers > 1 takes a restart"
+    return None
+
+
+class _NotAccepting(Factory):
+    """The factory of the master's TLS ports, which never accept (the workers do)."""
+
+    noisy = False
+
+    def buildProtocol(self, addr: Any) -> None:
+        return None
+
+
+class MasterChannel(amp.AMP):
+    """The master's end of one worker's channel."""
+
+    def __init__(self, mode: "WorkerMode", process: WorkerProcess):
+        super().__init__()
+        self._mode = mode
+        self.process = process
+
+    def connectionMade(self) -> None:
+        super().connectionMade()
+        self._mode.connected(self)
+
+    def connectionLost(self, reason: Failure) -> None:
+        super().connectionLost(reason)
+        self._mode.disconnected(self)
+
+    @channel.AskCertificate.responder
+    def ask_certificate(self, name: str) -> Any:
+        return self._mode.ask(name)
+
+    @channel.Counters.responder
+    def counters(self, counters: dict) -> dict:
+        self._mode.report(self.process.slot, counters)
+        return {}
+
+
+def _ignore_lost(failure: Failure) -> None:
+    # A worker that died meanwhile: its replacement gets the whole state.
+    failure.trap(Exception)
+
+
+class WorkerMode:
+    """
+    Everything the master does for its workers.
+
+    :param daemon: the :class:`kongacme.service.DaemonService` (read:
+        ``config``, ``cache``, ``manager``, ``tls_factory``).
+    :param reactor: the reactor.
+
+    :ivar listeners: the TLS listening sockets (a :class:`ListenerSet`
+        whose ports never accept), in the daemon's ``listeners["tls"]``.
+    :ivar supervisor: the workers' :class:`WorkerSupervisor` (a child
+        service of the daemon).
+    :ivar counters: the last report of each running worker.
+    """
+
+    def __init__(self, daemon: Any, reactor: Any):
+        self._daemon = daemon
+        self._reactor = reactor
+        self.listeners = ListenerSet(reactor, "tls", _NotAccepting())
+        self.supervisor = WorkerSupervisor(reactor, daemon.config.workers, self._spawn, on_ended=self._retire)
+        self.channels: set[MasterChannel] = set()
+        self.counters: dict[int, dict] = {}
+        self._retired: collections.Counter[str] = collections.Counter()
+        self._pending: dict[str, CertifiedKey | None] = {}
+        self._flush_call: Any = None
+        self._fallback: CertifiedKey | None = None
+
+    # -- start ------------------------------------------------------------------
+
+    def start(self) -> None:
+        """
+        The TLS sockets are open: stop the master accepting on them, follow
+        the certificate cache, and start the workers with the daemon.
+        """
+        for port in self.listeners.ports():
+            port.stopReading()
+        self._daemon.cache.subscribe(self._changed)
+        self._fallback = self._daemon.cache.fallback
+        self.supervisor.setServiceParent(self._daemon)
+
+    def _listening(self) -> list[tuple[int, socket.AddressFamily]]:
+        found = []
+        for port in self.listeners.ports():
+            fd = port.fileno()
+            # The family as the kernel knows it (tcp6:, unix: and adopted
+            # systemd: sockets alike).
+            with socket.socket(fileno=os.dup(fd)) as probe:
+                found.append((fd, socket.AddressFamily(probe.family)))
+        return found
+
+    def _spawn(self, slot: int) -> WorkerProcess:
+        return spawn_worker(self._reactor, slot, self._listening(), lambda process: MasterChannel(self, process))
+
+    # -- what the workers get ----------------------------------------------------
+
+    def connected(self, chan: MasterChannel) -> None:
+        """A new worker's channel: send the whole state, then Start."""
+        self.flush()
+        self.channels.add(chan)
+        daemon = self._daemon
+        self._send(chan, channel.Configure, settings=channel.worker_settings(daemon.config)).addCallback(
+            self._configured, chan.process.slot
+        )
+        self._send(chan, channel.SetFallback, certificate=channel.encode_certificate(daemon.cache.fallback))
+        grouped: dict[int, tuple[CertifiedKey, list[str]]] = {}
+        for name in daemon.cache.names():
+            certified = daemon.cache.get(name)
+            if certified is not None:
+                grouped.setdefault(id(certified), (certified, []))[1].append(name)
+        entries = (channel.encode_certificate(certified, names) for certified, names in grouped.values())
+        for batch in channel.batches(entries):
+            self._send(chan, channel.PutCertificates, certificates=batch)
+        self._send(chan, channel.Start)
+
+    def disconnected(self, chan: MasterChannel) -> None:
+        self.channels.discard(chan)
+
+    def _send(self, chan: MasterChannel, command: type, **arguments: Any) -> Deferred:
+        return chan.callRemote(command, **arguments).addErrback(_ignore_lost)
+
+    def _broadcast(self, command: type, **arguments: Any) -> None:
+        for chan in list(self.channels):
+            self._send(chan, command, **arguments)
+
+    def _configured(self, answer: dict | None, slot: int) -> None:
+        if answer is not None and not answer["applied"]:
+            log.error("worker {slot} kept its previous configuration: {reason}", slot=slot, reason=answer["reason"])
+
+    def _changed(self, name: str, certified: CertifiedKey | None) -> None:
+        # Changes within one reactor turn (a bulk load, a certificate with
+        # several names) go out together.
+        self._pending[name] = certified
+        if self._flush_call is None:
+            self._flush_call = self._reactor.callLater(0, self.flush)
+
+    def flush(self) -> None:
+        """Send the certificate changes not sent yet to every worker."""
+        if self._flush_call is not None and self._flush_call.active():
+            self._flush_call.cancel()
+        self._flush_call = None
+        pending, self._pending = self._pending, {}
+        if not pending or not self.channels:
+            return
+        removed = [name for name, certified in pending.items() if certified is None]
+        grouped: dict[int, tuple[CertifiedKey, list[str]]] = {}
+        for name, certified in pending.items():
+            if certified is not None:
+                grouped.setdefault(id(certified), (certified, []))[1].append(name)
+        entries = [channel.encode_certificate(certified, names) for certified, names in grouped.values()]
+        for batch in channel.batches(entries):
+            self._broadcast(channel.PutCertificates, certificates=batch)
+        if removed:
+            self._broadcast(channel.RemoveCertificates, names=removed)
+
+    def reconfigure(self, new: Any) -> None:
+        """A reload was applied: every worker gets the new settings (and fallback)."""
+        self.flush()
+        fallback = self._daemon.cache.fallback
+        if fallback is not self._fallback:
+            self._fallback = fallback
+            self._broadcast(channel.SetFallback, certificate=channel.encode_certificate(fallback))
+        settings = channel.worker_settings(new)
+        for chan in list(self.channels):
+            self._send(chan, channel.Configure, settings=settings).addCallback(self._configured, chan.process.slot)
+
+    # -- what the workers ask ------------------------------------------------------
+
+    def ask(self, name: str) -> Deferred | dict:
+        """
+        :class:`channel.AskCertificate`: the manager's gate (it starts the
+        order, or joins the one running), answered when it opens; the
+        certificate, if issued, is flushed to the workers first.
+        """
+        name = name.lower()
+        cache = self._daemon.cache
+        gate = self._daemon.manager
+
+        def answer(_: object = None) -> dict:
+            self.flush()
+            return {"found": cache.lookup(name) is not cache.fallback}
+
+        waiting = gate.before_handshake(name) if gate is not None else None
+        if waiting is None:
+            return answer()
+        return waiting.addBoth(answer)
+
+    def report(self, slot: int, counters: dict) -> None:
+        """A worker's counters: kept, and summed into the master's handshake counters."""
+        self.counters[slot] = counters
+        self._sum()
+
+    def _retire(self, slot: int) -> None:
+        # A dead worker's counts stay in the sums (counters never go down).
+        last = self.counters.pop(slot, None)
+        if last is not None:
+            self._retired.update(last.get("handshakes", {}))
+            self._retired.update({"bytes:" + k: v for k, v in last.get("bytes", {}).items()})
+            self._sum()
+
+    def _sum(self) -> None:
+        handshakes = self._daemon.tls_factory.handshakes
+        handshakes.clear()
+        handshakes.update({k: v for k, v in self._retired.items() if not k.startswith("bytes:")})
+        for counters in self.counters.values():
+            handshakes.update(counters.get("handshakes", {}))
+
+    def totals(self) -> dict:
+        """Handshakes, open connections and relayed bytes of every worker together (dead ones too)."""
+        relayed: collections.Counter[str] = collections.Counter(
+            {k[len("bytes:"):]: v for k, v in self._retired.items() if k.startswith("bytes:")}
+        )
+        for counters in self.counters.values():
+            relayed.update(counters.get("bytes", {}))
+        return {
+            "handshakes": dict(self._daemon.tls_factory.handshakes),
+            "connections": sum(c.get("connections", 0) for c in self.counters.values()),
+            "bytes": dict(relayed),
+        }
+
+    def status(self) -> dict:
+        """What ``GET /status`` says of the workers."""
+        return {
+            "count": self.supervisor.count,
+            "running": sorted(self.supervisor.processes),
+            "restarts": self.supervisor.restarts,
+            "total": self.totals(),
+            "per_worker": {
+                str(slot): dict(counters, running=slot in self.supervisor.processes)
+                for slot, counters in sorted(self.counters.items())
+            },
+        }

@@ -1,0 +1,407 @@
+"""
+A worker process: ``python -m kongacme.workers.worker``, started by the
+master (:mod:`kongacme.workers.supervisor`) with
+
+- file descriptor 3: its end of a UNIX socketpair carrying the AMP channel
+  (:mod:`kongacme.workers.channel`);
+- file descriptors 4, 5, …: the master's listening TLS sockets, one per
+  ``--listen FD:FAMILY`` argument; every worker accepts on the same
+  sockets (the kernel hands each connection to one of them);
+- standard output: log events as JSON lines (:mod:`kongacme.workers.logrelay`).
+
+It serves the TLS listener and the proxy with its own certificate cache,
+filled by the master, and nothing else: it imports neither storage, the
+ACME client, the web stack, issuance, renewal nor fleet code (memory and
+start-up time). It exits when the master dies (``PR_SET_PDEATHSIG``) or
+closes the channel.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import ctypes
+import os
+import signal
+import socket
+import sys
+from typing import Any, Sequence
+
+import attrs
+from twisted.internet.defer import Deferred
+from twisted.internet.protocol import Factory, connectionDone
+from twisted.internet.task import LoopingCall
+from twisted.logger import Logger, globalLogBeginner
+from twisted.protocols import amp
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from kongacme.connlimit import ConnectionLimiter, derive_budget, open_file_limit
+from kongacme.errors import CertificateError
+from kongacme.interfaces import IHandshakeGate
+from kongacme.proxy.forward import ProxyFactory, ProxyServerProtocol
+from kongacme.proxy.routes import RouteTable
+from kongacme.tls.cache import CertificateCache
+from kongacme.tls.context import ContextBuilder
+from kongacme.tls.protocol import TLSServerFactory
+from kongacme.workers import channel
+from kongacme.workers.logrelay import LineWriter
+
+#: The AMP channel's file descriptor in a worker.
+AMP_FD = 3
+
+#: Seconds between two counter reports to the master.
+REPORT_INTERVAL = 1.0
+
+#: Seconds a worker sent SIGTERM while its master lives (systemd stopping
+#: the whole unit) lets its connections finish.
+DRAIN_DEADLINE = 10.0
+
+_PR_SET_PDEATHSIG = 1
+
+log = Logger()
+
+
+class CountingProxy(ProxyServerProtocol):
+    """A proxied connection whose bytes are added to its factory's totals when it ends."""
+
+    factory: "CountingProxyFactory"
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        try:
+            super().connectionLost(reason)
+        finally:
+            self.factory.bytes["from_clients"] += self.received_from_client
+            self.factory.bytes["from_upstreams"] += self.received_from_upstream
+            self.received_from_client = self.received_from_upstream = 0
+
+
+@attrs.define(slots=False, eq=False)
+class CountingProxyFactory(ProxyFactory):
+    """
+    :class:`ProxyFactory` counting the bytes relayed by connections that
+    ended.
+
+    :ivar bytes: ``from_clients`` and ``from_upstreams`` totals.
+    """
+
+    bytes: collections.Counter = attrs.field(factory=collections.Counter)
+
+    protocol = CountingProxy
+
+
+@implementer(IHandshakeGate)
+class MasterGate:
+    """
+    Holds a handshake for a name the worker has no certificate for and
+    asks the master (:class:`channel.AskCertificate`), when on-demand
+    issuance is on.
+
+    :param cache: the worker's certificate cache.
+    :param ask: ``name -> Deferred`` asking the master.
+    :ivar enabled: ask at all (``WorkerSettings.ask_master``).
+    """
+
+    def __init__(self, cache: CertificateCache, ask: Any):
+        self._cache = cache
+        self._ask = ask
+        self.enabled = False
+
+    def before_handshake(self, server_name: str | None) -> Deferred | None:
+        if server_name is None or not self.enabled:
+            return None
+        if self._cache.lookup(server_name) is not self._cache.fallback:
+            return None
+        return self._ask(server_name)
+
+
+class Worker:
+    """
+    A worker's state: certificate cache, TLS factory, proxy, connection
+    limits and the listening ports it adopted.
+
+    :param reactor: the reactor.
+    :param listen: ``(file descriptor, address family)`` of each inherited
+        listening socket.
+    :param slot: the worker's number (1…N), for logs.
+    """
+
+    def __init__(self, reactor: Any, listen: Sequence[tuple[int, int]], slot: int):
+        self._reactor = reactor
+        self._listen = list(listen)
+        self.slot = slot
+        self.channel: WorkerChannel | None = None
+        self.cache: CertificateCache | None = None
+        self.settings: channel.WorkerSettings | None = None
+        self.builder = ContextBuilder(reactor)
+        self.router = RouteTable()
+        self.proxy_factory = CountingProxyFactory(self.router, reactor)
+        self.tls_factory: TLSServerFactory | None = None
+        self.gate: MasterGate | None = None
+        self.limiter: ConnectionLimiter | None = None
+        self._nofile: int | None = None
+        self.ports: list = []
+        self.draining = False
+        self._reporter = LoopingCall(self.report)
+        self._reporter.clock = reactor
+
+    # -- from the master -----------------------------------------------------
+
+    def configure(self, data: dict) -> tuple[bool, str | None]:
+        """Apply the master's :class:`channel.Configure`; refused: keep the old settings."""
+        try:
+            settings = channel.read_settings(data)
+            router = RouteTable.from_config(settings.routes, settings.default_route)
+            from kongacme.config.daemon import LimitsConfig
+
+            limits = LimitsConfig(**settings.limits)
+            if self._nofile is None:
+                _, self._nofile = open_file_limit(limits.raise_nofile)
+            budget = derive_budget(limits, self._nofile)
+        except (ValueError, TypeError) as e:
+            log.error("worker {slot}: configuration refused, keeping the previous one: {reason}",
+                      slot=self.slot, reason=str(e))
+            return False, str(e)
+        old, self.settings = self.settings, settings
+        self.router = router
+        self.proxy_factory.router = router
+        self.proxy_factory.connect_timeout = settings.proxy["connect_timeout"]
+        self.proxy_factory.idle_timeout = settings.proxy["idle_timeout"]
+        tickets = (settings.tls["session_tickets"], settings.tls["ticket_key_rotation"])
+        if old is None or tickets != (old.tls["session_tickets"], old.tls["ticket_key_rotation"]):
+            self.builder.session_tickets, self.builder.ticket_key_rotation = tickets
+            self.builder.forget_all()
+        if self.limiter is None:
+            self.limiter = ConnectionLimiter(self._reactor, budget)
+        else:
+            self.limiter.reconfigure(budget)
+        if self.tls_factory is not None:
+            self._tune_tls()
+        _set_log_level(settings.log_level)
+        return True, None
+
+    def set_fallback(self, entry: dict) -> None:
+        """The fallback certificate (the cache is made with the first one)."""
+        _, fallback = channel.decode_certificate(entry)
+        if self.cache is None:
+            self.cache = CertificateCache(fallback)
+        else:
+            self.cache.fallback = fallback
+
+    def put(self, entries: list[dict]) -> None:
+        """Serve each certificate of a :class:`channel.PutCertificates` for its names."""
+        assert self.cache is not None, "SetFallback comes first"
+        for entry in entries:
+            try:
+                names, certified = channel.decode_certificate(entry)
+            except CertificateError as e:
+                log.error("worker {slot}: certificate refused: {error}", slot=self.slot, error=str(e))
+                continue
+            self.cache.put(certified, names, quiet=True)
+
+    def remove(self, names: list[str]) -> None:
+        """Forget these names' certificates."""
+        if self.cache is not None:
+            for name in names:
+                self.cache.remove(name)
+
+    def start(self) -> None:
+        """Build the TLS listener and accept on the inherited sockets."""
+        if self.tls_factory is not None:
+            return
+        if self.cache is None or self.settings is None or self.limiter is None:
+            raise RuntimeError("Start before Configure and SetFallback")
+        self.gate = MasterGate(self.cache, self.ask)
+        self.tls_factory = TLSServerFactory(
+            self.cache,
+            self.builder,
+            self.proxy_factory,
+            self._reactor,
+            alpn_for=self.proxy_factory.alpn_for,
+            gate=self.gate,
+        )
+        self._tune_tls()
+        limit = self.limiter.listener("tls")
+        serving = limit.wrap(self.tls_factory)
+        for fd, family in self._listen:
+            port = self._reactor.adoptStreamPort(fd, family, serving)
+            os.close(fd)  # adoptStreamPort took a duplicate
+            limit.track(port)
+            self.ports.append(port)
+        self._reporter.start(REPORT_INTERVAL, now=False)
+        log.info("worker {slot} (pid {pid}) accepting: {certs} certificate name(s), {routes} route(s)",
+                 slot=self.slot, pid=os.getpid(), certs=len(self.cache), routes=len(self.settings.routes))
+
+    def _tune_tls(self) -> None:
+        assert self.tls_factory is not None and self.settings is not None and self.gate is not None
+        self.tls_factory.handshake_timeout = self.settings.tls["handshake_timeout"]
+        self.tls_factory.gate_timeout = self.settings.gate_timeout
+        self.gate.enabled = self.settings.ask_master
+
+    def ask(self, name: str) -> Deferred:
+        """Ask the master for ``name``'s certificate (the gate's wait)."""
+        if self.channel is None:
+            return Deferred()
+        return self.channel.callRemote(channel.AskCertificate, name=name)
+
+    def drain(self, deadline: float) -> Deferred:
+        """
+        Stop accepting; fire with the number of connections still open once
+        none is, or after ``deadline`` seconds.
+        """
+        self.draining = True
+        for port in self.ports:
+            port.stopListening()
+        limit = self.limiter.listener("tls") if self.limiter is not None else None
+        done: Deferred = Deferred()
+        until = self._reactor.seconds() + deadline
+
+        def check() -> None:
+            open_now = limit.in_use if limit is not None else 0
+            if open_now == 0 or self._reactor.seconds() >= until:
+                done.callback(open_now)
+            else:
+                self._reactor.callLater(0.05, check)
+
+        check()
+        return done
+
+    # -- to the master -------------------------------------------------------
+
+    def counters(self) -> dict:
+        """What :class:`channel.Counters` reports."""
+        limit = self.limiter.listener("tls") if self.limiter is not None else None
+        return {
+            "pid": os.getpid(),
+            "handshakes": dict(self.tls_factory.handshakes) if self.tls_factory is not None else {},
+            "connections": limit.in_use if limit is not None else 0,
+            "bytes": dict(self.proxy_factory.bytes),
+            "certificates": len(self.cache) if self.cache is not None else 0,
+        }
+
+    def report(self) -> None:
+        """Send the counters (nothing while the channel is down)."""
+        if self.channel is not None:
+            self.channel.callRemote(channel.Counters, counters=self.counters())
+
+
+class WorkerChannel(amp.AMP):
+    """The worker's end of the AMP channel: applies what the master sends."""
+
+    def __init__(self, worker: Worker, on_lost: Any):
+        super().__init__()
+        self.worker = worker
+        self._on_lost = on_lost
+
+    def connectionMade(self) -> None:
+        super().connectionMade()
+        self.worker.channel = self
+
+    def connectionLost(self, reason: Failure) -> None:
+        super().connectionLost(reason)
+        self.worker.channel = None
+        self._on_lost()
+
+    @channel.Configure.responder
+    def configure(self, settings: dict) -> dict:
+        applied, reason = self.worker.configure(settings)
+        return {"applied": applied, "reason": reason}
+
+    @channel.SetFallback.responder
+    def set_fallback(self, certificate: dict) -> dict:
+        self.worker.set_fallback(certificate)
+        return {}
+
+    @channel.PutCertificates.responder
+    def put_certificates(self, certificates: list) -> dict:
+        self.worker.put(certificates)
+        return {}
+
+    @channel.RemoveCertificates.responder
+    def remove_certificates(self, names: list) -> dict:
+        self.worker.remove(names)
+        return {}
+
+    @channel.Start.responder
+    def start(self) -> dict:
+        self.worker.start()
+        return {}
+
+    @channel.Drain.responder
+    def drain(self, deadline: float) -> Deferred:
+        return self.worker.drain(deadline).addCallback(lambda remaining: {"remaining": remaining})
+
+
+_writer: LineWriter | None = None
+
+
+def _set_log_level(level: str) -> None:
+    if _writer is not None:
+        _writer.level = level
+
+
+def die_with_parent(master_pid: int) -> None:
+    """
+    Ask the kernel for SIGTERM when the master dies (Linux), and exit now
+    if it already has.
+    """
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+    except (OSError, AttributeError):
+        pass  # not Linux: the channel's end still stops the worker
+    if os.getppid() != master_pid:
+        sys.exit(0)
+
+
+_FAMILIES = {"AF_INET": socket.AF_INET, "AF_INET6": socket.AF_INET6, "AF_UNIX": socket.AF_UNIX}
+
+
+def parse_arguments(argv: Sequence[str]) -> argparse.Namespace:
+    """The worker's command line (written by the master)."""
+    parser = argparse.ArgumentParser(prog="python -m kongacme.workers.worker")
+    parser.add_argument("--slot", type=int, required=True)
+    parser.add_argument("--master-pid", type=int, required=True)
+    parser.add_argument("--listen", action="append", default=[], help="FD:FAMILY of a listening socket")
+    options = parser.parse_args(argv)
+    options.listen = [(int(fd), _FAMILIES[family]) for fd, _, family in (v.partition(":") for v in options.listen)]
+    return options
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """Run a worker until the master says to stop, closes the channel, or dies."""
+    global _writer
+    options = parse_arguments(sys.argv[1:] if argv is None else argv)
+    die_with_parent(options.master_pid)
+    _writer = LineWriter(sys.stdout)
+    globalLogBeginner.beginLoggingTo([_writer], redirectStandardIO=False)
+
+    from twisted.internet import reactor
+
+    worker = Worker(reactor, options.listen, options.slot)
+
+    def lost() -> None:
+        if reactor.running:
+            # Drained, or the master is gone: nothing more to do here.
+            reactor.callLater(0 if not worker.draining else 0.1, reactor.stop)
+
+    def terminated() -> None:
+        if os.getppid() != options.master_pid or worker.draining:
+            reactor.stop()  # the master died (PR_SET_PDEATHSIG), or a second SIGTERM
+            return
+        # The master lives: systemd signalled every process of the unit.
+        # Finish what is in flight, as the master's drain would.
+        worker.drain(DRAIN_DEADLINE).addBoth(lambda _: reactor.stop())
+
+    def handle_term() -> None:
+        signal.signal(signal.SIGTERM, lambda signum, frame: reactor.callFromThread(terminated))
+
+    factory = Factory.forProtocol(lambda: WorkerChannel(worker, lost))
+    reactor.adoptStreamConnection(AMP_FD, socket.AF_UNIX, factory)
+    os.close(AMP_FD)
+    reactor.callWhenRunning(handle_term)
+    reactor.run()
+
+
+if __name__ == "__main__":
+    main()
