@@ -42,7 +42,6 @@ import argparse
 import os
 import random
 import resource
-import socket
 import sys
 import threading
 import time
@@ -104,34 +103,6 @@ class Sampler(threading.Thread):
             self.stop.wait(0.1)
 
 
-def admin_upload(port: int, seconds: float) -> dict:
-    """An unauthenticated huge upload: bytes sent before the daemon answered, and its status line."""
-    sent = 0
-    status = b""
-    with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
-        sock.sendall(b"POST /acme HTTP/1.1\r\nHost: x\r\nContent-Type: application/octet-stream\r\n"
-                     b"Content-Length: 100000000000\r\n\r\n")
-        sock.setblocking(False)
-        chunk = b"x" * 65536
-        deadline = time.monotonic() + seconds
-        while time.monotonic() < deadline:
-            try:
-                status += sock.recv(4096)
-                if status:
-                    break
-            except BlockingIOError:
-                pass
-            except OSError:
-                break
-            try:
-                sent += sock.send(chunk)
-            except BlockingIOError:
-                time.sleep(0.001)
-            except OSError:
-                break
-    return {"sent": sent, "status": status.split(b"\r\n", 1)[0].decode(errors="replace")}
-
-
 def attacks(args, daemon, pebble) -> list[tuple[str, int, callable]]:
     rng = random.Random(20261203)
 
@@ -159,7 +130,7 @@ def attacks(args, daemon, pebble) -> list[tuple[str, int, callable]]:
 
     def uploads():
         with ThreadPoolExecutor(4) as pool:
-            results = list(pool.map(lambda _: admin_upload(daemon.admin_port, 2.0), range(n(20))))
+            results = list(pool.map(lambda _: abuse.huge_upload(daemon.admin_port, 2.0), range(n(20))))
         return {"max_bytes_sent": max(r["sent"] for r in results),
                 "statuses": sorted({r["status"] for r in results})}
 

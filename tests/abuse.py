@@ -213,6 +213,40 @@ def handshake_outcome(port: int, name: str, cafile: str | None, timeout: float =
         return "failed: %s" % (e,)
 
 
+def huge_upload(port: int, seconds: float) -> dict:
+    """
+    An unauthenticated ``POST /acme`` announcing 100 GB, sending as fast as
+    it can for at most ``seconds``.
+
+    :return: ``{"sent": bytes sent before the daemon answered, "status": its
+        status line}``.
+    """
+    sent = 0
+    status = b""
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+        sock.sendall(b"POST /acme HTTP/1.1\r\nHost: x\r\nContent-Type: application/octet-stream\r\n"
+                     b"Content-Length: 100000000000\r\n\r\n")
+        sock.setblocking(False)
+        chunk = b"x" * 65536
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            try:
+                status += sock.recv(4096)
+                if status:
+                    break
+            except BlockingIOError:
+                pass
+            except OSError:
+                break
+            try:
+                sent += sock.send(chunk)
+            except BlockingIOError:
+                time.sleep(0.001)
+            except OSError:
+                break
+    return {"sent": sent, "status": status.split(b"\r\n", 1)[0].decode(errors="replace")}
+
+
 def sighup_burst(pid: int, count: int, within: float) -> None:
     """``count`` SIGHUPs to ``pid`` spread over ``within`` seconds."""
     for _ in range(count):

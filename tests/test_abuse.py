@@ -32,16 +32,13 @@ class AbuseTests(AcmeDaemonMixin, TestCase):
     timeout = 180
 
     @inlineCallbacks
-    def start_attacked(self, **issuance):
+    def start_attacked(self, config=None, **issuance):
         """
-        A daemon with short deadlines, ``allow_any_domain`` and a cached
-        certificate for :data:`CACHED`; records the descriptor baseline.
+        A daemon with short deadlines and a cached certificate for
+        :data:`CACHED`; records the descriptor baseline.
         """
         yield self.start(
-            config={
-                "tls": {"handshake_timeout": 2},
-                "http": {"request_timeout": 2},
-            },
+            config=dict({"tls": {"handshake_timeout": 2}, "http": {"request_timeout": 2}}, **(config or {})),
             **issuance,
         )
         self.pid = self.daemon.transport.pid
@@ -133,6 +130,28 @@ class AbuseTests(AcmeDaemonMixin, TestCase):
         self.assertLessEqual(outcomes.count("verified"), 3 + 1)  # the cap, plus the cached name's order
         out = self.daemon.output
         self.assertLessEqual(out.count("ordering a certificate for ") - out.count("not ordering a certificate for "), 3 + 1)
+        yield self.assert_healthy()
+
+    @inlineCallbacks
+    def test_admin_port_attacks(self):
+        """
+        On the Admin port: an unauthenticated 100 GB upload is answered 401
+        from its head (before the body), 100 idle connections stop at the
+        Admin cap while TLS for a cached name keeps verifying, and clients
+        trickling a request are cut by ``admin.request_timeout``.
+        """
+        yield self.start_attacked(config={"admin": {"token": "s3cret", "request_timeout": 2}})
+        upload = yield deferToThread(abuse.huge_upload, self.admin_port, 2.0)
+        self.assertTrue(upload["status"].startswith("HTTP/1.1 401"), upload)
+        idle = yield deferToThread(abuse.open_idle, self.admin_port, 100)
+        self.addCleanup(lambda: [s.close() for s in idle])
+        outcome = yield deferToThread(abuse.handshake_outcome, self.tls_port, CACHED, self.root)
+        self.assertEqual(outcome, "verified")
+        for sock in idle:
+            sock.close()
+        request = b"POST /acme HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer s3cret\r\nX-Pad: " + b"a" * 200
+        trickle = yield deferToThread(abuse.slowloris, self.admin_port, 10, 8, request, 0.3)
+        self.assertEqual(trickle["held"], 0, trickle)
         yield self.assert_healthy()
 
     @inlineCallbacks
