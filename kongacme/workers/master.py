@@ -118,6 +118,11 @@ class WorkerMode:
         self._pending: dict[str, CertifiedKey | None] = {}
         self._flush_call: Any = None
         self._fallback: CertifiedKey | None = None
+        visibility = getattr(daemon, "visibility", None)
+        if visibility is not None:
+            from kongacme.workers.metrics import WorkersCollector
+
+            visibility.registry.register(WorkersCollector(self))
 
     # -- start ------------------------------------------------------------------
 

@@ -1,0 +1,307 @@
+"""
+Tests for ``workers: 2`` (kongacme.workers wired by kongacme.service) with
+real processes: a master and two workers sharing the TLS listener,
+certificates from the master, on-demand orders through the master's gate,
+reload, supervision and shutdown.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import threading
+import time
+import urllib.request
+
+from twisted.internet import reactor, threads
+from twisted.internet.defer import gatherResults, inlineCallbacks
+from twisted.internet.protocol import Factory, Protocol
+from twisted.internet.task import deferLater
+from twisted.trial.unittest import TestCase
+
+from kongacme.testing import TestCA, write_certified_key
+
+from tests import tlsclients
+from tests.daemonproc import Daemon, ShowsDaemonOutput, free_port
+from tests.test_daemon_acme import AcmeDaemonMixin, Echo
+
+
+class Tagged(Protocol):
+    """Echoes with the factory's tag in front: tells which upstream answered."""
+
+    def dataReceived(self, data):
+        self.transport.write(self.factory.tag + data)
+
+
+def alive(pid: int) -> bool:
+    """Whether process ``pid`` exists and is not a zombie waiting to be reaped."""
+    try:
+        with open("/proc/%d/stat" % (pid,)) as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+def sleep(seconds: float):
+    return deferLater(reactor, seconds, lambda: None)
+
+
+class WorkersDaemonTests(ShowsDaemonOutput, TestCase):
+    """
+    Tests for a daemon with ``workers: 2`` and static certificates.
+    """
+
+    timeout = 120
+
+    @inlineCallbacks
+    def start(self, workers=2):
+        self.dir = os.path.abspath(self.mktemp())
+        os.makedirs(self.dir)
+        ca = TestCA.create()
+        self.cafile = ca.write_ca(os.path.join(self.dir, "ca.pem"))
+        cert, key = write_certified_key(ca.issue(["a.test", "b.test"]), self.dir, "ab")
+        self.tls_port, self.admin_port = free_port(), free_port()
+        self.upstreams = {}
+        for tag in (b"A", b"B"):
+            factory = Factory.forProtocol(Tagged)
+            factory.tag = tag
+            port = reactor.listenTCP(0, factory, interface="127.0.0.1")
+            self.addCleanup(port.stopListening)
+            self.upstreams[tag] = port.getHost().port
+        self.daemon = Daemon(
+            self.dir,
+            {
+                "workers": workers,
+                "state_dir": os.path.join(self.dir, "state"),
+                "certificates": [{"cert": cert, "key": key}],
+                "default_upstream": "127.0.0.1:%d" % (self.upstreams[b"A"],),
+                "listen": {
+                    "tls": ["tcp:%d:interface=127.0.0.1" % self.tls_port],
+                    "http": ["tcp:%d:interface=127.0.0.1" % free_port()],
+                    "admin": ["tcp:%d:interface=127.0.0.1" % self.admin_port],
+                },
+            },
+        )
+        self.addCleanup(self.daemon.stop)
+        yield self.daemon.start(self.tls_port)
+        yield self.daemon.wait_for("accepting:", count=workers)
+
+    def status(self):
+        def get():
+            with urllib.request.urlopen("http://127.0.0.1:%d/status" % (self.admin_port,), timeout=5) as response:
+                return json.loads(response.read())
+
+        return threads.deferToThread(get)
+
+    def metrics(self):
+        def get():
+            with urllib.request.urlopen("http://127.0.0.1:%d/metrics" % (self.admin_port,), timeout=5) as response:
+                return response.read().decode()
+
+        return threads.deferToThread(get)
+
+    @inlineCallbacks
+    def handshakes_per_worker(self, total):
+        """Per-worker handshake counts once the workers have reported ``total`` in all."""
+        for _ in range(100):
+            status = yield self.status()
+            per = {
+                slot: sum(counters["handshakes"].values()) for slot, counters in status["workers"]["per_worker"].items()
+            }
+            if sum(per.values()) >= total:
+                return per
+            yield sleep(0.1)
+        self.fail("workers reported %r, expected %d handshakes in all" % (per, total))
+
+    def burst(self, name, count, parallel=4):
+        """``count`` verified handshakes for ``name``, ``parallel`` at a time; their echoes."""
+        context = tlsclients.client_context(self.cafile)
+
+        def one(_):
+            return tlsclients.handshake_blocking(self.tls_port, name, context)["echo"]
+
+        def batch(i):
+            return gatherResults([threads.deferToThread(one, None) for _ in range(min(parallel, count - i))])
+
+        @inlineCallbacks
+        def run():
+            echoes = []
+            for i in range(0, count, parallel):
+                echoes.extend((yield batch(i)))
+            return echoes
+
+        return run()
+
+    @inlineCallbacks
+    def test_connections_land_on_both_workers(self):
+        """
+        Two workers start; 40 verified handshakes with the static certificate
+        are proxied (echoed by the upstream) and spread over both workers,
+        as their counters in /status and /metrics say.
+        """
+        yield self.start()
+        echoes = yield self.burst("a.test", 40)
+        self.assertEqual(set(echoes), {b"Aping"})
+        per = yield self.handshakes_per_worker(40)
+        self.assertEqual(sorted(per), ["1", "2"])
+        self.assertEqual(sum(per.values()), 40)
+        self.assertTrue(all(count > 0 for count in per.values()), per)
+        metrics = yield self.metrics()
+        self.assertIn('kongacme_tls_handshakes_total{outcome="cached"} 40.0', metrics)
+        for slot in ("1", "2"):
+            self.assertIn('kongacme_worker_tls_handshakes_total{outcome="cached",worker="%s"} %d.0' % (slot, per[slot]),
+                          metrics)
+
+    @inlineCallbacks
+    def test_reload_new_route_reaches_every_worker(self):
+        """
+        SIGHUP with a new route for b.test: every worker proxies b.test to
+        the new upstream (enough connections to reach both).
+        """
+        yield self.start()
+        before = yield self.burst("b.test", 8)
+        self.assertEqual(set(before), {b"Aping"})
+        seen = yield self.handshakes_per_worker(8)
+        self.daemon.config["routes"] = [{"hosts": ["b.test"], "upstream": "127.0.0.1:%d" % self.upstreams[b"B"]}]
+        self.daemon.write()
+        self.daemon.signal(signal.SIGHUP)
+        yield self.daemon.wait_for("configuration reloaded")
+        # Configure travels on each worker's channel before any later handshake is accepted there.
+        yield sleep(0.5)
+        after = yield self.burst("b.test", 40)
+        self.assertEqual(set(after), {b"Bping"})
+        per = yield self.handshakes_per_worker(48)
+        self.assertTrue(all(per[slot] > seen.get(slot, 0) for slot in ("1", "2")), (seen, per))
+
+    @inlineCallbacks
+    def test_reload_changing_workers_rejected(self):
+        """A reload changing workers is rejected with the reason; the daemon keeps serving."""
+        yield self.start()
+        self.daemon.config["workers"] = 3
+        self.daemon.write()
+        self.daemon.signal(signal.SIGHUP)
+        yield self.daemon.wait_for("workers: changing the number of workers takes a restart")
+        status = yield self.status()
+        self.assertEqual(status["workers"]["running"], [1, 2])
+        echoes = yield self.burst("a.test", 4)
+        self.assertEqual(set(echoes), {b"Aping"})
+
+    @inlineCallbacks
+    def test_killed_worker_replaced(self):
+        """
+        kill -9 one worker while four clients loop verified handshakes for
+        a cached name: it is replaced (new pid, both running) and at least
+        99.5 % of the handshakes succeed.
+        """
+        yield self.start()
+        old_pid = (yield self.worker_pids())["1"]
+        context = tlsclients.client_context(self.cafile)
+        results = {"ok": 0, "failed": 0}
+        lock = threading.Lock()
+        stop = time.monotonic() + 10.0
+
+        def loop():
+            while time.monotonic() < stop:
+                try:
+                    tlsclients.handshake_blocking(self.tls_port, "a.test", context, timeout=5)
+                    outcome = "ok"
+                except (OSError, ValueError):  # ValueError: the ssl module's "handshake not done yet"
+                    outcome = "failed"
+                with lock:
+                    results[outcome] += 1
+
+        clients = gatherResults([threads.deferToThread(loop) for _ in range(4)])
+        yield sleep(2.0)
+        os.kill(old_pid, signal.SIGKILL)
+        yield self.daemon.wait_for("worker 1 (pid %d) was killed by signal 9" % (old_pid,))
+        yield self.daemon.wait_for("worker 1 started", count=2)
+        yield clients
+        status = yield self.status()
+        self.assertEqual(status["workers"]["running"], [1, 2])
+        self.assertEqual(status["workers"]["restarts"], 1)
+        new_pid = status["workers"]["per_worker"]["1"]["pid"]
+        self.assertNotEqual(new_pid, old_pid)
+        total = results["ok"] + results["failed"]
+        self.assertGreater(total, 100)
+        self.assertGreaterEqual(results["ok"] / total, 0.995, results)
+        # The replacement serves too.
+        echoes = yield self.burst("a.test", 20)
+        self.assertEqual(set(echoes), {b"Aping"})
+
+    @inlineCallbacks
+    def worker_pids(self):
+        """``{slot: pid}`` of both workers, once both have reported."""
+        for _ in range(50):
+            status = yield self.status()
+            per = status["workers"]["per_worker"]
+            if len(per) == 2:
+                return {slot: counters["pid"] for slot, counters in per.items()}
+            yield sleep(0.1)
+        self.fail("workers did not report: %r" % (status,))
+
+    @inlineCallbacks
+    def test_master_killed_workers_exit(self):
+        """kill -9 of the master: no worker is left 5 s later."""
+        yield self.start()
+        pids = list((yield self.worker_pids()).values())
+        self.assertTrue(all(alive(pid) for pid in pids))
+        self.daemon.signal(signal.SIGKILL)
+        yield self.daemon.collector.ended
+        for _ in range(50):
+            if not any(alive(pid) for pid in pids):
+                break
+            yield sleep(0.1)
+        self.assertEqual([pid for pid in pids if alive(pid)], [])
+
+    @inlineCallbacks
+    def test_sigterm_stops_every_process(self):
+        """SIGTERM to the master drains the workers; every process is gone, the master last."""
+        yield self.start()
+        pids = list((yield self.worker_pids()).values())
+        self.daemon.signal(signal.SIGTERM)
+        yield self.daemon.collector.ended
+        output = self.daemon.output
+        self.assertIn("draining 2 worker(s)", output)
+        for slot in (1, 2):
+            self.assertIn("worker %d (pid %d) exited with status 0" % (slot, pids[slot - 1]), output)
+        self.assertLess(output.index("exited with status 0"), output.index("Server Shut Down."))
+        for _ in range(20):
+            if not any(alive(pid) for pid in pids):
+                break
+            yield sleep(0.1)
+        self.assertEqual([pid for pid in pids if alive(pid)], [])
+
+
+class WorkersOnDemandTests(AcmeDaemonMixin, TestCase):
+    """
+    Tests for on-demand issuance with ``workers: 2`` against a real Pebble.
+    """
+
+    @inlineCallbacks
+    def test_twenty_clients_one_order(self):
+        """
+        Twenty simultaneous handshakes for one new name, spread over both
+        workers, give exactly one order at the CA and twenty verified
+        certificates.
+        """
+        yield self.start(config={"workers": 2})
+        yield self.daemon.wait_for("accepting:", count=2)
+        results = yield gatherResults(
+            [tlsclients.handshake(self.tls_port, "burst.example.test", self.verified(), payload=b"") for _ in range(20)]
+        )
+        self.assertEqual({tuple(r["names"]) for r in results}, {("burst.example.test",)})
+        self.assertEqual(self.orders("burst.example.test"), 1)
+        self.assertEqual(self.daemon.output.count("ordering a certificate for "), 1)
+        served = {}
+        for _ in range(50):
+            status = yield WorkersDaemonTests.status(self)
+            served = {slot: counters["handshakes"] for slot, counters in status["workers"]["per_worker"].items()}
+            if sum(sum(counts.values()) for counts in served.values()) == 20:
+                break
+            yield sleep(0.1)
+        # Both workers served some; the first ones were held for the order.
+        self.assertEqual(sorted(served), ["1", "2"])
+        self.assertTrue(all(sum(counts.values()) > 0 for counts in served.values()), served)
+        self.assertEqual(sum(sum(counts.values()) for counts in served.values()), 20, served)
+        self.assertGreater(sum(counts.get("held_then_issued", 0) for counts in served.values()), 0, served)
