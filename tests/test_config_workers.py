@@ -1,0 +1,50 @@
+"""
+Tests for the ``workers`` field of kongacme.config.daemon.
+"""
+
+from __future__ import annotations
+
+from unittest import mock
+
+from twisted.trial.unittest import SynchronousTestCase
+
+from kongacme.config import parse_config
+
+from tests.test_config import problems_of
+
+
+class WorkersFieldTests(SynchronousTestCase):
+    """
+    Tests for ``workers: auto | N``.
+    """
+
+    def test_default_is_one(self) -> None:
+        """Without the field the daemon is one process."""
+        self.assertEqual(parse_config({}, "/srv").workers, 1)
+
+    def test_number(self) -> None:
+        """An integer from 1 to 256 is taken as it is."""
+        self.assertEqual(parse_config({"workers": 1}, "/srv").workers, 1)
+        self.assertEqual(parse_config({"workers": 256}, "/srv").workers, 256)
+
+    def test_auto(self) -> None:
+        """auto is the number of CPUs this process may run on."""
+        with mock.patch("os.sched_getaffinity", return_value={0, 1, 2}):
+            self.assertEqual(parse_config({"workers": "auto"}, "/srv").workers, 3)
+
+    def test_invalid(self) -> None:
+        """Anything else is an error naming the field."""
+        for value in (0, 257, "two", True, 1.5):
+            self.assertEqual(
+                problems_of(self, {"workers": value}),
+                [("workers", "must be auto or an integer between 1 and 256")],
+                value,
+            )
+
+    def test_haproxy_tls_refused_with_workers(self) -> None:
+        """A haproxy: TLS listener is refused with workers > 1 (not handed to workers yet)."""
+        self.assertEqual(
+            problems_of(self, {"workers": 2, "listen": {"tls": ["tcp:443", "haproxy:tcp:8443"]}}),
+            [("listen.tls[1]", "haproxy: listeners are not supported with workers > 1 yet; use workers: 1")],
+        )
+        self.assertEqual(parse_config({"listen": {"tls": "haproxy:tcp:8443"}}, "/srv").workers, 1)

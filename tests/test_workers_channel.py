@@ -1,0 +1,254 @@
+"""
+Tests for kongacme.workers.channel, with the master's end
+(kongacme.workers.master) and a worker's end (kongacme.workers.worker)
+connected in memory: the initial state, changes, reconfiguration, a
+worker's question for a certificate, and counters.
+"""
+
+from __future__ import annotations
+
+import collections
+import os
+import subprocess
+import sys
+
+import attrs
+from twisted.application.service import MultiService
+from twisted.internet.defer import Deferred
+from twisted.internet.task import Clock
+from twisted.test.iosim import connectedServerAndClient
+from twisted.trial.unittest import SynchronousTestCase
+
+from kongacme.config import RouteConfig, parse_config
+from kongacme.testing import TestCA
+from kongacme.tls.cache import CertificateCache
+from kongacme.workers import channel
+from kongacme.workers.master import MasterChannel, WorkerMode, reload_refusal
+from kongacme.workers.worker import Worker, WorkerChannel
+
+CA = TestCA.create()
+
+
+class FakeGate:
+    """The manager's handshake gate: records names, answers with a Deferred the test fires."""
+
+    def __init__(self):
+        self.asked = []
+        self.waiting = {}
+
+    def before_handshake(self, name):
+        self.asked.append(name)
+        self.waiting[name] = Deferred()
+        return self.waiting[name]
+
+
+class FakeTLSFactory:
+    def __init__(self):
+        self.handshakes = collections.Counter()
+
+
+class FakeDaemon(MultiService):
+    """What WorkerMode reads of the daemon service (never started here)."""
+
+    def __init__(self, config, cache, manager):
+        super().__init__()
+        self.config = config
+        self.cache = cache
+        self.manager = manager
+        self.tls_factory = FakeTLSFactory()
+
+
+@attrs.define
+class FakeProcess:
+    slot: int
+
+
+class ChannelTests(SynchronousTestCase):
+    """
+    Tests for the master and a worker talking over the AMP commands.
+    """
+
+    def connect(self, config=None, certificates=()):
+        self.clock = Clock()
+        self.cache = CertificateCache(CA.issue(["fallback.invalid"]))
+        for certified in certificates:
+            self.cache.put(certified)
+        config = config or parse_config(
+            {"routes": [{"hosts": ["a.test"], "upstream": "127.0.0.1:9"}], "workers": 2,
+             "acme": {"account_email": "a@example.test", "tos_accepted": True, "domains": ["*.test"]}},
+            "/tmp",
+        )
+        self.daemon = FakeDaemon(config, self.cache, manager=FakeGate())
+        self.mode = WorkerMode(self.daemon, self.clock)
+        self.mode.start()
+        self.worker = Worker(self.clock, [], slot=1)
+        self.lost = []
+        master_end, _, self.pump = connectedServerAndClient(
+            lambda: WorkerChannel(self.worker, lambda: self.lost.append(True)),
+            lambda: MasterChannel(self.mode, FakeProcess(1)),
+            clock=self.clock,
+        )
+        self.master_end = master_end
+        self.pump.flush()
+
+    def test_initial_state(self):
+        """
+        A new worker gets the configuration, the fallback and every cached
+        certificate, one of them far over AMP's 64 KiB value limit, then
+        starts.
+        """
+        big = CA.issue(["big%d.example.test" % (i,) for i in range(2500)])
+        self.assertGreater(len(big.chain_pem()), 65535)
+        small = [CA.issue(["s%d.test" % (i,)]) for i in range(3)]
+        self.connect(certificates=[big] + small)
+        cache = self.worker.cache
+        self.assertEqual(sorted(cache.names()), sorted(self.cache.names()))
+        self.assertEqual(cache.get("big2499.example.test").fingerprint, big.fingerprint)
+        self.assertEqual(cache.fallback.fingerprint, self.cache.fallback.fingerprint)
+        self.assertEqual(self.worker.router.route_for("a.test").port, 9)
+        self.assertIsNotNone(self.worker.tls_factory)
+        self.assertTrue(self.worker.gate.enabled)
+
+    def test_changes_reach_the_worker(self):
+        """Certificates added, replaced and removed in the master's cache follow in the worker."""
+        self.connect()
+        first = CA.issue(["c.test", "d.test"])
+        self.cache.put(first)
+        self.clock.advance(0)
+        self.pump.flush()
+        self.assertEqual(self.worker.cache.get("d.test").fingerprint, first.fingerprint)
+        second = CA.issue(["c.test"])
+        self.cache.put(second)
+        self.cache.remove("d.test")
+        self.clock.advance(0)
+        self.pump.flush()
+        self.assertEqual(self.worker.cache.get("c.test").fingerprint, second.fingerprint)
+        self.assertIsNone(self.worker.cache.get("d.test"))
+
+    def test_reconfigure(self):
+        """A reload's routes and fallback reach the worker."""
+        self.connect()
+        new = attrs.evolve(self.daemon.config, routes=(RouteConfig(("b.test",), "127.0.0.1", 10),))
+        self.cache.fallback = CA.issue(["other-fallback.invalid"])
+        self.mode.reconfigure(new)
+        self.pump.flush()
+        self.assertIsNone(self.worker.router.route_for("a.test"))
+        self.assertEqual(self.worker.router.route_for("b.test").port, 10)
+        self.assertEqual(self.worker.cache.fallback.fingerprint, self.cache.fallback.fingerprint)
+
+    def test_refused_configuration_kept(self):
+        """Settings a worker cannot apply are answered with the reason; the old ones stay."""
+        self.connect()
+        settings = channel.worker_settings(self.daemon.config)
+        settings["routes"] = [{"hosts": ["x.test"]}]
+        answers = []
+        self.master_end.callRemote(channel.Configure, settings=settings).addCallback(answers.append)
+        self.pump.flush()
+        self.assertFalse(answers[0]["applied"])
+        self.assertIn("upstream_host", answers[0]["reason"])
+        self.assertEqual(self.worker.router.route_for("a.test").port, 9)
+
+    def test_ask_waits_for_the_gate(self):
+        """
+        A worker's question goes through the master's gate and is answered
+        when it opens, after the certificate issued meanwhile reached the
+        worker.
+        """
+        self.connect()
+        answers = []
+
+        def answered(answer):
+            # The certificate is already in the worker's cache.
+            answers.append((answer["found"], self.worker.cache.get("new.test") is not None))
+
+        self.worker.gate.before_handshake("new.test").addCallback(answered)
+        self.pump.flush()
+        self.assertEqual(self.daemon.manager.asked, ["new.test"])
+        self.assertEqual(answers, [])
+        self.cache.put(CA.issue(["new.test"]))
+        self.daemon.manager.waiting["new.test"].callback(None)
+        self.pump.flush()
+        self.assertEqual(answers, [(True, True)])
+
+    def test_cached_name_not_asked(self):
+        """A name the worker holds a certificate for goes ahead without asking."""
+        self.connect(certificates=[CA.issue(["held.test"])])
+        self.assertIsNone(self.worker.gate.before_handshake("held.test"))
+        self.assertIsNone(self.worker.gate.before_handshake(None))
+        self.assertEqual(self.daemon.manager.asked, [])
+
+    def test_counters_summed(self):
+        """A worker's counters are kept per worker and summed; a dead worker's counts stay in the sum."""
+        self.connect()
+        self.worker.tls_factory.handshakes["cached"] += 3
+        self.worker.proxy_factory.bytes["from_clients"] += 100
+        self.worker.report()
+        self.pump.flush()
+        self.assertEqual(self.mode.counters[1]["handshakes"], {"cached": 3})
+        self.assertEqual(self.daemon.tls_factory.handshakes["cached"], 3)
+        self.mode._retire(1)
+        self.assertEqual(self.daemon.tls_factory.handshakes["cached"], 3)
+        self.assertEqual(self.mode.totals()["bytes"], {"from_clients": 100})
+
+
+class ChunkedJSONTests(SynchronousTestCase):
+    """
+    Tests for ChunkedJSON and batches.
+    """
+
+    def test_round_trip(self):
+        """A value of any size round-trips, each AMP value under the limit."""
+        argument = channel.ChunkedJSON()
+        value = {"text": "x" * 200_000}
+        strings = {}
+        argument.toBox(b"v", strings, {"v": value}, None)
+        self.assertGreater(len(strings), 3)
+        self.assertTrue(all(len(part) <= 65535 for part in strings.values()))
+        objects = {}
+        argument.fromBox(b"v", strings, objects, None)
+        self.assertEqual(objects, {"v": value})
+        self.assertEqual(strings, {})
+
+    def test_batches(self):
+        """Entries are grouped up to the byte limit, at least one per batch."""
+        entries = [{"names": ["n"], "chain": "c" * 100, "key": "k" * 100} for _ in range(5)]
+        self.assertEqual([len(b) for b in channel.batches(entries, limit=450)], [2, 2, 1])
+        self.assertEqual([len(b) for b in channel.batches(entries, limit=10)], [1, 1, 1, 1, 1])
+
+
+class ReloadRefusalTests(SynchronousTestCase):
+    """
+    Tests for reload_refusal.
+    """
+
+    def test_refusals(self):
+        """Changing workers, or the TLS listeners with workers > 1, takes a restart."""
+        one = parse_config({}, "/tmp")
+        two = parse_config({"workers": 2}, "/tmp")
+        self.assertIsNone(reload_refusal(one, one))
+        self.assertIn("workers: changing the number of workers takes a restart", reload_refusal(one, two))
+        moved = parse_config({"workers": 2, "listen": {"tls": "tcp:9443"}}, "/tmp")
+        self.assertIn("listen.tls", reload_refusal(two, moved))
+        self.assertIsNone(reload_refusal(one, parse_config({"listen": {"tls": "tcp:9443"}}, "/tmp")))
+
+
+class WorkerImportsTests(SynchronousTestCase):
+    """
+    Tests for what a worker process imports.
+    """
+
+    def test_lean(self):
+        """
+        The worker's modules (and the configuration classes it reads) load
+        neither storage, the ACME client, the web stack, issuance, renewal,
+        fleet code, treq nor prometheus_client.
+        """
+        code = (
+            "import sys, kongacme.workers.worker, kongacme.config.daemon\n"
+            "banned = ('kongacme.storage', 'kongacme.acme', 'kongacme.web', 'kongacme.issuance',"
+            " 'kongacme.renewal', 'kongacme.fleet', 'treq', 'prometheus_client')\n"
+            "print(sorted(m for m in sys.modules if any(m == b or m.startswith(b + '.') for b in banned)))\n"
+        )
+        root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=root, check=True)
+        self.assertEqual(out.stdout.strip(), "[]")
