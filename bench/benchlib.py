@@ -89,6 +89,111 @@ def cpu_seconds_sched(pid: int) -> float:
     return total / 1e9
 
 
+def descendants(pid: int) -> list[int]:
+    """``pid`` and every live process below it (children, grandchildren …), from /proc/*/stat."""
+    parent_of: dict[int, int] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open("/proc/%s/stat" % entry) as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        parent_of[int(entry)] = int(fields[1])
+    tree, frontier = [pid], [pid]
+    while frontier:
+        frontier = [child for child, parent in parent_of.items() if parent in frontier]
+        tree.extend(frontier)
+    return tree
+
+
+def tree_cpu_seconds(pid: int) -> float:
+    """
+    CPU seconds of ``pid`` and every live process below it, plus the
+    children they have already reaped (``cutime`` + ``cstime``): a master
+    and all its workers, a replaced worker included.
+    """
+    total = 0
+    for member in descendants(pid):
+        try:
+            with open("/proc/%d/stat" % member) as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue  # gone meanwhile: its parent's cutime has it once reaped
+        total += sum(int(v) for v in fields[11:15])  # utime stime cutime cstime
+    return total / CLK_TCK
+
+
+def _tree_sched_seconds(pid: int) -> float:
+    return sum(cpu_seconds_sched(member) for member in descendants(pid) if os.path.exists("/proc/%d" % member))
+
+
+def wait_idle(pid: int, quiet: float = 0.5, threshold: float = 0.005, timeout: float = 30.0,
+              step: float = 0.1) -> dict:
+    """
+    Wait until ``pid`` and its descendants are idle: their on-CPU time
+    (schedstat, ns) grew by less than ``threshold`` s over the last
+    ``quiet`` s. When a load generator exits, a server may still be
+    closing thousands of sockets for a while; its CPU for a run is only
+    complete after that.
+
+    :return: ``{"waited_s": seconds, "idle": reached before timeout}``.
+    """
+    t0 = time.monotonic()
+    samples = [(t0, _tree_sched_seconds(pid))]
+    window = max(1, int(round(quiet / step)))
+    while time.monotonic() - t0 < timeout:
+        time.sleep(step)
+        samples.append((time.monotonic(), _tree_sched_seconds(pid)))
+        if len(samples) > window and samples[-1][1] - samples[-1 - window][1] < threshold:
+            return {"waited_s": time.monotonic() - t0, "idle": True}
+    return {"waited_s": time.monotonic() - t0, "idle": False}
+
+
+def cpu_when_idle(pid: int, **kw) -> tuple[float, dict]:
+    """:func:`tree_cpu_seconds` read once :func:`wait_idle` says the process tree is idle."""
+    idle = wait_idle(pid, **kw)
+    return tree_cpu_seconds(pid), idle
+
+
+def loadavg() -> float:
+    with open("/proc/loadavg") as f:
+        return float(f.read().split()[0])
+
+
+def wait_for_quiet_machine(limit: float = 0.8, max_wait: float = 120.0) -> dict:
+    """
+    Wait until the 1-minute load average is below ``limit``, at most
+    ``max_wait`` s. The machine is shared: a measured run should not start
+    while others load it.
+
+    :return: ``{"reached": bool, "waited_s": s, "loadavg": value at the end}``;
+        logged when the limit was not reached.
+    """
+    t0 = time.monotonic()
+    while True:
+        load = loadavg()
+        if load < limit:
+            return {"reached": True, "waited_s": round(time.monotonic() - t0, 1), "loadavg": load}
+        if time.monotonic() - t0 >= max_wait:
+            log("NOTE: 1-minute load average still %.2f (>= %.2f) after %.0f s; measuring anyway"
+                % (load, limit, max_wait))
+            return {"reached": False, "waited_s": round(time.monotonic() - t0, 1), "loadavg": load}
+        time.sleep(2.0)
+
+
+def memory_kib(pid: int) -> dict:
+    """``Rss``, ``Pss``, ``Shared_Clean`` … (KiB) from /proc/<pid>/smaps_rollup."""
+    out: dict = {}
+    with open("/proc/%d/smaps_rollup" % pid) as f:
+        for line in f:
+            parts = line.split()
+            if len(parts) >= 3 and parts[-1] == "kB":
+                out[parts[0].rstrip(":")] = int(parts[1])
+    return out
+
+
 def rss_kib(pid: int) -> int:
     with open("/proc/%d/status" % pid) as f:
         for line in f:

@@ -6,7 +6,11 @@ certificate and forwarding each connection to the same upstream.
 
 Load: ``h2load --h1 -n N -c N -t 1`` (one new TLS connection per request,
 no resumption) pinned to core 1 with the upstream; the servers are pinned to
-core 0. Server CPU = utime+stime from /proc/<pid>/stat around each run.
+core 0. Server CPU = utime+stime from /proc/<pid>/stat (the process and any
+children) around each run, each read once the server is idle again (its CPU
+grew < 5 ms in 0.5 s): when h2load exits the server may still be closing
+sockets. Each round starts once the 1-minute load average is below 0.8 (or
+after --max-load-wait s, noted).
 Rounds alternate the order of the two servers; medians and ratios are
 reported, raw numbers go to bench/out/handshakes.json.
 """
@@ -34,6 +38,10 @@ def parse_args(argv=None):
     p.add_argument("--no-tickets", action="store_true",
                    help="disable session tickets on both servers (default: both issue tickets, as deployed)")
     p.add_argument("--key-type", choices=("ecc", "rsa"), default="ecc", help="leaf key (default ecc = P-256)")
+    p.add_argument("--max-load", type=float, default=0.8,
+                   help="before each round, wait until the 1-minute load average is below this (default 0.8)")
+    p.add_argument("--max-load-wait", type=float, default=60.0,
+                   help="...for at most this many seconds, then measure anyway and say so (default 60)")
     p.add_argument("--json", default="handshakes.json", help="result file under bench/out/")
     return p.parse_args(argv)
 
@@ -76,17 +84,23 @@ def main(argv=None) -> int:
                                                               ("tls_protocol", "cipher", "temp_key", "alpn")}
         for conns, rnd in [(c, r) for c in sizes for r in range(args.rounds)]:
             order = ["kongacme", "haproxy"] if rnd % 2 == 0 else ["haproxy", "kongacme"]
+            quiet = B.wait_for_quiet_machine(args.max_load, args.max_load_wait)
             for name in order:
                 proc, port = servers[name]
-                c0 = B.cpu_seconds(proc.pid)
+                # Read the server's CPU only while it is idle: after h2load
+                # exits it may still be closing thousands of sockets (1-12 %
+                # of a run's CPU came after the client's end).
+                c0, _ = B.cpu_when_idle(proc.pid)
                 r = B.run_h2load(host, port, conns, conns, extra=extra)
-                cpu = B.cpu_seconds(proc.pid) - c0
+                c1, idle = B.cpu_when_idle(proc.pid)
+                cpu = c1 - c0
                 ok = r["succeeded"]
                 run = {
                     "round": rnd, "connections": conns, "server": name, "handshakes": ok, "failed": r.get("failed", 0) + r.get("errored", 0),
                     "server_cpu_s": cpu, "hs_per_cpu_s": ok / cpu if cpu else float("nan"),
                     "hs_per_s": ok / r["finished_s"], "us_cpu_per_hs": 1e6 * cpu / ok,
-                    "h2load": r["argv"],
+                    "h2load": r["argv"], "idle_wait_s": round(idle["waited_s"], 2), "idle_reached": idle["idle"],
+                    "quiet_machine": quiet,
                 }
                 results["runs"].append(run)
                 B.log("c=%d round %d %-8s %5d hs  cpu %.2fs  %6.0f hs/cpu-s  %6.0f hs/s  (%d failed)" % (
@@ -99,6 +113,13 @@ def main(argv=None) -> int:
     path = B.save_json(args.json, results)
     for c, summary in summaries.items():
         print_summary(summary, results.get("negotiated", {}), args, c)
+    noisy = sorted({r["round"] for r in results["runs"] if not r["quiet_machine"]["reached"]})
+    if noisy:
+        print("NOTE: rounds %s started with the 1-minute load average >= %.2f (waited %.0f s)"
+              % (noisy, args.max_load, args.max_load_wait))
+    late = [r for r in results["runs"] if not r["idle_reached"]]
+    if late:
+        print("NOTE: %d run(s) read the server's CPU before it was idle (30 s timeout)" % len(late))
     print("TLS 1.3 session tickets sent per handshake:", results.get("tls13_tickets_per_handshake"))
     print("raw results:", path)
     return 0
