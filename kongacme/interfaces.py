@@ -97,10 +97,18 @@ class IHandshakeGate(Interface):
         """
         :param server_name: lower-cased SNI host name, or ``None``.
         :return: ``None`` to go ahead at once, or a ``Deferred`` that fires
-            when the handshake may go ahead (its result is ignored; a
-            failure is logged and the handshake continues with whatever the
-            certificate cache holds).
+            when the handshake may go ahead (a failure is logged and the
+            handshake continues with whatever the certificate cache holds).
+            Its result is ignored, except :data:`GATE_CACHE_FILLED`: the
+            wait only filled this process's cache (a worker fetching a
+            certificate its master holds), and the handshake is counted as
+            not held (``cached`` or ``fallback``, not ``held_then_…``).
         """
+
+
+#: What an :class:`IHandshakeGate`'s Deferred fires with when the wait only
+#: filled the process's own certificate cache (no order was waited for).
+GATE_CACHE_FILLED = "cache-filled"
 
 
 class IConnectionInfo(Interface):

@@ -48,3 +48,20 @@ class WorkersFieldTests(SynchronousTestCase):
             [("listen.tls[1]", "haproxy: listeners are not supported with workers > 1 yet; use workers: 1")],
         )
         self.assertEqual(parse_config({"listen": {"tls": "haproxy:tcp:8443"}}, "/srv").workers, 1)
+
+
+class CacheSizeFieldTests(SynchronousTestCase):
+    """
+    Tests for ``tls.cache_size``.
+    """
+
+    def test_default(self) -> None:
+        """A worker keeps certificates for 10,000 names unless told otherwise."""
+        self.assertEqual(parse_config({}, "/srv").tls.cache_size, 10_000)
+        self.assertEqual(parse_config({"tls": {"cache_size": 2}}, "/srv").tls.cache_size, 2)
+
+    def test_invalid(self) -> None:
+        """Zero, negatives and non-integers are errors naming the field."""
+        for value in (0, -1, "many", 1.5):
+            [(path, _)] = problems_of(self, {"tls": {"cache_size": value}})
+            self.assertEqual(path, "tls.cache_size", value)

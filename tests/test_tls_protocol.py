@@ -379,6 +379,30 @@ class HandshakeGateTests(TLSTestMixin, TestCase):
         self.assertEqual(result["names"], ["new.test"])
         self.assertEqual(asked, ["new.test", "exact.test"])
 
+    @inlineCallbacks
+    def test_cache_fill_not_counted_as_held(self):
+        """
+        A gate that fires with GATE_CACHE_FILLED (a worker fetching a
+        certificate its master holds) counts the handshake as cached, not
+        held_then_issued; any other result counts it as held.
+        """
+        from kongacme.interfaces import GATE_CACHE_FILLED
+
+        results = iter([GATE_CACHE_FILLED, None])
+
+        class Gate:
+            def before_handshake(self, server_name):
+                released = Deferred()
+                reactor.callLater(0.01, released.callback, next(results))
+                return released
+
+        self.factory.gate = Gate()
+        for _ in range(2):
+            result = yield tlsclients.handshake(self.portno, "exact.test", self.verified())
+            self.assertEqual(result["names"], ["exact.test"])
+        self.assertEqual(self.factory.handshakes["cached"], 1)
+        self.assertEqual(self.factory.handshakes["held_then_issued"], 1)
+
 
 class HandshakeGateTimeoutTests(TLSTestMixin, TestCase):
     """

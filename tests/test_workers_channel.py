@@ -93,28 +93,34 @@ class ChannelTests(SynchronousTestCase):
 
     def test_initial_state(self):
         """
-        A new worker gets the configuration, the fallback and every cached
-        certificate, one of them far over AMP's 64 KiB value limit, then
-        starts.
+        A new worker gets the configuration and the fallback, then starts,
+        holding no certificate; a certificate far over AMP's 64 KiB value
+        limit is fetched on first use.
         """
         big = CA.issue(["big%d.example.test" % (i,) for i in range(2500)])
         self.assertGreater(len(big.chain_pem()), 65535)
         small = [CA.issue(["s%d.test" % (i,)]) for i in range(3)]
         self.connect(certificates=[big] + small)
         cache = self.worker.cache
-        self.assertEqual(sorted(cache.names()), sorted(self.cache.names()))
-        self.assertEqual(cache.get("big2499.example.test").fingerprint, big.fingerprint)
+        self.assertEqual(cache.names(), [])
         self.assertEqual(cache.fallback.fingerprint, self.cache.fallback.fingerprint)
         self.assertEqual(self.worker.router.route_for("a.test").port, 9)
         self.assertIsNotNone(self.worker.tls_factory)
-        self.assertTrue(self.worker.gate.enabled)
+        self.assertTrue(self.worker.gate.ask_master)
+        self.assertEqual(self.worker.cache.size, 10_000)
+        waiting = self.worker.gate.before_handshake("big2499.example.test")
+        self.pump.flush()
+        self.successResultOf(waiting)
+        self.assertEqual(cache.get("big2499.example.test").fingerprint, big.fingerprint)
 
     def test_changes_reach_the_worker(self):
-        """Certificates added, replaced and removed in the master's cache follow in the worker."""
+        """Certificates the worker holds follow when replaced and removed in the master's cache."""
         self.connect()
         first = CA.issue(["c.test", "d.test"])
         self.cache.put(first)
         self.clock.advance(0)
+        for name in ("c.test", "d.test"):
+            self.worker.gate.before_handshake(name)
         self.pump.flush()
         self.assertEqual(self.worker.cache.get("d.test").fingerprint, first.fingerprint)
         second = CA.issue(["c.test"])
@@ -150,16 +156,16 @@ class ChannelTests(SynchronousTestCase):
 
     def test_ask_waits_for_the_gate(self):
         """
-        A worker's question goes through the master's gate and is answered
-        when it opens, after the certificate issued meanwhile reached the
-        worker.
+        A name the master has no certificate for goes through the master's
+        gate; the handshake is held until it opens and the certificate
+        issued meanwhile has been fetched.
         """
         self.connect()
         answers = []
 
-        def answered(answer):
-            # The certificate is already in the worker's cache.
-            answers.append((answer["found"], self.worker.cache.get("new.test") is not None))
+        def answered(_):
+            # The certificate is in the worker's cache.
+            answers.append(self.worker.cache.get("new.test") is not None)
 
         self.worker.gate.before_handshake("new.test").addCallback(answered)
         self.pump.flush()
@@ -168,11 +174,13 @@ class ChannelTests(SynchronousTestCase):
         self.cache.put(CA.issue(["new.test"]))
         self.daemon.manager.waiting["new.test"].callback(None)
         self.pump.flush()
-        self.assertEqual(answers, [(True, True)])
+        self.assertEqual(answers, [True])
 
     def test_cached_name_not_asked(self):
         """A name the worker holds a certificate for goes ahead without asking."""
         self.connect(certificates=[CA.issue(["held.test"])])
+        self.worker.gate.before_handshake("held.test")
+        self.pump.flush()
         self.assertIsNone(self.worker.gate.before_handshake("held.test"))
         self.assertIsNone(self.worker.gate.before_handshake(None))
         self.assertEqual(self.daemon.manager.asked, [])
@@ -193,7 +201,7 @@ class ChannelTests(SynchronousTestCase):
 
 class ChunkedJSONTests(SynchronousTestCase):
     """
-    Tests for ChunkedJSON and batches.
+    Tests for ChunkedJSON and in_groups.
     """
 
     def test_round_trip(self):
@@ -209,11 +217,10 @@ class ChunkedJSONTests(SynchronousTestCase):
         self.assertEqual(objects, {"v": value})
         self.assertEqual(strings, {})
 
-    def test_batches(self):
-        """Entries are grouped up to the byte limit, at least one per batch."""
-        entries = [{"names": ["n"], "chain": "c" * 100, "key": "k" * 100} for _ in range(5)]
-        self.assertEqual([len(b) for b in channel.batches(entries, limit=450)], [2, 2, 1])
-        self.assertEqual([len(b) for b in channel.batches(entries, limit=10)], [1, 1, 1, 1, 1])
+    def test_in_groups(self):
+        """Names are sent in lists of at most the limit."""
+        self.assertEqual(list(channel.in_groups(list("abcde"), 2)), [["a", "b"], ["c", "d"], ["e"]])
+        self.assertEqual(list(channel.in_groups([], 2)), [])
 
 
 class ReloadRefusalTests(SynchronousTestCase):

@@ -55,12 +55,20 @@ class WorkersDaemonTests(ShowsDaemonOutput, TestCase):
     timeout = 120
 
     @inlineCallbacks
-    def start(self, workers=2):
+    def start(self, workers=2, config=None, names=()):
+        """
+        Start the daemon with a static certificate for a.test and b.test,
+        and one more per name of ``names``; ``config`` is merged in.
+        """
         self.dir = os.path.abspath(self.mktemp())
         os.makedirs(self.dir)
         ca = TestCA.create()
         self.cafile = ca.write_ca(os.path.join(self.dir, "ca.pem"))
         cert, key = write_certified_key(ca.issue(["a.test", "b.test"]), self.dir, "ab")
+        certificates = [{"cert": cert, "key": key}]
+        for name in names:
+            more, more_key = write_certified_key(ca.issue([name]), self.dir, name)
+            certificates.append({"cert": more, "key": more_key})
         self.tls_port, self.admin_port = free_port(), free_port()
         self.upstreams = {}
         for tag in (b"A", b"B"):
@@ -74,13 +82,14 @@ class WorkersDaemonTests(ShowsDaemonOutput, TestCase):
             {
                 "workers": workers,
                 "state_dir": os.path.join(self.dir, "state"),
-                "certificates": [{"cert": cert, "key": key}],
+                "certificates": certificates,
                 "default_upstream": "127.0.0.1:%d" % (self.upstreams[b"A"],),
                 "listen": {
                     "tls": ["tcp:%d:interface=127.0.0.1" % self.tls_port],
                     "http": ["tcp:%d:interface=127.0.0.1" % free_port()],
                     "admin": ["tcp:%d:interface=127.0.0.1" % self.admin_port],
                 },
+                **(config or {}),
             },
         )
         self.addCleanup(self.daemon.stop)
@@ -152,6 +161,35 @@ class WorkersDaemonTests(ShowsDaemonOutput, TestCase):
         for slot in ("1", "2"):
             self.assertIn('kongacme_worker_tls_handshakes_total{outcome="cached",worker="%s"} %d.0' % (slot, per[slot]),
                           metrics)
+
+    @inlineCallbacks
+    def test_bounded_worker_cache(self):
+        """
+        With tls.cache_size 2 and five static certificates, five names
+        handshake and verify repeatedly through two workers: each worker
+        holds at most two, fetching the others from the master as they
+        come back.
+        """
+        names = ["n%d.test" % (i,) for i in range(5)]
+        yield self.start(config={"tls": {"cache_size": 2}}, names=names)
+        context = tlsclients.client_context(self.cafile)
+
+        def rounds():
+            served = []
+            for _ in range(6):
+                for name in names:
+                    served.append((name, tuple(tlsclients.handshake_blocking(self.tls_port, name, context)["names"])))
+            return served
+
+        served = yield threads.deferToThread(rounds)
+        self.assertEqual(served, [(name, (name,)) for _ in range(6) for name in names])
+        yield self.handshakes_per_worker(30)
+        status = yield self.status()
+        per = status["workers"]["per_worker"]
+        self.assertTrue(all(counters["certificates"] <= 2 for counters in per.values()), per)
+        # Every name came back after others had pushed it out: fetched again.
+        self.assertGreater(sum(counters["certificate_fetches"] for counters in per.values()), 10, per)
+        self.assertGreater(sum(counters["certificate_evictions"] for counters in per.values()), 0, per)
 
     @inlineCallbacks
     def test_reload_new_route_reaches_every_worker(self):

@@ -74,6 +74,9 @@ class TLSConfig:
     :ivar handshake_timeout: seconds allowed for a TLS handshake.
     :ivar session_tickets: whether to issue TLS session tickets.
     :ivar ticket_key_rotation: seconds between session ticket key rotations.
+    :ivar cache_size: with ``workers`` > 1, the most server names each
+        worker keeps certificates (and their OpenSSL contexts) for; others
+        are fetched from the master, which holds every certificate.
     """
 
     fallback_cert: str | None = None
@@ -81,6 +84,7 @@ class TLSConfig:
     handshake_timeout: float = 10.0
     session_tickets: bool = True
     ticket_key_rotation: float = 43200.0
+    cache_size: int = 10_000
 
 
 @attrs.frozen
@@ -436,6 +440,7 @@ TLS = Record(
         Field("handshake_timeout", Num(min=0, min_exclusive=True), 10.0),
         Field("session_tickets", Bool(), True),
         Field("ticket_key_rotation", Num(min=60), 43200.0),
+        Field("cache_size", Int(1, 100_000_000), 10_000),
     ),
     checks=(_check_tls,),
 )

@@ -27,7 +27,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from kongacme.errors import ClientHelloError
-from kongacme.interfaces import ICertificateCache, IHandshakeGate
+from kongacme.interfaces import GATE_CACHE_FILLED, ICertificateCache, IHandshakeGate
 from kongacme.net import peer_name
 from kongacme.tls.clienthello import ClientHello, parse_client_hello
 from kongacme.tls.context import ContextBuilder
@@ -183,10 +183,12 @@ class SNITLSProtocol(TLSMemoryBIOProtocol):
         )
         waiting.addBoth(self._gate_opened)
 
-    def _gate_opened(self, _ignored: object) -> None:
+    def _gate_opened(self, result: object) -> None:
         if not self._gate_pending:
             return
         self._gate_pending = False
+        if result is GATE_CACHE_FILLED:
+            self._held = False  # counted as if never held: no order was waited for
         self._cancel_deadline()
         if self._lost_early:
             return

@@ -3,21 +3,24 @@ The AMP commands between the master and a worker, and how certificates and
 the worker's share of the configuration travel in them.
 
 Master → worker: :class:`Configure`, :class:`SetFallback`,
-:class:`PutCertificates`, :class:`RemoveCertificates`, :class:`Start`,
-:class:`Drain`. Worker → master: :class:`AskCertificate`,
+:class:`CertificatesChanged`, :class:`Start`, :class:`Drain`. Worker →
+master: :class:`FetchCertificates`, :class:`AskCertificate`,
 :class:`Counters`.
+
+The master holds every certificate; a worker holds a bounded cache
+(:mod:`kongacme.workers.certcache`) filled by :class:`FetchCertificates` on
+first use, and told by :class:`CertificatesChanged` which names changed in
+the master (it drops and fetches again what it held of them).
 
 An AMP value holds at most 65,535 bytes; certificates, lists of names and
 the configuration are JSON in a :class:`ChunkedJSON` argument, which spreads
-one value over as many AMP keys as it needs. Certificates are also sent in
-batches of about :data:`BATCH_BYTES`, so that a bulk push (a worker started
-with 10,000 certificates cached) is many moderate messages, not one huge one.
+one value over as many AMP keys as it needs.
 """
 
 from __future__ import annotations
 
 import json
-from typing import Any, Iterable, Iterator, Sequence
+from typing import Any, Iterator, Sequence
 
 import attrs
 from twisted.protocols import amp
@@ -27,8 +30,10 @@ from kongacme.tls.certs import CertifiedKey, load_certified_key
 #: Bytes of one AMP value (its limit is 65,535).
 CHUNK = 60_000
 
-#: Certificate PEM bytes per :class:`PutCertificates` command, about.
-BATCH_BYTES = 256 * 1024
+#: Names per :class:`FetchCertificates` or :class:`CertificatesChanged`
+#: command at most (a wildcard renewed, a bulk load: many moderate messages,
+#: not one huge one).
+NAMES_PER_COMMAND = 256
 
 
 class ChunkedJSON(amp.Argument):
@@ -75,15 +80,13 @@ class SetFallback(amp.Command):
     response: list = []
 
 
-class PutCertificates(amp.Command):
-    """Serve each certificate for its names (added or renewed)."""
-
-    arguments = [(b"certificates", ChunkedJSON())]
-    response: list = []
-
-
-class RemoveCertificates(amp.Command):
-    """Forget the certificates of these names."""
+class CertificatesChanged(amp.Command):
+    """
+    The master's certificates under these names (exact names or ``*.``
+    wildcards) were added, renewed or removed: the worker drops what it
+    holds for them (and for the names a wildcard covers) and fetches those
+    again.
+    """
 
     arguments = [(b"names", ChunkedJSON())]
     response: list = []
@@ -112,13 +115,25 @@ class Drain(amp.Command):
 # -- worker -> master -----------------------------------------------------------
 
 
+class FetchCertificates(amp.Command):
+    """
+    The certificates the master serves for these server names (its cache's
+    lookup: exact name, then a wildcard one label deep). The answer groups
+    the names by certificate (:func:`encode_certificate` entries, each with
+    the asked names it serves) and lists the names the master has none for
+    (``absent``: the fallback).
+    """
+
+    arguments = [(b"names", ChunkedJSON())]
+    response = [(b"certificates", ChunkedJSON()), (b"absent", ChunkedJSON())]
+
+
 class AskCertificate(amp.Command):
     """
-    A handshake for ``name`` found no certificate in the worker: the master
-    runs its handshake gate (one order per name, however many workers ask)
-    and answers when the certificate exists or the wait ends. A certificate
-    issued meanwhile reaches the worker (:class:`PutCertificates`) before
-    this answer.
+    A handshake for ``name`` found no certificate in the master either
+    (:class:`FetchCertificates`): the master runs its handshake gate (one
+    order per name, however many workers ask) and answers when the
+    certificate exists or the wait ends; the worker then fetches it.
     """
 
     arguments = [(b"name", amp.Unicode())]
@@ -161,24 +176,6 @@ def decode_certificate(entry: dict) -> tuple[tuple[str, ...], CertifiedKey]:
     return tuple(entry["names"]), certified
 
 
-def batches(entries: Iterable[dict], limit: int = BATCH_BYTES) -> Iterator[list[dict]]:
-    """
-    ``entries`` (from :func:`encode_certificate`) in lists of about
-    ``limit`` bytes of PEM each (at least one entry per list).
-    """
-    batch: list[dict] = []
-    size = 0
-    for entry in entries:
-        cost = len(entry["chain"]) + len(entry["key"]) + sum(len(n) for n in entry["names"])
-        if batch and size + cost > limit:
-            yield batch
-            batch, size = [], 0
-        batch.append(entry)
-        size += cost
-    if batch:
-        yield batch
-
-
 @attrs.frozen
 class WorkerSettings:
     """
@@ -188,7 +185,7 @@ class WorkerSettings:
     :ivar default_route: ``default_upstream``, or ``None``.
     :ivar proxy: ``proxy`` (connect_timeout, idle_timeout).
     :ivar tls: ``tls.handshake_timeout``, ``session_tickets``,
-        ``ticket_key_rotation``.
+        ``ticket_key_rotation``, ``cache_size``.
     :ivar limits: the ``limits`` section (applied per worker).
     :ivar ask_master: hold handshakes for names without a certificate and
         ask the master (on-demand issuance is on).
@@ -227,6 +224,7 @@ def worker_settings(config: Any) -> dict:
             "handshake_timeout": config.tls.handshake_timeout,
             "session_tickets": config.tls.session_tickets,
             "ticket_key_rotation": config.tls.ticket_key_rotation,
+            "cache_size": config.tls.cache_size,
         },
         "limits": attrs.asdict(config.limits),
         "ask_master": on_demand,
@@ -266,7 +264,8 @@ def read_settings(data: dict) -> WorkerSettings:
                    "idle_timeout": float(data["proxy"]["idle_timeout"])},
             tls={"handshake_timeout": float(data["tls"]["handshake_timeout"]),
                  "session_tickets": bool(data["tls"]["session_tickets"]),
-                 "ticket_key_rotation": float(data["tls"]["ticket_key_rotation"])},
+                 "ticket_key_rotation": float(data["tls"]["ticket_key_rotation"]),
+                 "cache_size": int(data["tls"]["cache_size"])},
             limits=dict(data["limits"]),
             ask_master=bool(data["ask_master"]),
             gate_timeout=float(data["gate_timeout"]),
@@ -274,3 +273,9 @@ def read_settings(data: dict) -> WorkerSettings:
         )
     except (KeyError, TypeError, ValueError) as e:
         raise ValueError("invalid worker settings: %s: %s" % (e.__class__.__name__, e)) from None
+
+
+def in_groups(names: Sequence[str], size: int = NAMES_PER_COMMAND) -> Iterator[list[str]]:
+    """``names`` in lists of at most ``size``."""
+    for start in range(0, len(names), size):
+        yield list(names[start : start + size])

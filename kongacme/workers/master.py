@@ -5,10 +5,14 @@ The master's side of ``workers: N`` (N > 1), wired into
 - the TLS listening sockets are opened by the master (``tcp:``, ``tcp6:``,
   ``unix:``, ``systemd:``) but never accepted on there: they are handed to
   the workers;
-- every worker gets the configuration's share it needs, the fallback and
-  every cached certificate when it starts, then each change as it happens
-  (the certificate cache's subscription: orders, renewals, fleet
-  propagation, static certificates, removals alike);
+- every worker gets the configuration's share it needs and the fallback
+  when it starts; it fetches a server name's certificate on first use
+  (:class:`channel.FetchCertificates`, answered with what the master's
+  cache lookup picks) and keeps a bounded cache of them; the names whose
+  certificates change in the master (the certificate cache's subscription:
+  orders, renewals, fleet propagation, static certificates, removals alike)
+  are sent to every worker (:class:`channel.CertificatesChanged`), which
+  drops and fetches again what it holds of them;
 - a worker's :class:`channel.AskCertificate` goes through the master's
   handshake gate (the certificate manager), so one order per name however
   many workers ask;
@@ -77,6 +81,10 @@ class MasterChannel(amp.AMP):
         super().connectionLost(reason)
         self._mode.disconnected(self)
 
+    @channel.FetchCertificates.responder
+    def fetch_certificates(self, names: list) -> dict:
+        return self._mode.fetch(names)
+
     @channel.AskCertificate.responder
     def ask_certificate(self, name: str) -> Any:
         return self._mode.ask(name)
@@ -115,7 +123,7 @@ class WorkerMode:
         self.channels: set[MasterChannel] = set()
         self.counters: dict[int, dict] = {}
         self._retired: collections.Counter[str] = collections.Counter()
-        self._pending: dict[str, CertifiedKey | None] = {}
+        self._pending: dict[str, None] = {}
         self._flush_call: Any = None
         self._fallback: CertifiedKey | None = None
         visibility = getattr(daemon, "visibility", None)
@@ -153,7 +161,7 @@ class WorkerMode:
     # -- what the workers get ----------------------------------------------------
 
     def connected(self, chan: MasterChannel) -> None:
-        """A new worker's channel: send the whole state, then Start."""
+        """A new worker's channel: send the configuration and the fallback, then Start."""
         self.flush()
         self.channels.add(chan)
         daemon = self._daemon
@@ -161,14 +169,6 @@ class WorkerMode:
             self._configured, chan.process.slot
         )
         self._send(chan, channel.SetFallback, certificate=channel.encode_certificate(daemon.cache.fallback))
-        grouped: dict[int, tuple[CertifiedKey, list[str]]] = {}
-        for name in daemon.cache.names():
-            certified = daemon.cache.get(name)
-            if certified is not None:
-                grouped.setdefault(id(certified), (certified, []))[1].append(name)
-        entries = (channel.encode_certificate(certified, names) for certified, names in grouped.values())
-        for batch in channel.batches(entries):
-            self._send(chan, channel.PutCertificates, certificates=batch)
         self._send(chan, channel.Start)
 
     def disconnected(self, chan: MasterChannel) -> None:
@@ -188,28 +188,20 @@ class WorkerMode:
     def _changed(self, name: str, certified: CertifiedKey | None) -> None:
         # Changes within one reactor turn (a bulk load, a certificate with
         # several names) go out together.
-        self._pending[name] = certified
+        self._pending[name] = None
         if self._flush_call is None:
             self._flush_call = self._reactor.callLater(0, self.flush)
 
     def flush(self) -> None:
-        """Send the certificate changes not sent yet to every worker."""
+        """Tell every worker the names whose certificates changed since the last time."""
         if self._flush_call is not None and self._flush_call.active():
             self._flush_call.cancel()
         self._flush_call = None
-        pending, self._pending = self._pending, {}
+        pending, self._pending = list(self._pending), {}
         if not pending or not self.channels:
             return
-        removed = [name for name, certified in pending.items() if certified is None]
-        grouped: dict[int, tuple[CertifiedKey, list[str]]] = {}
-        for name, certified in pending.items():
-            if certified is not None:
-                grouped.setdefault(id(certified), (certified, []))[1].append(name)
-        entries = [channel.encode_certificate(certified, names) for certified, names in grouped.values()]
-        for batch in channel.batches(entries):
-            self._broadcast(channel.PutCertificates, certificates=batch)
-        if removed:
-            self._broadcast(channel.RemoveCertificates, names=removed)
+        for group in channel.in_groups(pending):
+            self._broadcast(channel.CertificatesChanged, names=group)
 
     def reconfigure(self, new: Any) -> None:
         """A reload was applied: every worker gets the new settings (and fallback)."""
@@ -224,11 +216,31 @@ class WorkerMode:
 
     # -- what the workers ask ------------------------------------------------------
 
+    def fetch(self, names: list[str]) -> dict:
+        """
+        :class:`channel.FetchCertificates`: for each server name, the
+        certificate this cache's lookup picks (exact, then a wildcard one
+        label deep), grouped by certificate; ``absent`` for the fallback.
+        """
+        cache = self._daemon.cache
+        grouped: dict[int, tuple[CertifiedKey, list[str]]] = {}
+        absent = []
+        for name in names:
+            certified = cache.lookup(name.lower())
+            if certified is cache.fallback:
+                absent.append(name)
+            else:
+                grouped.setdefault(id(certified), (certified, []))[1].append(name)
+        return {
+            "certificates": [channel.encode_certificate(certified, found) for certified, found in grouped.values()],
+            "absent": absent,
+        }
+
     def ask(self, name: str) -> Deferred | dict:
         """
         :class:`channel.AskCertificate`: the manager's gate (it starts the
-        order, or joins the one running), answered when it opens; the
-        certificate, if issued, is flushed to the workers first.
+        order, or joins the one running), answered when it opens (the
+        worker then fetches the certificate, if issued).
         """
         name = name.lower()
         cache = self._daemon.cache

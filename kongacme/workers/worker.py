@@ -9,8 +9,9 @@ master (:mod:`kongacme.workers.supervisor`) with
   sockets (the kernel hands each connection to one of them);
 - standard output: log events as JSON lines (:mod:`kongacme.workers.logrelay`).
 
-It serves the TLS listener and the proxy with its own certificate cache,
-filled by the master, and nothing else: it imports neither storage, the
+It serves the TLS listener and the proxy with its own bounded certificate
+cache, filled from the master on first use of a name
+(:mod:`kongacme.workers.certcache`), and nothing else: it imports neither storage, the
 ACME client, the web stack, issuance, renewal nor fleet code (memory and
 start-up time). It exits when the master dies (``PR_SET_PDEATHSIG``) or
 closes the channel.
@@ -34,17 +35,14 @@ from twisted.internet.task import LoopingCall
 from twisted.logger import Logger, globalLogBeginner
 from twisted.protocols import amp
 from twisted.python.failure import Failure
-from zope.interface import implementer
 
 from kongacme.connlimit import ConnectionLimiter, derive_budget, open_file_limit
-from kongacme.errors import CertificateError
-from kongacme.interfaces import IHandshakeGate
 from kongacme.proxy.forward import ProxyFactory, ProxyServerProtocol
 from kongacme.proxy.routes import RouteTable
-from kongacme.tls.cache import CertificateCache
 from kongacme.tls.context import ContextBuilder
 from kongacme.tls.protocol import TLSServerFactory
 from kongacme.workers import channel
+from kongacme.workers.certcache import CertificateFetcher, WorkerCertificateCache
 from kongacme.workers.logrelay import LineWriter
 
 #: The AMP channel's file descriptor in a worker.
@@ -90,31 +88,6 @@ class CountingProxyFactory(ProxyFactory):
     protocol = CountingProxy
 
 
-@implementer(IHandshakeGate)
-class MasterGate:
-    """
-    Holds a handshake for a name the worker has no certificate for and
-    asks the master (:class:`channel.AskCertificate`), when on-demand
-    issuance is on.
-
-    :param cache: the worker's certificate cache.
-    :param ask: ``name -> Deferred`` asking the master.
-    :ivar enabled: ask at all (``WorkerSettings.ask_master``).
-    """
-
-    def __init__(self, cache: CertificateCache, ask: Any):
-        self._cache = cache
-        self._ask = ask
-        self.enabled = False
-
-    def before_handshake(self, server_name: str | None) -> Deferred | None:
-        if server_name is None or not self.enabled:
-            return None
-        if self._cache.lookup(server_name) is not self._cache.fallback:
-            return None
-        return self._ask(server_name)
-
-
 class Worker:
     """
     A worker's state: certificate cache, TLS factory, proxy, connection
@@ -131,13 +104,13 @@ class Worker:
         self._listen = list(listen)
         self.slot = slot
         self.channel: WorkerChannel | None = None
-        self.cache: CertificateCache | None = None
+        self.cache: WorkerCertificateCache | None = None
         self.settings: channel.WorkerSettings | None = None
         self.builder = ContextBuilder(reactor)
         self.router = RouteTable()
         self.proxy_factory = CountingProxyFactory(self.router, reactor)
         self.tls_factory: TLSServerFactory | None = None
-        self.gate: MasterGate | None = None
+        self.gate: CertificateFetcher | None = None
         self.limiter: ConnectionLimiter | None = None
         self._nofile: int | None = None
         self.ports: list = []
@@ -175,6 +148,8 @@ class Worker:
             self.limiter = ConnectionLimiter(self._reactor, budget)
         else:
             self.limiter.reconfigure(budget)
+        if self.cache is not None:
+            self.cache.resize(settings.tls["cache_size"])
         if self.tls_factory is not None:
             self._tune_tls()
         _set_log_level(settings.log_level)
@@ -184,26 +159,16 @@ class Worker:
         """The fallback certificate (the cache is made with the first one)."""
         _, fallback = channel.decode_certificate(entry)
         if self.cache is None:
-            self.cache = CertificateCache(fallback)
+            size = self.settings.tls["cache_size"] if self.settings is not None else 10_000
+            self.cache = WorkerCertificateCache(fallback, size)
+            self.gate = CertificateFetcher(self.cache, self.call)
         else:
             self.cache.fallback = fallback
 
-    def put(self, entries: list[dict]) -> None:
-        """Serve each certificate of a :class:`channel.PutCertificates` for its names."""
-        assert self.cache is not None, "SetFallback comes first"
-        for entry in entries:
-            try:
-                names, certified = channel.decode_certificate(entry)
-            except CertificateError as e:
-                log.error("worker {slot}: certificate refused: {error}", slot=self.slot, error=str(e))
-                continue
-            self.cache.put(certified, names, quiet=True)
-
-    def remove(self, names: list[str]) -> None:
-        """Forget these names' certificates."""
-        if self.cache is not None:
-            for name in names:
-                self.cache.remove(name)
+    def changed(self, names: list[str]) -> None:
+        """:class:`channel.CertificatesChanged`: drop and fetch again what the worker holds of these names."""
+        if self.gate is not None:
+            self.gate.refresh(names)
 
     def start(self) -> None:
         """Build the TLS listener and accept on the inherited sockets."""
@@ -211,7 +176,6 @@ class Worker:
             return
         if self.cache is None or self.settings is None or self.limiter is None:
             raise RuntimeError("Start before Configure and SetFallback")
-        self.gate = MasterGate(self.cache, self.ask)
         self.tls_factory = TLSServerFactory(
             self.cache,
             self.builder,
@@ -229,20 +193,20 @@ class Worker:
             limit.track(port)
             self.ports.append(port)
         self._reporter.start(REPORT_INTERVAL, now=False)
-        log.info("worker {slot} (pid {pid}) accepting: {certs} certificate name(s), {routes} route(s)",
-                 slot=self.slot, pid=os.getpid(), certs=len(self.cache), routes=len(self.settings.routes))
+        log.info("worker {slot} (pid {pid}) accepting: {routes} route(s), certificates for up to {size} name(s)",
+                 slot=self.slot, pid=os.getpid(), routes=len(self.settings.routes), size=self.cache.size)
 
     def _tune_tls(self) -> None:
         assert self.tls_factory is not None and self.settings is not None and self.gate is not None
         self.tls_factory.handshake_timeout = self.settings.tls["handshake_timeout"]
         self.tls_factory.gate_timeout = self.settings.gate_timeout
-        self.gate.enabled = self.settings.ask_master
+        self.gate.ask_master = self.settings.ask_master
 
-    def ask(self, name: str) -> Deferred:
-        """Ask the master for ``name``'s certificate (the gate's wait)."""
+    def call(self, command: type, **arguments: object) -> Deferred:
+        """Send ``command`` to the master (a Deferred that never fires once the channel is gone)."""
         if self.channel is None:
             return Deferred()
-        return self.channel.callRemote(channel.AskCertificate, name=name)
+        return self.channel.callRemote(command, **arguments)
 
     def drain(self, deadline: float) -> Deferred:
         """
@@ -277,6 +241,8 @@ class Worker:
             "connections": limit.in_use if limit is not None else 0,
             "bytes": dict(self.proxy_factory.bytes),
             "certificates": len(self.cache) if self.cache is not None else 0,
+            "certificate_fetches": self.gate.fetches if self.gate is not None else 0,
+            "certificate_evictions": self.cache.evictions if self.cache is not None else 0,
         }
 
     def report(self) -> None:
@@ -312,14 +278,9 @@ class WorkerChannel(amp.AMP):
         self.worker.set_fallback(certificate)
         return {}
 
-    @channel.PutCertificates.responder
-    def put_certificates(self, certificates: list) -> dict:
-        self.worker.put(certificates)
-        return {}
-
-    @channel.RemoveCertificates.responder
-    def remove_certificates(self, names: list) -> dict:
-        self.worker.remove(names)
+    @channel.CertificatesChanged.responder
+    def certificates_changed(self, names: list) -> dict:
+        self.worker.changed(names)
         return {}
 
     @channel.Start.responder

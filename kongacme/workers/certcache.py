@@ -1,0 +1,299 @@
+"""
+A worker's certificate cache: bounded, filled from the master on first use.
+
+The master holds every certificate; a worker keeps at most ``tls.cache_size``
+server names, least recently used first out. Each entry is the master's
+answer for one server name (what its cache's lookup picks: the exact name,
+else a wildcard one label deep; or nothing, the fallback), so a wildcard in
+the worker never hides an exact certificate the worker has not fetched.
+
+:class:`WorkerCertificateCache` is read synchronously by the SNI path;
+:class:`CertificateFetcher` is the handshake gate that holds a handshake
+for a name the worker does not hold until the master has answered.
+"""
+
+from __future__ import annotations
+
+import collections
+import hashlib
+import weakref
+from typing import Callable, Iterable
+
+from twisted.internet.defer import Deferred, gatherResults
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from kongacme.errors import CertificateError
+from kongacme.interfaces import GATE_CACHE_FILLED, ICertificateCache, IHandshakeGate
+from kongacme.tls.certs import CertifiedKey
+from kongacme.workers import channel
+
+log = Logger()
+
+
+def _wildcard_of(name: str) -> str | None:
+    """The wildcard a certificate cache would try for ``name`` (``*.`` + all but its first label)."""
+    dot = name.find(".")
+    return "*" + name[dot:] if dot > 0 else None
+
+
+@implementer(ICertificateCache)
+class WorkerCertificateCache:
+    """
+    Server name → the master's certificate for it, for at most ``size``
+    names with a certificate and ``size`` names without (kept apart, so
+    that clients asking for random names cannot push out the names in use).
+
+    A :class:`kongacme.tls.context.ContextBuilder` memoises contexts weakly
+    per :class:`CertifiedKey`, so an evicted certificate's context goes with
+    it: the built contexts are bounded too. Names served by one certificate
+    share one :class:`CertifiedKey` (and context) while the worker holds it.
+
+    :ivar fallback: served for names without a certificate and clients
+        without SNI.
+    :ivar evictions: names dropped because the cache was full.
+    """
+
+    def __init__(self, fallback: CertifiedKey, size: int):
+        self.fallback = fallback
+        self.size = size
+        self.evictions = 0
+        self._held: collections.OrderedDict[str, CertifiedKey] = collections.OrderedDict()
+        self._absent: collections.OrderedDict[str, None] = collections.OrderedDict()
+        #: wildcard → names held (with a certificate or without) it covers.
+        self._covered: dict[str, set[str]] = {}
+        self._by_chain: weakref.WeakValueDictionary[bytes, CertifiedKey] = weakref.WeakValueDictionary()
+
+    # -- the SNI path ---------------------------------------------------------
+
+    def lookup(self, server_name: str | None) -> CertifiedKey:
+        if server_name is None:
+            return self.fallback
+        found = self._held.get(server_name)
+        if found is None:
+            return self.fallback
+        self._held.move_to_end(server_name)
+        return found
+
+    def holds(self, server_name: str) -> bool:
+        """Whether the master's answer for ``server_name`` is here (marked as just used)."""
+        if server_name in self._held:
+            self._held.move_to_end(server_name)
+            return True
+        if server_name in self._absent:
+            self._absent.move_to_end(server_name)
+            return True
+        return False
+
+    # -- ICertificateCache ------------------------------------------------------
+
+    def get(self, name: str) -> CertifiedKey | None:
+        return self._held.get(name.lower())
+
+    def put(self, certified_key: CertifiedKey, names: Iterable[str] | None = None, quiet: bool = True) -> None:
+        """Hold ``certified_key`` for ``names`` (default: its own names)."""
+        for name in names if names is not None else certified_key.names:
+            self._store(name.lower(), certified_key)
+
+    def remove(self, name: str) -> None:
+        self._forget(name.lower())
+
+    def names(self) -> list[str]:
+        return list(self._held)
+
+    def __len__(self) -> int:
+        return len(self._held)
+
+    # -- from the master ---------------------------------------------------------
+
+    def answer(self, certificates: list[dict], absent: list[str]) -> None:
+        """
+        Hold a :class:`channel.FetchCertificates` answer.
+
+        :raises CertificateError: for an entry that does not parse (the
+            others are held).
+        """
+        refused: CertificateError | None = None
+        for entry in certificates:
+            try:
+                certified = self._decode(entry)
+            except CertificateError as e:
+                refused = e
+                continue
+            for name in entry["names"]:
+                self._store(name, certified)
+        for name in absent:
+            self._store(name, None)
+        if refused is not None:
+            raise refused
+
+    def changed(self, names: Iterable[str]) -> list[str]:
+        """
+        The master's certificates under ``names`` changed: drop every name
+        whose answer may differ now (the name itself, and the names a
+        changed wildcard covers).
+
+        :return: the names dropped that had a certificate or were known to
+            have none (to fetch again).
+        """
+        dropped = []
+        for name in names:
+            affected = [name] + sorted(self._covered.get(name, ())) if name.startswith("*.") else [name]
+            for each in affected:
+                if self._forget(each):
+                    dropped.append(each)
+        return dropped
+
+    def resize(self, size: int) -> None:
+        """Hold at most ``size`` names of each kind from now on."""
+        self.size = size
+        self._trim(self._held)
+        self._trim(self._absent)
+
+    # -- inside --------------------------------------------------------------
+
+    def _decode(self, entry: dict) -> CertifiedKey:
+        digest = hashlib.sha256(entry["chain"].encode("ascii")).digest()
+        certified = self._by_chain.get(digest)
+        if certified is None:
+            _, certified = channel.decode_certificate(entry)
+            self._by_chain[digest] = certified
+        return certified
+
+    def _store(self, name: str, certified: CertifiedKey | None) -> None:
+        self._forget(name)
+        if certified is None:
+            self._absent[name] = None
+            self._trim(self._absent)
+        else:
+            self._held[name] = certified
+            self._trim(self._held)
+        wildcard = _wildcard_of(name)
+        if wildcard is not None:
+            self._covered.setdefault(wildcard, set()).add(name)
+
+    def _forget(self, name: str) -> bool:
+        if name in self._held:
+            del self._held[name]
+        elif name in self._absent:
+            del self._absent[name]
+        else:
+            return False
+        wildcard = _wildcard_of(name)
+        covered = self._covered.get(wildcard) if wildcard is not None else None
+        if covered is not None:
+            covered.discard(name)
+            if not covered:
+                del self._covered[wildcard]
+        return True
+
+    def _trim(self, entries: collections.OrderedDict) -> None:
+        while len(entries) > self.size:
+            oldest = next(iter(entries))
+            self._forget(oldest)
+            self.evictions += 1
+
+
+@implementer(IHandshakeGate)
+class CertificateFetcher:
+    """
+    The worker's handshake gate: a handshake for a name the worker does not
+    hold waits (without blocking anything else) until the master has
+    answered :class:`channel.FetchCertificates`; with on-demand issuance on
+    (``ask_master``), a name the master has no certificate for goes on to
+    :class:`channel.AskCertificate` (the master's gate: one order per name)
+    and is fetched again once that answers. Handshakes for a name being
+    fetched wait for the same answer.
+
+    :param cache: the worker's cache.
+    :param call: ``(command, **arguments) -> Deferred``, the channel's
+        ``callRemote``.
+    :ivar ask_master: on-demand issuance is on (``WorkerSettings.ask_master``).
+    :ivar fetches: names fetched from the master.
+    """
+
+    def __init__(self, cache: WorkerCertificateCache, call: Callable[..., Deferred]):
+        self._cache = cache
+        self._call = call
+        self.ask_master = False
+        self.fetches = 0
+        self._waiting: dict[str, list[Deferred]] = {}
+        self._asked: set[str] = set()
+
+    def before_handshake(self, server_name: str | None) -> Deferred | None:
+        if server_name is None or self._cache.holds(server_name):
+            return None
+        return self.wait_for(server_name)
+
+    def wait_for(self, name: str) -> Deferred:
+        """
+        A Deferred firing once ``name`` has been fetched, and with
+        ``ask_master`` asked for when the master has none (or once that
+        failed: the handshake then gets the fallback); with
+        :data:`GATE_CACHE_FILLED` when the master was not asked for an
+        order (the handshake counts as not held), else ``None``.
+        """
+        waiter: Deferred = Deferred()
+        if name in self._waiting:
+            self._waiting[name].append(waiter)
+        else:
+            self._waiting[name] = [waiter]
+            self._start([name])
+        return waiter
+
+    def refresh(self, changed: Iterable[str]) -> None:
+        """
+        :class:`channel.CertificatesChanged`: drop the names affected and
+        fetch them again in the background (never asking for an order: a
+        certificate removed on purpose stays removed until a handshake
+        asks for it).
+        """
+        dropped = [name for name in self._cache.changed(changed) if name not in self._waiting]
+        for name in dropped:
+            self._waiting[name] = []
+        for group in channel.in_groups(dropped):
+            self._start(group)
+
+    def _start(self, names: list[str]) -> None:
+        self.fetches += len(names)
+        fetched = self._call(channel.FetchCertificates, names=names)
+        fetched.addCallback(self._fetched)
+        fetched.addErrback(self._failed, names)
+        fetched.addBoth(self._done, names)
+
+    def _fetched(self, answer: dict) -> Deferred | None:
+        try:
+            self._cache.answer(answer["certificates"], [] if self.ask_master else answer["absent"])
+        except CertificateError as e:
+            log.error("worker: certificate from the master refused: {error}", error=str(e))
+        if not self.ask_master:
+            return None
+        # The master has none: its gate decides (order, wait, backoff) for
+        # the names a handshake waits for.
+        wanted = [name for name in answer["absent"] if self._waiting.get(name)]
+        if not wanted:
+            return None
+        self._asked.update(wanted)
+        return gatherResults([self._ask(name) for name in wanted], consumeErrors=True)
+
+    def _ask(self, name: str) -> Deferred:
+        def answered(found: dict) -> Deferred | None:
+            if not found["found"]:
+                return None
+            self.fetches += 1
+            return self._call(channel.FetchCertificates, names=[name]).addCallback(
+                lambda again: self._cache.answer(again["certificates"], [])
+            )
+
+        return self._call(channel.AskCertificate, name=name).addCallback(answered)
+
+    def _failed(self, failure: Failure, names: list[str]) -> None:
+        log.failure("worker: fetching {count} certificate(s) from the master failed", failure, count=len(names))
+
+    def _done(self, _: object, names: list[str]) -> None:
+        for name in names:
+            result = None if name in self._asked else GATE_CACHE_FILLED
+            self._asked.discard(name)
+            for waiter in self._waiting.pop(name, ()):
+                waiter.callback(result)
