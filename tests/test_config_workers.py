@@ -65,3 +65,28 @@ class CacheSizeFieldTests(SynchronousTestCase):
         for value in (0, -1, "many", 1.5):
             [(path, _)] = problems_of(self, {"tls": {"cache_size": value}})
             self.assertEqual(path, "tls.cache_size", value)
+
+
+class DrainTimeoutFieldTests(SynchronousTestCase):
+    """
+    Tests for ``workers_drain_timeout``.
+    """
+
+    def test_default(self) -> None:
+        """Workers get 10 s to finish their connections on stop unless told otherwise."""
+        self.assertEqual(parse_config({}, "/srv").workers_drain_timeout, 10.0)
+        self.assertEqual(parse_config({"workers_drain_timeout": 0}, "/srv").workers_drain_timeout, 0)
+        self.assertEqual(parse_config({"workers_drain_timeout": 2.5}, "/srv").workers_drain_timeout, 2.5)
+
+    def test_invalid(self) -> None:
+        """A negative or non-number value is an error naming the field."""
+        for value in (-1, "long"):
+            [(path, _)] = problems_of(self, {"workers_drain_timeout": value})
+            self.assertEqual(path, "workers_drain_timeout", value)
+
+    def test_worker_settings(self) -> None:
+        """The worker's settings carry it (a worker sent SIGTERM itself drains that long)."""
+        from kongacme.workers import channel
+
+        config = parse_config({"workers": 2, "workers_drain_timeout": 3}, "/srv")
+        self.assertEqual(channel.read_settings(channel.worker_settings(config)).drain_timeout, 3.0)

@@ -132,15 +132,19 @@ class ChannelTests(SynchronousTestCase):
         self.assertIsNone(self.worker.cache.get("d.test"))
 
     def test_reconfigure(self):
-        """A reload's routes and fallback reach the worker."""
+        """A reload's routes, fallback and drain deadline reach the worker and the supervisor."""
         self.connect()
-        new = attrs.evolve(self.daemon.config, routes=(RouteConfig(("b.test",), "127.0.0.1", 10),))
+        self.assertEqual(self.mode.supervisor.drain_deadline, 10.0)
+        new = attrs.evolve(self.daemon.config, routes=(RouteConfig(("b.test",), "127.0.0.1", 10),),
+                           workers_drain_timeout=3.0)
         self.cache.fallback = CA.issue(["other-fallback.invalid"])
         self.mode.reconfigure(new)
         self.pump.flush()
         self.assertIsNone(self.worker.router.route_for("a.test"))
         self.assertEqual(self.worker.router.route_for("b.test").port, 10)
         self.assertEqual(self.worker.cache.fallback.fingerprint, self.cache.fallback.fingerprint)
+        self.assertEqual(self.mode.supervisor.drain_deadline, 3.0)
+        self.assertEqual(self.worker.settings.drain_timeout, 3.0)
 
     def test_refused_configuration_kept(self):
         """Settings a worker cannot apply are answered with the reason; the old ones stay."""

@@ -7,8 +7,10 @@ reload, supervision and shutdown.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import socket
 import signal
 import threading
 import time
@@ -17,7 +19,7 @@ import urllib.request
 from twisted.internet import reactor, threads
 from twisted.internet.defer import gatherResults, inlineCallbacks
 from twisted.internet.protocol import Factory, Protocol
-from twisted.internet.task import deferLater
+from twisted.internet.task import LoopingCall, deferLater
 from twisted.trial.unittest import TestCase
 
 from kongacme.testing import TestCA, write_certified_key
@@ -45,6 +47,34 @@ def alive(pid: int) -> bool:
 
 def sleep(seconds: float):
     return deferLater(reactor, seconds, lambda: None)
+
+
+#: What the slow upstream sends: 10 MB.
+DOWNLOAD = bytes(range(256)) * 4096 * 10
+
+
+class SlowDownload(Protocol):
+    """Sends :data:`DOWNLOAD` in 256 KiB pieces every 50 ms (about 2 s) on the first bytes received, then closes."""
+
+    def dataReceived(self, data):
+        if getattr(self, "_sending", None) is not None:
+            return
+        self._offset = 0
+        self._sending = LoopingCall(self._piece)
+        self._sending.start(0.05)
+
+    def _piece(self):
+        piece = DOWNLOAD[self._offset : self._offset + 256 * 1024]
+        self._offset += len(piece)
+        if piece:
+            self.transport.write(piece)
+        else:
+            self._sending.stop()
+            self.transport.loseConnection()
+
+    def connectionLost(self, reason):
+        if getattr(self, "_sending", None) is not None and self._sending.running:
+            self._sending.stop()
 
 
 class WorkersDaemonTests(ShowsDaemonOutput, TestCase):
@@ -279,6 +309,15 @@ class WorkersDaemonTests(ShowsDaemonOutput, TestCase):
         self.fail("workers did not report: %r" % (status,))
 
     @inlineCallbacks
+    def assert_gone(self, pids, seconds=2.0):
+        """Fails unless every process of ``pids`` is gone within ``seconds``."""
+        for _ in range(int(seconds * 10)):
+            if not any(alive(pid) for pid in pids):
+                break
+            yield sleep(0.1)
+        self.assertEqual([pid for pid in pids if alive(pid)], [])
+
+    @inlineCallbacks
     def test_master_killed_workers_exit(self):
         """kill -9 of the master: no worker is left 5 s later."""
         yield self.start()
@@ -286,11 +325,7 @@ class WorkersDaemonTests(ShowsDaemonOutput, TestCase):
         self.assertTrue(all(alive(pid) for pid in pids))
         self.daemon.signal(signal.SIGKILL)
         yield self.daemon.collector.ended
-        for _ in range(50):
-            if not any(alive(pid) for pid in pids):
-                break
-            yield sleep(0.1)
-        self.assertEqual([pid for pid in pids if alive(pid)], [])
+        yield self.assert_gone(pids, seconds=5.0)
 
     @inlineCallbacks
     def test_sigterm_stops_every_process(self):
@@ -304,11 +339,82 @@ class WorkersDaemonTests(ShowsDaemonOutput, TestCase):
         for slot in (1, 2):
             self.assertIn("worker %d (pid %d) exited with status 0" % (slot, pids[slot - 1]), output)
         self.assertLess(output.index("exited with status 0"), output.index("Server Shut Down."))
-        for _ in range(20):
-            if not any(alive(pid) for pid in pids):
-                break
-            yield sleep(0.1)
-        self.assertEqual([pid for pid in pids if alive(pid)], [])
+        yield self.assert_gone(pids)
+
+
+    @inlineCallbacks
+    def test_sigterm_download_in_flight_completes(self):
+        """
+        SIGTERM to the master while a 10 MB download is in flight through a
+        worker: the download completes (every byte, in order), then every
+        process is gone; the drain deadline is workers_drain_timeout.
+        """
+        port = reactor.listenTCP(0, Factory.forProtocol(SlowDownload), interface="127.0.0.1")
+        self.addCleanup(port.stopListening)
+        yield self.start(config={
+            "workers_drain_timeout": 30,
+            "routes": [{"hosts": ["a.test"], "upstream": "127.0.0.1:%d" % (port.getHost().port,)}],
+        })
+        pids = list((yield self.worker_pids()).values())
+        context = tlsclients.client_context(self.cafile)
+        progress = {"bytes": 0}
+        underway = threading.Event()
+
+        def download():
+            digest = hashlib.sha256()
+            with socket.create_connection(("127.0.0.1", self.tls_port), timeout=30) as raw:
+                with context.wrap_socket(raw, server_hostname="a.test") as tls:
+                    tls.sendall(b"GET")
+                    while True:
+                        chunk = tls.recv(65536)
+                        if not chunk:
+                            break
+                        digest.update(chunk)
+                        progress["bytes"] += len(chunk)
+                        if progress["bytes"] >= 1024 * 1024:
+                            underway.set()
+            return progress["bytes"], digest.hexdigest()
+
+        downloading = threads.deferToThread(download)
+        while not underway.is_set():
+            yield sleep(0.01)
+        self.daemon.signal(signal.SIGTERM)
+        at_signal = progress["bytes"]
+        received, digest = yield downloading
+        self.assertLess(at_signal, len(DOWNLOAD))
+        self.assertEqual(received, len(DOWNLOAD))
+        self.assertEqual(digest, hashlib.sha256(DOWNLOAD).hexdigest())
+        yield self.daemon.collector.ended
+        self.assertIn("draining 2 worker(s), up to 30 s", self.daemon.output)
+        yield self.assert_gone(pids)
+
+    @inlineCallbacks
+    def test_drain_deadline_cuts_idle_connection(self):
+        """
+        With workers_drain_timeout 1, a connection that never ends does not
+        keep the workers: SIGTERM drains for 1 s, the client sees its
+        connection closed, and every process is gone.
+        """
+        yield self.start(config={"workers_drain_timeout": 1})
+        pids = list((yield self.worker_pids()).values())
+        context = tlsclients.client_context(self.cafile)
+
+        def connect():
+            # In a thread: the upstream answering runs in this reactor.
+            raw = socket.create_connection(("127.0.0.1", self.tls_port), timeout=20)
+            tls = context.wrap_socket(raw, server_hostname="a.test")
+            tls.sendall(b"ping")
+            return tls, tls.recv(100)
+
+        tls, echo = yield threads.deferToThread(connect)
+        self.addCleanup(tls.close)
+        self.assertEqual(echo, b"Aping")
+        self.daemon.signal(signal.SIGTERM)
+        closed = yield threads.deferToThread(tls.recv, 100)
+        self.assertEqual(closed, b"")
+        yield self.daemon.collector.ended
+        self.assertIn("draining 2 worker(s), up to 1 s", self.daemon.output)
+        yield self.assert_gone(pids)
 
 
 class WorkersOnDemandTests(AcmeDaemonMixin, TestCase):

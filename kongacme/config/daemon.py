@@ -334,6 +334,8 @@ class DaemonConfig:
         is one process; more: a master and that many workers, see
         :mod:`kongacme.workers`); ``auto`` in the file is resolved to the
         CPUs this process may run on.
+    :ivar workers_drain_timeout: seconds the workers get, on stop, to
+        finish the connections in flight before they exit.
     :ivar warnings: things accepted but worth telling the operator
         (deprecated or unsupported Kong fields), each starting with the
         field path.
@@ -356,6 +358,7 @@ class DaemonConfig:
     storage_encryption: StorageEncryptionConfig = attrs.Factory(StorageEncryptionConfig)
     limits: LimitsConfig = attrs.Factory(LimitsConfig)
     workers: int = 1
+    workers_drain_timeout: float = 10.0
     warnings: tuple[str, ...] = ()
 
 
@@ -708,6 +711,7 @@ DAEMON = Record(
         Field("storage_encryption", STORAGE_ENCRYPTION, EMPTY),
         Field("limits", LIMITS, EMPTY),
         Field("workers", _Workers(), 1),
+        Field("workers_drain_timeout", Num(min=0), 10.0),
     ),
     checks=(_check_routes, _check_role, _check_storage_encryption, _check_admin_exposure, _check_workers),
 )

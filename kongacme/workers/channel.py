@@ -191,6 +191,8 @@ class WorkerSettings:
         ask the master (on-demand issuance is on).
     :ivar gate_timeout: the longest a handshake waits for the master.
     :ivar log_level: ``logging.level``.
+    :ivar drain_timeout: ``workers_drain_timeout``, for a worker sent
+        ``SIGTERM`` itself while its master lives.
     """
 
     routes: tuple
@@ -201,6 +203,7 @@ class WorkerSettings:
     ask_master: bool
     gate_timeout: float
     log_level: str
+    drain_timeout: float
 
 
 def worker_settings(config: Any) -> dict:
@@ -232,6 +235,7 @@ def worker_settings(config: Any) -> dict:
         # bounds a master that never answers.
         "gate_timeout": issuance.handshake_wait + 5.0,
         "log_level": config.logging.level,
+        "drain_timeout": config.workers_drain_timeout,
     }
 
 
@@ -270,6 +274,7 @@ def read_settings(data: dict) -> WorkerSettings:
             ask_master=bool(data["ask_master"]),
             gate_timeout=float(data["gate_timeout"]),
             log_level=str(data["log_level"]),
+            drain_timeout=float(data["drain_timeout"]),
         )
     except (KeyError, TypeError, ValueError) as e:
         raise ValueError("invalid worker settings: %s: %s" % (e.__class__.__name__, e)) from None

@@ -119,7 +119,10 @@ class WorkerMode:
         self._daemon = daemon
         self._reactor = reactor
         self.listeners = ListenerSet(reactor, "tls", _NotAccepting())
-        self.supervisor = WorkerSupervisor(reactor, daemon.config.workers, self._spawn, on_ended=self._retire)
+        self.supervisor = WorkerSupervisor(
+            reactor, daemon.config.workers, self._spawn, on_ended=self._retire,
+            drain_deadline=daemon.config.workers_drain_timeout,
+        )
         self.channels: set[MasterChannel] = set()
         self.counters: dict[int, dict] = {}
         self._retired: collections.Counter[str] = collections.Counter()
@@ -205,6 +208,7 @@ class WorkerMode:
 
     def reconfigure(self, new: Any) -> None:
         """A reload was applied: every worker gets the new settings (and fallback)."""
+        self.supervisor.drain_deadline = new.workers_drain_timeout
         self.flush()
         fallback = self._daemon.cache.fallback
         if fallback is not self._fallback:

@@ -51,10 +51,6 @@ AMP_FD = 3
 #: Seconds between two counter reports to the master.
 REPORT_INTERVAL = 1.0
 
-#: Seconds a worker sent SIGTERM while its master lives (systemd stopping
-#: the whole unit) lets its connections finish.
-DRAIN_DEADLINE = 10.0
-
 _PR_SET_PDEATHSIG = 1
 
 log = Logger()
@@ -352,7 +348,8 @@ def main(argv: Sequence[str] | None = None) -> None:
             return
         # The master lives: systemd signalled every process of the unit.
         # Finish what is in flight, as the master's drain would.
-        worker.drain(DRAIN_DEADLINE).addBoth(lambda _: reactor.stop())
+        deadline = worker.settings.drain_timeout if worker.settings is not None else 10.0
+        worker.drain(deadline).addBoth(lambda _: reactor.stop())
 
     def handle_term() -> None:
         signal.signal(signal.SIGTERM, lambda signum, frame: reactor.callFromThread(terminated))
