@@ -223,6 +223,20 @@ class Daemon:
             yield self.collector.ended
 
 
+def not_with_workers() -> Callable[[Any], None]:
+    """
+    A test method skipped in a ``workers: 2`` subclass of an end-to-end test
+    class: that subclass runs the representative tests only (each starts
+    three processes), the base class runs them all.
+    """
+
+    def skipped(self: Any) -> None:
+        raise AssertionError("skipped")
+
+    skipped.skip = "run with workers: 1 only; the workers: 2 subclass keeps the representative tests"  # type: ignore[attr-defined]
+    return skipped
+
+
 class ShowsDaemonOutput:
     """
     Mixin for a trial ``TestCase`` that runs :class:`Daemon` processes:

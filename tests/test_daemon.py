@@ -20,7 +20,7 @@ from kongacme.testing import TestCA, write_certified_key
 from kongacme.tls.fallback import FALLBACK_NAME
 
 from tests import tlsclients
-from tests.daemonproc import Daemon, free_port, run_twistd
+from tests.daemonproc import Daemon, free_port, not_with_workers, run_twistd
 from tests.proxyproto_decoder import parse_header
 
 
@@ -82,9 +82,13 @@ class TwistdPluginTests(TestCase):
 class DaemonTests(TestCase):
     """
     Tests for a running daemon: serving, proxying, reloading on SIGHUP.
+
+    :cvar workers: the daemon's ``workers`` (the subclass
+        :class:`DaemonWorkersTests` runs with 2).
     """
 
     timeout = 90
+    workers = 1
 
     @inlineCallbacks
     def setUp(self):
@@ -109,10 +113,13 @@ class DaemonTests(TestCase):
                 "routes": [{"hosts": ["static.test"], "upstream": "127.0.0.1:%d" % self.upstream_a}],
                 "default_upstream": "127.0.0.1:%d" % self.upstream_b,
                 "tls": {"handshake_timeout": 5},
+                "workers": self.workers,
             },
         )
         self.addCleanup(self.daemon.stop)
         yield self.daemon.start(self.tls_port)
+        if self.workers > 1:
+            yield self.daemon.wait_for("accepting:", count=self.workers)
 
     def verified(self):
         return tlsclients.client_context(self.cafile)
@@ -140,14 +147,20 @@ class DaemonTests(TestCase):
         self.assertEqual(first, b"A:one")
 
         new_cert, new_key = write_certified_key(self.ca.issue(["new.test"]), self.dir, "new")
-        extra_port = free_port()
         config = self.daemon.config
         config["certificates"].append({"cert": new_cert, "key": new_key})
         config["routes"] = [{"hosts": ["static.test", "new.test"], "upstream": "127.0.0.1:%d" % self.upstream_b}]
-        config["listen"]["tls"].append("tcp:%d:interface=127.0.0.1" % extra_port)
+        if self.workers == 1:
+            extra_port = free_port()
+            config["listen"]["tls"].append("tcp:%d:interface=127.0.0.1" % extra_port)
+        else:
+            # With workers a TLS listener change takes a restart.
+            extra_port = self.tls_port
         self.daemon.write()
         self.daemon.signal()
         yield self.daemon.wait_for("configuration reloaded")
+        if self.workers > 1:
+            yield self.daemon.wait_for("reload applied", count=self.workers)
 
         new = yield tlsclients.handshake(extra_port, "new.test", self.verified(), payload=b"x")
         self.assertEqual(new["names"], ["new.test"])
@@ -204,6 +217,17 @@ class DaemonTests(TestCase):
 
         status = json.loads(out)
         self.assertIn("static.test", status["certificates"])
+
+
+class DaemonWorkersTests(DaemonTests):
+    """
+    Tests for a running daemon with ``workers: 2``: TLS per SNI, proxying,
+    reloads (applied and rejected) and the Admin API, through a master and
+    two workers.
+    """
+
+    workers = 2
+    test_reload_empty_file = not_with_workers()
 
 
 @implementer(IHalfCloseableProtocol)

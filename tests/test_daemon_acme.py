@@ -16,7 +16,7 @@ from twisted.trial.unittest import TestCase
 from kongacme.tls.fallback import FALLBACK_NAME
 
 from tests import tlsclients
-from tests.daemonproc import Daemon, ShowsDaemonOutput, free_port
+from tests.daemonproc import Daemon, ShowsDaemonOutput, free_port, not_with_workers
 from tests.pebble import PebbleFixture
 
 
@@ -34,6 +34,8 @@ class AcmeDaemonMixin(ShowsDaemonOutput):
     timeout = 120
     first_handshake = "wait"
     domain_blocklist: tuple = ()
+    #: The daemon's ``workers`` (subclasses run the representative tests with 2).
+    workers = 1
 
     @inlineCallbacks
     def start(self, api_uri=None, storage="shm", pebble=None, config=None, **issuance):
@@ -59,6 +61,8 @@ class AcmeDaemonMixin(ShowsDaemonOutput):
         # for want of a route.
         upstream = reactor.listenTCP(0, Factory.forProtocol(Echo), interface="127.0.0.1")
         self.addCleanup(upstream.stopListening)
+        if self.workers > 1:
+            config = dict(config or {}, workers=self.workers)
         self.daemon = Daemon(
             self.dir,
             dict(config or {}, **{
@@ -85,6 +89,8 @@ class AcmeDaemonMixin(ShowsDaemonOutput):
         )
         self.addCleanup(self.daemon.stop)
         yield self.daemon.start(self.tls_port)
+        if self.workers > 1:
+            yield self.daemon.wait_for("accepting:", count=self.workers)
 
     def verified(self):
         return tlsclients.client_context(self.root)
@@ -143,6 +149,18 @@ class OnDemandTests(AcmeDaemonMixin, TestCase):
         second = yield tlsclients.handshake(self.tls_port, "keep.example.test", self.verified(), payload=b"")
         self.assertEqual(first["names"], second["names"])
         self.assertEqual(self.orders("keep.example.test"), 0)  # output of the new process only
+
+
+class OnDemandWorkersTests(OnDemandTests):
+    """
+    Tests for on-demand issuance with ``workers: 2``: the first visitor and
+    twenty simultaneous handshakes (one order) through a master and two
+    workers.
+    """
+
+    workers = 2
+    test_not_admitted_gets_fallback = not_with_workers()
+    test_kong_storage_survives_restart = not_with_workers()
 
 
 class FallbackModeTests(AcmeDaemonMixin, TestCase):
@@ -232,3 +250,13 @@ class AdminApiTests(AcmeDaemonMixin, TestCase):
             body["message"],
             "problem found running sanity check for nope.test: host is not included in plugin config.domains",
         )
+
+
+class AdminApiWorkersTests(AdminApiTests):
+    """
+    Tests for POST /acme with ``workers: 2``: the certificate issued in the
+    master is served by the workers.
+    """
+
+    workers = 2
+    test_sanity_check = not_with_workers()

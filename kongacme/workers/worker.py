@@ -149,6 +149,8 @@ class Worker:
         if self.tls_factory is not None:
             self._tune_tls()
         _set_log_level(settings.log_level)
+        if old is not None:
+            log.info("worker {slot}: reload applied ({routes} route(s))", slot=self.slot, routes=len(settings.routes))
         return True, None
 
     def set_fallback(self, entry: dict) -> None:
