@@ -149,6 +149,22 @@ class WorkerCacheTests(SynchronousTestCase):
         self.assertIsNone(self.worker.cache.get("a.test"))
         self.assertIs(self.worker.cache.lookup("a.test"), self.worker.cache.fallback)
 
+    def test_refresh_bounded_by_size(self):
+        """
+        A wildcard renewed after it served more names than the cache holds
+        is fetched again for the names still held, in one answer no larger
+        than the cache.
+        """
+        wildcard = CA.issue(["*.example.test"])
+        self.connect(size=2, certificates=[wildcard])
+        for name in ("a", "b", "c", "d"):
+            self.handshake(name + ".example.test")
+        self.cache.put(CA.issue(["*.example.test"]))
+        del self.fetched[:]
+        self.changed()
+        self.assertEqual(self.fetched, [["c.example.test", "d.example.test"]])
+        self.assertEqual(sorted(self.worker.cache.names()), ["c.example.test", "d.example.test"])
+
     def test_names_not_held_not_fetched(self):
         """A change for a name the worker does not hold costs it no fetch."""
         self.connect(certificates=[CA.issue(["a.test"])])

@@ -250,9 +250,12 @@ class CertificateFetcher:
         asks for it).
         """
         dropped = [name for name in self._cache.changed(changed) if name not in self._waiting]
+        # No more than the cache holds, and no answer larger than the cache:
+        # a handshake waiting on a name of a group finds it still held.
+        dropped = dropped[-self._cache.size :]
         for name in dropped:
             self._waiting[name] = []
-        for group in channel.in_groups(dropped):
+        for group in channel.in_groups(dropped, min(channel.NAMES_PER_COMMAND, self._cache.size)):
             self._start(group)
 
     def _start(self, names: list[str]) -> None:
