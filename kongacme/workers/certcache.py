@@ -181,11 +181,12 @@ class WorkerCertificateCache:
         else:
             return False
         wildcard = _wildcard_of(name)
-        covered = self._covered.get(wildcard) if wildcard is not None else None
-        if covered is not None:
-            covered.discard(name)
-            if not covered:
-                del self._covered[wildcard]
+        if wildcard is not None:
+            covered = self._covered.get(wildcard)
+            if covered is not None:
+                covered.discard(name)
+                if not covered:
+                    del self._covered[wildcard]
         return True
 
     def _trim(self, entries: collections.OrderedDict) -> None:
