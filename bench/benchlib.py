@@ -460,9 +460,10 @@ def start_kongacme(procs: Processes, name: str, config_path: str, port: int, cpu
 
 
 def haproxy_tls_config(port: int, pem: str, upstream_port: int, mode: str = "tcp",
-                       session_tickets: bool = True, backlog: int = 4096, maxconn: int = 8000) -> str:
+                       session_tickets: bool = True, backlog: int = 4096, maxconn: int = 8000,
+                       threads: int = 1) -> str:
     """
-    HAProxy as the reference TLS terminator: one thread, the same
+    HAProxy as the reference TLS terminator: ``threads`` threads (one by default), the same
     certificate, TLS 1.2-1.3 with Mozilla intermediate ciphers and curves,
     client cipher preference (as kongacme), forwarding to the upstream.
     """
@@ -472,7 +473,7 @@ def haproxy_tls_config(port: int, pem: str, upstream_port: int, mode: str = "tcp
         http_bits = "    option http-server-close\n"
     return f"""\
 global
-    nbthread 1
+    nbthread {threads}
     maxconn {maxconn}
     log stderr format raw local0 err
     ssl-default-bind-ciphers {TLS12_CIPHERS}
