@@ -60,6 +60,7 @@ import benchlib as B  # noqa: E402
 HERE = os.path.abspath(__file__)
 HOST = "bench.test"
 PARTS = ("cpu", "wall", "balance", "propagation", "memory")
+STOPPED = "workers-2-one-stopped"
 
 
 def parse_args(argv=None):
@@ -77,6 +78,9 @@ def parse_args(argv=None):
     p.add_argument("--max-load", type=float, default=0.8, help="wait for a 1-minute load average below this")
     p.add_argument("--max-load-wait", type=float, default=60.0,
                    help="...for at most this many seconds before each measured run, then measure and note it")
+    p.add_argument("--worker-gc-diagnostic", action="store_true",
+                   help="cpu/wall: start the daemons with the master's GC thresholds in every process (a "
+                        "bench-only sitecustomize), to see what the workers' default thresholds cost")
     p.add_argument("--json", default="workers.json", help="result file under bench/out/")
     p.add_argument("--balance-child", nargs=5, metavar=("MODE", "WHERE", "COUNTS", "CERT", "KEY"),
                    help=argparse.SUPPRESS)
@@ -175,6 +179,21 @@ class Daemon:
             time.sleep(0.25)
 
 
+def gc_diagnostic_env() -> dict:
+    """
+    ``--worker-gc-diagnostic``: every Python process of the daemon starts
+    with the collector thresholds the master sets itself
+    (kongacme.service.tune_gc), so workers get them too. A diagnostic, not
+    what the code does.
+    """
+    hook = B.out_dir("workers", "gc-hook")
+    with open(os.path.join(hook, "sitecustomize.py"), "w") as f:
+        f.write("import gc\ngc.set_threshold(20_000, 50, 100)\n")
+    env = B.kongacme_env()
+    env["PYTHONPATH"] = hook + os.pathsep + B.REPO
+    return env
+
+
 def children_rusage_cpu() -> float:
     r = resource.getrusage(resource.RUSAGE_CHILDREN)
     return r.ru_utime + r.ru_stime
@@ -240,13 +259,19 @@ def part_handshakes(args, results: dict, part: str) -> None:
         up = B.start_haproxy(procs, "wk-upstream-" + part, B.haproxy_upstream_config(up_port), up_port,
                              B.CLIENT_CPU if pinned else "0,1")
         servers = []
-        for workers in (1, 2):
+        # Pinned, a third daemon: workers: 2 with one worker stopped (SIGSTOP:
+        # it never accepts, the other takes every connection): the worker's
+        # code path alone on the core, apart from two processes sharing it.
+        for workers, name in ((1, "workers-1"), (2, "workers-2")) + (((2, STOPPED),) if pinned else ()):
             tls_port, admin_port = B.free_port(), B.free_port()
-            name = "workers-%d" % workers
             cfg = write_daemon_config(B.out_dir("workers"), "%s-%s" % (part, name), tls_port, admin_port, workers,
                                       leaf, up_port)
-            daemon = Daemon(procs, "wk-%s-%s" % (part, name), cfg, tls_port, admin_port, workers, server_cpu)
+            daemon = Daemon(procs, "wk-%s-%s" % (part, name), cfg, tls_port, admin_port, workers, server_cpu,
+                            env=gc_diagnostic_env() if args.worker_gc_diagnostic else None)
             servers.append({"name": name, "pid": daemon.pid, "port": tls_port, "daemon": daemon})
+            if name == STOPPED:
+                servers[-1]["stopped"] = daemon.worker_pids()[-1]
+                os.kill(servers[-1]["stopped"], signal.SIGSTOP)
         if not pinned:
             h_port = B.free_port()
             proc = B.start_haproxy(procs, "wk-haproxy-nbthread2",
@@ -261,6 +286,8 @@ def part_handshakes(args, results: dict, part: str) -> None:
             for server in order:
                 measure_round(server, args, runs, part, rnd, client_cpu, up.pid, note)
         for server in servers:
+            if "stopped" in server:
+                os.kill(server["stopped"], signal.SIGCONT)  # lets it drain and exit with its master
             if "daemon" in server:
                 results.setdefault("restarts", {})[part + ":" + server["name"]] = json.loads(
                     server["daemon"].get("/status"))["workers"]
@@ -299,6 +326,8 @@ def summarize_handshakes(runs: list) -> dict:
         out["ratio_w2_w1_hs_per_cpu_s"] = out["workers-2"]["hs_per_cpu_s"] / out["workers-1"]["hs_per_cpu_s"]
         out["ratio_w2_w1_hs_per_cpu_s_paired"] = B.median(paired) if paired else None
         out["ratio_w2_w1_hs_per_s"] = out["workers-2"]["hs_per_s"] / out["workers-1"]["hs_per_s"]
+    if "workers-1" in out and STOPPED in out:
+        out["ratio_one_worker_w1_hs_per_cpu_s"] = out[STOPPED]["hs_per_cpu_s"] / out["workers-1"]["hs_per_cpu_s"]
     if "haproxy-nbthread2" in out and "workers-2" in out:
         out["ratio_w2_haproxy_hs_per_s"] = out["workers-2"]["hs_per_s"] / out["haproxy-nbthread2"]["hs_per_s"]
         out["ratio_w2_haproxy_hs_per_cpu_s"] = (out["workers-2"]["hs_per_cpu_s"]
@@ -747,18 +776,21 @@ def print_summary(results: dict, args) -> None:
             continue
         s = results[part]["summary"]
         print("\n[%s] %s" % (part, title))
-        print("%-18s %12s %10s %10s %10s %10s  %s" % ("server", "hs/CPU-s", "hs/s", "srv CPU s", "h2load s",
+        print("%-22s %12s %10s %10s %10s %10s  %s" % ("server", "hs/CPU-s", "hs/s", "srv CPU s", "h2load s",
                                                      "upstr. s", "worker shares (all rounds)"))
-        for name in ("workers-1", "workers-2", "haproxy-nbthread2"):
+        for name in ("workers-1", "workers-2", STOPPED, "haproxy-nbthread2"):
             if name in s:
                 r = s[name]
-                print("%-18s %12.0f %10.0f %10.2f %10.2f %10.2f  %s%s" % (
+                print("%-22s %12.0f %10.0f %10.2f %10.2f %10.2f  %s%s" % (
                     name, r["hs_per_cpu_s"], r["hs_per_s"], r["server_cpu_s"], r["client_cpu_s"],
                     r["upstream_cpu_s"], r.get("worker_shares_all", ""),
                     "  FAILED %d" % r["failed"] if r["failed"] else ""))
         if "ratio_w2_w1_hs_per_cpu_s" in s:
             print("workers 2 / 1: hs per CPU-s %.3f (paired %.3f) [aim 0.95-1.05]; hs/s %.2f" % (
                 s["ratio_w2_w1_hs_per_cpu_s"], s["ratio_w2_w1_hs_per_cpu_s_paired"], s["ratio_w2_w1_hs_per_s"]))
+        if "ratio_one_worker_w1_hs_per_cpu_s" in s:
+            print("one worker serving (the other stopped) / workers 1: hs per CPU-s %.3f" %
+                  s["ratio_one_worker_w1_hs_per_cpu_s"])
         if "master_own_cpu_share" in s.get("workers-2", {}):
             print("master's own share of workers: 2 CPU during runs: %.1f %%" % (
                 100 * s["workers-2"]["master_own_cpu_share"]))
