@@ -254,9 +254,40 @@ def sighup_burst(pid: int, count: int, within: float) -> None:
         time.sleep(within / count)
 
 
-def fd_count(pid: int) -> int:
-    """Open file descriptors of ``pid``."""
-    return len(os.listdir("/proc/%d/fd" % pid))
+def fd_count(pid: int, except_to_ports: frozenset[int] = frozenset()) -> int:
+    """
+    Open file descriptors of ``pid``, leaving out TCP connections to any of
+    ``except_to_ports`` (a pool of kept-alive connections to the CA grows
+    with the orders an attack starts, and is no leak).
+    """
+    fds = os.listdir("/proc/%d/fd" % pid)
+    if not except_to_ports:
+        return len(fds)
+    pooled = _socket_inodes_to(pid, except_to_ports)
+    count = 0
+    for fd in fds:
+        try:
+            target = os.readlink("/proc/%d/fd/%s" % (pid, fd))
+        except OSError:
+            continue
+        if not (target.startswith("socket:[") and target[8:-1] in pooled):
+            count += 1
+    return count
+
+
+def _socket_inodes_to(pid: int, ports: frozenset[int]) -> set[str]:
+    inodes = set()
+    for table in ("tcp", "tcp6"):
+        try:
+            with open("/proc/%d/net/%s" % (pid, table)) as f:
+                next(f)
+                for line in f:
+                    fields = line.split()
+                    if int(fields[2].rsplit(":", 1)[1], 16) in ports:
+                        inodes.add(fields[9])
+        except OSError:
+            pass
+    return inodes
 
 
 def tracebacks(log_text: str) -> int:
