@@ -9,6 +9,7 @@ from __future__ import annotations
 import functools
 import importlib.util
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -34,8 +35,16 @@ def run(*args: str) -> subprocess.CompletedProcess:
 def wheel_names() -> tuple[str, ...]:
     """The files in the wheel ``pip wheel --no-deps .`` builds from this checkout (built once)."""
     with tempfile.TemporaryDirectory() as out:
+        # From a copy of the checkout: setuptools builds in ./build, and with
+        # trial --jobs two test processes building in one tree at once
+        # trip over each other's files.
+        source = os.path.join(out, "src")
+        shutil.copytree(REPO, source, ignore=shutil.ignore_patterns(
+            ".git", ".venv*", "build", "dist", "*.egg-info", "_trial_temp*", ".demo", "out", "__pycache__",
+            ".mypy_cache",
+        ))
         result = subprocess.run(
-            [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--disable-pip-version-check", "-w", out, REPO],
+            [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--disable-pip-version-check", "-w", out, source],
             capture_output=True, text=True, timeout=600,
         )
         if result.returncode:
