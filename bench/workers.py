@@ -316,18 +316,23 @@ def summarize_handshakes(runs: list) -> dict:
             s["worker_share_min"] = min(min(sh.values()) for sh in shares)
             s["worker_share_max"] = max(max(sh.values()) for sh in shares)
         out[name] = s
-    if "workers-1" in out and "workers-2" in out:
-        paired = []
+    def paired(name: str) -> float | None:
+        """Median over rounds of ``name``'s hs/CPU-s over workers: 1's in the same round."""
+        ratios = []
         for rnd in sorted({r["round"] for r in runs}):
             one = [r for r in runs if r["round"] == rnd and r["server"] == "workers-1"]
-            two = [r for r in runs if r["round"] == rnd and r["server"] == "workers-2"]
-            if one and two:
-                paired.append(two[0]["hs_per_cpu_s"] / one[0]["hs_per_cpu_s"])
+            other = [r for r in runs if r["round"] == rnd and r["server"] == name]
+            if one and other:
+                ratios.append(other[0]["hs_per_cpu_s"] / one[0]["hs_per_cpu_s"])
+        return B.median(ratios) if ratios else None
+
+    if "workers-1" in out and "workers-2" in out:
         out["ratio_w2_w1_hs_per_cpu_s"] = out["workers-2"]["hs_per_cpu_s"] / out["workers-1"]["hs_per_cpu_s"]
-        out["ratio_w2_w1_hs_per_cpu_s_paired"] = B.median(paired) if paired else None
+        out["ratio_w2_w1_hs_per_cpu_s_paired"] = paired("workers-2")
         out["ratio_w2_w1_hs_per_s"] = out["workers-2"]["hs_per_s"] / out["workers-1"]["hs_per_s"]
     if "workers-1" in out and STOPPED in out:
         out["ratio_one_worker_w1_hs_per_cpu_s"] = out[STOPPED]["hs_per_cpu_s"] / out["workers-1"]["hs_per_cpu_s"]
+        out["ratio_one_worker_w1_hs_per_cpu_s_paired"] = paired(STOPPED)
     if "haproxy-nbthread2" in out and "workers-2" in out:
         out["ratio_w2_haproxy_hs_per_s"] = out["workers-2"]["hs_per_s"] / out["haproxy-nbthread2"]["hs_per_s"]
         out["ratio_w2_haproxy_hs_per_cpu_s"] = (out["workers-2"]["hs_per_cpu_s"]
@@ -789,8 +794,8 @@ def print_summary(results: dict, args) -> None:
             print("workers 2 / 1: hs per CPU-s %.3f (paired %.3f) [aim 0.95-1.05]; hs/s %.2f" % (
                 s["ratio_w2_w1_hs_per_cpu_s"], s["ratio_w2_w1_hs_per_cpu_s_paired"], s["ratio_w2_w1_hs_per_s"]))
         if "ratio_one_worker_w1_hs_per_cpu_s" in s:
-            print("one worker serving (the other stopped) / workers 1: hs per CPU-s %.3f" %
-                  s["ratio_one_worker_w1_hs_per_cpu_s"])
+            print("one worker serving (the other stopped) / workers 1: hs per CPU-s %.3f (paired %.3f)" % (
+                s["ratio_one_worker_w1_hs_per_cpu_s"], s["ratio_one_worker_w1_hs_per_cpu_s_paired"]))
         if "master_own_cpu_share" in s.get("workers-2", {}):
             print("master's own share of workers: 2 CPU during runs: %.1f %%" % (
                 100 * s["workers-2"]["master_own_cpu_share"]))
