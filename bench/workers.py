@@ -478,7 +478,8 @@ def part_balance(args, results: dict) -> None:
 SITECUSTOMIZE = """\
 # bench/workers.py, propagation part only (on PYTHONPATH of the daemon and its workers): times, to
 # KONGACME_BENCH_PUTLOG/put-<pid>.log, the master cache's put (an order's end) and, in a worker, the
-# arrival of CertificatesChanged and each FetchCertificates answer stored in its cache.
+# arrival of CertificatesChanged and each FetchCertificates answer stored in its cache (or name
+# replaced from the notice).
 import os as _os
 _dir = _os.environ.get("KONGACME_BENCH_PUTLOG")
 
@@ -515,6 +516,11 @@ if _dir:
         _wrap(_wcache.WorkerCertificateCache, "answer", "answer",
               lambda self, a, kw: [n for e in a[0] for n in e["names"]])
         _wrap(_wcache.WorkerCertificateCache, "changed", "changed", lambda self, a, kw: list(a[0]))
+    except Exception:
+        pass
+    try:
+        # A name held replaced from the notice itself (no fetch).
+        _wrap(_wcache.WorkerCertificateCache, "_replace", "replaced", lambda self, a, kw: [a[0]])
     except Exception:
         pass
 """
@@ -564,8 +570,10 @@ def part_propagation(args, results: dict) -> None:
     it (each fetches it from the master on its first handshake for it);
     then ``POST /acme`` again (a forced re-issue, as a renewal): the master
     puts the new certificate in its cache and tells the workers
-    (CertificatesChanged), each drops the name and fetches it again. Timed:
-    the master's put -> each worker's stored answer, from the sitecustomize.
+    (CertificatesChanged, carrying the new certificate), each replaces the
+    name it holds from the notice (older code: drops it and fetches it
+    again). Timed: the master's put -> each worker's stored certificate
+    (notice or fetch answer), from the sitecustomize.
     """
     import requests
     import yaml
@@ -641,7 +649,8 @@ def part_propagation(args, results: dict) -> None:
         run["worker_serving_ms"] = {}
         for pid in workers:
             told = [e for k, e, _, ns in puts.get(pid, []) if k == "changed" and name in ns and e >= t0]
-            stored = [left for k, _, left, ns in puts.get(pid, []) if k == "answer" and name in ns and left >= t0]
+            stored = [left for k, _, left, ns in puts.get(pid, [])
+                      if k in ("answer", "replaced") and name in ns and left >= t0]
             run["worker_told_ms"][str(pid)] = 1000 * (min(told) - t0) if told else None
             run["worker_serving_ms"][str(pid)] = 1000 * (min(stored) - t0) if stored else None
         done = list(run["worker_serving_ms"].values())

@@ -131,23 +131,69 @@ class WorkerCacheTests(SynchronousTestCase):
         self.assertEqual(sorted(self.worker.cache.names()), ["a.test", "d.test"])
 
     def test_renewed_replaces(self):
-        """A certificate renewed in the master replaces the worker's copy, without a handshake asking."""
-        self.connect(certificates=[CA.issue(["a.test"])])
-        self.handshake("a.test")
+        """
+        A certificate renewed in the master replaces the worker's copy from
+        the notice itself: served right after it, with no fetch, and
+        without moving the name in the least recently used order.
+        """
+        self.connect(certificates=[CA.issue(["a.test"]), CA.issue(["b.test"])])
+        self.handshake("a.test", "b.test")
+        del self.fetched[:]
         renewed = CA.issue(["a.test"])
         self.cache.put(renewed)
         self.changed()
+        self.assertEqual(self.fetched, [])
+        self.assertEqual(self.worker.cache.lookup("b.test").fingerprint, self.cache.get("b.test").fingerprint)
         self.assertEqual(self.worker.cache.get("a.test").fingerprint, renewed.fingerprint)
         self.assertIsNone(self.worker.gate.before_handshake("a.test"))
+        self.assertIsNotNone(self.worker.builder.context_for(self.worker.cache.lookup("a.test")))
+        self.assertEqual(self.fetched, [])
+        self.assertEqual(self.worker.cache.names(), ["b.test", "a.test"])
+
+    def test_renewed_one_notice(self):
+        """
+        The notice goes over AMP as one command, however large (its
+        certificates spread over several values), and needs no answer
+        from the worker but the command's own.
+        """
+        names = ["big%d.example.test" % (i,) for i in range(2500)]
+        self.connect(size=10, certificates=[CA.issue(names)])
+        self.handshake("big7.example.test")
+        del self.fetched[:]
+        renewed = CA.issue(names)
+        self.assertGreater(len(renewed.chain_pem()), 65535)
+        self.cache.put(renewed)
+        self.changed()
+        self.assertEqual(self.fetched, [])
+        self.assertEqual(self.worker.cache.get("big7.example.test").fingerprint, renewed.fingerprint)
+        self.assertEqual(self.worker.cache.names(), ["big7.example.test"])
 
     def test_removal_evicts(self):
         """A certificate removed in the master is dropped: the name gets the fallback."""
         self.connect(certificates=[CA.issue(["a.test"])])
         self.handshake("a.test")
+        del self.fetched[:]
         self.cache.remove("a.test")
         self.changed()
         self.assertIsNone(self.worker.cache.get("a.test"))
         self.assertIs(self.worker.cache.lookup("a.test"), self.worker.cache.fallback)
+        # Evicted and fetched again, as before the notices carried certificates.
+        self.assertEqual(self.fetched, [["a.test"]])
+
+    def test_removed_exact_under_wildcard(self):
+        """
+        An exact certificate removed under a wildcard: the notice carries
+        the wildcard the master now serves for the name, and the worker
+        serves it without a fetch.
+        """
+        wildcard = CA.issue(["*.example.test"])
+        self.connect(size=10, certificates=[wildcard, CA.issue(["a.example.test"])])
+        self.handshake("a.example.test")
+        del self.fetched[:]
+        self.cache.remove("a.example.test")
+        self.changed()
+        self.assertEqual(self.fetched, [])
+        self.assertEqual(self.worker.cache.get("a.example.test").fingerprint, wildcard.fingerprint)
 
     def test_refresh_bounded_by_size(self):
         """
@@ -171,6 +217,9 @@ class WorkerCacheTests(SynchronousTestCase):
         self.cache.put(CA.issue(["b.test"]))
         self.changed()
         self.assertEqual(self.fetched, [])
+        # Nor any place in its cache.
+        self.assertEqual(self.worker.cache.names(), [])
+        self.assertFalse(self.worker.cache.holds("b.test"))
 
     def test_wildcards(self):
         """
@@ -188,8 +237,10 @@ class WorkerCacheTests(SynchronousTestCase):
         self.assertEqual(b.fingerprint, wildcard.fingerprint)
         self.assertIs(deep, self.worker.cache.fallback)
         later = CA.issue(["b.example.test"])
+        del self.fetched[:]
         self.cache.put(later)
         self.changed()
+        self.assertEqual(self.fetched, [])
         self.assertEqual(self.worker.cache.get("b.example.test").fingerprint, later.fingerprint)
         [c] = self.handshake("c.example.test")
         self.assertEqual(c.fingerprint, wildcard.fingerprint)
@@ -197,6 +248,29 @@ class WorkerCacheTests(SynchronousTestCase):
         self.changed()
         self.assertIs(self.worker.cache.lookup("c.example.test"), self.worker.cache.fallback)
         self.assertEqual(self.worker.cache.get("a.example.test").fingerprint, exact.fingerprint)
+
+    def test_wildcard_renewed(self):
+        """
+        A wildcard renewed: the names it covers that the notice has no
+        entry of their own for are fetched again (the master's answer may
+        be an exact certificate the worker cannot tell from the wildcard's)
+        and then get the new wildcard, or keep their exact certificate; a
+        name covered that changed in the same notice is replaced from it,
+        with no fetch.
+        """
+        exact = CA.issue(["a.example.test"])
+        self.connect(size=10, certificates=[CA.issue(["*.example.test"]), exact])
+        self.handshake("a.example.test", "b.example.test", "c.example.test")
+        del self.fetched[:]
+        renewed = CA.issue(["*.example.test"])
+        also = CA.issue(["c.example.test"])
+        self.cache.put(renewed)
+        self.cache.put(also)
+        self.changed()
+        self.assertEqual(self.fetched, [["a.example.test", "b.example.test"]])
+        self.assertEqual(self.worker.cache.get("a.example.test").fingerprint, exact.fingerprint)
+        self.assertEqual(self.worker.cache.get("b.example.test").fingerprint, renewed.fingerprint)
+        self.assertEqual(self.worker.cache.get("c.example.test").fingerprint, also.fingerprint)
 
     def test_one_object_per_certificate(self):
         """Names served by one certificate share one object (one OpenSSL context), fetched apart or together."""
@@ -222,6 +296,7 @@ class WorkerCacheTests(SynchronousTestCase):
         self.cache.put(issued)
         self.changed()
         self.assertEqual(self.worker.cache.get("none.test").fingerprint, issued.fingerprint)
+        self.assertEqual(self.fetched, [["none.test"]])
 
     def test_on_demand_asks_every_time(self):
         """With on-demand issuance a name the master has none for goes to its gate on every handshake."""
@@ -268,6 +343,23 @@ class CacheUnitTests(SynchronousTestCase):
         self.assertEqual(cache.names(), ["a.test"])
         self.assertTrue(cache.holds("random9.test"))
         self.assertFalse(cache.holds("random0.test"))
+
+    def test_changed_entry_refused(self):
+        """
+        A notice's certificate that does not parse is not served: the name
+        is dropped (to fetch again); the other names are replaced.
+        """
+        cache = WorkerCertificateCache(CA.issue(["fallback.invalid"]), size=4)
+        cache.put(CA.issue(["a.test"]))
+        cache.put(CA.issue(["b.test"]))
+        renewed = CA.issue(["b.test"])
+        broken = dict(channel.encode_certificate(CA.issue(["a.test"]), ["a.test"]), key="junk")
+        notice = [broken, channel.encode_certificate(renewed, ["b.test", "c.test"])]
+        dropped = cache.changed(["a.test", "b.test", "c.test"], notice)
+        self.assertEqual(dropped, ["a.test"])
+        self.assertEqual(cache.names(), ["b.test"])
+        self.assertEqual(cache.get("b.test").fingerprint, renewed.fingerprint)
+        self.flushLoggedErrors()
 
     def test_fetcher_without_channel(self):
         """A fetch sent while the channel is down waits (the gate's timeout is the backstop)."""

@@ -127,6 +127,11 @@ class ChannelTests(SynchronousTestCase):
         self.cache.put(second)
         self.cache.remove("d.test")
         self.clock.advance(0)
+        # One delivery of the notice: the renewed certificate is served
+        # already, before any fetch could have been answered.
+        self.pump.pump()
+        self.assertEqual(self.worker.cache.get("c.test").fingerprint, second.fingerprint)
+        self.assertIsNone(self.worker.cache.get("d.test"))
         self.pump.flush()
         self.assertEqual(self.worker.cache.get("c.test").fingerprint, second.fingerprint)
         self.assertIsNone(self.worker.cache.get("d.test"))

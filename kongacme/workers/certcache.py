@@ -128,20 +128,47 @@ class WorkerCertificateCache:
         if refused is not None:
             raise refused
 
-    def changed(self, names: Iterable[str]) -> list[str]:
+    def changed(self, names: Iterable[str], certificates: Iterable[dict] = ()) -> list[str]:
         """
-        The master's certificates under ``names`` changed: drop every name
-        whose answer may differ now (the name itself, and the names a
-        changed wildcard covers).
+        The master's certificates under ``names`` changed; ``certificates``
+        is its :class:`channel.FetchCertificates` answer for them now
+        (:class:`channel.CertificatesChanged`). A name held that has an
+        entry there is replaced from it at once; the other names whose
+        answer may differ now are dropped: a name held the master has no
+        certificate for now, and the names a changed wildcard covers that
+        have no entry of their own (the master's answer for those may be
+        an exact certificate the notice does not carry). Names not held
+        are ignored (a notice never grows the cache), and only the entries
+        for names held are decoded.
 
         :return: the names dropped that had a certificate or were known to
             have none (to fetch again).
         """
+        entries = {name: entry for entry in certificates for name in entry["names"]}
+        decoded: dict[int, CertifiedKey | None] = {}
         dropped = []
+        seen: set[str] = set()
         for name in names:
             affected = [name] + sorted(self._covered.get(name, ())) if name.startswith("*.") else [name]
             for each in affected:
-                if self._forget(each):
+                if each in seen:
+                    continue
+                seen.add(each)
+                if each not in self._held and each not in self._absent:
+                    continue
+                entry = entries.get(each)
+                certified = None
+                if entry is not None:
+                    if id(entry) not in decoded:
+                        try:
+                            decoded[id(entry)] = self._decode(entry)
+                        except CertificateError as e:
+                            log.error("worker: certificate from the master refused: {error}", error=str(e))
+                            decoded[id(entry)] = None
+                    certified = decoded[id(entry)]
+                if certified is not None:
+                    self._replace(each, certified)
+                elif self._forget(each):
                     dropped.append(each)
         return dropped
 
@@ -172,6 +199,14 @@ class WorkerCertificateCache:
         wildcard = _wildcard_of(name)
         if wildcard is not None:
             self._covered.setdefault(wildcard, set()).add(name)
+
+    def _replace(self, name: str, certified: CertifiedKey) -> None:
+        # In place: the name keeps its place in the least recently used
+        # order (a notice is no use of it).
+        if name in self._held:
+            self._held[name] = certified
+        else:
+            self._store(name, certified)
 
     def _forget(self, name: str) -> bool:
         if name in self._held:
@@ -243,14 +278,15 @@ class CertificateFetcher:
             self._start([name])
         return waiter
 
-    def refresh(self, changed: Iterable[str]) -> None:
+    def refresh(self, changed: Iterable[str], certificates: Iterable[dict] = ()) -> None:
         """
-        :class:`channel.CertificatesChanged`: drop the names affected and
-        fetch them again in the background (never asking for an order: a
-        certificate removed on purpose stays removed until a handshake
-        asks for it).
+        :class:`channel.CertificatesChanged`: replace the names held that
+        the notice carries a certificate for, drop the other names
+        affected and fetch them again in the background (never asking for
+        an order: a certificate removed on purpose stays removed until a
+        handshake asks for it).
         """
-        dropped = [name for name in self._cache.changed(changed) if name not in self._waiting]
+        dropped = [name for name in self._cache.changed(changed, certificates) if name not in self._waiting]
         # No more than the cache holds, and no answer larger than the cache:
         # a handshake waiting on a name of a group finds it still held.
         dropped = dropped[-self._cache.size :]

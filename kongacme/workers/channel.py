@@ -10,7 +10,7 @@ master: :class:`FetchCertificates`, :class:`AskCertificate`,
 The master holds every certificate; a worker holds a bounded cache
 (:mod:`kongacme.workers.certcache`) filled by :class:`FetchCertificates` on
 first use, and told by :class:`CertificatesChanged` which names changed in
-the master (it drops and fetches again what it held of them).
+the master, with their certificates (it replaces what it held of them).
 
 An AMP value holds at most 65,535 bytes; certificates, lists of names and
 the configuration are JSON in a :class:`ChunkedJSON` argument, which spreads
@@ -83,12 +83,14 @@ class SetFallback(amp.Command):
 class CertificatesChanged(amp.Command):
     """
     The master's certificates under these names (exact names or ``*.``
-    wildcards) were added, renewed or removed: the worker drops what it
-    holds for them (and for the names a wildcard covers) and fetches those
-    again.
+    wildcards) were added, renewed or removed. ``certificates`` is what
+    :class:`FetchCertificates` would answer for them now (the names the
+    master has none for left out): the worker replaces from it what it
+    holds of these names, and drops and fetches again the others it holds
+    (names without a certificate now, names a changed wildcard covers).
     """
 
-    arguments = [(b"names", ChunkedJSON())]
+    arguments = [(b"names", ChunkedJSON()), (b"certificates", ChunkedJSON())]
     response: list = []
 
 

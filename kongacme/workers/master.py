@@ -11,8 +11,10 @@ The master's side of ``workers: N`` (N > 1), wired into
   cache lookup picks) and keeps a bounded cache of them; the names whose
   certificates change in the master (the certificate cache's subscription:
   orders, renewals, fleet propagation, static certificates, removals alike)
-  are sent to every worker (:class:`channel.CertificatesChanged`), which
-  drops and fetches again what it holds of them;
+  are sent to every worker (:class:`channel.CertificatesChanged`) with the
+  certificate the master now serves for each (if any), which replaces what
+  the worker holds of them at once (and drops and fetches again the rest:
+  names removed, names a changed wildcard covers);
 - a worker's :class:`channel.AskCertificate` goes through the master's
   handshake gate (the certificate manager), so one order per name however
   many workers ask;
@@ -196,7 +198,10 @@ class WorkerMode:
             self._flush_call = self._reactor.callLater(0, self.flush)
 
     def flush(self) -> None:
-        """Tell every worker the names whose certificates changed since the last time."""
+        """
+        Tell every worker the names whose certificates changed since the
+        last time, with what the master's lookup now answers for each.
+        """
         if self._flush_call is not None and self._flush_call.active():
             self._flush_call.cancel()
         self._flush_call = None
@@ -204,7 +209,12 @@ class WorkerMode:
         if not pending or not self.channels:
             return
         for group in channel.in_groups(pending):
-            self._broadcast(channel.CertificatesChanged, names=group)
+            # What FetchCertificates would answer for these names now (one
+            # encoding for every worker): a worker holding one replaces it
+            # from the notice, with no fetch.
+            self._broadcast(
+                channel.CertificatesChanged, names=group, certificates=self.fetch(group)["certificates"]
+            )
 
     def reconfigure(self, new: Any) -> None:
         """A reload was applied: every worker gets the new settings (and fallback)."""

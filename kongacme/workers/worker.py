@@ -163,10 +163,13 @@ class Worker:
         else:
             self.cache.fallback = fallback
 
-    def changed(self, names: list[str]) -> None:
-        """:class:`channel.CertificatesChanged`: drop and fetch again what the worker holds of these names."""
+    def changed(self, names: list[str], certificates: Sequence[dict] = ()) -> None:
+        """
+        :class:`channel.CertificatesChanged`: replace what the worker holds
+        of these names from ``certificates``, drop and fetch again the rest.
+        """
         if self.gate is not None:
-            self.gate.refresh(names)
+            self.gate.refresh(names, certificates)
 
     def start(self) -> None:
         """Build the TLS listener and accept on the inherited sockets."""
@@ -277,8 +280,8 @@ class WorkerChannel(amp.AMP):
         return {}
 
     @channel.CertificatesChanged.responder
-    def certificates_changed(self, names: list) -> dict:
-        self.worker.changed(names)
+    def certificates_changed(self, names: list, certificates: list) -> dict:
+        self.worker.changed(names, certificates)
         return {}
 
     @channel.Start.responder
