@@ -52,6 +52,7 @@ import issuance as I
 
 sys.path.insert(0, B.REPO)
 from tests import abuse  # noqa: E402
+from tests.clienthellos import client_hello_bytes  # noqa: E402
 
 CACHED = "cached.abuse.test"
 
@@ -109,7 +110,7 @@ def attacks(args, daemon, pebble) -> list[tuple[str, int, callable]]:
     def n(count: int) -> int:
         return max(1, int(count * args.scale))
 
-    hello = abuse.client_hello(CACHED)
+    hello = client_hello_bytes(CACHED)
     request = b"GET /.well-known/acme-challenge/x HTTP/1.1\r\nHost: a.abuse.test\r\nX-Pad: " + b"a" * 400
 
     def idle(port, count, hold):

@@ -17,52 +17,7 @@ import ssl
 import time
 from concurrent.futures import ThreadPoolExecutor
 
-
-def client_hello(server_name: str | None = "hello.test") -> bytes:
-    """
-    The first flight of a real TLS client (Python's ``ssl``): one
-    ClientHello record, to be mutated.
-    """
-    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-    context.check_hostname = False
-    context.verify_mode = ssl.CERT_NONE
-    incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
-    tls = context.wrap_bio(incoming, outgoing, server_hostname=server_name)
-    try:
-        tls.do_handshake()
-    except ssl.SSLWantReadError:
-        pass
-    return outgoing.read()
-
-
-def hello_with_raw_sni(raw_name: bytes) -> bytes:
-    """
-    A real ClientHello whose server_name extension carries ``raw_name``
-    verbatim (NUL bytes, 300 bytes: what no TLS library will send), with
-    every length field around it rewritten to match.
-    """
-    placeholder = "p" * 40 + ".test"
-    hello = bytearray(client_hello(placeholder))
-    at = bytes(hello).index(placeholder.encode())
-    # server_name extension: type(2) len(2) list_len(2) name_type(1) name_len(2) name
-    ext_start = at - 9
-    assert hello[ext_start:ext_start + 2] == b"\x00\x00", "server_name extension not where expected"
-    body = b"\x00" + len(raw_name).to_bytes(2, "big") + raw_name
-    ext = b"\x00\x00" + (len(body) + 2).to_bytes(2, "big") + len(body).to_bytes(2, "big") + body
-    old_ext_len = 4 + int.from_bytes(hello[ext_start + 2:ext_start + 4], "big")
-    delta = len(ext) - old_ext_len
-    hello[ext_start:ext_start + old_ext_len] = ext
-    # Fix the record length (bytes 3-4), the handshake length (6-8) and the
-    # extensions block length, found by walking the ClientHello.
-    pos = 9 + 2 + 32
-    pos += 1 + hello[pos]  # session id
-    pos += 2 + int.from_bytes(hello[pos:pos + 2], "big")  # cipher suites
-    pos += 1 + hello[pos]  # compression methods
-    ext_total = int.from_bytes(hello[pos:pos + 2], "big") + delta
-    hello[pos:pos + 2] = ext_total.to_bytes(2, "big")
-    hello[3:5] = (int.from_bytes(hello[3:5], "big") + delta).to_bytes(2, "big")
-    hello[6:9] = (int.from_bytes(hello[6:9], "big") + delta).to_bytes(3, "big")
-    return bytes(hello)
+from tests.clienthellos import client_hello_bytes, with_raw_sni
 
 
 def malformed_inputs(rng: random.Random, count: int) -> list[tuple[str, bytes]]:
@@ -72,15 +27,15 @@ def malformed_inputs(rng: random.Random, count: int) -> list[tuple[str, bytes]]:
     header announcing more than it sends, plain HTTP, an SNI with a NUL
     byte, an SNI of 300 bytes.
     """
-    hello = client_hello()
+    hello = client_hello_bytes("hello.test")
     kinds = [
         ("random", lambda: rng.randbytes(rng.randint(1, 600))),
         ("bitflip", lambda: _flip(rng, hello)),
         ("truncated", lambda: hello[: rng.randint(1, len(hello) - 1)]),
         ("short_record", lambda: b"\x16\x03\x01\x40\x00" + hello[5:60]),
         ("http", lambda: b"GET / HTTP/1.1\r\nHost: x\r\n\r\n"),
-        ("sni_nul", lambda: hello_with_raw_sni(b"evil\x00.test")),
-        ("sni_300", lambda: hello_with_raw_sni(b"a" * 300)),
+        ("sni_nul", lambda: with_raw_sni(b"evil\x00.test")),
+        ("sni_300", lambda: with_raw_sni(b"a" * 300)),
     ]
     return [kinds[i % len(kinds)][0:1] + (kinds[i % len(kinds)][1](),) for i in range(count)]
 

@@ -19,6 +19,7 @@ from twisted.internet.threads import deferToThread
 from twisted.trial.unittest import TestCase
 
 from tests import abuse
+from tests.clienthellos import client_hello_bytes
 from tests.test_daemon_acme import AcmeDaemonMixin
 
 CACHED = "cached.example.test"
@@ -103,7 +104,7 @@ class AbuseTests(AcmeDaemonMixin, TestCase):
         port) a byte at a time are cut by the deadlines.
         """
         yield self.start_attacked()
-        hello = abuse.client_hello(CACHED)
+        hello = client_hello_bytes(CACHED)
         request = b"GET /.well-known/acme-challenge/x HTTP/1.1\r\nHost: a.example.test\r\nX-Pad: " + b"a" * 200
         results = yield gatherResults([
             deferToThread(abuse.slowloris, self.tls_port, 10, 8, hello, 0.3),

@@ -25,7 +25,7 @@ from kongacme.tls.fallback import FALLBACK_NAME, generate_self_signed
 from kongacme.tls.protocol import TLSServerFactory
 
 from tests import tlsclients
-from tests.test_tls_clienthello import append_sni_extension, client_hello_bytes, with_raw_sni
+from tests.clienthellos import append_sni_extension, client_hello_bytes, with_raw_sni
 from tests.test_tls_upstream_close import BODY as HTTP10_BODY, fetch_until_close_blocking
 
 
