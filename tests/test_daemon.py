@@ -39,6 +39,40 @@ def start_upstream(test, tag: bytes) -> int:
     return port.getHost().port
 
 
+def static_daemon(test, **config) -> Daemon:
+    """
+    A daemon (not started) serving a static certificate for
+    ``static.test`` routed to an upstream answering ``A:``, with a second
+    upstream answering ``B:``; its TLS, HTTP and Admin listeners on free
+    loopback ports. Sets ``dir``, ``ca``, ``cafile``, ``cert``, ``key``,
+    ``upstream_a``, ``upstream_b``, ``tls_port``, ``http_port``,
+    ``admin_port`` and ``daemon`` on ``test``, and stops the daemon at
+    cleanup.
+
+    :param config: top-level sections that replace the defaults'.
+    """
+    test.dir = os.path.abspath(test.mktemp())
+    os.makedirs(test.dir)
+    test.ca = TestCA.create()
+    test.cafile = test.ca.write_ca(os.path.join(test.dir, "ca.pem"))
+    test.cert, test.key = write_certified_key(test.ca.issue(["static.test"]), test.dir, "static")
+    test.upstream_a = start_upstream(test, b"A:")
+    test.upstream_b = start_upstream(test, b"B:")
+    test.tls_port, test.http_port, test.admin_port = free_port(), free_port(), free_port()
+    test.daemon = Daemon(test.dir, dict({
+        "listen": {
+            "tls": ["tcp:%d:interface=127.0.0.1" % test.tls_port],
+            "http": ["tcp:%d:interface=127.0.0.1" % test.http_port],
+            "admin": ["tcp:%d:interface=127.0.0.1" % test.admin_port],
+        },
+        "state_dir": os.path.join(test.dir, "state"),
+        "certificates": [{"cert": test.cert, "key": test.key}],
+        "routes": [{"hosts": ["static.test"], "upstream": "127.0.0.1:%d" % test.upstream_a}],
+    }, **config))
+    test.addCleanup(test.daemon.stop)
+    return test.daemon
+
+
 class TwistdPluginTests(TestCase):
     """
     Tests for the twistd plugin's command line.
@@ -92,31 +126,8 @@ class DaemonTests(TestCase):
 
     @inlineCallbacks
     def setUp(self):
-        self.dir = os.path.abspath(self.mktemp())
-        os.makedirs(self.dir)
-        self.ca = TestCA.create()
-        self.cafile = self.ca.write_ca(os.path.join(self.dir, "ca.pem"))
-        self.cert, self.key = write_certified_key(self.ca.issue(["static.test"]), self.dir, "static")
-        self.upstream_a = start_upstream(self, b"A:")
-        self.upstream_b = start_upstream(self, b"B:")
-        self.tls_port, self.http_port, self.admin_port = free_port(), free_port(), free_port()
-        self.daemon = Daemon(
-            self.dir,
-            {
-                "listen": {
-                    "tls": ["tcp:%d:interface=127.0.0.1" % self.tls_port],
-                    "http": ["tcp:%d:interface=127.0.0.1" % self.http_port],
-                    "admin": ["tcp:%d:interface=127.0.0.1" % self.admin_port],
-                },
-                "state_dir": os.path.join(self.dir, "state"),
-                "certificates": [{"cert": self.cert, "key": self.key}],
-                "routes": [{"hosts": ["static.test"], "upstream": "127.0.0.1:%d" % self.upstream_a}],
-                "default_upstream": "127.0.0.1:%d" % self.upstream_b,
-                "tls": {"handshake_timeout": 5},
-                "workers": self.workers,
-            },
-        )
-        self.addCleanup(self.daemon.stop)
+        self.daemon = static_daemon(self, tls={"handshake_timeout": 5}, workers=self.workers)
+        self.daemon.config["default_upstream"] = "127.0.0.1:%d" % self.upstream_b
         yield self.daemon.start(self.tls_port)
         if self.workers > 1:
             yield self.daemon.wait_for("accepting:", count=self.workers)

@@ -9,7 +9,6 @@ SIGHUP that moves a listener to a port already taken.
 from __future__ import annotations
 
 import json
-import os
 import resource
 import socket
 
@@ -19,10 +18,8 @@ from twisted.internet.task import deferLater
 from twisted.internet.threads import deferToThread
 from twisted.trial.unittest import TestCase
 
-from kongacme.testing import TestCA, write_certified_key
 from tests import tlsclients
-from tests.daemonproc import Daemon, free_port
-from tests.test_daemon import start_upstream
+from tests.test_daemon import static_daemon
 from tests.test_web_metrics import sample_value, scrape_families
 
 
@@ -61,31 +58,11 @@ class DaemonFixture:
     timeout = 120
 
     def start_daemon(self, limits: dict | None = None, extra: dict | None = None):
-        self.dir = os.path.abspath(self.mktemp())
-        os.makedirs(self.dir)
-        self.ca = TestCA.create()
-        self.cafile = self.ca.write_ca(os.path.join(self.dir, "ca.pem"))
-        self.cert, self.key = write_certified_key(self.ca.issue(["static.test"]), self.dir, "static")
-        self.upstream_a = start_upstream(self, b"A:")
-        self.upstream_b = start_upstream(self, b"B:")
-        self.tls_port, self.http_port, self.admin_port = free_port(), free_port(), free_port()
-        config = {
-            "listen": {
-                "tls": [endpoint(self.tls_port)],
-                "http": [endpoint(self.http_port)],
-                "admin": [endpoint(self.admin_port)],
-            },
-            "state_dir": os.path.join(self.dir, "state"),
-            "certificates": [{"cert": self.cert, "key": self.key}],
-            "routes": [{"hosts": ["static.test"], "upstream": "127.0.0.1:%d" % self.upstream_a}],
-            "tls": {"handshake_timeout": 30},
-        }
+        config = {"tls": {"handshake_timeout": 30}}
         if limits is not None:
             config["limits"] = limits
         config.update(extra or {})
-        self.daemon = Daemon(self.dir, config)
-        self.addCleanup(self.daemon.stop)
-        return self.daemon.start(self.tls_port)
+        return static_daemon(self, **config).start(self.tls_port)
 
     def hold(self, sockets):
         for s in sockets:
