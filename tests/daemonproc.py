@@ -11,6 +11,7 @@ import os
 import signal
 import socket
 import sys
+import time
 from typing import Any, Callable
 
 import yaml
@@ -25,6 +26,8 @@ from zope.interface import implementer
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 TWISTD = "from twisted.scripts.twistd import run; run()"
+#: Seconds a daemon may take to listen (within trial's 120 s per test).
+START_TIMEOUT = 60
 
 
 #: Sockets holding the ports free_port() handed out (oldest first).
@@ -190,13 +193,16 @@ class Daemon:
         # Ready once the daemon process itself listens on wait_port: a
         # connection accepted there could come from another process that
         # holds the port (then the daemon exits, unable to listen).
-        for _ in range(300):
+        # A generous deadline: a loaded CI machine with cold caches can take
+        # many seconds just to import (a start is normally well under one).
+        deadline = time.monotonic() + START_TIMEOUT
+        while time.monotonic() < deadline:
             if self.collector.ended.called:
                 raise RuntimeError("twistd exited:\n" + self.output)
             if listens(self.transport.pid, wait_port):
                 return
             yield deferLater(reactor, 0.05, lambda: None)
-        raise RuntimeError("daemon did not listen on port %d:\n%s" % (wait_port, self.output))
+        raise RuntimeError("daemon did not listen on port %d within %d s:\n%s" % (wait_port, START_TIMEOUT, self.output))
 
     @property
     def output(self) -> str:
