@@ -87,6 +87,15 @@ class ContextBuilder:
         self._contexts[certified] = (context, now)
         return context
 
+    def connection_for(self, certified: CertifiedKey) -> SSL.Connection:
+        """
+        A new server-side ``SSL.Connection`` (no socket: memory BIOs) that
+        will present ``certified``. The one place a connection gets its
+        certificate, so how certificates are attached (a context per
+        certificate today) can change without touching the TLS pump.
+        """
+        return SSL.Connection(self.context_for(certified), None)
+
     def forget_all(self) -> None:
         """Drop every memoised context (settings changed)."""
         self._contexts.clear()

@@ -76,7 +76,7 @@ class SNIConnectionCreator:
         hello = protocol.client_hello or _NO_HELLO
         certified = self.cache.lookup(hello.server_name)
         protocol.served_fallback = certified is self.cache.fallback
-        connection = SSL.Connection(self.builder.context_for(certified), None)
+        connection = self.builder.connection_for(certified)
         # Read by the ALPN select callback (context._select_alpn).
         connection.set_app_data(protocol)
         return connection
