@@ -1,36 +1,28 @@
 """
 The TLS listener: read the ClientHello, let an optional gate hold the
-handshake (on-demand issuance), pick the context for the SNI name from the
-certificate cache, then run Twisted's memory-BIO TLS with half-close
-support and a handshake deadline.
+handshake (on-demand issuance), pick the certificate for the SNI name from
+the cache, then run the TLS pump (:mod:`kongacme.tls.pump`) with
+half-close support and a handshake deadline.
 """
 
 from __future__ import annotations
 
 import collections
-from typing import Callable
+from typing import Any, Callable
 
-from OpenSSL import SSL
-from OpenSSL.SSL import Error, ZeroReturnError
-from twisted.internet.interfaces import (
-    IHalfCloseableProtocol,
-    ISSLTransport,
-    ITCPTransport,
-    IOpenSSLServerConnectionCreator,
-    IReactorTime,
-)
-from twisted.internet.protocol import Protocol
+from OpenSSL.SSL import Error
+from twisted.internet.interfaces import IReactorTime
+from twisted.internet.protocol import ServerFactory
 from twisted.logger import Logger
-from twisted.protocols.policies import ProtocolWrapper
-from twisted.protocols.tls import TLSMemoryBIOFactory, TLSMemoryBIOProtocol, _representsEOF
 from twisted.python.failure import Failure
-from zope.interface import implementer
 
 from kongacme.errors import ClientHelloError
 from kongacme.interfaces import GATE_CACHE_FILLED, ICertificateCache, IHandshakeGate
 from kongacme.net import peer_name
+from kongacme.timers import Deadline, TimerWheel
 from kongacme.tls.clienthello import ClientHello, parse_client_hello
 from kongacme.tls.context import ContextBuilder
+from kongacme.tls.pump import TLSPump
 
 log = Logger()
 
@@ -60,30 +52,7 @@ HANDSHAKE_OUTCOMES = (
 )
 
 
-@implementer(IOpenSSLServerConnectionCreator)
-class SNIConnectionCreator:
-    """
-    Creates each server ``SSL.Connection`` with the context for the SNI
-    name already read from the ClientHello: no servername callback runs
-    inside OpenSSL.
-    """
-
-    def __init__(self, cache: ICertificateCache, builder: ContextBuilder):
-        self.cache = cache
-        self.builder = builder
-
-    def serverConnectionForTLS(self, protocol: "SNITLSProtocol") -> SSL.Connection:
-        hello = protocol.client_hello or _NO_HELLO
-        certified = self.cache.lookup(hello.server_name)
-        protocol.served_fallback = certified is self.cache.fallback
-        connection = self.builder.connection_for(certified)
-        # Read by the ALPN select callback (context._select_alpn).
-        connection.set_app_data(protocol)
-        return connection
-
-
-@implementer(IHalfCloseableProtocol, ITCPTransport, ISSLTransport)
-class SNITLSProtocol(TLSMemoryBIOProtocol):
+class SNITLSProtocol(TLSPump):
     """
     Server-side TLS for one connection.
 
@@ -92,39 +61,35 @@ class SNITLSProtocol(TLSMemoryBIOProtocol):
     connection with one log line. The wrapped protocol gets
     ``client_hello`` (an ``IConnectionInfo``) before ``connectionMade``.
 
-    Half-close: a client's close_notify (or TCP FIN) becomes the wrapped
-    protocol's ``readConnectionLost`` when it is ``IHalfCloseableProtocol``;
-    ``loseWriteConnection`` sends close_notify and keeps reading.
+    :ivar client_hello: the parsed ClientHello, once read.
+    :ivar alpn_allowed: the route's ALPN protocols, read by the context's
+        ALPN callback (``context._select_alpn``) through the connection's
+        app data.
+    :ivar served_fallback: whether the certificate chosen was the fallback.
+    :ivar outcome: what became of the handshake, once known
+        (:data:`HANDSHAKE_OUTCOMES`).
     """
 
+    factory: "TLSServerFactory"
     client_hello: ClientHello | None = None
     alpn_allowed: tuple[bytes, ...] = ()
-    #: Whether the certificate chosen was the fallback (set when TLS starts).
     served_fallback = False
-    #: What became of the handshake, once known (see HANDSHAKE_OUTCOMES).
     outcome: str | None = None
     _held = False
-    _tlsConnection = None
     _hello_buffer: bytes | None = b""
     _gate_pending = False
     _lost_early = False
-    _deadline = None
-    _read_closed = False
-    _write_closed = False
-    _close_write_pending = False
+    _deadline: Deadline | None = None
 
     # -- before TLS ---------------------------------------------------------
 
-    def makeConnection(self, transport) -> None:
-        # TLSMemoryBIOProtocol.makeConnection creates the SSL.Connection;
-        # that waits until the ClientHello has been read (_start_tls).
-        Protocol.makeConnection(self, transport)
-        factory: TLSServerFactory = self.factory  # type: ignore[assignment]
-        self._deadline = factory.clock.callLater(factory.handshake_timeout, self._handshake_timed_out)
+    def connectionMade(self) -> None:
+        factory = self.factory
+        self._deadline = factory.wheel.call_later(factory.handshake_timeout, self._handshake_timed_out)
 
     def dataReceived(self, data: bytes) -> None:
         if self._hello_buffer is None:
-            TLSMemoryBIOProtocol.dataReceived(self, data)
+            TLSPump.dataReceived(self, data)
             return
         buffered = self._hello_buffer + data
         self._hello_buffer = buffered
@@ -164,11 +129,11 @@ class SNITLSProtocol(TLSMemoryBIOProtocol):
                 raw=hello.raw_server_name[:80],
                 peer=peer_name(self.transport),
             )
-        factory: TLSServerFactory = self.factory  # type: ignore[assignment]
+        factory = self.factory
         gate = factory.gate
         waiting = gate.before_handshake(hello.server_name) if gate is not None else None
         if waiting is None:
-            self._start_tls()
+            self._start()
             return
         self._gate_pending = True
         self._held = True
@@ -177,7 +142,7 @@ class SNITLSProtocol(TLSMemoryBIOProtocol):
         # connection; the gate bounds its own wait, and gate_timeout is the
         # backstop if it never answers.
         self._cancel_deadline()
-        self._deadline = factory.clock.callLater(factory.gate_timeout, self._gate_opened, None)
+        self._deadline = factory.wheel.call_later(factory.gate_timeout, lambda: self._gate_opened(None))
         waiting.addErrback(
             lambda f: log.failure("handshake gate failed for {server_name}", f, server_name=hello.server_name)
         )
@@ -192,36 +157,32 @@ class SNITLSProtocol(TLSMemoryBIOProtocol):
         self._cancel_deadline()
         if self._lost_early:
             return
-        factory: TLSServerFactory = self.factory  # type: ignore[assignment]
-        self._deadline = factory.clock.callLater(factory.handshake_timeout, self._handshake_timed_out)
+        factory = self.factory
+        self._deadline = factory.wheel.call_later(factory.handshake_timeout, self._handshake_timed_out)
         self.transport.resumeProducing()
-        self._start_tls()
+        self._start()
 
-    def _start_tls(self) -> None:
-        factory: TLSServerFactory = self.factory  # type: ignore[assignment]
+    def _start(self) -> None:
+        factory = self.factory
         hello = self.client_hello or _NO_HELLO
         self.alpn_allowed = factory.alpn_for(hello.server_name)
         self.wrappedProtocol.client_hello = hello
         buffered, self._hello_buffer = self._hello_buffer, None
-        # What TLSMemoryBIOProtocol.makeConnection does, minus its two
-        # per-connection directlyProvides() calls and double registration
-        # (measurable on the handshake path); the transport interfaces the
-        # wrapped protocol relies on are declared on this class instead.
-        self._tlsConnection = factory._creatorCallable(self)
-        self._appSendBuffer = []
-        factory.registerProtocol(self)
-        self.wrappedProtocol.makeConnection(self)
-        self._checkHandshakeStatus()
-        if buffered and not self._lostTLSConnection:
-            TLSMemoryBIOProtocol.dataReceived(self, buffered)
+        certified = factory.cache.lookup(hello.server_name)
+        self.served_fallback = certified is factory.cache.fallback
+        # The one place a connection gets its certificate (context.py).
+        tls = factory.builder.connection_for(certified)
+        # Read by the ALPN select callback (context._select_alpn).
+        tls.set_app_data(self)
+        self.start_tls(tls, buffered or b"")
 
     def _handshake_timed_out(self) -> None:
         self._deadline = None
-        if self._handshakeDone:
+        if self.handshake_done:
             return
         log.info("TLS: handshake with {peer} timed out", peer=peer_name(self.transport))
         self._count("timeout")
-        if self._tlsConnection is None:
+        if self._tls is None:
             self._hello_buffer = None
             self.transport.abortConnection()
         else:
@@ -229,19 +190,16 @@ class SNITLSProtocol(TLSMemoryBIOProtocol):
 
     def _cancel_deadline(self) -> None:
         if self._deadline is not None:
-            if self._deadline.active():
-                self._deadline.cancel()
+            self._deadline.cancel()
             self._deadline = None
 
     # -- during TLS ---------------------------------------------------------
 
-    def _checkHandshakeStatus(self) -> None:
-        TLSMemoryBIOProtocol._checkHandshakeStatus(self)
-        if self._handshakeDone:
-            self._cancel_deadline()
-            if self.outcome is None:
-                served = "fallback" if self.served_fallback else "issued" if self._held else "cached"
-                self._count(("held_then_" + served) if self._held else served)
+    def handshake_finished(self) -> None:
+        self._cancel_deadline()
+        if self.outcome is None:
+            served = "fallback" if self.served_fallback else "issued" if self._held else "cached"
+            self._count(("held_then_" + served) if self._held else served)
 
     def _count(self, outcome: str) -> None:
         # One outcome per connection, counted on the factory (metrics).
@@ -249,175 +207,46 @@ class SNITLSProtocol(TLSMemoryBIOProtocol):
             self.outcome = outcome
             self.factory.handshakes[outcome] += 1
 
-    def _flushSendBIO(self) -> None:
-        # Closing the TCP connection can run connectionLost synchronously (it
-        # does when our write side is already shut), which drops the
-        # SSL.Connection; nothing is left to flush then.
-        if self._tlsConnection is not None:
-            TLSMemoryBIOProtocol._flushSendBIO(self)
-
-    def _flushReceiveBIO(self) -> None:
-        # Twisted's version ends the whole connection on close_notify; a
-        # proxy must keep sending the other direction (half-close).
-        while not self._lostTLSConnection and not self._read_closed:
-            try:
-                data = self._tlsConnection.recv(2**15)
-            except SSL.WantReadError:
-                break
-            except ZeroReturnError:
-                self._peer_closed_write()
-            except Error as e:
-                if _representsEOF(e) and self._handshakeDone:
-                    self._peer_closed_write()
-                else:
-                    self._tlsShutdownFinished(Failure())
-            else:
-                if not self._aborted:
-                    ProtocolWrapper.dataReceived(self, data)
-        self._flushSendBIO()
-
-    def _can_half_close(self) -> bool:
-        # After loseConnection the wrapped protocol wants no more data: the
-        # client's close_notify then completes the shutdown.
-        return (
-            self._handshakeDone
-            and not self.disconnecting
-            and IHalfCloseableProtocol.providedBy(self.wrappedProtocol)
-        )
-
-    def _peer_closed_write(self) -> None:
-        """
-        The client finished sending (close_notify, or a TCP FIN read as
-        end of stream).
-
-        A half-closeable wrapped protocol is told (``readConnectionLost``)
-        and may go on writing. Once our side is closed too (close_notify
-        sent, nothing left buffered) the connection ends here.
-        """
-        self._read_closed = True
-        if self._can_half_close():
-            self.wrappedProtocol.readConnectionLost()
-            if self._lostTLSConnection or not self._write_closed or self._close_write_pending:
-                # Still sending; or the wrapped protocol closed or aborted
-                # the connection itself. A pending close_notify ends the
-                # connection once sent (_send_close_notify).
-                return
-        self._finish_tls()
-
-    def _finish_tls(self) -> None:
-        """
-        Both directions are done: answer the client's close_notify (if ours
-        was not sent yet) and close the TCP connection.
-
-        ``transport.loseConnection()`` may call ``connectionLost`` before it
-        returns (our TCP write side already shut), which drops the
-        ``SSL.Connection``: so it comes last.
-        """
-        if self._lostTLSConnection:
-            return
-        self._lostTLSConnection = True
-        try:
-            self._tlsConnection.shutdown()
-        except Error:
-            pass
-        self._flushSendBIO()
-        self.transport.loseConnection()
-
     def readConnectionLost(self) -> None:
         """
         The client sent a TCP FIN. Before TLS started that ends the
         connection; after, it is treated like close_notify.
         """
-        if self._tlsConnection is None:
+        if self._tls is None:
             self._hello_buffer = None
             self._cancel_deadline()
-            self.transport.loseConnection()
-            return
-        if self._read_closed or self._lostTLSConnection:
-            if self._write_closed and not self._close_write_pending:
-                self.transport.loseConnection()
-            return
-        self._tlsConnection.bio_shutdown()
-        self._flushReceiveBIO()
-        if not self._read_closed and not self._lostTLSConnection:
-            self._peer_closed_write()
-
-    def writeConnectionLost(self) -> None:
-        """Our TCP write side is closed; nothing to do."""
-
-    def loseWriteConnection(self) -> None:
-        """
-        Send close_notify (then a TCP FIN) and keep reading the client.
-        """
-        if self._write_closed or self._lostTLSConnection:
-            return
-        self._write_closed = True
-        if self._read_closed:
-            self.loseConnection()
-            return
-        if not self._handshakeDone or self._appSendBuffer or self._producer is not None:
-            self._close_write_pending = True
-            return
-        self._send_close_notify()
-
-    def _send_close_notify(self) -> None:
-        self._close_write_pending = False
-        if self._read_closed:
-            self._finish_tls()
-            return
-        try:
-            self._tlsConnection.shutdown()
-        except Error:
-            pass
-        self._flushSendBIO()
-        half = getattr(self.transport, "loseWriteConnection", None)
-        if half is not None:
-            half()
-
-    def _unbufferPendingWrites(self) -> None:
-        TLSMemoryBIOProtocol._unbufferPendingWrites(self)
-        if self._close_write_pending and not self._appSendBuffer and self._producer is None:
-            self._send_close_notify()
-
-    def unregisterProducer(self) -> None:
-        TLSMemoryBIOProtocol.unregisterProducer(self)
-        if self._close_write_pending and not self._appSendBuffer:
-            self._send_close_notify()
-
-    def write(self, data: bytes) -> None:
-        if self._write_closed and not self._close_write_pending:
-            return
-        TLSMemoryBIOProtocol.write(self, data)
+        TLSPump.readConnectionLost(self)
 
     # -- the end ------------------------------------------------------------
 
-    def connectionLost(self, reason: Failure) -> None:
+    def connectionLost(self, reason: Failure | None = None) -> None:
         self._cancel_deadline()
-        if self._tlsConnection is None:
+        if self._tls is None:
             # TLS never started: the wrapped protocol was never connected.
             self._count("abandoned")
             self._lost_early = True
             self._hello_buffer = None
             self.connected = False
             return
-        if not self._handshakeDone:
+        if not self.handshake_done:
             self._count("failed")
-        if not self._handshakeDone and reason is not None:
-            log.info(
-                "TLS: handshake with {peer} for {server_name} failed: {reason}",
-                peer=peer_name(self.transport),
-                server_name=(self.client_hello or _NO_HELLO).server_name,
-                reason=_describe(self._reason or reason),
-            )
-        TLSMemoryBIOProtocol.connectionLost(self, reason)
+            if reason is not None:
+                log.info(
+                    "TLS: handshake with {peer} for {server_name} failed: {reason}",
+                    peer=peer_name(self.transport),
+                    server_name=(self.client_hello or _NO_HELLO).server_name,
+                    reason=_describe(self._reason or reason),
+                )
+        TLSPump.connectionLost(self, reason)
 
 
-class TLSServerFactory(TLSMemoryBIOFactory):
+class TLSServerFactory(ServerFactory):  # type: ignore[type-arg]
     """
     Wraps ``wrapped_factory`` (the proxy) in SNI-selecting TLS.
 
     :param cache: the certificate cache read on every handshake.
-    :param builder: memoises one context per certificate.
+    :param builder: makes each connection's ``SSL.Connection`` for a
+        certificate (:meth:`ContextBuilder.connection_for`).
     :param alpn_for: server name → ALPN protocols (bytes) the route allows,
         in preference order.
     :param gate: optional ``IHandshakeGate`` consulted before the handshake.
@@ -428,6 +257,7 @@ class TLSServerFactory(TLSMemoryBIOFactory):
 
     :ivar handshakes: connections by outcome (:data:`HANDSHAKE_OUTCOMES`),
         for the metrics.
+    :ivar wheel: the one timer behind every connection's deadline.
     """
 
     protocol = SNITLSProtocol
@@ -437,21 +267,41 @@ class TLSServerFactory(TLSMemoryBIOFactory):
         self,
         cache: ICertificateCache,
         builder: ContextBuilder,
-        wrapped_factory,
+        wrapped_factory: Any,
         clock: IReactorTime,
         alpn_for: Callable[[str | None], tuple[bytes, ...]] = lambda name: (),
         gate: IHandshakeGate | None = None,
         handshake_timeout: float = 10.0,
         gate_timeout: float = 60.0,
     ):
-        self.creator = SNIConnectionCreator(cache, builder)
-        super().__init__(self.creator, False, wrapped_factory, clock=clock)
+        self.cache = cache
+        self.builder = builder
+        self.wrappedFactory = wrapped_factory
         self.clock = clock
+        self.wheel = TimerWheel(clock)
         self.alpn_for = alpn_for
         self.gate = gate
         self.handshake_timeout = handshake_timeout
         self.gate_timeout = gate_timeout
         self.handshakes: collections.Counter[str] = collections.Counter()
+
+    def doStart(self) -> None:
+        self.wrappedFactory.doStart()
+        super().doStart()
+
+    def doStop(self) -> None:
+        self.wrappedFactory.doStop()
+        super().doStop()
+
+    def buildProtocol(self, addr: Any) -> SNITLSProtocol | None:
+        """A TLS protocol wrapping the wrapped factory's protocol for ``addr``."""
+        wrapped = self.wrappedFactory.buildProtocol(addr)
+        if wrapped is None:
+            return None
+        protocol = self.protocol()
+        protocol.factory = self
+        protocol.wrappedProtocol = wrapped
+        return protocol
 
 
 def _describe(reason: Failure) -> str:
