@@ -57,6 +57,7 @@ setup(
         "josepy>=2",
         "txredisapi>=1.6,<2",
         "prometheus-client>=0.23",
+        "dnspython>=2",
     ],
     extras_require={
         "test": [

@@ -170,3 +170,21 @@ class StoragePaused(IssuanceError):
             "storage is unavailable: new orders are paused until it returns (certificates held are still served); "
             "host %s" % (host,),
         )
+
+
+class DNSError(Exception):
+    """
+    A DNS server refused or did not answer an update or a query made to
+    answer a dns-01 challenge (a wrong TSIG secret, a zone that does not
+    allow updates, a server that is down).
+
+    :ivar server: ``host:port`` of the server asked.
+    :ivar reason: what went wrong, e.g. ``"update of TXT
+        _acme-challenge.example.com in zone example.com refused: TSIG
+        BADSIG: the secret of key acme-key is not the server's"``.
+    """
+
+    def __init__(self, server: str, reason: str):
+        self.server = server
+        self.reason = reason
+        super().__init__("DNS server %s: %s" % (server, reason))

@@ -73,6 +73,67 @@ class IChallengeTokenStore(Interface):
         """
 
 
+class IChallengeSolver(Interface):
+    """
+    Answers one ACME challenge type (RFC 8555 §8): makes the response
+    visible where the CA looks for it, and takes it away afterwards.
+    """
+
+    typ = Attribute("the challenge type answered, e.g. 'http-01' or 'dns-01' (str)")
+
+    def present(identifier, challenge, account_key):
+        """
+        Publish the response to ``challenge`` for ``identifier``.
+
+        :param identifier: the dns identifier's value (no ``*.``: for a
+            wildcard authorization, the base name, RFC 8555 §7.1.3).
+        :param challenge: the ``acme.challenges.Challenge`` offered.
+        :param account_key: the account's ``josepy`` key.
+        :return: ``Deferred`` firing, once the CA may validate, with an
+            opaque handle for :meth:`cleanup`.
+        """
+
+    def cleanup(handle):
+        """
+        Remove exactly what :meth:`present` published for ``handle``.
+
+        :return: ``Deferred`` firing with ``None``.
+        """
+
+
+class IDNSRecords(Interface):
+    """
+    Writes and reads the TXT records of dns-01 challenges (RFC 8555
+    §8.4) at some DNS provider: RFC 2136 updates today, other providers'
+    APIs later.
+    """
+
+    def add_txt(name, value, ttl):
+        """
+        Add one TXT record ``value`` at ``name``, beside any others there.
+
+        :param name: an absolute owner name, ``_acme-challenge.<domain>``.
+        :return: ``Deferred`` firing with ``None`` once the provider
+            accepted it, failing with :class:`kongacme.errors.DNSError`.
+        """
+
+    def remove_txt(name, value):
+        """
+        Delete the TXT record ``value`` at ``name`` only (records other
+        orders added at the same name stay).
+
+        :return: ``Deferred`` firing with ``None``.
+        """
+
+    def txt_visible(name, value):
+        """
+        Whether the provider's authoritative server answers ``value``
+        among the TXT records of ``name`` now.
+
+        :return: ``Deferred`` firing with a ``bool``.
+        """
+
+
 class IRouter(Interface):
     """
     Maps the host a client asked for to the upstream that serves it.
