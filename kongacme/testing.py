@@ -30,6 +30,20 @@ def make_key(key_type: str = "ecc", rsa_bits: int = 2048):
     return ec.generate_private_key(ec.SECP256R1())
 
 
+#: A CA certificate's key usage: it signs certificates and CRLs.
+_CA_KEY_USAGE = x509.KeyUsage(
+    digital_signature=False,
+    content_commitment=False,
+    key_encipherment=False,
+    data_encipherment=False,
+    key_agreement=False,
+    key_cert_sign=True,
+    crl_sign=True,
+    encipher_only=False,
+    decipher_only=False,
+)
+
+
 @attrs.define
 class TestCA:
     """
@@ -57,20 +71,7 @@ class TestCA:
             .not_valid_before(now - datetime.timedelta(hours=1))
             .not_valid_after(now + datetime.timedelta(days=3650))
             .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-            .add_extension(
-                x509.KeyUsage(
-                    digital_signature=False,
-                    content_commitment=False,
-                    key_encipherment=False,
-                    data_encipherment=False,
-                    key_agreement=False,
-                    key_cert_sign=True,
-                    crl_sign=True,
-                    encipher_only=False,
-                    decipher_only=False,
-                ),
-                critical=True,
-            )
+            .add_extension(_CA_KEY_USAGE, critical=True)
             .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
             .sign(key, hashes.SHA256())
         )
@@ -140,6 +141,32 @@ class TestCA:
         cert = builder.sign(self.key, hashes.SHA256())
         chain = (cert, self.certificate) if include_ca else (cert,)
         return CertifiedKey(chain=chain, key=key, source="test CA")
+
+    def intermediate(self, name: str = "kongacme test intermediate") -> "TestCA":
+        """
+        A CA whose certificate this one signs: its leaves issued with
+        ``include_ca=True`` have the chain (leaf, intermediate), as an
+        ACME CA's do, and verify against this root only.
+        """
+        key = ec.generate_private_key(ec.SECP256R1())
+        now = _now()
+        cert = (
+            x509.CertificateBuilder()
+            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)]))
+            .issuer_name(self.certificate.subject)
+            .public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(hours=1))
+            .not_valid_after(now + datetime.timedelta(days=365))
+            .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+            .add_extension(_CA_KEY_USAGE, critical=True)
+            .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
+            .add_extension(
+                x509.AuthorityKeyIdentifier.from_issuer_public_key(self.key.public_key()), critical=False
+            )
+            .sign(self.key, hashes.SHA256())
+        )
+        return TestCA(certificate=cert, key=key, name=name)
 
     def ca_pem(self) -> bytes:
         """The root certificate as PEM (a trust anchor for clients)."""

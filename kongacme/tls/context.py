@@ -1,14 +1,20 @@
 """
-OpenSSL server contexts: one per certificate, built on first use with
-Mozilla's "intermediate" profile and rebuilt when its ticket keys are due
-for rotation.
+OpenSSL server contexts, shared by every certificate with the same
+intermediates, with Mozilla's "intermediate" profile, rebuilt when their
+ticket keys are due for rotation; each connection gets its own leaf and key.
 """
 
 from __future__ import annotations
 
+import hashlib
+import re
+import warnings
 import weakref
+from typing import Sequence
 
-from OpenSSL import SSL
+from cryptography import x509
+from cryptography.hazmat.primitives.serialization import Encoding
+from OpenSSL import SSL, crypto
 from OpenSSL._util import lib as _lib  # for SSL_CTX_set1_curves_list only
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
@@ -32,6 +38,16 @@ _OP_NO_RENEGOTIATION = getattr(SSL, "OP_NO_RENEGOTIATION", 0x40000000)
 _MODE_RELEASE_BUFFERS = getattr(SSL, "MODE_RELEASE_BUFFERS", 0x00000010)
 _OP_IGNORE_UNEXPECTED_EOF = getattr(SSL, "OP_IGNORE_UNEXPECTED_EOF", 0x80)
 
+# Each connection is handed the leaf and key already converted to OpenSSL
+# objects (kept per certificate): pyOpenSSL deprecates passing its own X509
+# and PKey, but converting cryptography's objects on every connection costs
+# ~100 us of the ~1.2 ms a handshake takes (bench/tls_memory.py). Silenced
+# for this module's calls only.
+warnings.filterwarnings(
+    "ignore", message=r"Passing pyOpenSSL (X509|PKey) objects is deprecated", category=DeprecationWarning,
+    module=re.escape(__name__),
+)
+
 
 def _select_alpn(connection: SSL.Connection, offered: list[bytes]) -> bytes:
     """
@@ -50,14 +66,37 @@ def _select_alpn(connection: SSL.Connection, offered: list[bytes]) -> bytes:
     return SSL.NO_OVERLAPPING_PROTOCOLS
 
 
+def chain_key(certified: CertifiedKey) -> bytes:
+    """What the contexts are shared by: a digest of ``certified``'s intermediates (empty for none)."""
+    if len(certified.chain) < 2:
+        return b""
+    digest = hashlib.sha256()
+    for certificate in certified.chain[1:]:
+        digest.update(certificate.public_bytes(Encoding.DER))
+    return digest.digest()
+
+
 class ContextBuilder:
     """
-    Builds and memoises one ``SSL.Context`` per :class:`CertifiedKey`.
+    Server connections for :class:`CertifiedKey` objects: one ``SSL.Context``
+    per distinct chain of intermediates (a handful), carrying them as its
+    extra chain certificates, and each connection given its own leaf and
+    key. OpenSSL sends the context's extra certificates after a leaf that
+    has no chain of its own (``ssl_add_cert_chain``), so clients get the
+    full chain.
+
+    A context costs ~15-26 KB of OpenSSL memory, a leaf and key as OpenSSL
+    objects ~8 KB: sharing contexts halves what each name held costs a
+    worker (bench/tls_memory.py).
 
     OpenSSL keeps session-ticket keys per context, so rebuilding a context
     is how its ticket keys rotate: a context older than
     ``ticket_key_rotation`` seconds is replaced on its next use (clients
-    holding an old ticket do a full handshake once).
+    holding an old ticket do a full handshake once). Names served under
+    one chain share its ticket keys, as every virtual host of one HAProxy
+    or nginx does: a ticket is only offered again by a client for the name
+    it was issued for (RFC 8446 §4.6.1 has the client check the name), and
+    its binder covers the ClientHello with that name (§4.2.11.2).
 
     :param clock: source of "now" for rotation.
     :param session_tickets: issue session tickets (stateless resumption).
@@ -71,41 +110,76 @@ class ContextBuilder:
         self._clock = clock
         self.session_tickets = session_tickets
         self.ticket_key_rotation = ticket_key_rotation
-        self._contexts: "weakref.WeakKeyDictionary[CertifiedKey, tuple[SSL.Context, float]]" = (
+        #: chain key → (context, built at): a handful, for the chains in use.
+        self._contexts: dict[bytes, tuple[SSL.Context, float]] = {}
+        #: certificate → (leaf, key, chain key), held as long as the certificate.
+        self._leaves: "weakref.WeakKeyDictionary[CertifiedKey, tuple[crypto.X509, crypto.PKey, bytes]]" = (
             weakref.WeakKeyDictionary()
         )
 
-    def context_for(self, certified: CertifiedKey) -> SSL.Context:
-        """
-        The context serving ``certified``, built now if needed.
-        """
-        entry = self._contexts.get(certified)
+    def _leaf(self, certified: CertifiedKey) -> tuple[crypto.X509, crypto.PKey, bytes]:
+        leaf = self._leaves.get(certified)
+        if leaf is None:
+            leaf = (
+                crypto.X509.from_cryptography(certified.chain[0]),
+                crypto.PKey.from_cryptography_key(certified.key),
+                chain_key(certified),
+            )
+            self._leaves[certified] = leaf
+        return leaf
+
+    def _context(self, key: bytes, certified: CertifiedKey) -> SSL.Context:
+        entry = self._contexts.get(key)
         now = self._clock.seconds()
         if entry is not None and now - entry[1] < self.ticket_key_rotation:
             return entry[0]
-        context = self.build(certified)
-        self._contexts[certified] = (context, now)
+        # Contexts of chains no longer in use go at the next rebuild.
+        for stale in [k for k, (_, built) in self._contexts.items() if now - built >= self.ticket_key_rotation]:
+            del self._contexts[stale]
+        context = self.build(certified.chain[1:])
+        self._contexts[key] = (context, now)
         return context
+
+    def context_for(self, certified: CertifiedKey) -> SSL.Context:
+        """
+        The context ``certified``'s connections start from (shared by the
+        certificates with the same intermediates), built now if needed. It
+        carries no leaf: :meth:`connection_for` adds it.
+        """
+        return self._context(self._leaf(certified)[2], certified)
 
     def connection_for(self, certified: CertifiedKey) -> SSL.Connection:
         """
         A new server-side ``SSL.Connection`` (no socket: memory BIOs) that
         will present ``certified``. The one place a connection gets its
-        certificate, so how certificates are attached (a context per
-        certificate today) can change without touching the TLS pump.
+        certificate: the TLS pump does not know how they are attached.
+
+        :raises SSL.Error: if the key does not belong to the leaf (OpenSSL
+            checks it as it takes the key).
         """
-        return SSL.Connection(self.context_for(certified), None)
+        leaf, key, chain = self._leaf(certified)
+        connection = SSL.Connection(self._context(chain, certified), None)
+        # The leaf first: OpenSSL checks the key against it.
+        connection.use_certificate(leaf)
+        connection.use_privatekey(key)
+        return connection
 
     def forget_all(self) -> None:
-        """Drop every memoised context (settings changed)."""
+        """Drop every context (settings changed); the next connection builds anew."""
         self._contexts.clear()
 
     def __len__(self) -> int:
+        """The certificates held prepared (as long as something else holds them)."""
+        return len(self._leaves)
+
+    def contexts(self) -> int:
+        """How many contexts are memoised."""
         return len(self._contexts)
 
-    def build(self, certified: CertifiedKey) -> SSL.Context:
+    def build(self, intermediates: Sequence[x509.Certificate] = ()) -> SSL.Context:
         """
-        A fresh server context for ``certified`` (not memoised).
+        A fresh server context without a leaf, sending ``intermediates``
+        after each connection's leaf (not memoised).
         """
         ctx = SSL.Context(SSL.TLS_SERVER_METHOD)
         ctx.set_min_proto_version(SSL.TLS1_2_VERSION)
@@ -128,10 +202,7 @@ class ContextBuilder:
         ctx.set_session_cache_mode(SSL.SESS_CACHE_OFF)
         ctx.set_session_id(b"kongacme")
         ctx.set_mode(_MODE_RELEASE_BUFFERS)
-        ctx.use_certificate(certified.chain[0])
-        for extra in certified.chain[1:]:
+        for extra in intermediates:
             ctx.add_extra_chain_cert(extra)
-        ctx.use_privatekey(certified.key)
-        ctx.check_privatekey()
         ctx.set_alpn_select_callback(_select_alpn)
         return ctx
