@@ -638,19 +638,6 @@ class _Workers(Kind):
         return ctx.problem(path, f"must be auto or an integer between 1 and {MAX_WORKERS}")
 
 
-def _check_workers(values: dict[str, Any], ctx: Context, path: str) -> None:
-    # Workers adopt the master's listening TLS sockets; a PROXY-protocol
-    # (haproxy:) TLS listener is not handed to them yet.
-    if not valid(values, "workers", "listen") or values["workers"] == 1:
-        return
-    for i, description in enumerate(values["listen"].tls):
-        if description.lower().startswith("haproxy:"):
-            ctx.problem(
-                join(path, index("listen.tls", i)),
-                "haproxy: listeners are not supported with workers > 1 yet; use workers: 1",
-            )
-
-
 def _check_role(values: dict[str, Any], ctx: Context, path: str) -> None:
     if not valid(values, "fleet", "acme"):
         return
@@ -713,5 +700,5 @@ DAEMON = Record(
         Field("workers", _Workers(), 1),
         Field("workers_drain_timeout", Num(min=0), 10.0),
     ),
-    checks=(_check_routes, _check_role, _check_storage_encryption, _check_admin_exposure, _check_workers),
+    checks=(_check_routes, _check_role, _check_storage_encryption, _check_admin_exposure),
 )
