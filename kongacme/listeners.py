@@ -8,6 +8,13 @@ listeners than it started with: :meth:`ListenerSet.prepare` opens the new
 endpoints beside the old ones; then :meth:`ListenerSet.commit` closes the
 endpoints no longer wanted, or :meth:`ListenerSet.abort` closes the ones
 just opened. :func:`update_listeners` does both for several sets at once.
+
+A set whose sockets other processes accept on (the master's TLS sockets
+with ``workers`` > 1) opens them without accepting (``accepting=False``)
+and keeps the ones a reload removed open until told
+(``defer_close=True``, :meth:`ListenerSet.close_unlisted`): closing a
+listening socket shuts it down for every process holding it, and the
+workers of the previous generation may still be accepting on it.
 """
 
 from __future__ import annotations
@@ -48,19 +55,39 @@ class ListenerSet:
     :param factory: the protocol factory every listener serves.
     :param limit: counts the connections and pauses the ports at the
         listener's cap (:mod:`kongacme.connlimit`); ``None``: unlimited.
+    :param accepting: ``False``: the ports are opened but never read
+        (other processes accept on them).
+    :param defer_close: ``True``: a port :meth:`commit` takes out of the
+        set stays open, in :attr:`unlisted`, until
+        :meth:`close_unlisted` (or :meth:`stop_all`).
+
+    :ivar unlisted: endpoint string → port taken out of the set but not
+        closed yet (``defer_close``).
     """
 
     log = Logger()
 
-    def __init__(self, reactor, kind: str, factory, limit: ListenerLimit | None = None):
+    def __init__(
+        self,
+        reactor,
+        kind: str,
+        factory,
+        limit: ListenerLimit | None = None,
+        accepting: bool = True,
+        defer_close: bool = False,
+    ):
         self._reactor = reactor
         self.kind = kind
         self.factory = factory
         self._limit = limit
         self._serving = limit.wrap(factory) if limit is not None else factory
+        self._accepting = accepting
+        self._defer_close = defer_close
         self._ports: dict[str, IListeningPort] = {}
         self._opened: dict[str, IListeningPort] = {}
         self._wanted: list[str] | None = None
+        self.unlisted: dict[str, IListeningPort] = {}
+        self._revived: set[str] = set()
 
     @property
     def descriptions(self) -> list[str]:
@@ -70,6 +97,10 @@ class ListenerSet:
     def ports(self) -> list[IListeningPort]:
         """The listening ports, in no particular order."""
         return list(self._ports.values())
+
+    def items(self) -> list[tuple[str, IListeningPort]]:
+        """``(endpoint string, port)`` of every listening port."""
+        return list(self._ports.items())
 
     def prepare(self, descriptions: Iterable[str]) -> Deferred:
         """
@@ -98,13 +129,17 @@ class ListenerSet:
         wanted, self._wanted = self._wanted or [], None
         self._ports.update(self._opened)
         self._opened = {}
+        self._revived.clear()
         return DeferredList([self._stop(d) for d in list(self._ports) if d not in wanted], consumeErrors=True)
 
     def abort(self) -> Deferred:
         """Close the listeners :meth:`prepare` opened; the set stays as it was."""
         self._wanted = None
         opened, self._opened = self._opened, {}
-        return DeferredList([self._close(d, port) for d, port in opened.items()], consumeErrors=True)
+        revived, self._revived = self._revived, set()
+        self.unlisted.update((d, port) for d, port in opened.items() if d in revived)
+        closing = [self._close(d, port) for d, port in opened.items() if d not in revived]
+        return DeferredList(closing, consumeErrors=True)
 
     def update(self, descriptions: Iterable[str]) -> Deferred:
         """
@@ -116,12 +151,20 @@ class ListenerSet:
         return update_listeners([(self, descriptions)])
 
     def _start(self, description: str) -> Deferred:
+        if description in self.unlisted:
+            # Removed by an earlier reload, not closed yet: listed again as it is.
+            self._opened[description] = self.unlisted.pop(description)
+            self._revived.add(description)
+            return succeed(None)
         try:
             endpoint = serverFromString(self._reactor, description)
         except Exception as e:
             return succeed(ListenError(self.kind, description, str(e)))
 
         def listening(port: IListeningPort):
+            if not self._accepting:
+                # Before the reactor runs again: no connection is accepted here.
+                port.stopReading()  # type: ignore[attr-defined]
             self._opened[description] = port
             if self._limit is not None:
                 self._limit.track(port)
@@ -133,10 +176,23 @@ class ListenerSet:
 
         return maybeDeferred(endpoint.listen, self._serving).addCallbacks(listening, failed)
 
-    def _stop(self, description: str) -> Deferred:
+    def _stop(self, description: str, deferrable: bool = True) -> Deferred:
         port = self._ports.pop(description)
+        if deferrable and self._defer_close:
+            self.unlisted[description] = port
+            return succeed(None)
         self.log.info("{kind} listener on {description} closed", kind=self.kind, description=description)
         return self._close(description, port)
+
+    def close_unlisted(self, descriptions: Iterable[str]) -> Deferred:
+        """Close the ports of ``descriptions`` still in :attr:`unlisted` (those listed again stay)."""
+        closing = []
+        for description in descriptions:
+            port = self.unlisted.pop(description, None)
+            if port is not None:
+                self.log.info("{kind} listener on {description} closed", kind=self.kind, description=description)
+                closing.append(self._close(description, port))
+        return DeferredList(closing, consumeErrors=True)
 
     def _close(self, description: str, port: IListeningPort) -> Deferred:
         if self._limit is not None:
@@ -144,8 +200,9 @@ class ListenerSet:
         return maybeDeferred(port.stopListening).addCallback(lambda _: None)
 
     def stop_all(self) -> Deferred:
-        """Stop every listener."""
-        return DeferredList([self._stop(d) for d in list(self._ports)], consumeErrors=True)
+        """Stop every listener (and close every unlisted port)."""
+        stops = [self._stop(d, deferrable=False) for d in list(self._ports)]
+        return DeferredList(stops + [self.close_unlisted(list(self.unlisted))], consumeErrors=True)
 
 
 @inlineCallbacks

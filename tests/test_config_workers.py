@@ -41,13 +41,14 @@ class WorkersFieldTests(SynchronousTestCase):
                 value,
             )
 
-    def test_haproxy_tls_refused_with_workers(self) -> None:
-        """A haproxy: TLS listener is refused with workers > 1 (not handed to workers yet)."""
+    def test_haproxy_tls_with_workers(self) -> None:
+        """A haproxy: TLS listener is taken with workers > 1 as with one process (a bad one is still refused)."""
+        config = parse_config({"workers": 2, "listen": {"tls": ["tcp:443", "haproxy:tcp:8443"]}}, "/srv")
+        self.assertEqual((config.workers, config.listen.tls), (2, ("tcp:443", "haproxy:tcp:8443")))
         self.assertEqual(
-            problems_of(self, {"workers": 2, "listen": {"tls": ["tcp:443", "haproxy:tcp:8443"]}}),
-            [("listen.tls[1]", "haproxy: listeners are not supported with workers > 1 yet; use workers: 1")],
+            problems_of(self, {"workers": 2, "listen": {"tls": ["haproxy:"]}}),
+            [("listen.tls[0]", "haproxy: needs the endpoint it wraps, e.g. haproxy:tcp:443")],
         )
-        self.assertEqual(parse_config({"listen": {"tls": "haproxy:tcp:8443"}}, "/srv").workers, 1)
 
 
 class CacheSizeFieldTests(SynchronousTestCase):

@@ -161,17 +161,14 @@ class DaemonTests(TestCase):
         config = self.daemon.config
         config["certificates"].append({"cert": new_cert, "key": new_key})
         config["routes"] = [{"hosts": ["static.test", "new.test"], "upstream": "127.0.0.1:%d" % self.upstream_b}]
-        if self.workers == 1:
-            extra_port = free_port()
-            config["listen"]["tls"].append("tcp:%d:interface=127.0.0.1" % extra_port)
-        else:
-            # With workers a TLS listener change takes a restart.
-            extra_port = self.tls_port
+        extra_port = free_port()
+        config["listen"]["tls"].append("tcp:%d:interface=127.0.0.1" % extra_port)
         self.daemon.write()
         self.daemon.signal()
         yield self.daemon.wait_for("configuration reloaded")
         if self.workers > 1:
-            yield self.daemon.wait_for("reload applied", count=self.workers)
+            # A new generation of workers on both TLS ports.
+            yield self.daemon.wait_for("accepting:", count=2 * self.workers)
 
         new = yield tlsclients.handshake(extra_port, "new.test", self.verified(), payload=b"x")
         self.assertEqual(new["names"], ["new.test"])

@@ -113,9 +113,13 @@ def raw_exchange(port: int, data: bytes) -> bytes:
 class ProxyProtocolListenerTests(ShowsDaemonOutput, TestCase):
     """
     Tests for ``haproxy:`` TLS and HTTP listeners in a real daemon.
+
+    :cvar workers: the daemon's ``workers`` (the subclass
+        :class:`ProxyProtocolWorkersTests` runs with 2).
     """
 
     timeout = 120
+    workers = 1
 
     @inlineCallbacks
     def setUp(self) -> Any:
@@ -145,12 +149,15 @@ class ProxyProtocolListenerTests(ShowsDaemonOutput, TestCase):
                 ],
                 "http": {"mode": "proxy"},
                 "logging": {"format": "json", "level": "info"},
+                "workers": self.workers,
             },
         )
         self.addCleanup(self.daemon.stop)
         yield self.daemon.start(self.tls_port)
         # Both listeners are open once the daemon says it started.
         yield self.daemon.wait_for(" started: ")
+        if self.workers > 1:
+            yield self.daemon.wait_for("accepting:", count=self.workers)
 
     @inlineCallbacks
     def test_tls_v1_sender(self) -> Any:
@@ -218,3 +225,13 @@ class ProxyProtocolListenerTests(ShowsDaemonOutput, TestCase):
         with self.assertRaises(Exception):
             yield deferToThread(tls_behind_balancer, self.tls_port, b"", "v2.test")
         self.assertEqual((self.stream.headers, self.web.seen), ([], []))
+
+
+class ProxyProtocolWorkersTests(ProxyProtocolListenerTests):
+    """
+    Tests for ``haproxy:`` listeners with ``workers: 2``: each worker reads
+    the PROXY header on the socket it inherited before the ClientHello, and
+    logs and forwards the client it declares.
+    """
+
+    workers = 2

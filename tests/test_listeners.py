@@ -11,6 +11,7 @@ import socket
 from twisted.internet import reactor
 from twisted.internet.defer import inlineCallbacks
 from twisted.internet.protocol import Factory, Protocol
+from twisted.internet.task import deferLater
 from twisted.trial.unittest import TestCase
 
 from kongacme.listeners import ListenError, ListenerSet, update_listeners
@@ -128,3 +129,84 @@ class ListenerSetTests(TestCase):
         listeners.prepare([])
         self.assertRaises(RuntimeError, listeners.prepare, [])
         listeners.abort()
+
+
+class Counting(Factory):
+    """Counts the connections it is asked to serve."""
+
+    protocol = Protocol
+
+    def __init__(self):
+        self.built = 0
+
+    def buildProtocol(self, addr):
+        self.built += 1
+        return super().buildProtocol(addr)
+
+
+class HandedOverTests(TestCase):
+    """
+    Tests for a ListenerSet whose sockets other processes accept on (the
+    master's TLS sockets with workers): opened but not read, and removed
+    ones kept open until closed on purpose.
+    """
+
+    def make(self, factory=None) -> ListenerSet:
+        listener_set = ListenerSet(
+            reactor, "tls", factory or Factory.forProtocol(Protocol), accepting=False, defer_close=True
+        )
+        self.addCleanup(listener_set.stop_all)
+        return listener_set
+
+    @inlineCallbacks
+    def test_not_accepting(self):
+        """A connection waits in the kernel's queue: the set never accepts it."""
+        factory = Counting()
+        listeners = self.make(factory)
+        port = free_port()
+        self.assertEqual((yield listeners.update([endpoint(port)])), [])
+        client = socket.create_connection(("127.0.0.1", port), timeout=2)
+        self.addCleanup(client.close)
+        for _ in range(5):
+            yield deferLater(reactor, 0.01, lambda: None)
+        self.assertEqual(factory.built, 0)
+
+    @inlineCallbacks
+    def test_removed_kept_until_closed(self):
+        """
+        A reload's removed endpoint leaves the set but stays open in
+        ``unlisted`` until close_unlisted; stop_all closes it too.
+        """
+        listeners = self.make()
+        old, new = free_port(), free_port()
+        yield listeners.update([endpoint(old)])
+        yield listeners.update([endpoint(new)])
+        self.assertEqual(listeners.descriptions, [endpoint(new)])
+        self.assertEqual(list(listeners.unlisted), [endpoint(old)])
+        self.assertTrue(accepts(old))
+        yield listeners.close_unlisted([endpoint(old)])
+        self.assertEqual(listeners.unlisted, {})
+        self.assertFalse(accepts(old))
+        yield listeners.update([endpoint(old)])
+        yield listeners.stop_all()
+        self.assertFalse(accepts(old) or accepts(new))
+
+    @inlineCallbacks
+    def test_listed_again(self):
+        """
+        An unlisted endpoint listed again is the same socket (no second
+        bind); a reload aborted meanwhile puts it back in ``unlisted``.
+        """
+        listeners = self.make()
+        old, new = free_port(), free_port()
+        yield listeners.update([endpoint(old)])
+        first = listeners.ports()[0]
+        yield listeners.update([endpoint(new)])
+        busy = occupy(self)
+        errors = yield listeners.update([endpoint(old), endpoint(busy)])
+        self.assertEqual([e.description for e in errors], [endpoint(busy)])
+        self.assertEqual(listeners.unlisted, {endpoint(old): first})
+        self.assertEqual((yield listeners.update([endpoint(old), endpoint(new)])), [])
+        self.assertEqual(listeners.unlisted, {})
+        self.assertIn(first, listeners.ports())
+        self.assertTrue(accepts(old))

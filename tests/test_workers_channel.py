@@ -8,9 +8,12 @@ worker's question for a certificate, and counters.
 from __future__ import annotations
 
 import collections
+import io
 import os
+import socket
 import subprocess
 import sys
+from unittest import mock
 
 import attrs
 from twisted.application.service import MultiService
@@ -24,7 +27,7 @@ from kongacme.testing import TestCA
 from kongacme.tls.cache import CertificateCache
 from kongacme.workers import channel
 from kongacme.workers.master import MasterChannel, WorkerMode, reload_refusal
-from kongacme.workers.worker import Worker, WorkerChannel
+from kongacme.workers.worker import Worker, WorkerChannel, parse_arguments
 
 CA = TestCA.create()
 
@@ -58,9 +61,14 @@ class FakeDaemon(MultiService):
         self.tls_factory = FakeTLSFactory()
 
 
-@attrs.define
+@attrs.define(eq=False)
 class FakeProcess:
+    """What the master reads of a WorkerProcess."""
+
     slot: int
+    pid: int | None = None
+    ended: Deferred = attrs.field(factory=Deferred)
+    accepting: Deferred = attrs.field(factory=Deferred)
 
 
 class ChannelTests(SynchronousTestCase):
@@ -83,9 +91,10 @@ class ChannelTests(SynchronousTestCase):
         self.mode.start()
         self.worker = Worker(self.clock, [], slot=1)
         self.lost = []
+        self.process = FakeProcess(1)
         master_end, _, self.pump = connectedServerAndClient(
             lambda: WorkerChannel(self.worker, lambda: self.lost.append(True)),
-            lambda: MasterChannel(self.mode, FakeProcess(1)),
+            lambda: MasterChannel(self.mode, self.process),
             clock=self.clock,
         )
         self.master_end = master_end
@@ -106,6 +115,7 @@ class ChannelTests(SynchronousTestCase):
         self.assertEqual(cache.fallback.fingerprint, self.cache.fallback.fingerprint)
         self.assertEqual(self.worker.router.route_for("a.test").port, 9)
         self.assertIsNotNone(self.worker.tls_factory)
+        self.successResultOf(self.process.accepting)
         self.assertTrue(self.worker.gate.ask_master)
         self.assertEqual(self.worker.cache.size, 10_000)
         waiting = self.worker.gate.before_handshake("big2499.example.test")
@@ -201,9 +211,15 @@ class ChannelTests(SynchronousTestCase):
         self.worker.proxy_factory.bytes["from_clients"] += 100
         self.worker.report()
         self.pump.flush()
-        self.assertEqual(self.mode.counters[1]["handshakes"], {"cached": 3})
+        self.assertEqual(self.mode.reports[self.process]["handshakes"], {"cached": 3})
         self.assertEqual(self.daemon.tls_factory.handshakes["cached"], 3)
-        self.mode._retire(1)
+        # Counted per slot for the slot's current worker only.
+        self.assertEqual(self.mode.counters, {})
+        self.mode.supervisor.processes[1] = self.process
+        self.assertEqual(self.mode.counters[1]["handshakes"], {"cached": 3})
+        self.process.ended.callback("exited with status 0")
+        self.mode._retire(self.process)
+        self.assertEqual(self.mode.reports, {})
         self.assertEqual(self.daemon.tls_factory.handshakes["cached"], 3)
         self.assertEqual(self.mode.totals()["bytes"], {"from_clients": 100})
 
@@ -238,14 +254,35 @@ class ReloadRefusalTests(SynchronousTestCase):
     """
 
     def test_refusals(self):
-        """Changing workers, or the TLS listeners with workers > 1, takes a restart."""
+        """Changing workers takes a restart; changing the TLS listeners does not, with workers or without."""
         one = parse_config({}, "/tmp")
         two = parse_config({"workers": 2}, "/tmp")
         self.assertIsNone(reload_refusal(one, one))
         self.assertIn("workers: changing the number of workers takes a restart", reload_refusal(one, two))
         moved = parse_config({"workers": 2, "listen": {"tls": "tcp:9443"}}, "/tmp")
-        self.assertIn("listen.tls", reload_refusal(two, moved))
+        self.assertIsNone(reload_refusal(two, moved))
         self.assertIsNone(reload_refusal(one, parse_config({"listen": {"tls": "tcp:9443"}}, "/tmp")))
+
+
+class ArgumentsTests(SynchronousTestCase):
+    """
+    Tests for the worker's command line (kongacme.workers.worker.parse_arguments).
+    """
+
+    def test_listen(self):
+        """Each --listen is a descriptor, a family and, for a haproxy: socket, :proxy."""
+        options = parse_arguments(
+            ["--slot", "2", "--master-pid", "1", "--listen", "4:AF_INET", "--listen", "5:AF_INET6:proxy"]
+        )
+        self.assertEqual(options.listen, [(4, socket.AF_INET, False), (5, socket.AF_INET6, True)])
+
+    def test_bad_listen(self):
+        """Anything else is a usage error naming the value."""
+        for value in ("4", "x:AF_INET", "4:AF_BOGUS", "4:AF_INET:other"):
+            with self.assertRaises(SystemExit):
+                with mock.patch("sys.stderr", io.StringIO()) as stderr:
+                    parse_arguments(["--slot", "1", "--master-pid", "1", "--listen", value])
+            self.assertIn("expected FD:FAMILY[:proxy], got %r" % (value,), stderr.getvalue())
 
 
 class WorkerImportsTests(SynchronousTestCase):

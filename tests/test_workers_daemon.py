@@ -77,9 +77,10 @@ class SlowDownload(Protocol):
             self._sending.stop()
 
 
-class WorkersDaemonTests(ShowsDaemonOutput, TestCase):
+class WorkersDaemonMixin:
     """
-    Tests for a daemon with ``workers: 2`` and static certificates.
+    A daemon with ``workers: 2`` and static certificates, and what tests ask
+    it (for a trial ``TestCase``).
     """
 
     timeout = 120
@@ -153,12 +154,13 @@ class WorkersDaemonTests(ShowsDaemonOutput, TestCase):
             yield sleep(0.1)
         self.fail("workers reported %r, expected %d handshakes in all" % (per, total))
 
-    def burst(self, name, count, parallel=4):
+    def burst(self, name, count, parallel=4, port=None):
         """``count`` verified handshakes for ``name``, ``parallel`` at a time; their echoes."""
         context = tlsclients.client_context(self.cafile)
+        port = port or self.tls_port
 
         def one(_):
-            return tlsclients.handshake_blocking(self.tls_port, name, context)["echo"]
+            return tlsclients.handshake_blocking(port, name, context)["echo"]
 
         def batch(i):
             return gatherResults([threads.deferToThread(one, None) for _ in range(min(parallel, count - i))])
@@ -171,6 +173,62 @@ class WorkersDaemonTests(ShowsDaemonOutput, TestCase):
             return echoes
 
         return run()
+
+    @inlineCallbacks
+    def worker_pids(self):
+        """``{slot: pid}`` of both workers, once both have reported."""
+        for _ in range(50):
+            status = yield self.status()
+            per = status["workers"]["per_worker"]
+            if len(per) == 2:
+                return {slot: counters["pid"] for slot, counters in per.items()}
+            yield sleep(0.1)
+        self.fail("workers did not report: %r" % (status,))
+
+    @inlineCallbacks
+    def download_underway(self, progress):
+        """
+        Start a verified download of :data:`DOWNLOAD` from a.test; once its
+        first MiB arrived, a one-element list: the Deferred of (bytes
+        received, their SHA-256) when it ends (``progress["bytes"]`` counts
+        meanwhile; in a list, as a Deferred result would be waited for).
+        """
+        context = tlsclients.client_context(self.cafile)
+        underway = threading.Event()
+
+        def download():
+            digest = hashlib.sha256()
+            with socket.create_connection(("127.0.0.1", self.tls_port), timeout=30) as raw:
+                with context.wrap_socket(raw, server_hostname="a.test") as tls:
+                    tls.sendall(b"GET")
+                    while True:
+                        chunk = tls.recv(65536)
+                        if not chunk:
+                            break
+                        digest.update(chunk)
+                        progress["bytes"] += len(chunk)
+                        if progress["bytes"] >= 1024 * 1024:
+                            underway.set()
+            return progress["bytes"], digest.hexdigest()
+
+        downloading = threads.deferToThread(download)
+        while not underway.is_set() and not downloading.called:
+            yield sleep(0.01)
+        return [downloading]
+
+    @inlineCallbacks
+    def assert_gone(self, pids, seconds=2.0):
+        """Fails unless every process of ``pids`` is gone within ``seconds``."""
+        for _ in range(int(seconds * 10)):
+            if not any(alive(pid) for pid in pids):
+                break
+            yield sleep(0.1)
+        self.assertEqual([pid for pid in pids if alive(pid)], [])
+
+class WorkersDaemonTests(WorkersDaemonMixin, ShowsDaemonOutput, TestCase):
+    """
+    Tests for a daemon with ``workers: 2`` and static certificates.
+    """
 
     @inlineCallbacks
     def test_connections_land_on_both_workers(self):
@@ -298,26 +356,6 @@ class WorkersDaemonTests(ShowsDaemonOutput, TestCase):
         self.assertEqual(set(echoes), {b"Aping"})
 
     @inlineCallbacks
-    def worker_pids(self):
-        """``{slot: pid}`` of both workers, once both have reported."""
-        for _ in range(50):
-            status = yield self.status()
-            per = status["workers"]["per_worker"]
-            if len(per) == 2:
-                return {slot: counters["pid"] for slot, counters in per.items()}
-            yield sleep(0.1)
-        self.fail("workers did not report: %r" % (status,))
-
-    @inlineCallbacks
-    def assert_gone(self, pids, seconds=2.0):
-        """Fails unless every process of ``pids`` is gone within ``seconds``."""
-        for _ in range(int(seconds * 10)):
-            if not any(alive(pid) for pid in pids):
-                break
-            yield sleep(0.1)
-        self.assertEqual([pid for pid in pids if alive(pid)], [])
-
-    @inlineCallbacks
     def test_master_killed_workers_exit(self):
         """kill -9 of the master: no worker is left 5 s later."""
         yield self.start()
@@ -356,28 +394,8 @@ class WorkersDaemonTests(ShowsDaemonOutput, TestCase):
             "routes": [{"hosts": ["a.test"], "upstream": "127.0.0.1:%d" % (port.getHost().port,)}],
         })
         pids = list((yield self.worker_pids()).values())
-        context = tlsclients.client_context(self.cafile)
         progress = {"bytes": 0}
-        underway = threading.Event()
-
-        def download():
-            digest = hashlib.sha256()
-            with socket.create_connection(("127.0.0.1", self.tls_port), timeout=30) as raw:
-                with context.wrap_socket(raw, server_hostname="a.test") as tls:
-                    tls.sendall(b"GET")
-                    while True:
-                        chunk = tls.recv(65536)
-                        if not chunk:
-                            break
-                        digest.update(chunk)
-                        progress["bytes"] += len(chunk)
-                        if progress["bytes"] >= 1024 * 1024:
-                            underway.set()
-            return progress["bytes"], digest.hexdigest()
-
-        downloading = threads.deferToThread(download)
-        while not underway.is_set():
-            yield sleep(0.01)
+        [downloading] = yield self.download_underway(progress)
         self.daemon.signal(signal.SIGTERM)
         at_signal = progress["bytes"]
         received, digest = yield downloading
@@ -415,6 +433,113 @@ class WorkersDaemonTests(ShowsDaemonOutput, TestCase):
         yield self.daemon.collector.ended
         self.assertIn("draining 2 worker(s), up to 1 s", self.daemon.output)
         yield self.assert_gone(pids)
+
+
+class WorkersListenerReloadTests(WorkersDaemonMixin, ShowsDaemonOutput, TestCase):
+    """
+    Tests for a reload that changes ``listen.tls`` with ``workers: 2``: new
+    sockets first, a new generation of workers on them, the old one drained.
+    """
+
+    def listen(self, *ports):
+        return ["tcp:%d:interface=127.0.0.1" % (port,) for port in ports]
+
+    @inlineCallbacks
+    def reload_listeners(self, *ports, generation):
+        """Reload with TLS listeners on ``ports``; wait for the ``generation``-th generation to accept."""
+        self.daemon.config["listen"]["tls"] = self.listen(*ports)
+        self.daemon.write()
+        self.daemon.signal(signal.SIGHUP)
+        yield self.daemon.wait_for("configuration reloaded", count=generation - 1)
+        yield self.daemon.wait_for("accepting:", count=2 * generation)
+
+    @inlineCallbacks
+    def serves_on_every_worker(self, port, name):
+        """40 verified handshakes on ``port`` are proxied, and each current worker took some."""
+        before = yield self.handshakes_per_worker(0)
+        echoes = yield self.burst(name, 40, port=port)
+        self.assertEqual(set(echoes), {b"Aping"})
+        per = yield self.handshakes_per_worker(sum(before.get(slot, 0) for slot in ("1", "2")) + 40)
+        self.assertTrue(all(per[slot] > before.get(slot, 0) for slot in ("1", "2")), (before, per))
+
+    @inlineCallbacks
+    def test_add_then_remove_a_port(self):
+        """
+        A reload adding a second TLS port: a new generation of workers
+        serves both ports (verified, on every worker) and the old one exits;
+        the first port never stopped listening. A reload removing the first
+        port: it is closed once the previous generation stopped accepting,
+        and the second keeps serving.
+        """
+        yield self.start()
+        old = yield self.worker_pids()
+        second = free_port()
+        yield self.reload_listeners(self.tls_port, second, generation=2)
+        yield self.daemon.wait_for("of the previous generation exited with status 0", count=2)
+        new = yield self.worker_pids()
+        self.assertFalse(set(old.values()) & set(new.values()), (old, new))
+        status = yield self.status()
+        self.assertEqual((status["workers"]["running"], status["workers"]["restarts"]), ([1, 2], 0))
+        for port in (second, self.tls_port):
+            yield self.serves_on_every_worker(port, "a.test")
+
+        yield self.reload_listeners(second, generation=3)
+        yield self.daemon.wait_for("tls listener on %s closed" % (self.listen(self.tls_port)[0],))
+        yield self.daemon.wait_for("of the previous generation exited with status 0", count=4)
+        with self.assertRaises(ConnectionRefusedError):
+            socket.create_connection(("127.0.0.1", self.tls_port), timeout=5).close()
+        yield self.serves_on_every_worker(second, "b.test")
+        self.assertNotIn("Traceback", self.daemon.output)
+        self.assertNotIn("Unhandled", self.daemon.output)
+
+    @inlineCallbacks
+    def test_download_in_flight_on_old_generation(self):
+        """
+        A 10 MB download through a worker when a reload adds a TLS port:
+        the old worker keeps relaying it to the end (every byte, in order)
+        while the new generation accepts, then exits.
+        """
+        port = reactor.listenTCP(0, Factory.forProtocol(SlowDownload), interface="127.0.0.1")
+        self.addCleanup(port.stopListening)
+        yield self.start(config={
+            "workers_drain_timeout": 30,
+            "routes": [{"hosts": ["a.test"], "upstream": "127.0.0.1:%d" % (port.getHost().port,)}],
+        })
+        progress = {"bytes": 0}
+        [downloading] = yield self.download_underway(progress)
+        second = free_port()
+        yield self.reload_listeners(self.tls_port, second, generation=2)
+        at_reload = progress["bytes"]
+        echoes = yield self.burst("b.test", 4, port=second)
+        self.assertEqual(set(echoes), {b"Aping"})
+        received, digest = yield downloading
+        self.assertLess(at_reload, len(DOWNLOAD))
+        self.assertEqual(received, len(DOWNLOAD))
+        self.assertEqual(digest, hashlib.sha256(DOWNLOAD).hexdigest())
+        yield self.daemon.wait_for("of the previous generation exited with status 0", count=2)
+
+    @inlineCallbacks
+    def test_busy_port_rejected(self):
+        """
+        A reload adding a TLS port something else holds is rejected with
+        the reason; no new generation starts and the old port keeps serving
+        on the same workers.
+        """
+        yield self.start()
+        old = yield self.worker_pids()
+        holder = socket.socket()
+        self.addCleanup(holder.close)
+        holder.bind(("127.0.0.1", 0))
+        holder.listen(1)
+        self.daemon.config["listen"]["tls"] = self.listen(self.tls_port, holder.getsockname()[1])
+        self.daemon.write()
+        self.daemon.signal(signal.SIGHUP)
+        yield self.daemon.wait_for("reload rejected")
+        self.assertIn("Address already in use", self.daemon.output)
+        self.assertNotIn("new generation", self.daemon.output)
+        echoes = yield self.burst("a.test", 8)
+        self.assertEqual(set(echoes), {b"Aping"})
+        self.assertEqual((yield self.worker_pids()), old)
 
 
 class WorkersOnDemandTests(AcmeDaemonMixin, TestCase):

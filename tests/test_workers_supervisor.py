@@ -79,7 +79,7 @@ class SupervisorTests(SynchronousTestCase):
         """
         self.supervisor.startService()
         self.spawned[0].die()
-        self.assertEqual(self.ended, [1])
+        self.assertEqual(self.ended, [self.spawned[0]])
         self.assertEqual(sorted(self.supervisor.processes), [2])
         self.clock.advance(0.49)
         self.assertEqual(len(self.spawned), 2)
@@ -124,6 +124,97 @@ class SupervisorTests(SynchronousTestCase):
         self.assertNoResult(stopped)
         self.spawned[1].die("exited with status 0")
         self.successResultOf(stopped)
+
+
+class RenewTests(SynchronousTestCase):
+    """
+    Tests for WorkerSupervisor.renew: a new generation of workers (new
+    listening sockets), each old worker drained once its successor accepts.
+    """
+
+    def setUp(self):
+        self.clock = Clock()
+        self.spawned = []
+        self.ended = []
+        self.supervisor = WorkerSupervisor(self.clock, 2, self.spawn, on_ended=self.ended.append, drain_deadline=7)
+        self.supervisor.startService()
+
+    def spawn(self, slot):
+        process = FakeProcess(slot, 100 + len(self.spawned))
+        process.accepting = Deferred()
+        self.spawned.append(process)
+        return process
+
+    def test_old_drained_once_new_accepts(self):
+        """
+        Every slot gets a new worker at once; the old one keeps running,
+        not drained, until its own slot's new worker accepts; its end
+        is not a death (nothing restarted).
+        """
+        old1, old2 = self.spawned
+        self.supervisor.renew()
+        new1, new2 = self.spawned[2:]
+        self.assertEqual((new1.slot, new2.slot), (1, 2))
+        self.assertEqual(self.supervisor.processes, {1: new1, 2: new2})
+        self.assertEqual(set(self.supervisor.superseded), {old1, old2})
+        self.assertEqual((old1.drained, old2.drained), (None, None))
+        new2.accepting.callback(None)
+        self.assertEqual((old1.drained, old2.drained), (None, 7))
+        new1.accepting.callback(None)
+        self.assertEqual(old1.drained, 7)
+        old1.die("exited with status 0")
+        old2.die("exited with status 0")
+        self.assertEqual(self.ended, [old1, old2])
+        self.assertEqual(self.supervisor.superseded, {})
+        self.clock.advance(60)
+        self.assertEqual(len(self.spawned), 4)
+        self.assertEqual(self.supervisor.restarts, 0)
+
+    def test_new_worker_dies_before_accepting(self):
+        """
+        A new worker that dies before accepting is replaced with the
+        backoff; the old one serves meanwhile and is drained when the
+        replacement accepts.
+        """
+        old1 = self.spawned[0]
+        self.supervisor.renew()
+        new1 = self.spawned[2]
+        new1.die()
+        self.assertEqual(old1.drained, None)
+        self.clock.advance(0.5)
+        again = self.spawned[4]
+        self.assertEqual(again.slot, 1)
+        self.assertEqual(self.supervisor.restarts, 1)
+        again.accepting.callback(None)
+        self.assertEqual(old1.drained, 7)
+
+    def test_renew_twice(self):
+        """
+        A second renew before the first generation accepted: both older
+        workers of a slot are drained when the newest accepts; an
+        intermediate worker accepting late drains nothing.
+        """
+        old1 = self.spawned[0]
+        self.supervisor.renew()
+        middle1 = self.spawned[2]
+        self.supervisor.renew()
+        newest1 = self.spawned[4]
+        middle1.accepting.callback(None)
+        self.assertEqual((old1.drained, middle1.drained), (None, None))
+        newest1.accepting.callback(None)
+        self.assertEqual((old1.drained, middle1.drained), (7, 7))
+
+    def test_stop_drains_every_generation(self):
+        """Stopping drains the current workers and the old ones not yet drained; fires once all ended."""
+        self.supervisor.renew()
+        stopped = self.supervisor.stopService()
+        self.assertTrue(all(p.drained == 7 for p in self.spawned))
+        for process in self.spawned[:3]:
+            process.die("exited with status 0")
+        self.assertNoResult(stopped)
+        self.spawned[3].die("exited with status 0")
+        self.successResultOf(stopped)
+        self.assertEqual(len(self.spawned), 4)
 
 
 class DescribeExitTests(SynchronousTestCase):

@@ -5,7 +5,7 @@ the worker's share of the configuration travel in them.
 Master → worker: :class:`Configure`, :class:`SetFallback`,
 :class:`CertificatesChanged`, :class:`Start`, :class:`Drain`. Worker →
 master: :class:`FetchCertificates`, :class:`AskCertificate`,
-:class:`Counters`.
+:class:`Counters`, :class:`StoppedAccepting`.
 
 The master holds every certificate; a worker holds a bounded cache
 (:mod:`kongacme.workers.certcache`) filled by :class:`FetchCertificates` on
@@ -149,6 +149,19 @@ class Counters(amp.Command):
     """
 
     arguments = [(b"counters", ChunkedJSON())]
+    response: list = []
+    requiresAnswer = False
+
+
+class StoppedAccepting(amp.Command):
+    """
+    The worker, draining, has closed its copies of the listening sockets
+    (before its connections end): the master may now close a socket a
+    reload removed, which closing would have shut down under a worker still
+    accepting on it.
+    """
+
+    arguments: list = []
     response: list = []
     requiresAnswer = False
 

@@ -3,8 +3,13 @@ The master's side of ``workers: N`` (N > 1), wired into
 :class:`kongacme.service.DaemonService`:
 
 - the TLS listening sockets are opened by the master (``tcp:``, ``tcp6:``,
-  ``unix:``, ``systemd:``) but never accepted on there: they are handed to
-  the workers;
+  ``unix:``, ``systemd:``, any of them behind ``haproxy:``) but never
+  accepted on there: they are handed to the workers;
+- a reload that changes ``listen.tls`` opens the new sockets first (one
+  that cannot be opened rejects the reload), then starts a new generation
+  of workers on the new set; each old worker is drained once its
+  successor accepts, and a socket no longer listed is closed once no old
+  worker accepts on it any more (as nginx does);
 - every worker gets the configuration's share it needs and the fallback
   when it starts; it fetches a server name's certificate on first use
   (:class:`channel.FetchCertificates`, answered with what the master's
@@ -53,8 +58,6 @@ def reload_refusal(old: Any, new: Any) -> str | None:
         return "workers: changing the number of workers takes a restart (%d now, %d asked)" % (
             old.workers, new.workers,
         )
-    if old.workers > 1 and tuple(new.listen.tls) != tuple(old.listen.tls):
-        return "listen.tls: changing the TLS listeners with workers > 1 takes a restart"
     return None
 
 
@@ -93,7 +96,12 @@ class MasterChannel(amp.AMP):
 
     @channel.Counters.responder
     def counters(self, counters: dict) -> dict:
-        self._mode.report(self.process.slot, counters)
+        self._mode.report(self.process, counters)
+        return {}
+
+    @channel.StoppedAccepting.responder
+    def stopped_accepting(self) -> dict:
+        self._mode.stopped_accepting(self.process)
         return {}
 
 
@@ -114,19 +122,24 @@ class WorkerMode:
         whose ports never accept), in the daemon's ``listeners["tls"]``.
     :ivar supervisor: the workers' :class:`WorkerSupervisor` (a child
         service of the daemon).
-    :ivar counters: the last report of each running worker.
+    :ivar reports: the last report of each running worker (of every
+        generation).
     """
 
     def __init__(self, daemon: Any, reactor: Any):
         self._daemon = daemon
         self._reactor = reactor
-        self.listeners = ListenerSet(reactor, "tls", _NotAccepting())
+        self.listeners = ListenerSet(reactor, "tls", _NotAccepting(), accepting=False, defer_close=True)
+        self._tls = tuple(daemon.config.listen.tls)
+        #: Sockets a reload removed, each with the workers that may still
+        #: accept on them (closed when none does).
+        self._closing: list[tuple[set[WorkerProcess], list[str]]] = []
         self.supervisor = WorkerSupervisor(
             reactor, daemon.config.workers, self._spawn, on_ended=self._retire,
             drain_deadline=daemon.config.workers_drain_timeout,
         )
         self.channels: set[MasterChannel] = set()
-        self.counters: dict[int, dict] = {}
+        self.reports: dict[WorkerProcess, dict] = {}
         self._retired: collections.Counter[str] = collections.Counter()
         self._pending: dict[str, None] = {}
         self._flush_call: Any = None
@@ -141,23 +154,23 @@ class WorkerMode:
 
     def start(self) -> None:
         """
-        The TLS sockets are open: stop the master accepting on them, follow
-        the certificate cache, and start the workers with the daemon.
+        The TLS sockets are open (and not read here): follow the certificate
+        cache, and start the workers with the daemon.
         """
-        for port in self.listeners.ports():
-            port.stopReading()
         self._daemon.cache.subscribe(self._changed)
         self._fallback = self._daemon.cache.fallback
         self.supervisor.setServiceParent(self._daemon)
 
-    def _listening(self) -> list[tuple[int, socket.AddressFamily]]:
+    def _listening(self) -> list[tuple[int, socket.AddressFamily, bool]]:
         found = []
-        for port in self.listeners.ports():
-            fd = port.fileno()
+        for description, port in self.listeners.items():
+            fd = port.fileno()  # type: ignore[attr-defined]
             # The family as the kernel knows it (tcp6:, unix: and adopted
             # systemd: sockets alike).
             with socket.socket(fileno=os.dup(fd)) as probe:
-                found.append((fd, socket.AddressFamily(probe.family)))
+                family = socket.AddressFamily(probe.family)
+            # The config checked the prefix (kongacme.config.daemon).
+            found.append((fd, family, description.lower().startswith("haproxy:")))
         return found
 
     def _spawn(self, slot: int) -> WorkerProcess:
@@ -174,7 +187,11 @@ class WorkerMode:
             self._configured, chan.process.slot
         )
         self._send(chan, channel.SetFallback, certificate=channel.encode_certificate(daemon.cache.fallback))
-        self._send(chan, channel.Start)
+        self._send(chan, channel.Start).addCallback(self._started, chan.process)
+
+    def _started(self, answer: dict | None, process: WorkerProcess) -> None:
+        if answer is not None and not process.accepting.called:
+            process.accepting.callback(None)
 
     def disconnected(self, chan: MasterChannel) -> None:
         self.channels.discard(chan)
@@ -217,8 +234,16 @@ class WorkerMode:
             )
 
     def reconfigure(self, new: Any) -> None:
-        """A reload was applied: every worker gets the new settings (and fallback)."""
+        """
+        A reload was applied: every worker gets the new settings (and
+        fallback); with changed TLS listeners (already opened and listed by
+        the daemon), a new generation of workers.
+        """
         self.supervisor.drain_deadline = new.workers_drain_timeout
+        tls = tuple(new.listen.tls)
+        if tls != self._tls:
+            self._tls = tls
+            self._relisten()
         self.flush()
         fallback = self._daemon.cache.fallback
         if fallback is not self._fallback:
@@ -227,6 +252,40 @@ class WorkerMode:
         settings = channel.worker_settings(new)
         for chan in list(self.channels):
             self._send(chan, channel.Configure, settings=settings).addCallback(self._configured, chan.process.slot)
+
+    def _relisten(self) -> None:
+        """
+        The TLS sockets changed: every worker running now may still accept
+        on the ones no longer listed, which close once none does; a new
+        generation starts on the sockets listed now.
+        """
+        unlisted = self.listeners.unlisted
+        for _, waiting in self._closing:
+            # A socket listed again is the new generation's: never closed here.
+            waiting[:] = [description for description in waiting if description in unlisted]
+        removed = [d for d in unlisted if not any(d in waiting for _, waiting in self._closing)]
+        holders = set(self.supervisor.processes.values()) | set(self.supervisor.superseded)
+        log.info("TLS listeners changed: starting a new generation of {count} worker(s)",
+                 count=self.supervisor.count)
+        if removed:
+            self._closing.append((holders, removed))
+            self._release()
+        self.supervisor.renew()
+
+    def stopped_accepting(self, process: WorkerProcess) -> None:
+        """A worker closed its listening sockets (draining), or ended."""
+        for holders, _ in self._closing:
+            holders.discard(process)
+        self._release()
+
+    def _release(self) -> None:
+        still = []
+        for holders, removed in self._closing:
+            if holders:
+                still.append((holders, removed))
+            else:
+                self.listeners.close_unlisted(removed)
+        self._closing = still
 
     # -- what the workers ask ------------------------------------------------------
 
@@ -269,14 +328,26 @@ class WorkerMode:
             return answer()
         return waiting.addBoth(answer)
 
-    def report(self, slot: int, counters: dict) -> None:
+    @property
+    def counters(self) -> dict[int, dict]:
+        """The last report of the current worker of each slot."""
+        current = self.supervisor.processes
+        return {
+            process.slot: counters for process, counters in self.reports.items()
+            if current.get(process.slot) is process
+        }
+
+    def report(self, process: WorkerProcess, counters: dict) -> None:
         """A worker's counters: kept, and summed into the master's handshake counters."""
-        self.counters[slot] = counters
+        if process.ended.called:
+            return  # a late report: its last one is already in the sums
+        self.reports[process] = counters
         self._sum()
 
-    def _retire(self, slot: int) -> None:
+    def _retire(self, process: WorkerProcess) -> None:
+        self.stopped_accepting(process)
         # A dead worker's counts stay in the sums (counters never go down).
-        last = self.counters.pop(slot, None)
+        last = self.reports.pop(process, None)
         if last is not None:
             self._retired.update(last.get("handshakes", {}))
             self._retired.update({"bytes:" + k: v for k, v in last.get("bytes", {}).items()})
@@ -286,7 +357,7 @@ class WorkerMode:
         handshakes = self._daemon.tls_factory.handshakes
         handshakes.clear()
         handshakes.update({k: v for k, v in self._retired.items() if not k.startswith("bytes:")})
-        for counters in self.counters.values():
+        for counters in self.reports.values():
             handshakes.update(counters.get("handshakes", {}))
 
     def totals(self) -> dict:
@@ -294,11 +365,11 @@ class WorkerMode:
         relayed: collections.Counter[str] = collections.Counter(
             {k[len("bytes:"):]: v for k, v in self._retired.items() if k.startswith("bytes:")}
         )
-        for counters in self.counters.values():
+        for counters in self.reports.values():
             relayed.update(counters.get("bytes", {}))
         return {
             "handshakes": dict(self._daemon.tls_factory.handshakes),
-            "connections": sum(c.get("connections", 0) for c in self.counters.values()),
+            "connections": sum(c.get("connections", 0) for c in self.reports.values()),
             "bytes": dict(relayed),
         }
 
@@ -308,6 +379,8 @@ class WorkerMode:
             "count": self.supervisor.count,
             "running": sorted(self.supervisor.processes),
             "restarts": self.supervisor.restarts,
+            "previous_generation": sorted(process.pid for process in self.supervisor.superseded
+                                          if process.pid is not None),
             "total": self.totals(),
             "per_worker": {
                 str(slot): dict(counters, running=slot in self.supervisor.processes)

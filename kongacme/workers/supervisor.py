@@ -6,7 +6,8 @@ stop.
 :func:`spawn_worker` starts one process (``python -m
 kongacme.workers.worker``) with its AMP channel on a UNIX socketpair and
 the listening TLS sockets as inherited file descriptors;
-:class:`WorkerSupervisor` keeps N of them running.
+:class:`WorkerSupervisor` keeps N of them running, and starts a new generation of them when the listening
+sockets change (:meth:`WorkerSupervisor.renew`).
 """
 
 from __future__ import annotations
@@ -79,6 +80,7 @@ class WorkerProcess(ProcessProtocol):
 
     :ivar slot: the worker's number, 1…N (a replacement keeps it).
     :ivar channel: the master's end of its AMP channel.
+    :ivar accepting: fired (by the master) once the worker accepts.
     """
 
     log = Logger()
@@ -88,6 +90,7 @@ class WorkerProcess(ProcessProtocol):
         self._clock = clock
         self.channel: amp.AMP | None = None
         self.ended: Deferred = Deferred()
+        self.accepting: Deferred = Deferred()
         self.pid: int | None = None
         self._buffers = {1: b"", 2: b""}
 
@@ -166,13 +169,14 @@ def worker_environment() -> dict[str, str]:
 
 
 def spawn_worker(
-    reactor: Any, slot: int, listening: Sequence[tuple[int, socket.AddressFamily]], make_channel: Callable
+    reactor: Any, slot: int, listening: Sequence[tuple[int, socket.AddressFamily, bool]], make_channel: Callable
 ) -> WorkerProcess:
     """
     Start worker ``slot``.
 
-    :param listening: ``(file descriptor, family)`` of the master's
-        listening TLS sockets; the worker inherits them as 4, 5, ….
+    :param listening: ``(file descriptor, family, PROXY protocol)`` of the
+        master's listening TLS sockets; the worker inherits them as 4, 5, …
+        (and reads a PROXY header first on those marked so).
     :param make_channel: ``(WorkerProcess) -> amp.AMP``, the master's end
         of the channel (connected before the process starts, so what it
         sends waits in the socket).
@@ -184,9 +188,9 @@ def spawn_worker(
         reactor.adoptStreamConnection(ours.fileno(), socket.AF_UNIX, _One(process.channel))
         args = [sys.executable, "-m", "kongacme.workers.worker", "--slot", str(slot), "--master-pid", str(os.getpid())]
         child_fds: dict[int, Any] = {0: "w", 1: "r", 2: "r", 3: theirs.fileno()}
-        for number, (fd, family) in enumerate(listening, 4):
+        for number, (fd, family, proxied) in enumerate(listening, 4):
             child_fds[number] = fd
-            args += ["--listen", "%d:%s" % (number, family.name)]
+            args += ["--listen", "%d:%s%s" % (number, family.name, ":proxy" if proxied else "")]
         reactor.spawnProcess(process, sys.executable, args, env=worker_environment(), childFDs=child_fds)
     finally:
         ours.close()
@@ -198,17 +202,21 @@ class WorkerSupervisor(Service):
     """
     Keeps ``count`` workers running: a worker that dies is logged and
     replaced after its slot's :class:`Backoff` delay; on stop every worker
-    is drained (:meth:`WorkerProcess.drain`).
+    is drained (:meth:`WorkerProcess.drain`). :meth:`renew` replaces every
+    worker by a new one (new listening sockets), draining the old one once
+    its successor accepts.
 
     :param clock: timers and "now".
     :param count: workers to run.
     :param spawn: ``slot -> WorkerProcess`` (:func:`spawn_worker` with its
         other arguments bound).
-    :param on_ended: called with the slot of a worker that ended.
+    :param on_ended: called with each :class:`WorkerProcess` that ended.
     :param drain_deadline: seconds the workers get to finish on stop.
 
-    :ivar processes: the running worker of each slot.
-    :ivar restarts: workers replaced since start.
+    :ivar processes: the running worker of each slot (the newest
+        generation's).
+    :ivar superseded: workers of an older generation, still running.
+    :ivar restarts: workers replaced since start (after dying).
     """
 
     log = Logger()
@@ -218,7 +226,7 @@ class WorkerSupervisor(Service):
         clock: IReactorTime,
         count: int,
         spawn: Callable[[int], WorkerProcess],
-        on_ended: Callable[[int], None] = lambda slot: None,
+        on_ended: Callable[[WorkerProcess], None] = lambda process: None,
         drain_deadline: float = DRAIN_DEADLINE,
     ):
         self._clock = clock
@@ -229,6 +237,7 @@ class WorkerSupervisor(Service):
         self.processes: dict[int, WorkerProcess] = {}
         self.backoffs = {slot: Backoff() for slot in range(1, count + 1)}
         self.restarts = 0
+        self.superseded: dict[WorkerProcess, Deferred | None] = {}
         self._pending: dict[int, Any] = {}
         self._stopping = False
 
@@ -252,11 +261,44 @@ class WorkerSupervisor(Service):
         started = self._clock.seconds()
         self.log.info("worker {slot} started (pid {pid})", slot=slot, pid=process.pid)
         process.ended.addCallback(self._ended, slot, process, started)
+        accepting = getattr(process, "accepting", None)
+        if accepting is not None:
+            accepting.addCallback(self._accepting, slot, process)
+
+    def renew(self) -> None:
+        """
+        Start a new generation: a new worker in every slot (the spawn
+        function gives it the listening sockets of now); each old one is
+        drained once its slot's new worker accepts, so a slot never stops
+        serving. A slot waiting to replace a dead worker just does so.
+        """
+        for slot in range(1, self.count + 1):
+            if slot in self._pending or self._stopping:
+                continue
+            old = self.processes.pop(slot, None)
+            if old is not None:
+                self.superseded[old] = None
+            self._start(slot)
+
+    def _accepting(self, _: object, slot: int, process: WorkerProcess) -> None:
+        if self.processes.get(slot) is not process:
+            return  # superseded meanwhile: drained when its successor accepts
+        for old, draining in list(self.superseded.items()):
+            if old.slot == slot and draining is None:
+                self.log.info("worker {slot} (pid {pid}) of the previous generation draining",
+                              slot=slot, pid=old.pid)
+                self.superseded[old] = old.drain(self.drain_deadline)
 
     def _ended(self, status: str, slot: int, process: WorkerProcess, started: float) -> None:
+        if process in self.superseded:
+            del self.superseded[process]
+            self._on_ended(process)
+            self.log.info("worker {slot} (pid {pid}) of the previous generation {status}",
+                          slot=slot, pid=process.pid, status=status)
+            return
         if self.processes.get(slot) is process:
             del self.processes[slot]
-        self._on_ended(slot)
+        self._on_ended(process)
         if self._stopping:
             self.log.info("worker {slot} (pid {pid}) {status}", slot=slot, pid=process.pid, status=status)
             return
@@ -282,4 +324,7 @@ class WorkerSupervisor(Service):
         if self.processes:
             self.log.info("draining {count} worker(s), up to {deadline:.0f} s",
                           count=len(self.processes), deadline=self.drain_deadline)
-        return DeferredList([p.drain(self.drain_deadline) for p in list(self.processes.values())])
+        draining = [p.drain(self.drain_deadline) for p in list(self.processes.values())]
+        for old, drained in list(self.superseded.items()):
+            draining.append(drained if drained is not None else old.drain(self.drain_deadline))
+        return DeferredList(draining)

@@ -5,8 +5,11 @@ master (:mod:`kongacme.workers.supervisor`) with
 - file descriptor 3: its end of a UNIX socketpair carrying the AMP channel
   (:mod:`kongacme.workers.channel`);
 - file descriptors 4, 5, …: the master's listening TLS sockets, one per
-  ``--listen FD:FAMILY`` argument; every worker accepts on the same
-  sockets (the kernel hands each connection to one of them);
+  ``--listen FD:FAMILY[:proxy]`` argument; every worker accepts on the
+  same sockets (the kernel hands each connection to one of them); on a
+  ``:proxy`` one (``haproxy:`` in ``listen.tls``) every connection starts
+  with a PROXY header, read before the ClientHello, and the client it
+  declares is the peer the worker logs and forwards;
 - standard output: log events as JSON lines (:mod:`kongacme.workers.logrelay`).
 
 It serves the TLS listener and the proxy with its own bounded certificate
@@ -29,12 +32,15 @@ import sys
 from typing import Any, Sequence
 
 import attrs
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, succeed
+from twisted.internet.interfaces import IListeningPort, IStreamServerEndpoint
 from twisted.internet.protocol import Factory, connectionDone
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger, globalLogBeginner
 from twisted.protocols import amp
+from twisted.protocols.haproxy import proxyEndpoint
 from twisted.python.failure import Failure
+from zope.interface import implementer
 
 from kongacme.connlimit import ConnectionLimiter, derive_budget, open_file_limit
 from kongacme.proxy.forward import ProxyFactory, ProxyServerProtocol
@@ -84,18 +90,36 @@ class CountingProxyFactory(ProxyFactory):
     protocol = CountingProxy
 
 
+@implementer(IStreamServerEndpoint)
+@attrs.frozen
+class InheritedSocket:
+    """
+    The endpoint of a listening socket inherited from the master: listening
+    adopts it (a duplicate; the inherited descriptor is the caller's to
+    close). Twisted's ``proxyEndpoint`` wraps it as it wraps the ``tcp:``
+    endpoint of a ``haproxy:tcp:…`` listener in one process.
+    """
+
+    _reactor: Any
+    fd: int
+    family: int
+
+    def listen(self, protocolFactory: Any) -> Deferred:
+        return succeed(self._reactor.adoptStreamPort(self.fd, self.family, protocolFactory))
+
+
 class Worker:
     """
     A worker's state: certificate cache, TLS factory, proxy, connection
     limits and the listening ports it adopted.
 
     :param reactor: the reactor.
-    :param listen: ``(file descriptor, address family)`` of each inherited
-        listening socket.
+    :param listen: ``(file descriptor, address family, PROXY protocol)`` of
+        each inherited listening socket.
     :param slot: the worker's number (1…N), for logs.
     """
 
-    def __init__(self, reactor: Any, listen: Sequence[tuple[int, int]], slot: int):
+    def __init__(self, reactor: Any, listen: Sequence[tuple[int, int, bool]], slot: int):
         self._reactor = reactor
         self._listen = list(listen)
         self.slot = slot
@@ -109,7 +133,7 @@ class Worker:
         self.gate: CertificateFetcher | None = None
         self.limiter: ConnectionLimiter | None = None
         self._nofile: int | None = None
-        self.ports: list = []
+        self.ports: list[IListeningPort] = []
         self.draining = False
         self._reporter = LoopingCall(self.report)
         self._reporter.clock = reactor
@@ -188,14 +212,19 @@ class Worker:
         self._tune_tls()
         limit = self.limiter.listener("tls")
         serving = limit.wrap(self.tls_factory)
-        for fd, family in self._listen:
-            port = self._reactor.adoptStreamPort(fd, family, serving)
+        for fd, family, proxied in self._listen:
+            inherited = InheritedSocket(self._reactor, fd, family)
+            endpoint = proxyEndpoint(inherited) if proxied else inherited
+            # Adopting is synchronous: the port is there when listen returns.
+            endpoint.listen(serving).addCallback(self._adopted, limit)
             os.close(fd)  # adoptStreamPort took a duplicate
-            limit.track(port)
-            self.ports.append(port)
         self._reporter.start(REPORT_INTERVAL, now=False)
         log.info("worker {slot} (pid {pid}) accepting: {routes} route(s), certificates for up to {size} name(s)",
                  slot=self.slot, pid=os.getpid(), routes=len(self.settings.routes), size=self.cache.size)
+
+    def _adopted(self, port: IListeningPort, limit: Any) -> None:
+        limit.track(port)
+        self.ports.append(port)
 
     def _tune_tls(self) -> None:
         assert self.tls_factory is not None and self.settings is not None and self.gate is not None
@@ -215,8 +244,12 @@ class Worker:
         none is, or after ``deadline`` seconds.
         """
         self.draining = True
-        for port in self.ports:
+        ports, self.ports = self.ports, []
+        for port in ports:
             port.stopListening()
+        if ports and self.channel is not None:
+            # The master may now close a socket a reload removed.
+            self.channel.callRemote(channel.StoppedAccepting)
         limit = self.limiter.listener("tls") if self.limiter is not None else None
         done: Deferred = Deferred()
         until = self._reactor.seconds() + deadline
@@ -324,10 +357,20 @@ def parse_arguments(argv: Sequence[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m kongacme.workers.worker")
     parser.add_argument("--slot", type=int, required=True)
     parser.add_argument("--master-pid", type=int, required=True)
-    parser.add_argument("--listen", action="append", default=[], help="FD:FAMILY of a listening socket")
+    parser.add_argument(
+        "--listen", action="append", default=[], help="FD:FAMILY[:proxy] of a listening socket"
+    )
     options = parser.parse_args(argv)
-    options.listen = [(int(fd), _FAMILIES[family]) for fd, _, family in (v.partition(":") for v in options.listen)]
+    options.listen = [_listen_argument(parser, value) for value in options.listen]
     return options
+
+
+def _listen_argument(parser: argparse.ArgumentParser, value: str) -> tuple[int, int, bool]:
+    fd, _, rest = value.partition(":")
+    family, _, proxy = rest.partition(":")
+    if not fd.isdigit() or family not in _FAMILIES or proxy not in ("", "proxy"):
+        parser.error("--listen: expected FD:FAMILY[:proxy], got %r" % (value,))
+    return int(fd), _FAMILIES[family], proxy == "proxy"
 
 
 def main(argv: Sequence[str] | None = None) -> None:
