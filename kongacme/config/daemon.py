@@ -15,6 +15,7 @@ import attrs
 from twisted.internet.endpoints import _parse, serverFromString
 
 from kongacme.config.acme import ACME, AcmeConfig
+from kongacme.config.challenges import CHALLENGE_TYPES_FIELD, DNS01, Dns01Config, check_challenges
 from kongacme.config.fields import (
     REQUIRED,
     Bool,
@@ -206,6 +207,12 @@ class IssuanceConfig:
     :ivar zerossl_eab_url: where ZeroSSL EAB credentials are fetched.
     :ivar challenge_port: the port the CA validates http-01 on (80 for
         every public CA); the Admin API's sanity check fetches it.
+    :ivar challenge_types: the challenge types answered, in order of
+        preference (for each authorization, the first the CA offers).
+    :ivar dns01: how dns-01 records are written
+        (:class:`~kongacme.config.challenges.Dns01Config`), or ``None``.
+    :ivar wildcard: serve the names one label below a ``*.`` entry of
+        ``acme.domains`` with one wildcard certificate (needs dns-01).
     """
 
     on_demand: bool = True
@@ -217,6 +224,9 @@ class IssuanceConfig:
     request_timeout: float = 30.0
     zerossl_eab_url: str = "https://api.zerossl.com/acme/eab-credentials-email"
     challenge_port: int = 80
+    challenge_types: tuple[str, ...] = ("http-01",)
+    dns01: Dns01Config | None = None
+    wildcard: bool = False
 
 
 @attrs.frozen
@@ -561,7 +571,11 @@ ISSUANCE = Record(
         Field("request_timeout", Num(min=0, min_exclusive=True), 30.0),
         Field("zerossl_eab_url", Str(), "https://api.zerossl.com/acme/eab-credentials-email"),
         Field("challenge_port", Int(1, 65535), 80),
+        CHALLENGE_TYPES_FIELD,
+        Field("dns01", DNS01),
+        Field("wildcard", Bool(), False),
     ),
+    checks=(check_challenges,),
 )
 
 
