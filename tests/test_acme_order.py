@@ -270,7 +270,7 @@ class FakeIssueTests(SynchronousTestCase):
 
         self.ca.hooks.append(hook)
         error = self.failureResultOf(self.issue(), OrderFailed).value
-        self.assertIn("only: dns-01", str(error))
+        self.assertIn("offered: dns-01", str(error))
 
     def test_other_challenges_ignored(self) -> None:
         """

@@ -7,11 +7,14 @@ and JWS, josepy keys, Twisted for I/O.
 - :mod:`~kongacme.acme.response`: answers, links, problem documents.
 - :mod:`~kongacme.acme.client`: directory and account.
 - :mod:`~kongacme.acme.eab`: external account binding, ZeroSSL's API.
-- :mod:`~kongacme.acme.order`: issuance with http-01.
+- :mod:`~kongacme.acme.order`: issuance, one order per certificate.
+- :mod:`~kongacme.acme.challenges`: challenge solvers (http-01, dns-01)
+  and the choice among the challenges offered.
 - :mod:`~kongacme.acme.polling`: waiting with ``Retry-After``.
 - :mod:`~kongacme.acme.keys`: certificate and account keys.
 """
 
+from kongacme.acme.challenges import Dns01Solver, Http01Solver
 from kongacme.acme.client import AcmeClient, TermsOfServiceNotAccepted
 from kongacme.acme.eab import ZEROSSL_EAB_URL, EabCredentialsError, ExternalAccountRequired
 from kongacme.acme.keys import (
@@ -33,8 +36,10 @@ __all__ = [
     "AcmeResponse",
     "AcmeTransport",
     "DEFAULT_SCHEDULE",
+    "Dns01Solver",
     "EabCredentialsError",
     "ExternalAccountRequired",
+    "Http01Solver",
     "OrderFailed",
     "PollSchedule",
     "PollTimeout",

@@ -6,7 +6,7 @@ matched against.
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import Optional, Sequence, Union
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes
@@ -16,14 +16,16 @@ from kongacme.net import is_ip_literal
 from kongacme.tls.certs import PrivateKey, issuer_cn
 
 
-def check_host(host: str) -> str:
+def check_host(host: str, wildcard: bool = False) -> str:
     """
     The dns identifier to order for ``host``: lower-cased, without a
     trailing dot.
 
+    :param wildcard: a ``*.`` name is allowed (dns-01 is among the
+        challenges answered: RFC 8555 §7.1.3 leaves only it for wildcards).
     :raises ValueError: for an IP address (never sent as a dns identifier,
-        unlike Kong), a wildcard (http-01 cannot validate one, §8.3) or
-        something that is not a host name.
+        unlike Kong), a wildcard unless ``wildcard`` (http-01 cannot
+        validate one, §8.3) or something that is not a host name.
     """
     if not isinstance(host, str):
         raise TypeError("host must be str, not %s" % (type(host).__name__,))
@@ -31,7 +33,9 @@ def check_host(host: str) -> str:
     if is_ip_literal(name):
         raise ValueError("%r is an IP address, not a DNS name" % (host,))
     if name.startswith("*."):
-        raise ValueError("%r: wildcard names need dns-01, which is not supported" % (host,))
+        if not wildcard:
+            raise ValueError("%r: wildcard names need dns-01 (issuance.challenge_types)" % (host,))
+        return "*." + check_host(name[2:])
     labels = name.split(".")
     if not name or len(name) > 253 or any(not label or len(label) > 63 for label in labels):
         raise ValueError("%r is not a valid DNS name" % (host,))
@@ -40,18 +44,21 @@ def check_host(host: str) -> str:
     return name
 
 
-def make_csr(host: str, private_key: PrivateKey) -> x509.CertificateSigningRequest:
+def make_csr(names: Union[str, Sequence[str]], private_key: PrivateKey) -> x509.CertificateSigningRequest:
     """
-    A CSR for ``host``: subjectAltName ``host`` and, as Kong sends, CN
-    ``host`` (left out above 64 characters, the CN's limit).
+    A CSR for ``names`` (one host name, or several): a subjectAltName per
+    name and, as Kong sends, CN the first name (left out above 64
+    characters, the CN's limit).
     """
+    names = [names] if isinstance(names, str) else list(names)
+    host = names[0]
     subject = []
     if len(host) <= 64:
         subject.append(x509.NameAttribute(NameOID.COMMON_NAME, host))
     return (
         x509.CertificateSigningRequestBuilder()
         .subject_name(x509.Name(subject))
-        .add_extension(x509.SubjectAlternativeName([x509.DNSName(host)]), critical=False)
+        .add_extension(x509.SubjectAlternativeName([x509.DNSName(n) for n in names]), critical=False)
         .sign(private_key, hashes.SHA256())
     )
 

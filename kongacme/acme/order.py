@@ -1,21 +1,24 @@
 """
-Issuance: one order for one host name, validated with http-01 (RFC 8555
-§7.4, §7.5, §8.3), finalized with a CSR, chain downloaded (and an alternate
-chain picked when asked to, §7.4.2).
+Issuance: one order for one certificate (a host name, or a wildcard and
+its base name), each authorization answered with the first challenge type
+of the configured preference the CA offers (RFC 8555 §7.4, §7.5, §8),
+finalized with a CSR, chain downloaded (and an alternate chain picked when
+asked to, §7.4.2).
 """
 
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import Any, Optional, Sequence
 
 import attrs
 import josepy as jose
-from acme import challenges, messages
+from acme import messages
 from twisted.internet.defer import Deferred, maybeDeferred, succeed
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from zope.interface import implementer
 
+from kongacme.acme.challenges import Http01Solver, choose
 from kongacme.acme.client import AcmeClient, log_problem
 from kongacme.acme.csr import check_host, make_csr, top_issuer_cn
 from kongacme.acme.keys import generate_private_key, generate_private_key_in_thread, private_key_pem
@@ -23,13 +26,11 @@ from kongacme.acme.polling import DEFAULT_SCHEDULE, PollSchedule, poll
 from kongacme.acme.response import ERROR_PREFIX, AcmeResponse, problem_from_json
 from kongacme.acme.transport import PEM_CHAIN_CONTENT_TYPE
 from kongacme.errors import AcmeError, AcmeProblem, AcmeTransportError, CertificateError
-from kongacme.interfaces import IChallengeTokenStore, IIssuer
+from kongacme.interfaces import IChallengeSolver, IChallengeTokenStore, IIssuer
 from kongacme.tls.certs import CertifiedKey, PrivateKey, load_certified_key
 
 _log = Logger()
 
-#: Seconds a stored key authorization lives (Kong's ``<token>#http-01`` TTL).
-TOKEN_TTL = 3600
 ORDER_NOT_READY = ERROR_PREFIX + "orderNotReady"
 ALREADY_REPLACED = ERROR_PREFIX + "alreadyReplaced"
 
@@ -76,12 +77,15 @@ class _Order:
     client: AcmeClient
     host: str
     private_key: PrivateKey
-    token_store: IChallengeTokenStore
+    solvers: Sequence[Any]
     preferred_chain: Optional[str]
     clock: IReactorTime
     schedule: PollSchedule
     replaces: Optional[str] = None
-    tokens: list[str] = attrs.Factory(list)
+    #: Every name of the certificate (``host`` first).
+    identifiers: Sequence[str] = ()
+    #: ``(solver, handle)`` of challenges answered and not yet cleaned up.
+    answered: list[tuple[Any, Any]] = attrs.Factory(list)
 
     def _step(self, step: str, **fields: Any) -> None:
         _log.debug("order for {host}: {step}", host=self.host, step=step, **fields)
@@ -103,7 +107,7 @@ class _Order:
         )
 
     async def _new_order(self) -> AcmeResponse:
-        identifiers = [messages.Identifier(typ=messages.IDENTIFIER_FQDN, value=self.host)]
+        identifiers = [messages.Identifier(typ=messages.IDENTIFIER_FQDN, value=name) for name in self.identifiers]
         url = self.client.directory["newOrder"]
         if self.replaces is not None:
             try:
@@ -142,13 +146,19 @@ class _Order:
             self._step("authorization already valid", authz_url=authz_url)
             return
         if status == "pending":
-            await self._solve(authz_url, authz)
-            authz, _ = await self._poll(
-                authz_url,
-                lambda s: s not in ("pending", "processing"),
-                "authorization of %s" % (self.host,),
-                wait_first=True,
-            )
+            mark = len(self.answered)
+            try:
+                await self._solve(authz_url, authz)
+                authz, _ = await self._poll(
+                    authz_url,
+                    lambda s: s not in ("pending", "processing"),
+                    "authorization of %s" % (self.host,),
+                    wait_first=True,
+                )
+            finally:
+                # Validated or failed: what was published for it goes now,
+                # not after the whole order.
+                await self.cleanup(mark)
             status = _status(authz)
         if status == "valid":
             self._step("authorization valid", authz_url=authz_url)
@@ -166,35 +176,44 @@ class _Order:
 
     async def _solve(self, authz_url: str, authz: dict[str, Any]) -> None:
         offered = [c for c in authz.get("challenges") or () if isinstance(c, dict)]
-        http01 = next((c for c in offered if c.get("type") == challenges.HTTP01.typ), None)
-        if http01 is None:
+        identifier = authz.get("identifier")
+        value = identifier.get("value") if isinstance(identifier, dict) else None
+        if not isinstance(value, str):
+            raise AcmeTransportError(authz_url, "authorization without an identifier value")
+        chosen = choose(offered, self.solvers)
+        if chosen is None:
             names = ", ".join(sorted(str(c.get("type")) for c in offered))
-            raise OrderFailed(self.host, "the CA offers no http-01 challenge (only: %s)" % (names or "none",))
+            wanted = ", ".join(solver.typ for solver in self.solvers)
+            raise OrderFailed(
+                self.host,
+                "the CA offers no challenge kongacme may answer for %s%s (offered: %s; issuance.challenge_types: %s)"
+                % ("*." if authz.get("wildcard") else "", value, names or "none", wanted),
+            )
+        solver, offer = chosen
         # Only the challenge we answer is parsed: a CA may list others this
         # library does not know, or does not like.
         try:
-            challb = messages.ChallengeBody.from_json(http01)
+            challb = messages.ChallengeBody.from_json(offer)
         except Exception as e:
-            raise AcmeTransportError(authz_url, "malformed http-01 challenge: %s" % (e,)) from None
+            raise AcmeTransportError(authz_url, "malformed %s challenge: %s" % (solver.typ, e)) from None
         if challb.status != messages.STATUS_PENDING:
             # Already answered (e.g. by an earlier attempt): just wait.
             return
-        token = challb.chall.encode("token")
-        key_authorization = challb.chall.key_authorization(self.client.account_key)
-        await self.token_store.put(token, key_authorization, ttl=TOKEN_TTL)
-        self.tokens.append(token)
-        self._step("answering http-01", challenge_url=challb.uri)
+        # §7.1.3: a wildcard authorization's identifier is the base name.
+        handle = await solver.present(value, challb.chall, self.client.account_key)
+        self.answered.append((solver, handle))
+        self._step("answering " + solver.typ, challenge_url=challb.uri, identifier=value)
         # §7.5.1: the client says it is ready by POSTing an empty object.
         response = await self.client.transport.post(challb.uri, b"{}")
         challenge = response.json()
         if _status(challenge) == "invalid":
-            raise _error_of(challenge) or OrderFailed(self.host, "http-01 challenge is invalid")
+            raise _error_of(challenge) or OrderFailed(self.host, "%s challenge is invalid" % (solver.typ,))
 
     async def _finalize(self, order: dict[str, Any], order_url: str) -> dict[str, Any]:
         finalize_url = order.get("finalize")
         if not isinstance(finalize_url, str):
             raise AcmeTransportError(order_url, "order without a finalize URL")
-        csr = messages.CertificateRequest(csr=make_csr(self.host, self.private_key))
+        csr = messages.CertificateRequest(csr=make_csr(self.identifiers, self.private_key))
         try:
             response = await self.client.transport.post(finalize_url, csr)
         except AcmeProblem as problem:
@@ -255,12 +274,15 @@ class _Order:
         except CertificateError as e:
             raise AcmeTransportError(certificate_url, "unusable certificate chain: %s" % (e.reason,)) from None
 
-    async def cleanup(self) -> None:
-        for token in self.tokens:
+    async def cleanup(self, mark: int = 0) -> None:
+        """Take back what was published for challenges since ``answered[mark]``."""
+        answered, self.answered[mark:] = self.answered[mark:], []
+        for solver, handle in answered:
             try:
-                await self.token_store.remove(token)
+                await solver.cleanup(handle)
             except Exception as e:
-                _log.warn("could not remove challenge token {token}: {error}", token=token, error=e)
+                _log.warn("could not clean up the {typ} challenge {handle}: {error}", typ=solver.typ,
+                          handle=handle, error=str(e))
 
 
 async def _issue(order: _Order) -> CertifiedKey:
@@ -295,16 +317,19 @@ def issue(
     *,
     schedule: PollSchedule = DEFAULT_SCHEDULE,
     replaces: Optional[str] = None,
+    solvers: Optional[Sequence[Any]] = None,
+    also: Sequence[str] = (),
 ) -> Deferred[CertifiedKey]:
     """
-    Obtain a certificate for ``host`` with http-01.
+    Obtain a certificate for ``host`` (and the names in ``also``).
 
-    newOrder with one dns identifier; for each authorization that is not
-    already valid, store ``token -> key authorization`` in ``token_store``
-    (read by the port-80 resource), tell the CA, and poll until it is
-    valid; finalize with a CSR for ``private_key``; poll the order; download
-    the chain (an alternate one whose top issuer CN is ``preferred_chain``
-    if there is one). The tokens are removed afterwards, whatever happened.
+    newOrder with one dns identifier per name; for each authorization that
+    is not already valid, answer the first challenge of ``solvers`` the CA
+    offers (http-01 by default: ``token -> key authorization`` in
+    ``token_store``, read by the port-80 resource), tell the CA, poll until
+    it is valid, and take the answer back; finalize with a CSR for
+    ``private_key``; poll the order; download the chain (an alternate one
+    whose top issuer CN is ``preferred_chain`` if there is one).
 
     :param client: a registered :class:`~kongacme.acme.client.AcmeClient`.
     :param host: the DNS name (see :func:`check_host`).
@@ -317,6 +342,10 @@ def issue(
     :param schedule: the polling schedule without ``Retry-After``.
     :param replaces: the ARI identifier of the certificate this order
         renews (RFC 9773 §5), or ``None``.
+    :param solvers: providers of
+        :class:`~kongacme.interfaces.IChallengeSolver`, in order of
+        preference; default an http-01 solver over ``token_store``.
+    :param also: more names for the certificate (a wildcard's base name).
     :return: ``Deferred`` firing with the
         :class:`~kongacme.tls.certs.CertifiedKey` (source ``acme:<host>``),
         or failing with :class:`~kongacme.errors.AcmeProblem` (the CA's
@@ -324,16 +353,24 @@ def issue(
         ``connection`` / ``unauthorized``),
         :class:`~kongacme.errors.AcmeTransportError`, :class:`OrderFailed`
         or :class:`~kongacme.acme.polling.PollTimeout`.
-    :raises ValueError: at once for an IP address or invalid host name.
+    :raises ValueError: at once for an IP address or invalid host name,
+        or a wildcard without a dns-01 solver.
     """
-    name = check_host(host)
-    if not IChallengeTokenStore.providedBy(token_store):
-        raise TypeError("token_store must provide IChallengeTokenStore")
+    if solvers is None:
+        if not IChallengeTokenStore.providedBy(token_store):
+            raise TypeError("token_store must provide IChallengeTokenStore")
+        solvers = [Http01Solver(token_store)]
+    if not solvers or not all(IChallengeSolver.providedBy(s) for s in solvers):
+        raise TypeError("solvers must be a non-empty list of IChallengeSolver providers")
+    wildcard_ok = any(s.typ == "dns-01" for s in solvers)
+    names = [check_host(host, wildcard=wildcard_ok)]
+    names += [n for n in (check_host(a, wildcard=wildcard_ok) for a in also) if n not in names]
     order = _Order(
         client=client,
-        host=name,
+        host=names[0],
+        identifiers=tuple(names),
         private_key=private_key,
-        token_store=token_store,
+        solvers=tuple(solvers),
         preferred_chain=preferred_chain,
         clock=clock if clock is not None else client.clock,
         schedule=schedule,
@@ -363,15 +400,19 @@ class AcmeIssuer:
     _preferred_chain: Optional[str] = None
     _schedule: PollSchedule = DEFAULT_SCHEDULE
     _reactor: Any = None
+    #: Challenge solvers in order of preference (``None``: http-01 only).
+    _solvers: Optional[Sequence[Any]] = None
 
     def issue(
-        self, host: str, private_key: Optional[PrivateKey] = None, replaces: Optional[str] = None
+        self, host: str, private_key: Optional[PrivateKey] = None, replaces: Optional[str] = None,
+        also: Sequence[str] = (),
     ) -> Deferred[CertifiedKey]:
         """
         See :meth:`kongacme.interfaces.IIssuer.issue`; a new key is made
-        per the settings when ``private_key`` is ``None``.
+        per the settings when ``private_key`` is ``None``; ``also``: more
+        names for the certificate.
         """
-        check_host(host)
+        check_host(host, wildcard=any(s.typ == "dns-01" for s in self._solvers or ()))
         if private_key is not None:
             key: Deferred[PrivateKey] = succeed(private_key)
         elif self._reactor is not None:
@@ -387,5 +428,7 @@ class AcmeIssuer:
                 self._preferred_chain,
                 schedule=self._schedule,
                 replaces=replaces,
+                solvers=self._solvers,
+                also=also,
             )
         )
