@@ -323,7 +323,7 @@ class DaemonService(MultiService):
             if self.issuer is not None:
                 self.issuer.close()
             self.issuer = DaemonAcmeIssuer(acme, new.issuance, self.storage, self.token_store, self._reactor)
-        admission = Admission(acme.domains, acme.allow_any_domain)
+        admission = Admission(acme.domains, acme.allow_any_domain, wildcard=new.issuance.wildcard)
         issuance = new.issuance
         if new.fleet.role == "control_plane" and issuance.on_demand:
             # A control plane orders on Admin API requests (and renews);
@@ -361,10 +361,12 @@ class DaemonService(MultiService):
         static = self._static_names
         found = {}
         for name in self.cache.names():
-            if name in static or name.startswith("*."):
+            if name in static:
                 continue
             certified = self.cache.get(name)
-            if certified is not None:
+            # A wildcard certificate's base name is renewed under the
+            # wildcard's name (one entry in storage, one order).
+            if certified is not None and self.cache.get("*." + name) is not certified:
                 found[name] = certified
         return found
 

@@ -203,6 +203,7 @@ class PebbleFixture:
         domain_blocklist: Sequence[str] = (),
         validity: Optional[int] = None,
         env: Optional[dict[str, str]] = None,
+        dns_port: Optional[int] = None,
     ) -> Deferred["PebbleFixture"]:
         """
         Start Pebble (and the DNS stub) for ``test_case``; both are stopped
@@ -221,6 +222,8 @@ class PebbleFixture:
         :param domain_blocklist: names Pebble refuses to issue for.
         :param validity: ``certificateValidityPeriod`` in seconds.
         :param env: more environment variables.
+        :param dns_port: a DNS server on 127.0.0.1 Pebble resolves every
+            name with (a BIND of ``tests.bind``), instead of the stub.
         :return: ``Deferred`` firing with the fixture once the directory
             answers.
         """
@@ -236,7 +239,8 @@ class PebbleFixture:
             f.write(listener.chain_pem())
         with open(paths["listener.key"], "wb") as f:
             f.write(listener.key_pem())
-        dns_port = start_dns(test_case)
+        if dns_port is None:
+            dns_port = start_dns(test_case)
         environment = {"PATH": os.environ.get("PATH", "/usr/bin:/bin")}
         if va_nosleep:
             environment["PEBBLE_VA_NOSLEEP"] = "1"

@@ -34,6 +34,8 @@ class AcmeDaemonMixin(ShowsDaemonOutput):
     timeout = 120
     first_handshake = "wait"
     domain_blocklist: tuple = ()
+    #: ``acme.domains``.
+    domains: tuple = ("*.example.test", "localhost")
     #: The daemon's ``workers`` (subclasses run the representative tests with 2).
     workers = 1
 
@@ -79,7 +81,7 @@ class AcmeDaemonMixin(ShowsDaemonOutput):
                     "api_uri": (api_uri(self.pebble) if callable(api_uri) else api_uri) or self.pebble.directory_url,
                     "tos_accepted": True,
                     "cert_type": "ecc",
-                    "domains": ["*.example.test", "localhost"],
+                    "domains": list(self.domains),
                     "storage": storage,
                     "fail_backoff_minutes": 5,
                 },

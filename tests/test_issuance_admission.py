@@ -76,3 +76,25 @@ class AdmissionTests(SynchronousTestCase):
             )
             self.assertFalse(admission.admits("_acme-challenge.demo.test"))
             self.assertFalse(admission.admits("a.under_score.demo.test."))
+
+
+class WildcardAdmissionTests(SynchronousTestCase):
+    """Tests for Admission's wildcard certificate names (issuance.wildcard)."""
+
+    def test_certificate_name(self) -> None:
+        """One label below a *. entry maps to it, the base name too when listed; deeper names keep their own."""
+        admission = Admission(["*.example.test", "example.test", "*.other.test"], wildcard=True)
+        self.assertEqual(admission.certificate_name("A.example.test"), "*.example.test")
+        self.assertEqual(admission.certificate_name("example.test"), "*.example.test")
+        self.assertEqual(admission.certificate_name("x.a.example.test"), "x.a.example.test")
+        self.assertEqual(admission.certificate_name("other.test"), "other.test")
+        self.assertEqual(admission.certificate_names("*.example.test"), ("*.example.test", "example.test"))
+        self.assertEqual(admission.certificate_names("*.other.test"), ("*.other.test",))
+        self.assertIsNone(admission.reason("*.example.test"))
+
+    def test_off(self) -> None:
+        """Without wildcard every name is its own certificate and *. names are not admitted."""
+        admission = Admission(["*.example.test", "example.test"])
+        self.assertEqual(admission.certificate_name("a.example.test"), "a.example.test")
+        self.assertEqual(admission.certificate_names("*.example.test"), ("*.example.test",))
+        self.assertIsNotNone(admission.reason("*.example.test"))

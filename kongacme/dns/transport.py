@@ -37,6 +37,9 @@ def _truncated(wire: bytes) -> bool:
 class _Datagram(DatagramProtocol):
     """Sends one message to one server, retransmitting, and keeps the first answer with its id."""
 
+    # No "starting on port N" line for every exchange.
+    noisy = False
+
     def __init__(self, wire: bytes, server: tuple[str, int], clock: IReactorTime, answer: Deferred[bytes]):
         self._wire = wire
         self._server = server

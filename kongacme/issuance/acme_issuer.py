@@ -18,6 +18,8 @@ from kongacme.acme import AcmeClient, AcmeIssuer, account_key_from_pem, account_
 from kongacme.acme import make_http_client
 from kongacme.errors import AcmeProblem
 from kongacme.interfaces import IChallengeTokenStore, IIssuer, IStorage
+from kongacme.issuance.admission import Admission
+from kongacme.issuance.solvers import make_solvers
 from kongacme.storage import keys
 
 
@@ -41,6 +43,9 @@ class DaemonAcmeIssuer:
     nodes), the configured ``account_key`` (stored on first use), or a new
     one (stored). The registered client is kept and reused; a transport
     failure or a rejected account drops it so the next order reconnects.
+    Challenges are answered per ``issuance.challenge_types``; a wildcard
+    name's certificate holds its base name too when that is in
+    ``acme.domains`` (:meth:`Admission.certificate_names`).
 
     :param acme: the ``acme`` config section (Kong's).
     :param issuance: the ``issuance`` config section.
@@ -54,6 +59,9 @@ class DaemonAcmeIssuer:
         self._storage = storage
         self._token_store = token_store
         self._reactor = reactor
+        # Built once: the DNS provider remembers the zones it found.
+        self._solvers = make_solvers(issuance, token_store, reactor)
+        self._names = Admission(acme.domains, acme.allow_any_domain, wildcard=issuance.wildcard)
         self._pool = HTTPConnectionPool(reactor, persistent=True)
         # Keep as many idle connections to the CA as orders may run at once:
         # with 4, a burst of orders reopened hundreds of HTTPS connections
@@ -73,8 +81,10 @@ class DaemonAcmeIssuer:
                 rsa_key_size=self._acme.rsa_key_size,
                 preferred_chain=self._acme.preferred_chain,
                 reactor=self._reactor,
+                solvers=self._solvers,
             )
-            return issuer.issue(host, private_key, replaces=replaces)
+            also = self._names.certificate_names(host)[1:]
+            return issuer.issue(host, private_key, replaces=replaces, also=also)
 
         def forget_client(failure: Any) -> Any:
             value = failure.value

@@ -25,12 +25,21 @@ class Admission:
     ``*.`` entry — any depth of subdomain, never the apex, dots literal
     (Kong bug #7834 matched ``abc.gw-alpha.x`` for ``*.alpha.x``).
 
+    With ``wildcard`` (``issuance.wildcard``), the names exactly one label
+    below a ``*.example.com`` entry share one certificate for
+    ``*.example.com`` (with ``example.com`` in it too when that is an
+    entry): :meth:`certificate_name` maps a host to the name its
+    certificate is ordered, stored and renewed under, and that wildcard
+    name is admitted itself.
+
     :param domains: exact names and ``*.`` patterns.
     :param allow_any_domain: admit every valid name.
+    :param wildcard: serve ``*.`` entries with wildcard certificates.
     """
 
-    def __init__(self, domains: Iterable[str] = (), allow_any_domain: bool = False):
+    def __init__(self, domains: Iterable[str] = (), allow_any_domain: bool = False, wildcard: bool = False):
         self.allow_any_domain = allow_any_domain
+        self.wildcard = wildcard
         self._exact: set[str] = set()
         self._suffixes: set[str] = set()
         for pattern in domains:
@@ -47,6 +56,8 @@ class Admission:
         if host is None:
             return "no host name"
         normalized = normalize_hostname(host)
+        if self.wildcard and normalized.startswith("*.") and normalized[1:] in self._suffixes:
+            return None
         try:
             ipaddress.ip_address(normalized)
             return "IP addresses cannot get certificates here"
@@ -71,3 +82,32 @@ class Admission:
     def admits(self, host: str | None) -> bool:
         """Whether ``host`` may get a certificate."""
         return self.reason(host) is None
+
+    def certificate_name(self, host: str) -> str:
+        """
+        The name ``host``'s certificate is ordered and stored under: with
+        ``wildcard``, ``*.example.com`` for a host one label below a
+        ``*.example.com`` entry (and for ``example.com`` itself when it is
+        an entry too); otherwise ``host``. Deeper names keep their own.
+        """
+        name = normalize_hostname(host)
+        if not self.wildcard or name.startswith("*."):
+            return name
+        dot = name.find(".")
+        if dot > 0 and name[dot:] in self._suffixes:
+            return "*" + name[dot:]
+        if name in self._exact and "." + name in self._suffixes:
+            return "*." + name
+        return name
+
+    def certificate_names(self, certificate_name: str) -> tuple[str, ...]:
+        """
+        Every name the certificate ordered under ``certificate_name``
+        holds: the name, and for a wildcard its base name when that is an
+        entry of ``domains`` (RFC 8555 §7.1.3: a wildcard does not cover
+        its base name).
+        """
+        name = normalize_hostname(certificate_name)
+        if self.wildcard and name.startswith("*.") and name[2:] in self._exact:
+            return (name, name[2:])
+        return (name,)

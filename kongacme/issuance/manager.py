@@ -18,13 +18,13 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from kongacme.errors import AcmeError, AcmeProblem, BackoffActive, IssuanceError, NotAdmitted
-from kongacme.errors import OrderInProgress, StoragePaused
+from kongacme.errors import DNSError, OrderInProgress, StoragePaused
 from kongacme.failures import describe_failure
 from kongacme.interfaces import IHandshakeGate, IIssuer, IStorage
 from kongacme.issuance.admission import Admission
 from kongacme.issuance.health import StorageHealth
 from kongacme.issuance.recent import MAX_ENTRIES, ExpiringMap
-from kongacme.issuance.stored import load_all, stored_certificate
+from kongacme.issuance.stored import load_all, served_names, stored_certificate
 from kongacme.storage import keys
 from kongacme.storage.errors import StorageError
 from kongacme.storage.locks import LockOwner, StorageLocker
@@ -46,7 +46,7 @@ def describe(failure: Failure) -> str:
     value = failure.value
     if isinstance(value, IssuanceError):
         return value.message
-    if isinstance(value, AcmeProblem):
+    if isinstance(value, (AcmeProblem, DNSError)):
         return str(value)
     return describe_failure(failure)
 
@@ -54,7 +54,8 @@ def describe(failure: Failure) -> str:
 def failure_reason(error: BaseException) -> str:
     """
     A small fixed vocabulary for why an order failed (metrics label):
-    ``backoff``, ``not_admitted``, ``in_progress``, ``storage``, ``ca_problem``,
+    ``backoff``, ``not_admitted``, ``in_progress``, ``storage``, ``dns``
+    (a dns-01 record could not be written), ``ca_problem``,
     ``ca_unreachable`` or ``other``.
     """
     from kongacme.errors import AcmeTransportError
@@ -67,6 +68,8 @@ def failure_reason(error: BaseException) -> str:
         return "in_progress"
     if isinstance(error, (StoragePaused, StorageError)):
         return "storage"
+    if isinstance(error, DNSError):
+        return "dns"
     if isinstance(error, AcmeProblem):
         return "ca_problem"
     if isinstance(error, AcmeError):
@@ -165,12 +168,15 @@ class CertificateManager:
             return None
         if self._cache.lookup(server_name) is not self._cache.fallback:
             return None
-        shared = self._in_flight.get(server_name)
+        # The order runs under the certificate's name: *.example.com for
+        # a.example.com with issuance.wildcard.
+        name = self.admission.certificate_name(server_name)
+        shared = self._in_flight.get(name)
         if shared is None:
             if not self.admission.admits(server_name):
                 return None
             now = self._clock.seconds()
-            if server_name in self._backoff_until:
+            if name in self._backoff_until:
                 self.stats["handshake_backoff"] += 1
                 return None
             if not self.health.available:
@@ -182,7 +188,7 @@ class CertificateManager:
                 self._log_refusal(server_name, refusal, now)
                 return None
             self.obtain(server_name, origin="handshake").addErrback(lambda f: None)
-            shared = self._in_flight.get(server_name)
+            shared = self._in_flight.get(name)
             if shared is None:  # finished synchronously (e.g. found in storage)
                 return None
         if self.settings.first_handshake != "wait":
@@ -235,7 +241,9 @@ class CertificateManager:
     def obtain(self, host: str, origin: str = "admin", force: bool = False) -> Deferred:
         """
         Get a certificate for ``host``: join the order already running for
-        it, or start one.
+        it, or start one. With ``issuance.wildcard`` a host one label below
+        a ``*.`` entry gets the wildcard certificate (ordered, stored and
+        backed off under the wildcard name).
 
         :param force: order a new certificate even if storage holds a valid
             one (Kong's ``POST /acme`` always orders).
@@ -245,11 +253,12 @@ class CertificateManager:
             CA's :class:`AcmeProblem`.
         """
         host = host.lower()
-        if host not in self._in_flight:
+        name = self.admission.certificate_name(host)
+        if name not in self._in_flight:
             reason = self.admission.reason(host)
             if reason is not None:
                 return fail(NotAdmitted(host, "host %s is not allowed: %s" % (host, reason)))
-        return self._join(host, lambda: self._run(host, origin, force))
+        return self._join(name, lambda: self._run(name, origin, force))
 
     def renew(
         self,
@@ -271,7 +280,7 @@ class CertificateManager:
         :param replaces: the ARI identifier of ``current`` (RFC 9773 §5).
         :return: ``Deferred`` firing with the new :class:`CertifiedKey`.
         """
-        host = host.lower()
+        host = self.admission.certificate_name(host.lower())
         renewal = _Renewal(current, reuse_key, replaces, still_due)
         return self._join(host, lambda: self._run(host, "renewal", True, renewal))
 
@@ -374,13 +383,13 @@ class CertificateManager:
                     and not renewal.still_due(existing)
                 ):
                     # Another node renewed it while this one waited for the lock.
-                    self._cache.put(existing, [host])
+                    self._cache.put(existing, self._served_names(host, existing))
                     self.log.info("certificate for {host} was renewed by another node", host=host)
                     return existing
             elif not force:
                 existing = yield self._storage_call(host, lambda: self._stored_certificate(host))
                 if existing is not None:
-                    self._cache.put(existing, [host])
+                    self._cache.put(existing, self._served_names(host, existing))
                     self.log.info("certificate for {host} found in storage", host=host)
                     return existing
             certified = yield self._order(host, origin, started, renewal)
@@ -414,7 +423,7 @@ class CertificateManager:
             failure.raiseException()
         # Served from now on even if storage is down; the write is
         # retried until it lands (a certificate is never silently lost).
-        self._cache.put(certified, [host])
+        self._cache.put(certified, self._served_names(host, certified))
         self._persist(host, certified)
         self._backoff_until.pop(host, None)
         self.last_error.pop(host, None)
@@ -537,6 +546,10 @@ class CertificateManager:
                           host=host, error=str(e))
         except Exception:
             self.log.failure("could not store the backoff for {host}", host=host)
+
+    def _served_names(self, name: str, certified: CertifiedKey) -> list[str]:
+        """The names a certificate ordered under ``name`` is served for (a wildcard's base name too)."""
+        return served_names(name, certified)
 
     def _stored_certificate(self, host: str) -> Deferred:
         """A still-usable certificate for ``host`` from storage, or None."""

@@ -100,6 +100,18 @@ def read_all(storage: IStorage):
     return found
 
 
+def served_names(host: str, certified: CertifiedKey) -> list[str]:
+    """
+    The names the certificate stored under ``host`` is served for:
+    ``host``, and for a wildcard (``*.example.com``) its base name when the
+    certificate holds it too (one entry in storage, both in the cache).
+    """
+    names = [host]
+    if host.startswith("*.") and host[2:] in certified.names:
+        names.append(host[2:])
+    return names
+
+
 def load_all(storage: IStorage, cache: CertificateCache) -> Deferred:
     """
     Put every stored certificate into ``cache`` (at start). One summary
@@ -110,7 +122,7 @@ def load_all(storage: IStorage, cache: CertificateCache) -> Deferred:
 
     def put(found: list) -> int:
         for host, certified in found:
-            cache.put(certified, [host], quiet=True)
+            cache.put(certified, served_names(host, certified), quiet=True)
         return len(found)
 
     return read_all(storage).addCallback(put)
