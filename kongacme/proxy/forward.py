@@ -16,6 +16,7 @@ from typing import Any, Callable, TypeVar
 import attrs
 from twisted.internet.error import ConnectionDone
 from twisted.internet.interfaces import IHalfCloseableProtocol, IHandshakeListener, IStreamClientEndpoint
+from twisted.internet.posixbase import PosixReactorBase
 from twisted.internet.protocol import Factory, Protocol, connectionDone
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -26,8 +27,10 @@ from kongacme.interfaces import IRouter
 from kongacme.net import client_endpoint, is_ip_literal, peer_name
 from kongacme.proxy._relay import DirectUpstreamFactory, PendingConnect, UpstreamFactory, UpstreamProtocol, Valve
 from kongacme.proxy._relay import half_closer, route_name
+from kongacme.proxy.connect import DirectConnect, NameCache, family_of
 from kongacme.proxy.proxyproto import v1_header, v2_header
 from kongacme.proxy.routes import Route
+from kongacme.timers import Deadline, TimerWheel
 from kongacme.validators import provides
 
 log = Logger()
@@ -94,7 +97,8 @@ class ProxyServerProtocol(Protocol):
     _upstream_eof = False
     _closed = False
     _client_gone = False
-    _idle_call: Any = None
+    _idle_call: Deadline | None = None
+    _addresses: list[tuple[int, tuple]] | None = None
     _idle_timeout = 300.0
     _last_activity = 0.0
     # Whether a valve is registered as the producer on each transport (some
@@ -117,7 +121,7 @@ class ProxyServerProtocol(Protocol):
         # Settings are read once: a reload changes new connections only.
         self._idle_timeout = self.factory.idle_timeout
         self._last_activity = reactor.seconds()
-        self._idle_call = reactor.callLater(self._idle_timeout, self._check_idle)
+        self._idle_call = self.factory.wheel.call_later(self._idle_timeout, self._check_idle)
 
     @_guarded
     def handshakeCompleted(self) -> None:
@@ -139,6 +143,22 @@ class ProxyServerProtocol(Protocol):
         self.route = route
         # Read nothing more until there is somewhere to put it.
         self._client_valve.pauseProducing()
+        factory = self.factory
+        if factory.connects_directly:
+            host = route.host.strip("[]")
+            if is_ip_literal(host):
+                self._addresses = [(family_of(host), (host, route.port))]
+                self._dial_next(None)
+                return
+            known = factory.names.cached(host, route.port)
+            if known is not None:
+                self._addresses = list(known)
+                self._dial_next(None)
+                return
+            resolving = factory.names.resolve(host, route.port)
+            self._connecting = resolving
+            resolving.addCallbacks(self._resolved, self._upstream_failed)
+            return
         if is_ip_literal(route.host):
             connector = self.factory.reactor.connectTCP(
                 route.host.strip("[]"), route.port, DirectUpstreamFactory(self), timeout=self.factory.connect_timeout
@@ -150,6 +170,33 @@ class ProxyServerProtocol(Protocol):
         self._connecting = d
         d.addCallbacks(self._upstream_connected, self._upstream_failed)
         d.addErrback(lambda f: log.failure("proxy: error after connecting to {upstream}", f, upstream=route_name(route)))
+
+    @_guarded
+    def _resolved(self, addresses: list[tuple[int, tuple]]) -> None:
+        self._connecting = None
+        if self._closed:
+            return
+        self._addresses = list(addresses)
+        self._dial_next(None)
+
+    @_guarded
+    def _dial_next(self, failure: Failure | None) -> None:
+        """
+        Connect to the next of the route's addresses (one for an IP
+        literal); once none is left, ``failure`` is the upstream's.
+        """
+        self._connecting = None
+        if self._closed:
+            return
+        if not self._addresses:
+            assert failure is not None
+            self._upstream_failed(failure)
+            return
+        family, address = self._addresses.pop(0)
+        factory = self.factory
+        attempt = DirectConnect(factory.reactor, family, address, DirectUpstreamFactory(self), self._dial_next)
+        self._connecting = attempt
+        attempt.start(factory.wheel, factory.connect_timeout)
 
     @_guarded
     def dataReceived(self, data: bytes) -> None:
@@ -319,7 +366,7 @@ class ProxyServerProtocol(Protocol):
         # One timer re-armed lazily, rather than reset on every chunk.
         idle_for = self.factory.reactor.seconds() - self._last_activity
         if idle_for < self._idle_timeout:
-            self._idle_call = self.factory.reactor.callLater(self._idle_timeout - idle_for, self._check_idle)
+            self._idle_call = self.factory.wheel.call_later(self._idle_timeout - idle_for, self._check_idle)
             return
         log.info(
             "closing connection from {peer} for {server_name}: idle for {seconds} seconds",
@@ -338,7 +385,7 @@ class ProxyServerProtocol(Protocol):
         for valve in (self._client_valve, self._upstream_valve):
             if valve is not None:
                 valve.shut = True
-        if self._idle_call is not None and self._idle_call.active():
+        if self._idle_call is not None:
             self._idle_call.cancel()
         self._idle_call = None
         if self._connecting is not None:
@@ -400,6 +447,12 @@ class ProxyFactory(Factory):
     _reactor: Any = attrs.field()
     connect_timeout: float = 5.0
     idle_timeout: float = 300.0
+    #: Connect upstream with :class:`DirectConnect` (``None``: when the
+    #: reactor is a real POSIX one that owns file descriptors) rather than
+    #: ``connectTCP`` / client endpoints.
+    direct_connect: bool | None = attrs.field(default=None, kw_only=True)
+    _wheel: TimerWheel | None = attrs.field(default=None, init=False)
+    _names: NameCache | None = attrs.field(default=None, init=False)
 
     protocol = ProxyServerProtocol
     noisy = False
@@ -408,6 +461,27 @@ class ProxyFactory(Factory):
     def reactor(self) -> Any:
         """The reactor connections are made with and timed by."""
         return self._reactor
+
+    @property
+    def wheel(self) -> TimerWheel:
+        """The one timer behind every connection's idle and connect deadlines."""
+        if self._wheel is None:
+            self._wheel = TimerWheel(self._reactor)
+        return self._wheel
+
+    @property
+    def names(self) -> NameCache:
+        """Upstream host names resolved once, kept for a while."""
+        if self._names is None:
+            self._names = NameCache(self._reactor)
+        return self._names
+
+    @property
+    def connects_directly(self) -> bool:
+        """Whether upstreams are dialled with :class:`DirectConnect`."""
+        if self.direct_connect is None:
+            return isinstance(self._reactor, PosixReactorBase)
+        return self.direct_connect
 
     def endpoint_for(self, route: Route) -> IStreamClientEndpoint:
         """

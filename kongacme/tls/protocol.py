@@ -201,6 +201,12 @@ class SNITLSProtocol(TLSPump):
             served = "fallback" if self.served_fallback else "issued" if self._held else "cached"
             self._count(("held_then_" + served) if self._held else served)
 
+    def closing(self) -> None:
+        # The wrapped protocol is done; the client gets handshake_timeout
+        # seconds to end its side before the connection is dropped.
+        self._cancel_deadline()
+        self._deadline = self.factory.wheel.call_later(self.factory.handshake_timeout, self.abortConnection)
+
     def _count(self, outcome: str) -> None:
         # One outcome per connection, counted on the factory (metrics).
         if self.outcome is None:

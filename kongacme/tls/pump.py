@@ -342,7 +342,23 @@ class TLSPump(Protocol):
             self._drop_producer()
             self.transport.loseConnection()
             return
-        self._finish()
+        if self._read_closed:
+            self._finish()
+            return
+        # close_notify and a FIN, then read on until the client's
+        # close_notify or FIN: closing a socket with unread data in it
+        # sends a reset, which can destroy the close_notify before the
+        # client reads it (a client still sending a request body).
+        self._shutdown_tls()
+        self._drop_producer()
+        self.transport.loseWriteConnection()
+        self.closing()
+
+    def closing(self) -> None:
+        """
+        Called when :meth:`loseConnection` waits for the client's end of
+        the stream; a subclass bounds the wait.
+        """
 
     def abortConnection(self) -> None:
         """Drop the connection now, buffered records included."""
