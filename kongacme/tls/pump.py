@@ -342,17 +342,13 @@ class TLSPump(Protocol):
             self._drop_producer()
             self.transport.loseConnection()
             return
-        if self._read_closed:
-            self._finish()
-            return
         # close_notify and a FIN, then read on until the client's
         # close_notify or FIN: closing a socket with unread data in it
         # sends a reset, which can destroy the close_notify before the
         # client reads it (a client still sending a request body).
-        self._shutdown_tls()
-        self._drop_producer()
-        self.transport.loseWriteConnection()
-        self.closing()
+        self._send_close_notify()
+        if not self._tls_over:
+            self.closing()
 
     def closing(self) -> None:
         """
