@@ -113,7 +113,7 @@ class BindFixture:
             last = ""
             for _ in range(3):  # a "free" port may be taken meanwhile
                 port = free_port()
-                cls._write(workdir, zone, port, secret)
+                cls.write_files(workdir, zone, port, secret)
                 protocol = _NamedProcess()
                 args = [NAMED, "-g", "-c", os.path.join(workdir, "named.conf")]
                 if os.getuid() == 0:
@@ -138,7 +138,8 @@ class BindFixture:
         return b"running" in output and b"zone %s/IN: loaded serial" % (self.zone.encode(),) in output
 
     @staticmethod
-    def _write(workdir: str, zone: str, port: int, secret: str) -> None:
+    def write_files(workdir: str, zone: str, port: int, secret: str) -> None:
+        """named.conf, the TSIG key and the zone file for ``zone`` on ``port``, in ``workdir``."""
         files = {
             "key.conf": 'key "%s" { algorithm hmac-sha256; secret "%s"; };\n' % (KEY_NAME, secret),
             "named.conf": (

@@ -12,7 +12,9 @@ import base64
 import json
 import os
 
+from twisted.internet import reactor
 from twisted.internet.defer import gatherResults, inlineCallbacks
+from twisted.internet.task import deferLater
 from twisted.trial.unittest import TestCase
 
 from kongacme.tls.fallback import FALLBACK_NAME
@@ -27,10 +29,11 @@ class Dns01DaemonMixin(AcmeDaemonMixin):
     domains = ("*.example.test", "example.test")
 
     @inlineCallbacks
-    def start_dns01(self, wildcard=False, **dns01):
+    def start_dns01(self, wildcard=False, pebble=None, config=None, **dns01):
         self.bind = yield BindFixture.start(self, "example.test")
         yield self.start(
-            pebble={"dns_port": self.bind.port},
+            pebble=dict(pebble or {}, dns_port=self.bind.port),
+            config=config,
             challenge_types=["dns-01"],
             dns01=self.bind.dns01_config(**dns01),
             wildcard=wildcard,
@@ -39,6 +42,10 @@ class Dns01DaemonMixin(AcmeDaemonMixin):
 
     def all_orders(self) -> int:
         return self.daemon.output.count("ordering a certificate for ")
+
+    def pebble_orders(self) -> int:
+        """Orders Pebble created ("Added order ... to the db")."""
+        return self.pebble.output.count("Added order ")
 
 
 class Dns01DaemonTests(Dns01DaemonMixin, TestCase):
@@ -62,6 +69,7 @@ class Dns01DaemonTests(Dns01DaemonMixin, TestCase):
         self.assertEqual(results[0]["der"], results[1]["der"])
         self.assertEqual(self.orders("*.example.test"), 1)
         self.assertEqual(self.all_orders(), 1)
+        self.assertEqual(self.pebble_orders(), 1)
         apex = yield tlsclients.handshake(self.tls_port, "example.test", self.verified(), payload=b"")
         self.assertEqual(apex["der"], results[0]["der"])
         self.assertEqual(self.all_orders(), 1)
@@ -82,6 +90,29 @@ class Dns01DaemonTests(Dns01DaemonMixin, TestCase):
         renewed = yield tlsclients.handshake(self.tls_port, "b.example.test", self.verified(), payload=b"")
         self.assertNotEqual(renewed["der"], results[0]["der"])
         self.assertEqual(sorted(renewed["names"]), ["*.example.test", "example.test"])
+
+    @inlineCallbacks
+    def test_wildcard_renewed_once(self):
+        """
+        The renewal service renews a wildcard certificate (60 s lifetime,
+        due with a third left) once, under the wildcard's name, never under
+        its base name, and the renewed one is served for both.
+        """
+        yield self.start_dns01(
+            wildcard=True, pebble={"validity": 60}, config={"renewal": {"check_interval": 2, "first_check": 1}}
+        )
+        first = yield tlsclients.handshake(self.tls_port, "a.example.test", self.verified(), payload=b"")
+        deadline = reactor.seconds() + 90
+        while reactor.seconds() < deadline and "certificate for *.example.test renewed" not in self.daemon.output:
+            yield deferLater(reactor, 0.5, lambda: None)
+        self.assertIn("certificate for *.example.test renewed", self.daemon.output)
+        for name in ("a.example.test", "example.test"):
+            renewed = yield tlsclients.handshake(self.tls_port, name, self.verified(), payload=b"")
+            self.assertNotEqual(renewed["der"], first["der"])
+        self.assertEqual(self.daemon.output.count("renewing the certificate for *.example.test "), 1)
+        self.assertNotIn("renewing the certificate for example.test ", self.daemon.output)
+        self.assertEqual(self.all_orders(), 2)
+        self.assertEqual(self.pebble_orders(), 2)
 
     @inlineCallbacks
     def test_ten_names_at_once(self):
