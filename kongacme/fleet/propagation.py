@@ -23,7 +23,7 @@ from twisted.logger import Logger
 
 from kongacme.fleet.feed import IChangeFeed
 from kongacme.interfaces import IStorage
-from kongacme.issuance.stored import read_certificate
+from kongacme.issuance.stored import read_certificate, served_names
 from kongacme.storage import keys
 from kongacme.storage.errors import StorageError
 from kongacme.tls.cache import CertificateCache
@@ -212,7 +212,8 @@ class Propagator:
         current = self._cache.get(host)
         if current is not None and current.fingerprint == certified.fingerprint:
             return None
-        self._cache.put(certified, [host])
+        # A wildcard certificate serves its base name too (issuance.wildcard).
+        self._cache.put(certified, served_names(host, certified))
         return certified
 
     def _failed(self, error: Any) -> None:
