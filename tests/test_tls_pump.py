@@ -131,6 +131,14 @@ class Pair:
         if data:
             self.client.bio_write(data)
 
+    def client_hello(self) -> bytes:
+        """The client's first flight."""
+        try:
+            self.client.do_handshake()
+        except SSL.WantReadError:
+            pass
+        return self.client_output()
+
     def handshake(self, cuts: list[int]) -> None:
         for _ in range(10):
             try:
@@ -251,11 +259,7 @@ class PumpTests(SynchronousTestCase):
         """
         pair = Pair()
         pair.server.dataReceived(b"")
-        try:
-            pair.client.do_handshake()
-        except SSL.WantReadError:
-            pass
-        pair.server.dataReceived(pair.client_output())
+        pair.server.dataReceived(pair.client_hello())
         pair.recorder.transport.write(b"early ")
         pair.recorder.transport.writeSequence([b"and ", b"ordered"])
         pair.handshake([])
@@ -267,11 +271,7 @@ class PumpTests(SynchronousTestCase):
         handshake: counted, logged, the TCP connection closed.
         """
         pair = Pair()
-        try:
-            pair.client.do_handshake()
-        except SSL.WantReadError:
-            pass
-        pair.server.dataReceived(pair.client_output())
+        pair.server.dataReceived(pair.client_hello())
         pair.server.dataReceived(b"\x17\x03\x03\x00\x05garbage")
         self.assertTrue(pair.tcp.disconnecting)
         pair.lose_tcp(Failure(ConnectionDone()))
@@ -282,11 +282,7 @@ class PumpTests(SynchronousTestCase):
     def test_fin_mid_handshake_fails(self) -> None:
         """A TCP FIN before the handshake completes fails it and closes TCP."""
         pair = Pair()
-        try:
-            pair.client.do_handshake()
-        except SSL.WantReadError:
-            pass
-        pair.server.dataReceived(pair.client_output())
+        pair.server.dataReceived(pair.client_hello())
         pair.server.readConnectionLost()
         self.assertTrue(pair.tcp.disconnecting)
         pair.lose_tcp(Failure(ConnectionDone()))
