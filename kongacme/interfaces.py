@@ -133,6 +133,14 @@ class IDNSRecords(Interface):
         :return: ``Deferred`` firing with a ``bool``.
         """
 
+    def close():
+        """
+        Release sockets or connections (at shutdown, or when the issuer is
+        replaced on reload); harmless twice.
+
+        :return: ``Deferred`` firing with ``None``.
+        """
+
 
 class IRouter(Interface):
     """

@@ -32,7 +32,7 @@ from twisted.internet.protocol import ProcessProtocol
 from twisted.internet.task import deferLater
 from twisted.trial.unittest import SkipTest, TestCase
 
-from kongacme.dns.transport import exchange
+from kongacme.dns.transport import DNSClient
 from tests.pebble import free_port
 
 NAMED = shutil.which("named") or "/usr/sbin/named"
@@ -74,6 +74,8 @@ class BindFixture:
     workdir: str
     _process: Any
     _protocol: _NamedProcess
+    #: The test it runs for.
+    test_case: Any = None
 
     @property
     def output(self) -> str:
@@ -119,7 +121,7 @@ class BindFixture:
                 if os.getuid() == 0:
                     args += ["-u", "root"]  # no switch to the bind user, which cannot read the test's directory
                 process = reactor.spawnProcess(protocol, NAMED, args, env={"PATH": "/usr/bin:/bin"}, path=workdir)
-                fixture = cls(zone, port, secret, workdir, process, protocol)
+                fixture = cls(zone, port, secret, workdir, process, protocol, test_case)
                 test_case.addCleanup(fixture.stop)
                 deadline = reactor.seconds() + START_TIMEOUT
                 # "running" can come before the zone is loaded.
@@ -168,7 +170,11 @@ class BindFixture:
         """The TXT values named holds at ``name`` now."""
 
         async def query() -> list[str]:
-            wire = await exchange(reactor, ("127.0.0.1", self.port), dns.message.make_query(name, "TXT").to_wire(), 5)
+            client = DNSClient(reactor)
+            try:
+                wire = await client.exchange(("127.0.0.1", self.port), dns.message.make_query(name, "TXT").to_wire(), 5)
+            finally:
+                await client.close()
             values = []
             for rrset in dns.message.from_wire(wire).answer:
                 if rrset.rdtype == dns.rdatatype.TXT:

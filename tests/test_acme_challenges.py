@@ -50,6 +50,9 @@ class FakeRecords:
         self.checks += 1
         return succeed(self.checks > self.delay_checks and value in self.records.get(name, ()))
 
+    def close(self) -> Deferred[None]:
+        return succeed(None)
+
 
 class ChooseTests(SynchronousTestCase):
     """Tests for choose()."""
@@ -64,6 +67,7 @@ class ChooseTests(SynchronousTestCase):
         self.assertIsNone(choose([{"type": "tls-alpn-01"}], [http, dns]))
         verifyObject(IChallengeSolver, http)
         verifyObject(IChallengeSolver, dns)
+        verifyObject(IDNSRecords, FakeRecords())
 
 
 class Dns01SolverTests(SynchronousTestCase):

@@ -22,7 +22,7 @@ from twisted.trial.unittest import TestCase
 from zope.interface.verify import verifyObject
 
 from kongacme.dns.rfc2136 import RFC2136Records, TsigKey
-from kongacme.dns.transport import exchange
+from kongacme.dns.transport import DNSClient
 from kongacme.errors import DNSError
 from kongacme.interfaces import IDNSRecords
 from tests.bind import KEY_NAME, BindFixture
@@ -30,7 +30,13 @@ from tests.bind import KEY_NAME, BindFixture
 
 def records(bind: BindFixture, secret: str | None = None, key_name: str = KEY_NAME, **kwargs) -> RFC2136Records:
     key = TsigKey.from_base64(key_name, "hmac-sha256", secret or bind.secret)
-    return RFC2136Records(reactor, ("127.0.0.1", bind.port), key, **kwargs)
+    return closed_later(bind.test_case, RFC2136Records(reactor, ("127.0.0.1", bind.port), key, **kwargs))
+
+
+def closed_later(test_case: TestCase, provider: RFC2136Records) -> RFC2136Records:
+    """``provider``, closed when the test ends."""
+    test_case.addCleanup(provider.close)
+    return provider
 
 
 class RFC2136RecordsTests(TestCase):
@@ -160,13 +166,13 @@ class TransportTests(TestCase):
         _, port = fake_server(
             self, lambda q: answer_txt(q, "", truncated=True), tcp_respond=lambda q: answer_txt(q, "over-tcp")
         )
-        provider = RFC2136Records(reactor, ("127.0.0.1", port), None, zone="example.test")
+        provider = closed_later(self, RFC2136Records(reactor, ("127.0.0.1", port), None, zone="example.test"))
         self.assertTrue(await provider.txt_visible("_acme-challenge.example.test", "over-tcp"))
 
     async def test_no_answer(self) -> None:
         """A server that never answers: DNSError after the timeout, after retransmissions."""
         server, port = fake_server(self, lambda q: None)
-        provider = RFC2136Records(reactor, ("127.0.0.1", port), None, zone="example.test", timeout=1.5)
+        provider = closed_later(self, RFC2136Records(reactor, ("127.0.0.1", port), None, zone="example.test", timeout=1.5))
         error = await self.assertFailure(provider.txt_visible("_acme-challenge.example.test", "v"), DNSError)
         self.assertIn("no answer within 1.5 s", error.reason)
         self.assertEqual(server.received, 2)
@@ -174,7 +180,7 @@ class TransportTests(TestCase):
     async def test_garbage(self) -> None:
         """An answer that is not a DNS message: DNSError "unusable answer"."""
         _, port = fake_server(self, lambda q: q.to_wire()[:2] + b"\x81\x80garbage")
-        provider = RFC2136Records(reactor, ("127.0.0.1", port), None, zone="example.test")
+        provider = closed_later(self, RFC2136Records(reactor, ("127.0.0.1", port), None, zone="example.test"))
         error = await self.assertFailure(provider.txt_visible("_acme-challenge.example.test", "v"), DNSError)
         self.assertIn("unusable answer", error.reason)
 
@@ -182,7 +188,7 @@ class TransportTests(TestCase):
         """An update answered REFUSED: DNSError naming the rcode and the likely cause."""
 
         _, port = fake_server(self, refuse)
-        provider = RFC2136Records(reactor, ("127.0.0.1", port), None, zone="example.test")
+        provider = closed_later(self, RFC2136Records(reactor, ("127.0.0.1", port), None, zone="example.test"))
         error = await self.assertFailure(provider.add_txt("_acme-challenge.example.test", "v", 5), DNSError)
         self.assertIn("REFUSED", error.reason)
         self.assertIn("does not allow updates", error.reason)
@@ -191,14 +197,23 @@ class TransportTests(TestCase):
         """An SOA query the server refuses: DNSError telling to set the zone."""
 
         _, port = fake_server(self, refuse)
-        provider = RFC2136Records(reactor, ("127.0.0.1", port), None)
+        provider = closed_later(self, RFC2136Records(reactor, ("127.0.0.1", port), None))
         error = await self.assertFailure(provider.zone_for("_acme-challenge.example.test"), DNSError)
         self.assertIn("REFUSED", error.reason)
         self.assertIn("issuance.dns01.zone", error.reason)
 
     def test_server_must_be_address(self) -> None:
-        """exchange() takes an IP address, not a name."""
-        self.assertRaises(ValueError, exchange, reactor, ("ns.example.test", 53), b"", 1)
+        """DNSClient.exchange() takes an IP address, not a name."""
+        self.assertRaises(ValueError, DNSClient(reactor).exchange, ("ns.example.test", 53), b"", 1)
+
+    async def test_closed_in_flight(self) -> None:
+        """Closing the client fails the exchanges in flight."""
+        _, port = fake_server(self, lambda q: None)
+        client = DNSClient(reactor)
+        d = client.exchange(("127.0.0.1", port), dns.message.make_query("example.test", "TXT").to_wire(), 5)
+        await client.close()
+        error = await self.assertFailure(d, DNSError)
+        self.assertIn("closed", error.reason)
 
     def test_tsig_key_errors(self) -> None:
         """TsigKey.from_base64 refuses unknown algorithms, bad secrets and empty ones."""

@@ -123,3 +123,7 @@ class Dns01Solver:
     def cleanup(self, handle: tuple[str, str]) -> Deferred[None]:
         name, value = handle
         return self._records.remove_txt(name, value)
+
+    def close(self) -> Deferred[None]:
+        """Close the DNS provider (at shutdown)."""
+        return self._records.close()

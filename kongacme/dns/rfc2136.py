@@ -26,7 +26,7 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from zope.interface import implementer
 
-from kongacme.dns.transport import exchange
+from kongacme.dns.transport import DNSClient
 from kongacme.errors import DNSError
 from kongacme.interfaces import IDNSRecords
 from kongacme.net import is_ip_literal
@@ -128,6 +128,15 @@ class RFC2136Records:
     _timeout: float = 5.0
     _clock: Optional[IReactorTime] = None
     _zones: dict[str, str] = attrs.field(factory=dict, init=False)
+    _client: DNSClient = attrs.field(init=False)
+
+    @_client.default
+    def _make_client(self) -> DNSClient:
+        return DNSClient(self._reactor, self._clock)
+
+    def close(self) -> Deferred[None]:
+        """Close the UDP socket(s); the provider opens them again if used."""
+        return self._client.close()
 
     @property
     def server(self) -> str:
@@ -147,7 +156,9 @@ class RFC2136Records:
 
     async def _exchange(self, message: dns.message.Message, what: str, signed: bool) -> dns.message.Message:
         address = await self._address()
-        wire = await exchange(self._reactor, address, message.to_wire(), self._timeout, clock=self._clock)
+        # The id is chosen before signing: TSIG covers it (RFC 8945 §4.3).
+        message.id = self._client.free_id()
+        wire = await self._client.exchange(address, message.to_wire(), self._timeout)
         try:
             if signed and self._key is not None:
                 # RFC 8945 §5.3: the answer is verified against our request's MAC.

@@ -1,16 +1,18 @@
 """
-One DNS exchange over Twisted's own transports: a query over UDP, again
-over TCP when the answer is truncated (RFC 7766 §5; RFC 1035 §4.2.2's
-two-byte length prefix). Nothing here blocks the reactor.
+DNS exchanges over Twisted's own transports: a message over UDP (one
+socket shared by every exchange of a client), again over TCP when the
+answer is truncated (RFC 7766 §5; RFC 1035 §4.2.2's two-byte length
+prefix). Nothing here blocks the reactor.
 """
 
 from __future__ import annotations
 
+import secrets
 import struct
 from typing import Any, Optional
 
-from twisted.internet import defer
-from twisted.internet.defer import Deferred
+import attrs
+from twisted.internet.defer import Deferred, gatherResults, maybeDeferred
 from twisted.internet.endpoints import TCP4ClientEndpoint, TCP6ClientEndpoint, connectProtocol
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.protocol import DatagramProtocol, Protocol
@@ -34,36 +36,43 @@ def _truncated(wire: bytes) -> bool:
     return len(wire) >= 3 and bool(wire[2] & 0x02)
 
 
-class _Datagram(DatagramProtocol):
-    """Sends one message to one server, retransmitting, and keeps the first answer with its id."""
+@attrs.define
+class _Pending:
+    server: tuple[str, int]
+    wire: bytes
+    answer: Deferred[bytes]
+    resend: Any = None
 
-    # No "starting on port N" line for every exchange.
+
+class _Datagrams(DatagramProtocol):
+    """
+    One UDP socket for every exchange of a :class:`DNSClient`: answers
+    are matched to queries by id and source (RFC 5452 §4.3); the others
+    are ignored. Unanswered messages are retransmitted.
+    """
+
+    # No "Starting protocol" line (the port is opened once anyway).
     noisy = False
 
-    def __init__(self, wire: bytes, server: tuple[str, int], clock: IReactorTime, answer: Deferred[bytes]):
-        self._wire = wire
-        self._server = server
+    def __init__(self, clock: IReactorTime):
         self._clock = clock
-        self._answer = answer
-        self._resend: Any = None
+        self.pending: dict[bytes, _Pending] = {}
 
-    def startProtocol(self) -> None:
-        self._send()
-
-    def _send(self) -> None:
-        assert self.transport is not None
-        self.transport.write(self._wire, self._server)
-        self._resend = self._clock.callLater(RETRANSMIT, self._send)
+    def send(self, pending: _Pending) -> None:
+        if self.transport is None or pending.answer.called:
+            return
+        self.transport.write(pending.wire, pending.server)
+        pending.resend = self._clock.callLater(RETRANSMIT, self.send, pending)
 
     def datagramReceived(self, data: bytes, addr: Any) -> None:
-        # RFC 5452 §4.3: an answer must come from the server and carry the
-        # query's id (the first two bytes); anything else is ignored.
-        if tuple(addr[:2]) == self._server and data[:2] == self._wire[:2] and not self._answer.called:
-            self._answer.callback(data)
+        pending = self.pending.get(data[:2])
+        if pending is not None and tuple(addr[:2]) == pending.server and not pending.answer.called:
+            pending.answer.callback(data)
 
     def stopProtocol(self) -> None:
-        if self._resend is not None and self._resend.active():
-            self._resend.cancel()
+        for pending in list(self.pending.values()):
+            if not pending.answer.called:
+                pending.answer.errback(DNSError(_describe(pending.server), "DNS client closed"))
 
 
 class _Stream(Protocol):
@@ -107,16 +116,6 @@ def _with_timeout(answer: Deferred[bytes], clock: IReactorTime, timeout: float, 
     return answer.addBoth(done)
 
 
-async def _udp(reactor: Any, clock: IReactorTime, server: tuple[str, int], wire: bytes, timeout: float) -> bytes:
-    answer: Deferred[bytes] = Deferred()
-    protocol = _Datagram(wire, server, clock, answer)
-    port = reactor.listenUDP(0, protocol, interface="::" if ":" in server[0] else "")
-    try:
-        return await _with_timeout(answer, clock, timeout, _describe(server))
-    finally:
-        await defer.maybeDeferred(port.stopListening)
-
-
 async def _tcp(reactor: Any, clock: IReactorTime, server: tuple[str, int], wire: bytes, timeout: float) -> bytes:
     host, port = server
     endpoint_type = TCP6ClientEndpoint if ":" in host else TCP4ClientEndpoint
@@ -136,29 +135,79 @@ async def _tcp(reactor: Any, clock: IReactorTime, server: tuple[str, int], wire:
             protocol.transport.loseConnection()
 
 
-def exchange(
-    reactor: Any, server: tuple[str, int], wire: bytes, timeout: float, clock: Optional[IReactorTime] = None
-) -> Deferred[bytes]:
+@attrs.define
+class DNSClient:
     """
-    Send the DNS message ``wire`` to ``server`` and return its answer's
-    wire form: over UDP (retransmitted every :data:`RETRANSMIT` seconds),
-    then over TCP if that answer is truncated.
+    DNS exchanges over one UDP socket per address family (opened on first
+    use, closed by :meth:`close`), with TCP when an answer is truncated.
 
-    :param reactor: provides ``IReactorUDP`` and ``IReactorTCP``.
-    :param server: ``(IP address, port)``.
-    :param timeout: seconds for each of the two transports.
-    :param clock: timers (default ``reactor``).
-    :return: ``Deferred`` firing with the answer's bytes, or failing with
-        :class:`~kongacme.errors.DNSError` (no answer in time, refused).
+    :ivar _reactor: provides ``IReactorUDP`` and ``IReactorTCP``.
+    :ivar _clock: timers (default ``_reactor``).
     """
-    if not is_ip_literal(server[0]):
-        raise ValueError("server must be an IP address, not %r" % (server[0],))
-    timers = clock if clock is not None else reactor
 
-    async def run() -> bytes:
-        answer = await _udp(reactor, timers, server, wire, timeout)
-        if _truncated(answer):
-            answer = await _tcp(reactor, timers, server, wire, timeout)
-        return answer
+    _reactor: Any
+    _clock: Optional[IReactorTime] = None
+    _ports: dict[str, tuple[Any, _Datagrams]] = attrs.field(factory=dict, init=False)
 
-    return Deferred.fromCoroutine(run())
+    @property
+    def _timers(self) -> IReactorTime:
+        return self._clock if self._clock is not None else self._reactor
+
+    def _socket(self, family: str) -> _Datagrams:
+        if family not in self._ports:
+            protocol = _Datagrams(self._timers)
+            port = self._reactor.listenUDP(0, protocol, interface="::" if family == "ipv6" else "")
+            self._ports[family] = (port, protocol)
+        return self._ports[family][1]
+
+    def free_id(self) -> int:
+        """A message id no exchange in flight uses (set it before signing)."""
+        pending = [protocol.pending for _, protocol in self._ports.values()]
+        while True:
+            candidate = secrets.randbelow(65536)
+            if not any(struct.pack("!H", candidate) in each for each in pending):
+                return candidate
+
+    def exchange(self, server: tuple[str, int], wire: bytes, timeout: float) -> Deferred[bytes]:
+        """
+        Send the DNS message ``wire`` to ``server`` and return its answer's
+        wire form: over UDP (retransmitted every :data:`RETRANSMIT`
+        seconds), then over TCP if that answer is truncated.
+
+        :param server: ``(IP address, port)``.
+        :param timeout: seconds for each of the two transports.
+        :return: ``Deferred`` firing with the answer's bytes, or failing
+            with :class:`~kongacme.errors.DNSError` (no answer in time).
+        :raises ValueError: when ``server`` is not an IP address, or a
+            message with the same id is in flight (see :meth:`free_id`).
+        """
+        if not is_ip_literal(server[0]):
+            raise ValueError("server must be an IP address, not %r" % (server[0],))
+        protocol = self._socket("ipv6" if ":" in server[0] else "ipv4")
+        key = wire[:2]
+        if key in protocol.pending:
+            raise ValueError("a message with id %d is in flight already" % (struct.unpack("!H", key)[0],))
+        pending = _Pending(server, wire, Deferred())
+        protocol.pending[key] = pending
+
+        def done(result: Any) -> Any:
+            protocol.pending.pop(key, None)
+            if pending.resend is not None and pending.resend.active():
+                pending.resend.cancel()
+            return result
+
+        answer = _with_timeout(pending.answer, self._timers, timeout, _describe(server)).addBoth(done)
+        protocol.send(pending)
+
+        async def run() -> bytes:
+            data = await answer
+            if _truncated(data):
+                data = await _tcp(self._reactor, self._timers, server, wire, timeout)
+            return data
+
+        return Deferred.fromCoroutine(run())
+
+    def close(self) -> Deferred[None]:
+        """Close the sockets (exchanges in flight fail); harmless twice."""
+        ports, self._ports = list(self._ports.values()), {}
+        return gatherResults([maybeDeferred(port.stopListening) for port, _ in ports]).addCallback(lambda _: None)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any, Optional
 
-from twisted.internet.defer import Deferred, inlineCallbacks, succeed
+from twisted.internet.defer import Deferred, gatherResults, inlineCallbacks, succeed
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.client import HTTPConnectionPool
@@ -189,7 +189,9 @@ class DaemonAcmeIssuer:
         return cert_id(certified.leaf)
 
     def close(self) -> Deferred:
-        """Close persistent connections to the CA (at shutdown)."""
-        return self._pool.closeCachedConnections()
+        """Close persistent connections to the CA and the DNS provider's sockets (at shutdown)."""
+        closing = [self._pool.closeCachedConnections()]
+        closing += [solver.close() for solver in self._solvers if hasattr(solver, "close")]
+        return gatherResults(closing)
 
 

@@ -54,9 +54,9 @@ def describe(failure: Failure) -> str:
 def failure_reason(error: BaseException) -> str:
     """
     A small fixed vocabulary for why an order failed (metrics label):
-    ``backoff``, ``not_admitted``, ``in_progress``, ``storage``, ``dns``
-    (a dns-01 record could not be written), ``ca_problem``,
-    ``ca_unreachable`` or ``other``.
+    ``backoff``, ``not_admitted``, ``in_progress``, ``storage``, ``ca_problem``,
+    ``ca_unreachable`` or ``other`` (a dns-01 record that could not be
+    written, among others).
     """
     from kongacme.errors import AcmeTransportError
 
@@ -68,8 +68,6 @@ def failure_reason(error: BaseException) -> str:
         return "in_progress"
     if isinstance(error, (StoragePaused, StorageError)):
         return "storage"
-    if isinstance(error, DNSError):
-        return "dns"
     if isinstance(error, AcmeProblem):
         return "ca_problem"
     if isinstance(error, AcmeError):
