@@ -37,9 +37,9 @@ from twisted.internet.protocol import Protocol
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-#: Plaintext read per ``recv``: more than one TLS record (16 KiB), so one
-#: call takes a whole record.
-RECV_SIZE = 1 << 17
+#: Plaintext read per ``recv``: more than a TLS record's (16 KiB), so one
+#: call takes a whole record (OpenSSL returns one record per call).
+RECV_SIZE = 1 << 15
 
 #: Records drained per ``bio_read`` when nothing better is known (the
 #: handshake flight, close_notify).
@@ -87,6 +87,15 @@ class TLSPump(Protocol):
     #: or the connection was aborted; nothing more goes through the engine.
     _tls_over = False
     _reason: Failure | None = None
+    # Record boundaries of the client's stream (RFC 8446 §5.1: a 5-byte
+    # header whose last two bytes are the length): bytes still to come of
+    # the record being read, a header cut by a segment boundary, and the
+    # records known complete and not read yet (None: unknown). ``recv`` is
+    # not called when no record is complete: it could only raise
+    # WantReadError, an exception per read event.
+    _need = 0
+    _header = b""
+    _complete: int | None = None
 
     # -- starting -------------------------------------------------------------
 
@@ -103,6 +112,7 @@ class TLSPump(Protocol):
         if self._tls_over or not self.connected:
             return
         if buffered:
+            self._count_records(buffered)
             tls.bio_write(buffered)
         self._handshake()
 
@@ -118,11 +128,36 @@ class TLSPump(Protocol):
         tls = self._tls
         if tls is None or self._tls_over:
             return
+        self._count_records(data)
         tls.bio_write(data)
         if self.handshake_done:
             self._read_plaintext(tls)
         else:
             self._handshake()
+
+    def _count_records(self, data: bytes) -> None:
+        need = self._need
+        if self._header:
+            data = self._header + data
+            self._header = b""
+        size = len(data)
+        position = 0
+        complete = 0
+        while True:
+            if need:
+                if size - position < need:
+                    need -= size - position
+                    break
+                position += need
+                need = 0
+                complete += 1
+            if size - position < 5:
+                self._header = data[position:]
+                break
+            need = 5 + (data[position + 3] << 8 | data[position + 4])
+        self._need = need
+        if self._complete is not None:
+            self._complete += complete
 
     def _handshake(self) -> None:
         tls = self._tls
@@ -158,10 +193,12 @@ class TLSPump(Protocol):
     def _read_plaintext(self, tls: Connection) -> None:
         deliver = self.wrappedProtocol.dataReceived
         recv = tls.recv
-        while not self._read_closed:
+        while not self._read_closed and self._complete != 0:
             try:
                 data = recv(RECV_SIZE)
             except WantReadError:
+                # No complete record left: from here on, count them.
+                self._complete = 0
                 return
             except ZeroReturnError:
                 self._peer_closed_write()
@@ -172,6 +209,8 @@ class TLSPump(Protocol):
                 else:
                     self._fail(Failure())
                 return
+            if self._complete:
+                self._complete -= 1
             deliver(data)
             if self._tls_over:
                 return
