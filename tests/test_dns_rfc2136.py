@@ -16,7 +16,7 @@ import dns.rcode
 import dns.rdatatype
 import dns.rrset
 from twisted.internet import reactor
-from twisted.internet.defer import Deferred
+from twisted.internet.error import CannotListenError
 from twisted.internet.protocol import DatagramProtocol, Factory, Protocol
 from twisted.trial.unittest import TestCase
 from zope.interface.verify import verifyObject
@@ -131,15 +131,21 @@ class _TCPAnswers(Protocol):
 
 
 def fake_server(test_case: TestCase, respond, tcp_respond=None) -> tuple[_Answers, int]:
-    protocol = _Answers(respond)
-    udp = reactor.listenUDP(0, protocol, interface="127.0.0.1")
-    test_case.addCleanup(udp.stopListening)
-    port = udp.getHost().port
-    if tcp_respond is not None:
-        factory = Factory.forProtocol(lambda: _TCPAnswers(tcp_respond))
-        tcp = reactor.listenTCP(port, factory, interface="127.0.0.1")
-        test_case.addCleanup(tcp.stopListening)
-    return protocol, port
+    for _ in range(20):
+        protocol = _Answers(respond)
+        udp = reactor.listenUDP(0, protocol, interface="127.0.0.1")
+        port = udp.getHost().port
+        if tcp_respond is not None:
+            factory = Factory.forProtocol(lambda: _TCPAnswers(tcp_respond))
+            try:
+                tcp = reactor.listenTCP(port, factory, interface="127.0.0.1")
+            except CannotListenError:  # that number is taken for TCP: another one
+                udp.stopListening()
+                continue
+            test_case.addCleanup(tcp.stopListening)
+        test_case.addCleanup(udp.stopListening)
+        return protocol, port
+    raise RuntimeError("no port free for both UDP and TCP")
 
 
 def answer_txt(query: dns.message.Message, value: str, truncated: bool = False) -> bytes:
