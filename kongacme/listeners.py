@@ -181,8 +181,7 @@ class ListenerSet:
         if deferrable and self._defer_close:
             self.unlisted[description] = port
             return succeed(None)
-        self.log.info("{kind} listener on {description} closed", kind=self.kind, description=description)
-        return self._close(description, port)
+        return self._close(description, port, logged=True)
 
     def close_unlisted(self, descriptions: Iterable[str]) -> Deferred:
         """Close the ports of ``descriptions`` still in :attr:`unlisted` (those listed again stay)."""
@@ -190,14 +189,19 @@ class ListenerSet:
         for description in descriptions:
             port = self.unlisted.pop(description, None)
             if port is not None:
-                self.log.info("{kind} listener on {description} closed", kind=self.kind, description=description)
-                closing.append(self._close(description, port))
+                closing.append(self._close(description, port, logged=True))
         return DeferredList(closing, consumeErrors=True)
 
-    def _close(self, description: str, port: IListeningPort) -> Deferred:
+    def _close(self, description: str, port: IListeningPort, logged: bool = False) -> Deferred:
         if self._limit is not None:
             self._limit.untrack(port)
-        return maybeDeferred(port.stopListening).addCallback(lambda _: None)
+
+        def closed(_: object) -> None:
+            # Once the socket is closed (stopListening closes it a turn later).
+            if logged:
+                self.log.info("{kind} listener on {description} closed", kind=self.kind, description=description)
+
+        return maybeDeferred(port.stopListening).addCallback(closed)
 
     def stop_all(self) -> Deferred:
         """Stop every listener (and close every unlisted port)."""

@@ -32,9 +32,12 @@ def listening(port: int) -> bool:
 class AdminDaemonTests(ShowsDaemonOutput, TestCase):
     """
     Tests for the Admin listener in a daemon.
+
+    :cvar workers: the daemon's ``workers`` (:class:`AdminDaemonWorkersTests` runs with 2).
     """
 
     timeout = 60
+    workers = 1
 
     def make_daemon(self, admin_listen: str, admin: dict) -> Daemon:
         directory = os.path.abspath(self.mktemp())
@@ -50,6 +53,7 @@ class AdminDaemonTests(ShowsDaemonOutput, TestCase):
                 },
                 "state_dir": os.path.join(directory, "state"),
                 "admin": admin,
+                "workers": self.workers,
             },
         )
         self.addCleanup(daemon.stop)
@@ -116,3 +120,13 @@ class AdminDaemonTests(ShowsDaemonOutput, TestCase):
         client.trickle(b"GET /health HTTP/1.1\r\nHost: a\r\nAuthorization: Bearer s3cret\r\n" + b"X: y\r\n" * 50, 0.05)
         raw = yield client.closed
         self.assertEqual(parse_response(raw).status, 408)
+
+
+class AdminDaemonWorkersTests(AdminDaemonTests):
+    """
+    Tests for the Admin listener with ``workers: 2``: the master alone
+    serves it, refuses an exposed one at start and on reload, and applies
+    its limits, with the workers running beside it.
+    """
+
+    workers = 2

@@ -19,6 +19,7 @@ from twisted.internet.threads import deferToThread
 from twisted.trial.unittest import TestCase
 
 from tests import tlsclients
+from tests.daemonproc import ShowsDaemonOutput
 from tests.test_daemon import static_daemon
 from tests.test_web_metrics import sample_value, scrape_families
 
@@ -53,16 +54,25 @@ def connect_nowait(port: int) -> socket.socket:
 
 
 class DaemonFixture:
-    """A daemon with a static certificate for static.test routed to an echo upstream."""
+    """
+    A daemon with a static certificate for static.test routed to an echo upstream.
+
+    :cvar workers: the daemon's ``workers`` (the ``…WorkersTests``
+        subclasses run with 2).
+    """
 
     timeout = 120
+    workers = 1
 
+    @inlineCallbacks
     def start_daemon(self, limits: dict | None = None, extra: dict | None = None):
-        config = {"tls": {"handshake_timeout": 30}}
+        config: dict = {"tls": {"handshake_timeout": 30}, "workers": self.workers}
         if limits is not None:
             config["limits"] = limits
         config.update(extra or {})
-        return static_daemon(self, **config).start(self.tls_port)
+        yield static_daemon(self, **config).start(self.tls_port)
+        if self.workers > 1:
+            yield self.daemon.wait_for("accepting:", count=self.workers)
 
     def hold(self, sockets):
         for s in sockets:
@@ -84,7 +94,7 @@ class DaemonFixture:
         return result
 
 
-class ConnectionLimitTests(DaemonFixture, TestCase):
+class ConnectionLimitTests(DaemonFixture, ShowsDaemonOutput, TestCase):
     """
     Tests for limits.* in a running daemon.
     """
@@ -96,25 +106,26 @@ class ConnectionLimitTests(DaemonFixture, TestCase):
         wait unaccepted in the backlog (the metrics say 3 in use, paused);
         once the first three close, the waiting two complete their
         handshakes. One warning line when the cap is hit, one when it
-        clears.
+        clears. With workers the limit is each worker's: each serves three
+        and stops accepting (a line each), and the two more wait in the
+        shared backlog.
         """
         yield self.start_daemon({"tls": 3})
         held = []
-        for _ in range(3):
+        for _ in range(3 * self.workers):
             tls, echo = yield deferToThread(open_tls, self.tls_port, self.cafile)
             self.addCleanup(tls.close)
             self.assertEqual(echo, b"A:hold")
             held.append(tls)
-        yield self.daemon.wait_for("tls listener at its limit of 3 connections")
+        yield self.daemon.wait_for("tls listener at its limit of 3 connections", count=self.workers)
         # Two more clients: the kernel completes their connections, the
         # daemon does not accept them; their handshakes wait.
         waiting = [deferToThread(open_tls, self.tls_port, self.cafile) for _ in range(2)]
-        families = yield self.scrape()
-        self.assertEqual(sample_value(families, "kongacme_connections", listener="tls"), 3)
-        self.assertEqual(sample_value(families, "kongacme_connections_limit", listener="tls"), 3)
-        self.assertEqual(sample_value(families, "kongacme_listener_paused", listener="tls"), 1)
-        self.assertEqual(sample_value(families, "kongacme_listener_paused", listener="admin"), 0)
-        self.assertEqual(sample_value(families, "kongacme_connections_refused_total", listener="tls"), 0)
+        if self.workers > 1:
+            yield self.worker_connections({"1": 3, "2": 3})
+            yield deferLater(reactor, 0.5, lambda: None)
+        else:
+            yield self.single_process_paused()
         self.assertFalse(any(d.called for d in waiting))
         for tls in held:
             tls.close()
@@ -122,11 +133,36 @@ class ConnectionLimitTests(DaemonFixture, TestCase):
         for tls, echo in results:
             self.assertEqual(echo, b"A:hold")
             tls.close()
-        yield self.daemon.wait_for("tls listener below its limit again")
+        yield self.daemon.wait_for("tls listener below its limit again", count=self.workers)
+        if self.workers > 1:
+            yield self.worker_connections({"1": 0, "2": 0})
+        else:
+            families = yield self.scrape()
+            self.assertEqual(sample_value(families, "kongacme_listener_paused", listener="tls"), 0)
+        self.assertEqual(self.daemon.output.count("tls listener at its limit"), self.workers)
+        self.assertEqual(self.daemon.output.count("tls listener below its limit again"), self.workers)
+
+    @inlineCallbacks
+    def single_process_paused(self):
+        """The metrics of one process with 3 TLS connections at a limit of 3."""
         families = yield self.scrape()
-        self.assertEqual(sample_value(families, "kongacme_listener_paused", listener="tls"), 0)
-        self.assertEqual(self.daemon.output.count("tls listener at its limit"), 1)
-        self.assertEqual(self.daemon.output.count("tls listener below its limit again"), 1)
+        self.assertEqual(sample_value(families, "kongacme_connections", listener="tls"), 3)
+        self.assertEqual(sample_value(families, "kongacme_connections_limit", listener="tls"), 3)
+        self.assertEqual(sample_value(families, "kongacme_listener_paused", listener="tls"), 1)
+        self.assertEqual(sample_value(families, "kongacme_listener_paused", listener="admin"), 0)
+        self.assertEqual(sample_value(families, "kongacme_connections_refused_total", listener="tls"), 0)
+
+    @inlineCallbacks
+    def worker_connections(self, expected):
+        """The workers' open TLS connections in /metrics, once they are ``expected``."""
+        for _ in range(50):
+            families = yield self.scrape()
+            samples = families.get("kongacme_worker_connections")
+            found = {s.labels.get("worker"): s.value for s in (samples.samples if samples is not None else ())}
+            if found == expected:
+                return found
+            yield deferLater(reactor, 0.1, lambda: None)
+        self.fail("workers' connections %r, expected %r" % (found, expected))
 
     @inlineCallbacks
     def test_admin_flood_does_not_starve_tls(self):
@@ -149,7 +185,7 @@ class ConnectionLimitTests(DaemonFixture, TestCase):
         self.assertEqual(self.daemon.output.count("admin listener at its limit"), 1)
 
 
-class OpenFileLimitTests(DaemonFixture, TestCase):
+class OpenFileLimitTests(DaemonFixture, ShowsDaemonOutput, TestCase):
     """
     Tests for a daemon started with a low open-file limit.
     """
@@ -188,10 +224,13 @@ class OpenFileLimitTests(DaemonFixture, TestCase):
         self.assertNotIn("EMFILE", output)
         self.assertNotIn("Too many open files", output)
         self.assertNotIn("Traceback", output)
-        self.assertEqual(output.count("connection limit reached"), 1)
+        # One line per process that has a limiter and hit it: the daemon
+        # (with workers, the master: port 80 and Admin), and each worker.
+        self.assertGreaterEqual(output.count("connection limit reached"), 1)
+        self.assertLessEqual(output.count("connection limit reached"), 1 if self.workers == 1 else 1 + self.workers)
 
 
-class ReloadListenerTests(DaemonFixture, TestCase):
+class ReloadListenerTests(DaemonFixture, ShowsDaemonOutput, TestCase):
     """
     Tests for SIGHUP reloads that change listeners.
     """
@@ -230,5 +269,33 @@ class ReloadListenerTests(DaemonFixture, TestCase):
         yield self.daemon.wait_for("configuration reloaded")
         result = yield self.handshake_ok(busy)
         self.assertEqual(result["echo"], b"B:ok")
+        # With workers, once no worker of the previous generation accepts there.
+        yield self.daemon.wait_for("tls listener on %s closed" % (endpoint(self.tls_port),))
         with self.assertRaises(OSError):
             socket.create_connection(("127.0.0.1", self.tls_port), timeout=2).close()
+
+
+class ConnectionLimitWorkersTests(ConnectionLimitTests):
+    """
+    Tests for limits.* with ``workers: 2`` (TLS limits apply per worker).
+    """
+
+    workers = 2
+
+
+class OpenFileLimitWorkersTests(OpenFileLimitTests):
+    """
+    Tests for a low open-file limit with ``workers: 2``.
+    """
+
+    workers = 2
+
+
+class ReloadListenerWorkersTests(ReloadListenerTests):
+    """
+    Tests for SIGHUP reloads that change listeners with ``workers: 2``: a
+    busy port rejects the reload and the workers keep serving; once free,
+    a new generation of workers serves the new port and the old one closes.
+    """
+
+    workers = 2

@@ -7,6 +7,7 @@ alone, and a visitor waiting on it is logged.
 """
 
 import os
+import re
 
 from twisted.internet import reactor
 from twisted.internet.defer import inlineCallbacks
@@ -20,6 +21,7 @@ from kongacme.tls.fallback import FALLBACK_NAME
 
 from tests import tlsclients
 from tests.test_daemon_acme import AcmeDaemonMixin
+from tests.test_workers_daemon import alive, sleep
 
 
 class _Silent(Protocol):
@@ -57,8 +59,14 @@ class CrashLeftLockTests(AcmeDaemonMixin, TestCase):
         visitor = tlsclients.handshake(self.tls_port, host, tlsclients.client_context(), payload=b"", timeout=60)
         visitor.addErrback(lambda failure: None)  # cut off by the kill
         yield self.daemon.wait_for("ordering a certificate for %s " % (host,))
+        workers = [int(pid) for pid in re.findall(r"worker \d+ started \(pid (\d+)\)", self.daemon.output)]
         self.daemon.transport.signalProcess("KILL")
         yield self.daemon.collector.ended
+        # Its workers exit with it (until then they hold its TLS socket).
+        for _ in range(50):
+            if not any(alive(pid) for pid in workers):
+                break
+            yield sleep(0.1)
         yield visitor
         left = yield self.storage().get(keys.update_lock(host))
         self.assertIsNotNone(left, "the killed daemon left no lock: nothing to test")
@@ -68,6 +76,8 @@ class CrashLeftLockTests(AcmeDaemonMixin, TestCase):
         self.daemon.config["acme"]["api_uri"] = self.pebble.directory_url
         self.daemon.config["issuance"].update(handshake_wait=10, request_timeout=5)
         yield self.daemon.start(self.tls_port)
+        if self.workers > 1:
+            yield self.daemon.wait_for("accepting:", count=self.workers)
         result = yield tlsclients.handshake(self.tls_port, host, self.verified(), payload=b"", timeout=60)
         self.assertEqual(result["names"], [host])
         self.assertIn("took over lock %s left by this node's previous run" % (keys.update_lock(host),),
@@ -93,3 +103,13 @@ class CrashLeftLockTests(AcmeDaemonMixin, TestCase):
         line = "another node holds the order lock for %s (node 0123456789abcdef)" % (host,)
         self.assertEqual(self.daemon.output.count(line), 1, self.daemon.output)
         self.assertEqual((yield self.storage().get(keys.update_lock(host))), lease.token.encode())
+
+
+class CrashLeftLockWorkersTests(CrashLeftLockTests):
+    """
+    Tests for order locks across a crash with ``workers: 2``: the master
+    killed mid-order takes its workers with it; restarted, it takes its
+    lock over and a worker's first visitor gets the certificate.
+    """
+
+    workers = 2

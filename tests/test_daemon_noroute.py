@@ -41,7 +41,14 @@ def request_after_handshake(port: int, rounds: int = 10) -> list:
 
 
 class NoRouteTests(TestCase):
+    """
+    Tests for a TLS client whose name has no route.
+
+    :cvar workers: the daemon's ``workers`` (:class:`NoRouteWorkersTests` runs with 2).
+    """
+
     timeout = 60
+    workers = 1
 
     @inlineCallbacks
     def test_clean_end_without_reset(self):
@@ -53,12 +60,25 @@ class NoRouteTests(TestCase):
             {
                 "listen": {"tls": ["tcp:%d:interface=127.0.0.1" % port], "http": [], "admin": []},
                 "state_dir": os.path.join(directory, "state"),
+                "workers": self.workers,
             },
         )
         self.addCleanup(daemon.stop)
         yield daemon.start(port)
+        if self.workers > 1:
+            yield daemon.wait_for("accepting:", count=self.workers)
         outcomes = yield deferToThread(request_after_handshake, port)
         self.assertEqual(set(outcomes), {"eof"}, outcomes)
         # Ten connections, one line each for the first five: the log's rate
         # limit (kongacme.logs) folds the rest into one line 10 s later.
         self.assertEqual(daemon.output.count("no route for nowhere.test"), 5)
+
+
+class NoRouteWorkersTests(NoRouteTests):
+    """
+    Tests for a TLS client whose name has no route, served by one of two
+    workers: the same clean end, and the workers' lines go through the
+    master's rate-limited log.
+    """
+
+    workers = 2

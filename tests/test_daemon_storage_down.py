@@ -20,7 +20,14 @@ from tests.redisfixture import RedisServer
 
 
 class StartWithStorageDownTests(TestCase):
+    """
+    Tests for a daemon whose storage is down at start.
+
+    :cvar workers: the daemon's ``workers`` (:class:`StartWithStorageDownWorkersTests` runs with 2).
+    """
+
     timeout = 90
+    workers = 1
 
     @inlineCallbacks
     def test_loads_once_storage_answers(self):
@@ -49,10 +56,13 @@ class StartWithStorageDownTests(TestCase):
                     "storage_config": {"redis": redis.storage_config()},
                 },
                 "issuance": {"on_demand": False},
+                "workers": self.workers,
             },
         )
         self.addCleanup(daemon.stop)
         yield daemon.start(port)
+        if self.workers > 1:
+            yield daemon.wait_for("accepting:", count=self.workers)
         yield daemon.wait_for("could not load certificates from storage", timeout=20)
         first = yield tlsclients.handshake(port, "stored.example.test", tlsclients.client_context(), payload=b"")
         self.assertNotEqual(first["names"], ["stored.example.test"])
@@ -63,3 +73,14 @@ class StartWithStorageDownTests(TestCase):
                                             payload=b"")
         self.assertEqual(served["names"], ["stored.example.test"])
         self.assertEqual(daemon.output.count("could not load certificates from storage"), 1)
+
+
+class StartWithStorageDownWorkersTests(StartWithStorageDownTests):
+    """
+    Tests for a daemon with ``workers: 2`` whose storage is down at start:
+    the workers serve the fallback, then the certificates the master loads
+    once storage answers (a worker that remembered "none" for a name learns
+    it changed).
+    """
+
+    workers = 2

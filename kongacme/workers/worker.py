@@ -32,7 +32,7 @@ import sys
 from typing import Any, Sequence
 
 import attrs
-from twisted.internet.defer import Deferred, succeed
+from twisted.internet.defer import Deferred, DeferredList, maybeDeferred, succeed
 from twisted.internet.interfaces import IListeningPort, IStreamServerEndpoint
 from twisted.internet.protocol import Factory, connectionDone
 from twisted.internet.task import LoopingCall
@@ -245,11 +245,9 @@ class Worker:
         """
         self.draining = True
         ports, self.ports = self.ports, []
-        for port in ports:
-            port.stopListening()
-        if ports and self.channel is not None:
-            # The master may now close a socket a reload removed.
-            self.channel.callRemote(channel.StoppedAccepting)
+        if ports:
+            closed = DeferredList([maybeDeferred(port.stopListening) for port in ports], consumeErrors=True)
+            closed.addCallback(self._stopped_accepting)
         limit = self.limiter.listener("tls") if self.limiter is not None else None
         done: Deferred = Deferred()
         until = self._reactor.seconds() + deadline
@@ -263,6 +261,11 @@ class Worker:
 
         check()
         return done
+
+    def _stopped_accepting(self, _: object) -> None:
+        # Our copies are closed: the master may now close a socket a reload removed.
+        if self.channel is not None:
+            self.channel.callRemote(channel.StoppedAccepting)
 
     # -- to the master -------------------------------------------------------
 
