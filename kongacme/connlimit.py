@@ -83,11 +83,15 @@ class Budget:
     max_connections: int
     caps: Mapping[str, int]
     fd_costs: Mapping[str, int]
+    #: Descriptors client connections (and their upstreams) may use.
+    fd_budget: int = attrs.field(init=False)
+    #: The most descriptors one connection of any kind costs.
+    max_cost: int = attrs.field(init=False)
 
-    @property
-    def fd_budget(self) -> int:
-        """Descriptors client connections (and their upstreams) may use."""
-        return max(0, self.nofile - self.reserve_fds)
+    def __attrs_post_init__(self) -> None:
+        # Read on every accept and close: worked out once.
+        object.__setattr__(self, "fd_budget", max(0, self.nofile - self.reserve_fds))
+        object.__setattr__(self, "max_cost", max(self.fd_costs.values()))
 
     def describe(self) -> str:
         """One line for the log."""
@@ -97,7 +101,7 @@ class Budget:
             self.reserve_fds,
             ", ".join("%s %d" % (kind, self.caps[kind]) for kind in KINDS),
         )
-        most = self.fd_budget // max(self.fd_costs.values())
+        most = self.fd_budget // self.max_cost
         if self.max_connections > most:
             line += "; the descriptors allow only %d TLS connections, which is where TLS stops" % (most,)
         return line
@@ -395,7 +399,7 @@ class ConnectionLimiter:
         """Pause or resume listeners, and log, as the counts now require."""
         budget = self.budget
         self.episode.set(
-            self.total >= budget.max_connections or self.fds + max(budget.fd_costs.values()) > budget.fd_budget
+            self.total >= budget.max_connections or self.fds + budget.max_cost > budget.fd_budget
         )
         for limit in self.listeners.values():
             limit.update(self.episode.full)
