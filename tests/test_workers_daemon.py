@@ -512,11 +512,17 @@ class WorkersListenerReloadTests(WorkersDaemonMixin, ShowsDaemonOutput, TestCase
         at_reload = progress["bytes"]
         echoes = yield self.burst("b.test", 4, port=second)
         self.assertEqual(set(echoes), {b"Aping"})
+        status = yield self.status()
+        draining = status["workers"]["previous_generation"]
+        self.assertTrue(1 <= len(draining) <= 2, draining)
         received, digest = yield downloading
         self.assertLess(at_reload, len(DOWNLOAD))
         self.assertEqual(received, len(DOWNLOAD))
         self.assertEqual(digest, hashlib.sha256(DOWNLOAD).hexdigest())
         yield self.daemon.wait_for("of the previous generation exited with status 0", count=2)
+        status = yield self.status()
+        self.assertEqual(status["workers"]["previous_generation"], [])
+        self.assertFalse(set(draining) & set((yield self.worker_pids()).values()))
 
     @inlineCallbacks
     def test_busy_port_rejected(self):

@@ -130,7 +130,7 @@ class WorkerMode:
         self._daemon = daemon
         self._reactor = reactor
         self.listeners = ListenerSet(reactor, "tls", _NotAccepting(), accepting=False, defer_close=True)
-        self._tls = tuple(daemon.config.listen.tls)
+        self._tls = frozenset(daemon.config.listen.tls)
         #: Sockets a reload removed, each with the workers that may still
         #: accept on them (closed when none does).
         self._closing: list[tuple[set[WorkerProcess], list[str]]] = []
@@ -240,8 +240,9 @@ class WorkerMode:
         the daemon), a new generation of workers.
         """
         self.supervisor.drain_deadline = new.workers_drain_timeout
-        tls = tuple(new.listen.tls)
+        tls = frozenset(new.listen.tls)
         if tls != self._tls:
+            # (Listing the same endpoints in another order changes nothing.)
             self._tls = tls
             self._relisten()
         self.flush()
