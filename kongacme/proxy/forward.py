@@ -30,6 +30,7 @@ from kongacme.proxy._relay import half_closer, route_name
 from kongacme.proxy.connect import DirectConnect, NameCache, family_of
 from kongacme.proxy.proxyproto import v1_header, v2_header
 from kongacme.proxy.routes import Route
+from kongacme.sockwrite import SocketWriter
 from kongacme.timers import Deadline, TimerWheel
 from kongacme.validators import provides
 
@@ -87,6 +88,7 @@ class ProxyServerProtocol(Protocol):
     received_from_upstream = 0
 
     _upstream: UpstreamProtocol | None = None
+    _to_upstream: SocketWriter | None = None
     _pending: list[bytes] | None = None
     _pending_size = 0
     _connecting: Any = None
@@ -204,8 +206,8 @@ class ProxyServerProtocol(Protocol):
         self._last_activity = self.factory.reactor.seconds()
         if self._closed:
             return
-        if self._upstream is not None:
-            self._upstream.transport.write(data)
+        if self._to_upstream is not None:
+            self._to_upstream.write(data)
         elif self._pending is not None:
             self._pending.append(data)
             self._pending_size += len(data)
@@ -270,8 +272,9 @@ class ProxyServerProtocol(Protocol):
         # One write, so the PROXY header leads the first segment (the spec
         # asks senders to send it at once).
         data = b"".join(first)
+        writer = self._to_upstream = SocketWriter(transport)
         if data:
-            transport.write(data)
+            writer.write(data)
         if self._client_eof:
             self._shut_upstream_write()
 
@@ -328,7 +331,7 @@ class ProxyServerProtocol(Protocol):
                 server_name=self.server_name,
                 reason=describe_failure(reason),
             )
-        self._upstream = None
+        self._upstream = self._to_upstream = None
         self._close()
 
     # -- helpers ------------------------------------------------------------

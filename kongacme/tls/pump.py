@@ -37,6 +37,8 @@ from twisted.internet.protocol import Protocol
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from kongacme.sockwrite import SocketWriter
+
 #: Plaintext read per ``recv``: more than a TLS record's (16 KiB), so one
 #: call takes a whole record (OpenSSL returns one record per call).
 RECV_SIZE = 1 << 15
@@ -78,6 +80,7 @@ class TLSPump(Protocol):
     TLS = True
 
     _tls: Connection | None = None
+    _writer: SocketWriter | None = None
     _pre_handshake: list[bytes] | None = None
     _producer: Any = None
     _read_closed = False
@@ -108,6 +111,7 @@ class TLSPump(Protocol):
         """
         tls.set_accept_state()
         self._tls = tls
+        self._writer = SocketWriter(self.transport)
         self.wrappedProtocol.makeConnection(self)
         if self._tls_over or not self.connected:
             return
@@ -231,9 +235,9 @@ class TLSPump(Protocol):
     def _drain(self, size: int) -> None:
         """Write what OpenSSL has produced to TCP, in as few reads as it takes."""
         tls = self._tls
-        if tls is None:
+        if tls is None or self._writer is None:
             return
-        write = self.transport.write
+        write = self._writer.write
         while True:
             try:
                 data = tls.bio_read(size)
