@@ -17,7 +17,7 @@ from twisted.protocols.portforward import ProxyFactory
 from twisted.trial.unittest import TestCase
 
 from tests import tlsclients
-from tests.daemonproc import free_port
+from tests.daemonproc import free_port, not_with_workers
 from tests.test_daemon_acme import AcmeDaemonMixin
 
 HOST = "renew.example.test"
@@ -134,3 +134,16 @@ class RenewalDaemonTests(AcmeDaemonMixin, TestCase):
         self.assertIn("#error] ", lines[0])
         self.assertIn("#critical] ", lines[-1])
         self.assertIn("certificate for %s renewed" % (HOST,), self.daemon.output)
+
+
+class RenewalDaemonWorkersTests(RenewalDaemonTests):
+    """
+    Tests for renewal with ``workers: 2``: the master renews, and every
+    worker serves the renewed certificate with no failed handshake.
+    """
+
+    workers = 2
+    # The CA's outage and the retries are the master's alone; the renewed
+    # certificate reaching the workers is the test above (each test takes
+    # one to two minutes).
+    test_ca_down_during_renewal = not_with_workers()
