@@ -12,7 +12,7 @@ from collections.abc import Callable
 from typing import Any
 
 import attrs
-from twisted.internet.endpoints import _parse, serverFromString
+from twisted.internet.endpoints import serverFromString
 
 from kongacme.config.acme import ACME, AcmeConfig
 from kongacme.config.challenges import CHALLENGE_TYPES_FIELD, DNS01, Dns01Config, check_challenges
@@ -379,10 +379,54 @@ def _advice(allowed: tuple[str, ...]) -> str:
     return "use " + ", ".join(f"{kind}:" for kind in allowed[:-1]) + f" or {allowed[-1]}:"
 
 
+def parse_endpoint_description(description: str) -> tuple[list[str], dict[str, str]]:
+    """
+    Split a Twisted endpoint description (``tcp:443:interface=\\:\\:1``)
+    into positional and keyword arguments, as ``serverFromString`` reads
+    it: parts separated by ``:``, ``key=value`` parts are keywords (a value
+    may hold ``=``), a backslash escapes the next character. Twisted's own
+    splitter is private.
+
+    :raises ValueError: on a trailing backslash.
+    """
+    args: list[str] = []
+    kwargs: dict[str, str] = {}
+    part: list[str] = []
+    current = ""
+    after_equals = False
+    chars = iter(description)
+    for char in chars:
+        if char == ":" or (char == "=" and not after_equals):
+            part.append(current)
+            current = ""
+            if char == ":":
+                if len(part) == 1:
+                    args.append(part[0])
+                else:
+                    kwargs[part[0]] = part[1]
+                part = []
+                after_equals = False
+            else:
+                after_equals = True
+        elif char == "\\":
+            try:
+                current += next(chars)
+            except StopIteration:
+                raise ValueError("a backslash ends the description") from None
+        else:
+            current += char
+    part.append(current)
+    if len(part) == 1:
+        args.append(part[0])
+    else:
+        kwargs[part[0]] = part[1]
+    return args, kwargs
+
+
 def _endpoint(allowed: tuple[str, ...], proxied: bool = False) -> Callable[[str], str]:
     def check(description: str) -> str:
         try:
-            args, kwargs = _parse(description)
+            args, kwargs = parse_endpoint_description(description)
         except Exception as e:
             raise Invalid(f"not a valid endpoint description ({e})") from None
         kind = str(args[0]).lower() if args else ""
