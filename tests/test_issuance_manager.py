@@ -517,3 +517,43 @@ class BoundedStateTests(SynchronousTestCase):
         self.assertEqual(len(events), 500)
         manager.before_handshake("r499.flood.test")
         self.assertEqual(len(events), 500)  # logged within the minute already
+
+
+class WildcardManagerTests(SynchronousTestCase):
+    """Tests for CertificateManager with issuance.wildcard: names one label below a *. entry share one order."""
+
+    def setUp(self):
+        set_up_world(self)
+        self.manager = CertificateManager(
+            self.cache, self.storage, self.issuer, self.clock,
+            Admission(["*.example.test"], wildcard=True), IssuanceConfig(handshake_wait=5.0), fail_backoff_minutes=5,
+        )
+
+    def test_one_order_stored_once(self):
+        """
+        Handshakes for a. and b.example.test start one order for
+        *.example.test, stored under kong_acme:cert_key:*.example.test and
+        served for both; a deeper name orders its own.
+        """
+        self.issuer.hold = True
+        gates = [self.manager.before_handshake(name) for name in ("a.example.test", "b.example.test")]
+        self.assertEqual(self.issuer.requests, ["*.example.test"])
+        self.issuer.release()
+        for gate in gates:
+            self.successResultOf(gate)
+        certified = self.cache.get("*.example.test")
+        self.assertIs(self.cache.lookup("a.example.test"), certified)
+        self.assertIs(self.cache.lookup("b.example.test"), certified)
+        self.assertIsNotNone(self.successResultOf(self.storage.get(keys.cert_key("*.example.test"))))
+        self.assertIsNone(self.successResultOf(self.storage.get(keys.cert_key("a.example.test"))))
+        self.issuer.hold = False
+        self.successResultOf(self.manager.obtain("x.a.example.test"))
+        self.assertEqual(self.issuer.requests, ["*.example.test", "x.a.example.test"])
+
+    def test_backoff_under_wildcard_name(self):
+        """A failed wildcard order backs off every name it covers."""
+        self.issuer.fail_with = AcmeProblem("urn:ietf:params:acme:error:dns", "no TXT", 400)
+        self.failureResultOf(self.manager.obtain("a.example.test"), AcmeProblem)
+        self.failureResultOf(self.manager.obtain("b.example.test"), BackoffActive)
+        self.assertIsNone(self.manager.before_handshake("c.example.test"))
+        self.assertEqual(self.issuer.requests, ["*.example.test"])
