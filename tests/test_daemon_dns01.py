@@ -20,6 +20,7 @@ from twisted.trial.unittest import TestCase
 from kongacme.tls.fallback import FALLBACK_NAME
 from tests import tlsclients
 from tests.bind import BindFixture
+from tests.daemonproc import not_with_workers
 from tests.test_daemon_acme import AcmeDaemonMixin
 
 
@@ -156,3 +157,15 @@ class Dns01DaemonTests(Dns01DaemonMixin, TestCase):
         return tlsclients.run(
             "/usr/bin/curl", "-sS", "-w", "\n%{http_code}", *args, "http://127.0.0.1:%d%s" % (self.admin_port, path)
         ).addCallback(lambda r: (int(r[0].rsplit(b"\n", 1)[1]), json.loads(r[0].rsplit(b"\n", 1)[0] or b"null")))
+
+
+class Dns01DaemonWorkersTests(Dns01DaemonTests):
+    """
+    The wildcard test with ``workers: 2``: one order for a. and
+    b.example.test through a master and two workers.
+    """
+
+    workers = 2
+    test_ten_names_at_once = not_with_workers()
+    test_wildcard_renewed_once = not_with_workers()
+    test_wrong_tsig_secret = not_with_workers()
