@@ -57,6 +57,16 @@ class _Datagrams(DatagramProtocol):
     def __init__(self, clock: IReactorTime):
         self._clock = clock
         self.pending: dict[bytes, _Pending] = {}
+        #: Set by :meth:`DNSClient.close` while exchanges are in flight:
+        #: fires once the last one ended and the socket is closed.
+        self.closed: Optional[Deferred[None]] = None
+
+    def finished(self, key: bytes) -> None:
+        """An exchange ended: forget it, and close the socket if it was the last one of a closed client."""
+        self.pending.pop(key, None)
+        if self.closed is not None and not self.pending and self.transport is not None:
+            closed = self.closed
+            maybeDeferred(self.transport.stopListening).addBoth(lambda _: closed.called or closed.callback(None))
 
     def send(self, pending: _Pending) -> None:
         if self.transport is None or pending.answer.called:
@@ -191,9 +201,9 @@ class DNSClient:
         protocol.pending[key] = pending
 
         def done(result: Any) -> Any:
-            protocol.pending.pop(key, None)
             if pending.resend is not None and pending.resend.active():
                 pending.resend.cancel()
+            protocol.finished(key)
             return result
 
         answer = _with_timeout(pending.answer, self._timers, timeout, _describe(server)).addBoth(done)
@@ -208,6 +218,20 @@ class DNSClient:
         return Deferred.fromCoroutine(run())
 
     def close(self) -> Deferred[None]:
-        """Close the sockets (exchanges in flight fail); harmless twice."""
+        """
+        Close the sockets; harmless twice. Exchanges in flight (an order
+        that started before a reload replaced the issuer) end first, each
+        socket closing after its last one; a later exchange opens a new
+        socket.
+
+        :return: ``Deferred`` firing once every socket is closed.
+        """
         ports, self._ports = list(self._ports.values()), {}
-        return gatherResults([maybeDeferred(port.stopListening) for port, _ in ports]).addCallback(lambda _: None)
+        closing = []
+        for port, protocol in ports:
+            if protocol.pending:
+                protocol.closed = Deferred()
+                closing.append(protocol.closed)
+            else:
+                closing.append(maybeDeferred(port.stopListening))
+        return gatherResults(closing).addCallback(lambda _: None)
