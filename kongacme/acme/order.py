@@ -86,6 +86,8 @@ class _Order:
     identifiers: Sequence[str] = ()
     #: ``(solver, handle)`` of challenges answered and not yet cleaned up.
     answered: list[tuple[Any, Any]] = attrs.Factory(list)
+    #: Clean-ups started while the order goes on (awaited by :meth:`finish`).
+    cleaning: list[Deferred[None]] = attrs.Factory(list)
 
     def _step(self, step: str, **fields: Any) -> None:
         _log.debug("order for {host}: {step}", host=self.host, step=step, **fields)
@@ -157,8 +159,9 @@ class _Order:
                 )
             finally:
                 # Validated or failed: what was published for it goes now,
-                # not after the whole order.
-                await self.cleanup(mark)
+                # not after the whole order, and without holding the order
+                # up (a DNS deletion is a round trip to the server).
+                self.cleaning.append(Deferred.fromCoroutine(self.cleanup(mark)))
             status = _status(authz)
         if status == "valid":
             self._step("authorization valid", authz_url=authz_url)
@@ -274,8 +277,14 @@ class _Order:
         except CertificateError as e:
             raise AcmeTransportError(certificate_url, "unusable certificate chain: %s" % (e.reason,)) from None
 
+    async def finish(self) -> None:
+        """Take back whatever is still published, and wait for the clean-ups started earlier."""
+        await self.cleanup()
+        for cleaning in self.cleaning:
+            await cleaning
+
     async def cleanup(self, mark: int = 0) -> None:
-        """Take back what was published for challenges since ``answered[mark]``."""
+        """Take back what was published for challenges since ``answered[mark]``; never fails."""
         answered, self.answered[mark:] = self.answered[mark:], []
         for solver, handle in answered:
             try:
@@ -296,7 +305,7 @@ async def _issue(order: _Order) -> CertifiedKey:
         _log.warn("issuance for {host} failed: {error}", host=order.host, error=str(e))
         raise
     finally:
-        await order.cleanup()
+        await order.finish()
     _log.info(
         "certificate issued for {host} in {elapsed_ms:.0f} ms, valid until {not_after}",
         host=order.host,
