@@ -33,7 +33,7 @@ from __future__ import annotations
 import collections
 import os
 import socket
-from typing import Any
+from typing import Any, Callable
 
 from twisted.internet.defer import Deferred
 from twisted.internet.protocol import Factory
@@ -117,6 +117,8 @@ class WorkerMode:
     :param daemon: the :class:`kongacme.service.DaemonService` (read:
         ``config``, ``cache``, ``manager``, ``tls_factory``).
     :param reactor: the reactor.
+    :param spawn: starts a worker: ``(reactor, slot, listening sockets,
+        make_channel) -> WorkerProcess`` (:func:`spawn_worker`).
 
     :ivar listeners: the TLS listening sockets (a :class:`ListenerSet`
         whose ports never accept), in the daemon's ``listeners["tls"]``.
@@ -126,14 +128,17 @@ class WorkerMode:
         generation).
     """
 
-    def __init__(self, daemon: Any, reactor: Any):
+    def __init__(self, daemon: Any, reactor: Any, spawn: Callable[..., WorkerProcess] = spawn_worker):
         self._daemon = daemon
         self._reactor = reactor
+        self._spawn_worker = spawn
         self.listeners = ListenerSet(reactor, "tls", _NotAccepting(), accepting=False, defer_close=True)
         self._tls = frozenset(daemon.config.listen.tls)
         #: Sockets a reload removed, each with the workers that may still
         #: accept on them (closed when none does).
         self._closing: list[tuple[set[WorkerProcess], list[str]]] = []
+        #: Workers that closed their listening sockets (draining).
+        self._stopped: set[WorkerProcess] = set()
         self.supervisor = WorkerSupervisor(
             reactor, daemon.config.workers, self._spawn, on_ended=self._retire,
             drain_deadline=daemon.config.workers_drain_timeout,
@@ -174,7 +179,9 @@ class WorkerMode:
         return found
 
     def _spawn(self, slot: int) -> WorkerProcess:
-        return spawn_worker(self._reactor, slot, self._listening(), lambda process: MasterChannel(self, process))
+        return self._spawn_worker(
+            self._reactor, slot, self._listening(), lambda process: MasterChannel(self, process)
+        )
 
     # -- what the workers get ----------------------------------------------------
 
@@ -265,7 +272,7 @@ class WorkerMode:
             # A socket listed again is the new generation's: never closed here.
             waiting[:] = [description for description in waiting if description in unlisted]
         removed = [d for d in unlisted if not any(d in waiting for _, waiting in self._closing)]
-        holders = set(self.supervisor.processes.values()) | set(self.supervisor.superseded)
+        holders = (set(self.supervisor.processes.values()) | set(self.supervisor.superseded)) - self._stopped
         log.info("TLS listeners changed: starting a new generation of {count} worker(s)",
                  count=self.supervisor.count)
         if removed:
@@ -275,6 +282,8 @@ class WorkerMode:
 
     def stopped_accepting(self, process: WorkerProcess) -> None:
         """A worker closed its listening sockets (draining), or ended."""
+        if not process.ended.called:
+            self._stopped.add(process)
         for holders, _ in self._closing:
             holders.discard(process)
         self._release()
@@ -347,6 +356,7 @@ class WorkerMode:
 
     def _retire(self, process: WorkerProcess) -> None:
         self.stopped_accepting(process)
+        self._stopped.discard(process)
         # A dead worker's counts stay in the sums (counters never go down).
         last = self.reports.pop(process, None)
         if last is not None:
