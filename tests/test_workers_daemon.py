@@ -467,15 +467,23 @@ class WorkersListenerReloadTests(WorkersDaemonMixin, ShowsDaemonOutput, TestCase
         """
         A reload adding a second TLS port: a new generation of workers
         serves both ports (verified, on every worker) and the old one exits;
-        the first port never stopped listening. A reload removing the first
-        port: it is closed once the previous generation stopped accepting,
-        and the second keeps serving.
+        the first port never stopped serving: two clients looping verified
+        handshakes on it through the reload all succeed. A reload removing
+        the first port: it is closed once the previous generation stopped
+        accepting, and the second keeps serving.
         """
         yield self.start()
         old = yield self.worker_pids()
         second = free_port()
+        done = threading.Event()
+        looping = gatherResults([threads.deferToThread(self.handshakes_until, done) for _ in range(2)])
+        yield sleep(0.5)
         yield self.reload_listeners(self.tls_port, second, generation=2)
         yield self.daemon.wait_for("of the previous generation exited with status 0", count=2)
+        done.set()
+        outcomes = yield looping
+        self.assertEqual([failed for _, failed in outcomes], [[], []])
+        self.assertTrue(all(ok > 0 for ok, _ in outcomes), outcomes)
         new = yield self.worker_pids()
         self.assertFalse(set(old.values()) & set(new.values()), (old, new))
         status = yield self.status()
@@ -491,6 +499,18 @@ class WorkersListenerReloadTests(WorkersDaemonMixin, ShowsDaemonOutput, TestCase
         yield self.serves_on_every_worker(second, "b.test")
         self.assertNotIn("Traceback", self.daemon.output)
         self.assertNotIn("Unhandled", self.daemon.output)
+
+    def handshakes_until(self, done):
+        """Verified handshakes on the first TLS port until ``done`` is set: (count, the errors)."""
+        context = tlsclients.client_context(self.cafile)
+        ok, failed = 0, []
+        while not done.is_set():
+            try:
+                tlsclients.handshake_blocking(self.tls_port, "a.test", context, timeout=10)
+                ok += 1
+            except (OSError, ValueError) as e:
+                failed.append(repr(e))
+        return ok, failed
 
     @inlineCallbacks
     def test_download_in_flight_on_old_generation(self):
