@@ -4,7 +4,8 @@ dies (with a growing delay when it keeps dying), and drain them all on
 stop.
 
 :func:`spawn_worker` starts one process (``python -m
-kongacme.workers.worker``) with its AMP channel on a UNIX socketpair and
+kongacme.workers.worker``, forked by the master's warm zygote on Linux:
+:mod:`kongacme.workers.zygote`) with its AMP channel on a UNIX socketpair and
 the listening TLS sockets as inherited file descriptors;
 :class:`WorkerSupervisor` keeps N of them running, and starts a new generation of them when the listening
 sockets change (:meth:`WorkerSupervisor.renew`).
@@ -30,6 +31,7 @@ from twisted.python.failure import Failure
 import kongacme
 from kongacme.workers import channel
 from kongacme.workers.logrelay import relay_line
+from kongacme.workers.zygote import spawner_for
 
 #: Seconds the workers get to finish their connections on stop.
 DRAIN_DEADLINE = 10.0
@@ -191,7 +193,10 @@ def spawn_worker(
         for number, (fd, family, proxied) in enumerate(listening, 4):
             child_fds[number] = fd
             args += ["--listen", "%d:%s%s" % (number, family.name, ":proxy" if proxied else "")]
-        reactor.spawnProcess(process, sys.executable, args, env=worker_environment(), childFDs=child_fds)
+        environment = worker_environment()
+        spawner_for(reactor, environment).spawnProcess(
+            process, sys.executable, args, env=environment, childFDs=child_fds
+        )
     finally:
         ours.close()
         theirs.close()
