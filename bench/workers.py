@@ -31,11 +31,17 @@ propagation
     moment its handshakes get the certificate. One clock (CLOCK_REALTIME,
     one machine). Checked from outside by verified handshakes right after.
 memory
-    Idle RSS and PSS (/proc/<pid>/smaps_rollup) of the master, each worker
-    and the total, ``workers: 2`` against ``workers: 1``, with 0, 1,000 and
-    --certs (default 100,000) certificates stored in Redis (ECDSA P-256,
-    generated once into bench/out/cold-start/ by cold_start.py's
-    generator); "idle" = the tree's CPU stopped growing after the load.
+    Idle RSS and PSS (/proc/<pid>/smaps_rollup) of the master, its worker
+    zygote, each worker and the total, ``workers: N`` (--memory-workers,
+    workers forked by the zygote or exec'd: --worker-start) against
+    ``workers: 1``, with 0, 1,000 and --certs (default 100,000)
+    certificates stored in Redis (ECDSA P-256, generated once into
+    bench/out/cold-start/ by cold_start.py's generator); "idle" = the
+    tree's CPU stopped growing after the load.
+miss
+    With --miss-certs (100,000) stored and one of two workers stopped: the
+    extra latency of a handshake for a name the serving worker does not
+    hold yet (it fetches it from the master) over one for a name it holds.
 
 Every measured run starts once the 1-minute load average is below 0.8 (at
 most --max-load-wait s, then noted). Raw numbers: bench/out/workers.json.
@@ -59,7 +65,7 @@ import benchlib as B  # noqa: E402
 
 HERE = os.path.abspath(__file__)
 HOST = "bench.test"
-PARTS = ("cpu", "wall", "balance", "propagation", "memory")
+PARTS = ("cpu", "wall", "balance", "propagation", "memory", "miss")
 STOPPED = "workers-2-one-stopped"
 
 
@@ -75,6 +81,14 @@ def parse_args(argv=None):
                    help="memory: certificate counts stored in Redis (default 0,1000,100000)")
     p.add_argument("--touch", type=int, default=1000,
                    help="memory: then handshake this many names twice and measure again (default 1000; 0: no)")
+    p.add_argument("--memory-workers", default="2",
+                   help="memory: worker counts besides the single process (default 2; '2,4' gives the cost of an "
+                        "extra worker)")
+    p.add_argument("--worker-start", default="fork",
+                   help="memory, miss: how workers start, comma list of fork (the zygote) and exec "
+                        "(KONGACME_WORKER_START; default fork)")
+    p.add_argument("--miss-certs", type=int, default=100000, help="miss: certificates stored (default 100000)")
+    p.add_argument("--miss-names", type=int, default=300, help="miss: names handshaken for (default 300)")
     p.add_argument("--max-load", type=float, default=0.8, help="wait for a 1-minute load average below this")
     p.add_argument("--max-load-wait", type=float, default=60.0,
                    help="...for at most this many seconds before each measured run, then measure and note it")
@@ -139,7 +153,20 @@ class Daemon:
         return requests.get("http://127.0.0.1:%d%s" % (self.admin_port, path), timeout=timeout).text
 
     def worker_pids(self) -> list[int]:
-        return [p for p in B.descendants(self.pid) if p != self.pid]
+        """The workers (children of the master, or of its zygote), not the zygote."""
+        return [p for p in B.descendants(self.pid) if p != self.pid and not is_zygote(p)]
+
+    def zygote_pids(self) -> list[int]:
+        """The master's worker zygote (kongacme.workers.zygote), if it forks the workers."""
+        return [p for p in B.descendants(self.pid) if p != self.pid and is_zygote(p)]
+
+
+def is_zygote(pid: int) -> bool:
+    try:
+        with open("/proc/%d/cmdline" % pid, "rb") as f:
+            return b"kongacme.workers.zygote" in f.read()
+    except OSError:
+        return False
 
     def per_worker(self) -> dict[str, dict]:
         """Per worker (slot): connections handshaken (every outcome) and certificates, from /metrics."""
@@ -681,50 +708,72 @@ def part_propagation(args, results: dict) -> None:
 # -- memory: idle RSS and PSS with N certificates stored ---------------------------------
 
 
-def part_memory(args, results: dict) -> None:
+def memory_daemon(procs, args, work: str, n: int, redis_port: int, workers: int, start: str) -> tuple:
+    """A daemon over the Redis store with ``n`` certificates (on-demand off), ``workers`` started by ``start``."""
     import yaml
 
+    import cold_start as C
+
+    tls_port, admin_port = B.free_port(), B.free_port()
+    tag = "%d-w%d-%s" % (n, workers, start)
+    path = C.write_config(work, tag, tls_port, redis_port)
+    with open(path) as f:
+        config = yaml.safe_load(f)
+    config["workers"] = workers
+    config["listen"]["admin"] = ["tcp:%d:interface=127.0.0.1" % admin_port]
+    config["logging"] = {"level": "info", "format": "text", "file": "-"}
+    with open(path, "w") as f:
+        yaml.safe_dump(config, f, sort_keys=False)
+    env = B.kongacme_env()
+    env["KONGACME_WORKER_START"] = start
+    daemon = Daemon(procs, "wk-memory-" + tag, path, tls_port, admin_port, workers, None, env=env, timeout=1800)
+    return daemon, tls_port
+
+
+def memory_state(daemon: Daemon) -> dict:
+    """RSS/PSS of the master, its zygote (if any) and each worker, and the totals, from smaps_rollup."""
+    workers, zygotes = daemon.worker_pids(), daemon.zygote_pids()
+    pids = [daemon.pid] + zygotes + workers
+    mem = {str(pid): B.memory_kib(pid) for pid in pids}
+
+    def part(pid: int) -> dict:
+        m = mem[str(pid)]
+        return {"Rss": m.get("Rss", 0), "Pss": m.get("Pss", 0),
+                "Uss": m.get("Private_Clean", 0) + m.get("Private_Dirty", 0)}
+
+    per = daemon.per_worker() if daemon.workers > 1 else {}
+    return {
+        "master": part(daemon.pid), "zygote": [part(p) for p in zygotes], "workers_mem": [part(p) for p in workers],
+        "worker_certificates": {s: v.get("certificates") for s, v in per.items()},
+        "total_rss_kib": sum(m.get("Rss", 0) for m in mem.values()),
+        "total_pss_kib": sum(m.get("Pss", 0) for m in mem.values()),
+        "smaps_rollup": mem,
+    }
+
+
+def part_memory(args, results: dict) -> None:
     import cold_start as C
 
     counts = [int(c) for c in args.certs.split(",")]
     work = B.out_dir("workers", "memory")
     ca_pem, entries = C.certificates(max(counts))
     runs: list = []
+    layouts = [(1, "exec")] + [(w, start) for w in (int(x) for x in args.memory_workers.split(",")) if w > 1
+                               for start in args.worker_start.split(",")]
     with B.Processes() as procs:
         for n in counts:
             redis_port, redis = C.start_redis(procs, work, str(n))
             fill_s = C.fill(redis_port, entries[:n])
             B.log("memory: %d certificates in Redis (%.1f s)" % (n, fill_s))
-            for workers in (1, 2):
+            for workers, start in layouts:
                 note = quiet(args)
-                tls_port, admin_port = B.free_port(), B.free_port()
-                path = C.write_config(work, "%d-w%d" % (n, workers), tls_port, redis_port)
-                with open(path) as f:
-                    config = yaml.safe_load(f)
-                config["workers"] = workers
-                config["listen"]["admin"] = ["tcp:%d:interface=127.0.0.1" % admin_port]
-                config["logging"] = {"level": "info", "format": "text", "file": "-"}
-                with open(path, "w") as f:
-                    yaml.safe_dump(config, f, sort_keys=False)
                 t0 = time.monotonic()
-                daemon = Daemon(procs, "wk-memory-%d-w%d" % (n, workers), path, tls_port, admin_port, workers,
-                                None, timeout=1800)
+                daemon, tls_port = memory_daemon(procs, args, work, n, redis_port, workers, start)
                 loaded = wait_loaded(daemon, n, timeout=1800)
                 idle = B.wait_idle(daemon.pid, quiet=2.0, threshold=0.02, timeout=1800)
-                ready_s = time.monotonic() - t0
-                per = daemon.per_worker() if workers > 1 else {}
-                pids = [daemon.pid] + daemon.worker_pids()
-                mem = {str(pid): B.memory_kib(pid) for pid in pids}
-                run = {
-                    "certificates": n, "workers": workers, "ready_s": ready_s, "loaded_line": loaded,
-                    "idle_reached": idle["idle"], "quiet_machine": note,
-                    "master": {k: mem[str(daemon.pid)].get(k) for k in ("Rss", "Pss")},
-                    "workers_mem": [{k: mem[str(p)].get(k) for k in ("Rss", "Pss")} for p in pids[1:]],
-                    "worker_certificates": {s: v.get("certificates") for s, v in per.items()},
-                    "total_rss_kib": sum(m.get("Rss", 0) for m in mem.values()),
-                    "total_pss_kib": sum(m.get("Pss", 0) for m in mem.values()),
-                    "smaps_rollup": mem,
-                }
+                run = dict(memory_state(daemon), certificates=n, workers=workers, start=start,
+                           ready_s=time.monotonic() - t0, loaded_line=loaded, idle_reached=idle["idle"],
+                           quiet_machine=note)
                 runs.append(run)
                 log_memory(run)
                 if args.touch and n >= args.touch:
@@ -737,15 +786,9 @@ def part_memory(args, results: dict) -> None:
                                  if f is None)
                     touch_s = time.monotonic() - t1
                     idle = B.wait_idle(daemon.pid, quiet=2.0, threshold=0.02, timeout=600)
-                    per = daemon.per_worker() if workers > 1 else {}
-                    mem = {str(pid): B.memory_kib(pid) for pid in pids}
-                    touched_run = dict(run, touched=args.touch, touch_handshakes=len(touched), touch_failed=failed,
-                                       touch_s=touch_s, idle_reached=idle["idle"],
-                                       master={k: mem[str(daemon.pid)].get(k) for k in ("Rss", "Pss")},
-                                       workers_mem=[{k: mem[str(p)].get(k) for k in ("Rss", "Pss")} for p in pids[1:]],
-                                       worker_certificates={s: v.get("certificates") for s, v in per.items()},
-                                       total_rss_kib=sum(m.get("Rss", 0) for m in mem.values()),
-                                       total_pss_kib=sum(m.get("Pss", 0) for m in mem.values()), smaps_rollup=mem)
+                    touched_run = dict(run, **memory_state(daemon), touched=args.touch,
+                                       touch_handshakes=len(touched), touch_failed=failed, touch_s=touch_s,
+                                       idle_reached=idle["idle"])
                     runs.append(touched_run)
                     log_memory(touched_run)
                 procs.stop(daemon.proc)
@@ -754,12 +797,87 @@ def part_memory(args, results: dict) -> None:
 
 
 def log_memory(run: dict) -> None:
-    B.log("memory %d certs%s, workers %d: ready %.1f s; master RSS %.1f PSS %.1f MiB; workers %s; "
+    B.log("memory %d certs%s, workers %d (%s): ready %.1f s; master RSS %.1f PSS %.1f MiB; zygote %s; workers %s; "
           "total RSS %.1f PSS %.1f MiB; worker cache entries %s" % (
               run["certificates"], ", %d names in use" % run["touched"] if run.get("touched") else "",
-              run["workers"], run["ready_s"], run["master"]["Rss"] / 1024, run["master"]["Pss"] / 1024,
-              ["RSS %.1f PSS %.1f" % (w["Rss"] / 1024, w["Pss"] / 1024) for w in run["workers_mem"]],
+              run["workers"], run.get("start", "exec"), run["ready_s"], run["master"]["Rss"] / 1024,
+              run["master"]["Pss"] / 1024,
+              ["RSS %.1f PSS %.1f" % (z["Rss"] / 1024, z["Pss"] / 1024) for z in run.get("zygote", [])],
+              ["RSS %.1f PSS %.1f USS %.1f" % (w["Rss"] / 1024, w["Pss"] / 1024, w.get("Uss", 0) / 1024)
+               for w in run["workers_mem"]],
               run["total_rss_kib"] / 1024, run["total_pss_kib"] / 1024, run["worker_certificates"]))
+
+
+# -- miss: a handshake for a name the worker does not hold yet, with N certificates stored ----------
+
+
+def timed_handshake(port: int, name: str) -> float | None:
+    """Seconds from connect to a finished unverified TLS handshake with SNI ``name``, or None."""
+    import ssl
+
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    started = time.perf_counter()
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=30) as raw:
+            with ctx.wrap_socket(raw, server_hostname=name):
+                return time.perf_counter() - started
+    except (OSError, ssl.SSLError):
+        return None
+
+
+def part_miss(args, results: dict) -> None:
+    """
+    ``workers: 2`` over --miss-certs certificates in Redis, one worker
+    stopped (SIGSTOP: every connection goes to the other). For each of
+    --miss-names names never used: a handshake (the worker does not hold
+    the name: it fetches it from the master first), then another (held).
+    Extra latency = the first minus the second, per name; medians. Memory
+    of every process afterwards.
+    """
+    import cold_start as C
+
+    n = args.miss_certs
+    work = B.out_dir("workers", "memory")
+    _, entries = C.certificates(n)
+    with B.Processes() as procs:
+        redis_port, redis = C.start_redis(procs, work, "miss")
+        C.fill(redis_port, entries[:n])
+        daemon, tls_port = memory_daemon(procs, args, work, n, redis_port, 2, args.worker_start.split(",")[0])
+        wait_loaded(daemon, n, timeout=1800)
+        B.wait_idle(daemon.pid, quiet=2.0, threshold=0.02, timeout=1800)
+        stopped = daemon.worker_pids()[-1]
+        os.kill(stopped, signal.SIGSTOP)
+        try:
+            note = quiet(args)
+            names = [C.host(i) for i in range(n - args.miss_names, n)]  # never used by another part
+            for i in range(50):  # warm-up on other names
+                timed_handshake(tls_port, C.host(i))
+            pairs = []
+            for name in names:
+                first = timed_handshake(tls_port, name)
+                second = timed_handshake(tls_port, name)
+                if first is not None and second is not None:
+                    pairs.append((first, second))
+            B.wait_idle(daemon.pid, quiet=2.0, threshold=0.02, timeout=600)
+            state = memory_state(daemon)
+        finally:
+            os.kill(stopped, signal.SIGCONT)
+        procs.stop(daemon.proc)
+        procs.stop(redis)
+    firsts = [1e3 * a for a, _ in pairs]
+    seconds = [1e3 * b for _, b in pairs]
+    extra = [1e3 * (a - b) for a, b in pairs]
+    summary = {"certificates": n, "names": len(names), "measured": len(pairs), "quiet_machine": note,
+               "not_held_ms_median": B.median(firsts), "held_ms_median": B.median(seconds),
+               "extra_ms_median": B.median(extra), "extra_ms_p90": sorted(extra)[int(0.9 * len(extra))],
+               "memory": state}
+    results["miss"] = {"pairs_ms": [[a, b] for a, b in zip(firsts, seconds)], "summary": summary}
+    B.log("miss, %d stored: handshake for a name not held %.2f ms median, held %.2f ms; extra %.2f ms median "
+          "(p90 %.2f) over %d names" % (n, summary["not_held_ms_median"], summary["held_ms_median"],
+                                        summary["extra_ms_median"], summary["extra_ms_p90"], len(pairs)))
+    log_memory(dict(state, certificates=n, workers=2, ready_s=0.0))
 
 
 def wait_loaded(daemon: Daemon, n: int, timeout: float) -> bool:
@@ -830,11 +948,21 @@ def print_summary(results: dict, args) -> None:
     if "memory" in results:
         print("\n[memory] idle, MiB (RSS / PSS)")
         for r in results["memory"]["runs"]:
-            print("  %7d certs%s, workers %d: master %.1f / %.1f; workers %s; total %.1f / %.1f; ready %.0f s%s" % (
-                r["certificates"], " (%d in use)" % r["touched"] if r.get("touched") else "", r["workers"], r["master"]["Rss"] / 1024, r["master"]["Pss"] / 1024,
-                ", ".join("%.1f / %.1f" % (w["Rss"] / 1024, w["Pss"] / 1024) for w in r["workers_mem"]) or "-",
-                r["total_rss_kib"] / 1024, r["total_pss_kib"] / 1024, r["ready_s"],
-                "" if r["loaded_line"] else " (load line not seen)"))
+            print("  %7d certs%s, workers %d (%s): master %.1f / %.1f; zygote %s; workers %s; total %.1f / %.1f; "
+                  "ready %.0f s%s" % (
+                      r["certificates"], " (%d in use)" % r["touched"] if r.get("touched") else "", r["workers"],
+                      r.get("start", "exec"), r["master"]["Rss"] / 1024, r["master"]["Pss"] / 1024,
+                      ", ".join("%.1f / %.1f" % (z["Rss"] / 1024, z["Pss"] / 1024) for z in r.get("zygote", []))
+                      or "-",
+                      ", ".join("%.1f / %.1f" % (w["Rss"] / 1024, w["Pss"] / 1024) for w in r["workers_mem"]) or "-",
+                      r["total_rss_kib"] / 1024, r["total_pss_kib"] / 1024, r["ready_s"],
+                      "" if r["loaded_line"] else " (load line not seen)"))
+    if "miss" in results:
+        s = results["miss"]["summary"]
+        print("\n[miss] %d stored, one worker serving: handshake for a name it does not hold %.2f ms median, held "
+              "%.2f ms; extra %.2f ms median (p90 %.2f) over %d names [aim < 2 ms]" % (
+                  s["certificates"], s["not_held_ms_median"], s["held_ms_median"], s["extra_ms_median"],
+                  s["extra_ms_p90"], s["measured"]))
     notes = []
     for part in ("cpu", "wall"):
         for r in results.get(part, {}).get("runs", []):
@@ -874,6 +1002,8 @@ def main(argv=None) -> int:
             part_propagation(args, results)
         elif part == "memory":
             part_memory(args, results)
+        elif part == "miss":
+            part_miss(args, results)
         B.save_json(args.json, results)
     results["finished"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     path = B.save_json(args.json, results)
