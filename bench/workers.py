@@ -81,6 +81,8 @@ def parse_args(argv=None):
                    help="memory: certificate counts stored in Redis (default 0,1000,100000)")
     p.add_argument("--touch", type=int, default=1000,
                    help="memory: then handshake this many names twice and measure again (default 1000; 0: no)")
+    p.add_argument("--touch-passes", type=int, default=2,
+                   help="memory: handshakes per name in use (default 2; more so that every worker holds them)")
     p.add_argument("--memory-workers", default="2",
                    help="memory: worker counts besides the single process (default 2; '2,4' gives the cost of an "
                         "extra worker)")
@@ -161,13 +163,6 @@ class Daemon:
         return [p for p in B.descendants(self.pid) if p != self.pid and is_zygote(p)]
 
 
-def is_zygote(pid: int) -> bool:
-    try:
-        with open("/proc/%d/cmdline" % pid, "rb") as f:
-            return b"kongacme.workers.zygote" in f.read()
-    except OSError:
-        return False
-
     def per_worker(self) -> dict[str, dict]:
         """Per worker (slot): connections handshaken (every outcome) and certificates, from /metrics."""
         out: dict[str, dict] = {}
@@ -204,6 +199,15 @@ def is_zygote(pid: int) -> bool:
             if sum(delta.values()) >= expected or time.monotonic() > deadline:
                 return delta
             time.sleep(0.25)
+
+
+def is_zygote(pid: int) -> bool:
+    """Whether ``pid`` is a master's worker zygote (``python -m kongacme.workers.zygote``)."""
+    try:
+        with open("/proc/%d/cmdline" % pid, "rb") as f:
+            return b"kongacme.workers.zygote" in f.read()
+    except OSError:
+        return False
 
 
 def gc_diagnostic_env() -> dict:
@@ -777,10 +781,11 @@ def part_memory(args, results: dict) -> None:
                 runs.append(run)
                 log_memory(run)
                 if args.touch and n >= args.touch:
-                    # Names in use: each of --touch names handshaken twice (a
-                    # worker fetches a name on its first handshake for it; with
-                    # two passes each worker sees ~3/4 of them).
-                    touched = [C.host(i) for i in range(args.touch)] * 2
+                    # Names in use: each of --touch names handshaken
+                    # --touch-passes times (a worker fetches a name on its first
+                    # handshake for it; with two passes and two workers each
+                    # sees ~3/4 of them, with k passes and N workers 1-(1-1/N)^k).
+                    touched = [C.host(i) for i in range(args.touch)] * args.touch_passes
                     t1 = time.monotonic()
                     failed = sum(1 for f in in_parallel(lambda name: served_fingerprint(tls_port, name), touched)
                                  if f is None)
