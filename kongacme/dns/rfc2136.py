@@ -26,7 +26,7 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from zope.interface import implementer
 
-from kongacme.dns.transport import DNSClient
+from kongacme.dns.transport import DNSClient, describe_server
 from kongacme.errors import DNSError
 from kongacme.interfaces import IDNSRecords
 from kongacme.net import is_ip_literal
@@ -141,8 +141,7 @@ class RFC2136Records:
     @property
     def server(self) -> str:
         """``host:port`` of the server, for messages."""
-        host, port = self._server
-        return "[%s]:%d" % (host, port) if ":" in host else "%s:%d" % (host, port)
+        return describe_server(self._server)
 
     async def _address(self) -> tuple[str, int]:
         host, port = self._server

@@ -22,11 +22,10 @@ from kongacme.net import is_ip_literal
 
 #: Seconds between UDP retransmissions of an unanswered message.
 RETRANSMIT = 1.0
-#: The largest DNS message over TCP (RFC 1035 §4.2.2: a 16-bit length).
-MAX_TCP_MESSAGE = 65535
 
 
-def _describe(server: tuple[str, int]) -> str:
+def describe_server(server: tuple[str, int]) -> str:
+    """``host:port`` (IPv6 in brackets), for messages."""
     host, port = server
     return "[%s]:%d" % (host, port) if ":" in host else "%s:%d" % (host, port)
 
@@ -82,7 +81,7 @@ class _Datagrams(DatagramProtocol):
     def stopProtocol(self) -> None:
         for pending in list(self.pending.values()):
             if not pending.answer.called:
-                pending.answer.errback(DNSError(_describe(pending.server), "DNS client closed"))
+                pending.answer.errback(DNSError(describe_server(pending.server), "DNS client closed"))
 
 
 class _Stream(Protocol):
@@ -135,11 +134,11 @@ async def _tcp(reactor: Any, clock: IReactorTime, server: tuple[str, int], wire:
     try:
         await connectProtocol(endpoint, protocol)
     except Exception as e:
-        raise DNSError(_describe(server), "TCP connection failed: %s" % (e,)) from None
+        raise DNSError(describe_server(server), "TCP connection failed: %s" % (e,)) from None
     try:
-        return await _with_timeout(answer, clock, timeout, _describe(server))
+        return await _with_timeout(answer, clock, timeout, describe_server(server))
     except DNSError as e:
-        raise DNSError(_describe(server), e.reason) from None
+        raise DNSError(describe_server(server), e.reason) from None
     finally:
         if protocol.transport is not None:
             protocol.transport.loseConnection()
@@ -206,7 +205,7 @@ class DNSClient:
             protocol.finished(key)
             return result
 
-        answer = _with_timeout(pending.answer, self._timers, timeout, _describe(server)).addBoth(done)
+        answer = _with_timeout(pending.answer, self._timers, timeout, describe_server(server)).addBoth(done)
         protocol.send(pending)
 
         async def run() -> bytes:
