@@ -123,6 +123,11 @@ class ConnectionLimitTests(DaemonFixture, ShowsDaemonOutput, TestCase):
         waiting = [deferToThread(open_tls, self.tls_port, self.cafile) for _ in range(2)]
         if self.workers > 1:
             yield self.worker_connections({"1": 3, "2": 3})
+            # The master's listener="tls" rows are the workers' summed.
+            families = yield self.scrape()
+            self.assertEqual(sample_value(families, "kongacme_connections", listener="tls"), 6)
+            self.assertEqual(sample_value(families, "kongacme_connections_limit", listener="tls"), 6)
+            self.assertEqual(sample_value(families, "kongacme_listener_paused", listener="tls"), 1)
             yield deferLater(reactor, 0.5, lambda: None)
         else:
             yield self.single_process_paused()
@@ -136,6 +141,9 @@ class ConnectionLimitTests(DaemonFixture, ShowsDaemonOutput, TestCase):
         yield self.daemon.wait_for("tls listener below its limit again", count=self.workers)
         if self.workers > 1:
             yield self.worker_connections({"1": 0, "2": 0})
+            families = yield self.scrape()
+            self.assertEqual(sample_value(families, "kongacme_connections", listener="tls"), 0)
+            self.assertEqual(sample_value(families, "kongacme_listener_paused", listener="tls"), 0)
         else:
             families = yield self.scrape()
             self.assertEqual(sample_value(families, "kongacme_listener_paused", listener="tls"), 0)

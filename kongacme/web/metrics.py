@@ -159,7 +159,7 @@ class DaemonCollector(Collector):
             "Connections closed at accept because a limit was reached in the same accept batch.",
             labels=["listener"],
         )
-        for kind, count, cap, is_paused, closed in limiter.snapshot():
+        for kind, count, cap, is_paused, closed in self._with_workers(limiter.snapshot()):
             in_use.add_metric([kind], count)
             limit.add_metric([kind], cap)
             paused.add_metric([kind], 1 if is_paused else 0)
@@ -172,6 +172,31 @@ class DaemonCollector(Collector):
             "kongacme_connections_max", "Connections on all listeners together, at most (limits.max_connections).",
             value=limiter.budget.max_connections,
         )
+
+    def _with_workers(
+        self, rows: Iterable[tuple[str, int, int, bool, int]]
+    ) -> Iterator[tuple[str, int, int, bool, int]]:
+        """
+        With workers the master never accepts on the TLS sockets: its own
+        ``tls`` row would read 0. Report the workers' instead, as of their
+        last reports: connections, caps and refusals summed (each worker has
+        its own limit), paused while any worker is.
+        """
+        mode = getattr(self._daemon, "workers", None)
+        for row in rows:
+            if row[0] == "tls" and mode is not None:
+                # Every live worker (one draining after a reload included)
+                # holds connections; the caps are the current workers'.
+                reports = list(mode.reports.values())
+                current = list(mode.counters.values())
+                row = (
+                    "tls",
+                    sum(r.get("connections", 0) for r in reports),
+                    sum(r.get("connections_limit", 0) for r in current),
+                    any(r.get("paused", False) for r in current),
+                    sum(r.get("refused", 0) for r in reports),
+                )
+            yield row
 
     def _storage_errors(self) -> Mapping[str, int]:
         errors = getattr(self._daemon, "storage_errors", None)

@@ -276,6 +276,11 @@ class Worker:
             "pid": os.getpid(),
             "handshakes": dict(self.tls_factory.handshakes) if self.tls_factory is not None else {},
             "connections": limit.in_use if limit is not None else 0,
+            # The worker's own TLS limit (limits apply per worker): the
+            # master's /metrics sums these into listener="tls".
+            "connections_limit": limit.cap if limit is not None else 0,
+            "paused": bool(limit.paused) if limit is not None else False,
+            "refused": limit.refused if limit is not None else 0,
             "bytes": dict(self.proxy_factory.bytes),
             "certificates": len(self.cache) if self.cache is not None else 0,
             "certificate_fetches": self.gate.fetches if self.gate is not None else 0,
