@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import gc
 
+from cryptography.hazmat.primitives import hashes
 from twisted.internet.task import Clock
 from twisted.test.iosim import connectedServerAndClient
 from twisted.trial.unittest import SynchronousTestCase
@@ -17,7 +18,7 @@ from zope.interface.verify import verifyObject
 from kongacme.config import parse_config
 from kongacme.interfaces import GATE_CACHE_FILLED, ICertificateCache, IHandshakeGate
 from kongacme.tls.cache import CertificateCache
-from kongacme.workers import channel
+from kongacme.workers import channel, master
 from kongacme.workers.certcache import CertificateFetcher, WorkerCertificateCache
 from kongacme.workers.master import MasterChannel, WorkerMode
 from kongacme.workers.worker import Worker, WorkerChannel
@@ -101,6 +102,21 @@ class WorkerCacheTests(SynchronousTestCase):
         self.assertIsNone(self.worker.gate.before_handshake("a.test"))
         self.assertEqual(self.fetched, [["a.test"]])
 
+    def test_intermediates_parsed_once(self):
+        """
+        Certificates issued under one intermediate share one parsed copy of
+        it in the worker (and still send it: the chain is whole).
+        """
+        intermediate = CA.intermediate()
+        a, b = intermediate.issue(["a.test"], include_ca=True), intermediate.issue(["b.test"], include_ca=True)
+        self.connect(size=3, certificates=[a, b, CA.issue(["c.test"])])
+        held_a, held_b, held_c = self.handshake("a.test", "b.test", "c.test")
+        self.assertEqual(
+            [c.fingerprint(hashes.SHA256()) for c in held_a.chain], [c.fingerprint(hashes.SHA256()) for c in a.chain]
+        )
+        self.assertIs(held_a.chain[1], held_b.chain[1])
+        self.assertEqual(len(held_c.chain), 1)
+
     def test_bound_and_eviction(self):
         """
         With tls.cache_size 2 the worker holds two names, the least recently
@@ -167,6 +183,30 @@ class WorkerCacheTests(SynchronousTestCase):
         self.assertEqual(self.fetched, [])
         self.assertEqual(self.worker.cache.get("big7.example.test").fingerprint, renewed.fingerprint)
         self.assertEqual(self.worker.cache.names(), ["big7.example.test"])
+
+    def test_bulk_change_names_only(self):
+        """
+        More certificates changed in one turn than BULK_CERTIFICATES (a
+        load from storage) are announced by name only: a worker holding one
+        of the names drops it and fetches it again, the others are not
+        fetched.
+        """
+        self.patch(master, "BULK_CERTIFICATES", 2)
+        self.connect(size=10, certificates=[CA.issue(["a.test"])])
+        self.handshake("a.test")
+        del self.fetched[:]
+        sent = []
+        original = self.mode._broadcast
+        self.patch(self.mode, "_broadcast", lambda command, **arguments: (
+            sent.append(arguments), original(command, **arguments)))
+        renewed = CA.issue(["a.test"])
+        for certified in [renewed, CA.issue(["b.test"]), CA.issue(["c.test"])]:
+            self.cache.put(certified)
+        self.changed()
+        self.assertEqual([arguments["certificates"] for arguments in sent], [[]])
+        self.assertEqual(self.fetched, [["a.test"]])
+        self.assertEqual(self.worker.cache.get("a.test").fingerprint, renewed.fingerprint)
+        self.assertEqual(self.worker.cache.names(), ["a.test"])
 
     def test_removal_evicts(self):
         """A certificate removed in the master is dropped: the name gets the fallback."""

@@ -31,6 +31,11 @@ from kongacme.workers import channel
 
 log = Logger()
 
+_PEM_END = "-----END CERTIFICATE-----"
+
+#: Distinct chains of intermediates kept parsed once (a few per CA).
+_INTERMEDIATES_KEPT = 64
+
 
 def _wildcard_of(name: str) -> str | None:
     """The wildcard a certificate cache would try for ``name`` (``*.`` + all but its first label)."""
@@ -64,6 +69,7 @@ class WorkerCertificateCache:
         #: wildcard → names held (with a certificate or without) it covers.
         self._covered: dict[str, set[str]] = {}
         self._by_chain: weakref.WeakValueDictionary[bytes, CertifiedKey] = weakref.WeakValueDictionary()
+        self._intermediates: dict[str, tuple] = {}
 
     # -- the SNI path ---------------------------------------------------------
 
@@ -185,8 +191,24 @@ class WorkerCertificateCache:
         certified = self._by_chain.get(digest)
         if certified is None:
             _, certified = channel.decode_certificate(entry)
+            certified.chain = certified.chain[:1] + self._shared_intermediates(entry["chain"], certified.chain[1:])
             self._by_chain[digest] = certified
         return certified
+
+    def _shared_intermediates(self, chain_pem: str, parsed: tuple) -> tuple:
+        # Every certificate of a CA carries the same intermediates: one
+        # parsed copy for all of them (~1.1 KB a name less). Keyed by their
+        # PEM (all but the leaf); a handful, dropped when more appear.
+        end = chain_pem.find(_PEM_END)
+        key = chain_pem[end + len(_PEM_END):].strip() if end >= 0 else ""
+        if not key:
+            return parsed
+        shared = self._intermediates.get(key)
+        if shared is None:
+            if len(self._intermediates) >= _INTERMEDIATES_KEPT:
+                self._intermediates.clear()
+            shared = self._intermediates[key] = parsed
+        return shared
 
     def _store(self, name: str, certified: CertifiedKey | None) -> None:
         self._forget(name)

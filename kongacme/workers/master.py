@@ -49,6 +49,11 @@ from kongacme.workers.supervisor import WorkerProcess, WorkerSupervisor, spawn_w
 log = Logger()
 
 
+#: More certificates changed at once than this and the change notice
+#: carries the names only (see :meth:`WorkerMode.flush`).
+BULK_CERTIFICATES = 256
+
+
 def reload_refusal(old: Any, new: Any) -> str | None:
     """
     Why a reload from configuration ``old`` to ``new`` cannot be applied
@@ -147,6 +152,7 @@ class WorkerMode:
         self.reports: dict[WorkerProcess, dict] = {}
         self._retired: collections.Counter[str] = collections.Counter()
         self._pending: dict[str, None] = {}
+        self._pending_certificates: set[int] = set()
         self._flush_call: Any = None
         self._fallback: CertifiedKey | None = None
         visibility = getattr(daemon, "visibility", None)
@@ -218,6 +224,8 @@ class WorkerMode:
         # Changes within one reactor turn (a bulk load, a certificate with
         # several names) go out together.
         self._pending[name] = None
+        if certified is not None:
+            self._pending_certificates.add(id(certified))
         if self._flush_call is None:
             self._flush_call = self._reactor.callLater(0, self.flush)
 
@@ -230,14 +238,23 @@ class WorkerMode:
             self._flush_call.cancel()
         self._flush_call = None
         pending, self._pending = list(self._pending), {}
+        changed, self._pending_certificates = len(self._pending_certificates), set()
         if not pending or not self.channels:
             return
+        # A bulk change (a load from storage: 100,000 certificates) goes
+        # out as names only: encoding every certificate for notices the
+        # workers mostly ignore blocked the master for seconds and queued
+        # ~1.6 KB per name per worker at once (the master kept +126 MiB of
+        # heap after a 100,000 load, bench/RESULTS.md issue 11); a worker
+        # fetches again the few names it holds.
+        carry = changed <= BULK_CERTIFICATES
         for group in channel.in_groups(pending):
             # What FetchCertificates would answer for these names now (one
             # encoding for every worker): a worker holding one replaces it
             # from the notice, with no fetch.
             self._broadcast(
-                channel.CertificatesChanged, names=group, certificates=self.fetch(group)["certificates"]
+                channel.CertificatesChanged, names=group,
+                certificates=self.fetch(group)["certificates"] if carry else [],
             )
 
     def reconfigure(self, new: Any) -> None:

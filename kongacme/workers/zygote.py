@@ -58,6 +58,11 @@ REPORT_FD = 4
 #: The only module the zygote runs (``python -m`` of it).
 WORKER_MODULE = "kongacme.workers.worker"
 
+#: What a worker imports later, imported by the zygote too so that the
+#: workers share it: the configuration classes (``channel.worker_settings``
+#: at the worker's first ``Configure``, with yaml) and the reactor module.
+PRELOAD = {WORKER_MODULE: ("kongacme.config.daemon", "twisted.internet.epollreactor")}
+
 #: Seconds the master waits for the zygote's answer (its first one comes
 #: once it has imported the worker's modules).
 ANSWER_TIMEOUT = 30.0
@@ -483,9 +488,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     import importlib
 
-    import twisted.internet.epollreactor  # noqa: F401  (the workers' reactor, not installed here)
-
     module = importlib.import_module(options.module)
+    for name in PRELOAD.get(options.module, ()):
+        importlib.import_module(name)
     gc.collect()
     gc.freeze()
     control = socket.socket(fileno=CONTROL_FD)
