@@ -93,6 +93,36 @@ class Dns01DaemonTests(Dns01DaemonMixin, TestCase):
         self.assertEqual(sorted(renewed["names"]), ["*.example.test", "example.test"])
 
     @inlineCallbacks
+    def test_post_acme_wildcard(self):
+        """
+        ``POST /acme host=*.example.test`` orders the wildcard certificate
+        (then served for a name one label below, with no second order); a
+        wildcard outside acme.domains is refused, as is a malformed one.
+        """
+        yield self.start_dns01(wildcard=True)
+        status, body = yield self.admin_post("/acme", "-d", "host=*.example.test")
+        self.assertEqual((status, body), (201, {"message": "certificate for host *.example.test is created"}))
+        served = yield tlsclients.handshake(self.tls_port, "c.example.test", self.verified(), payload=b"")
+        self.assertEqual(sorted(served["names"]), ["*.example.test", "example.test"])
+        self.assertEqual(self.all_orders(), 1)
+        status, body = yield self.admin_post("/acme", "-d", "host=*.other.test")
+        self.assertEqual(status, 400)
+        self.assertIn("not included in plugin config.domains", body["message"])
+        status, body = yield self.admin_post("/acme", "-d", "host=*.ex_ample.test")
+        self.assertEqual(status, 400)
+        self.assertIn("is not allowed", body["message"])
+        self.assertEqual(self.all_orders(), 1)
+
+    @inlineCallbacks
+    def test_post_acme_wildcard_needs_the_setting(self):
+        """Without issuance.wildcard, ``POST /acme host=*.example.test`` says what is missing; nothing is ordered."""
+        yield self.start_dns01()
+        status, body = yield self.admin_post("/acme", "-d", "host=*.example.test")
+        self.assertEqual(status, 400)
+        self.assertIn("wildcard certificates need issuance.wildcard: true", body["message"])
+        self.assertEqual(self.all_orders(), 0)
+
+    @inlineCallbacks
     def test_wildcard_renewed_once(self):
         """
         The renewal service renews a wildcard certificate (60 s lifetime,

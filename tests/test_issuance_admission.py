@@ -98,3 +98,12 @@ class WildcardAdmissionTests(SynchronousTestCase):
         self.assertEqual(admission.certificate_name("a.example.test"), "a.example.test")
         self.assertEqual(admission.certificate_names("*.example.test"), ("*.example.test",))
         self.assertIsNotNone(admission.reason("*.example.test"))
+
+    def test_wildcard_name_reasons(self) -> None:
+        """A *. name not admitted says why: malformed, not a domains entry, or wildcard off."""
+        on = Admission(["*.example.test"], wildcard=True)
+        self.assertEqual(on.reason("*.other.test"), "host is not included in plugin config.domains")
+        self.assertIsNotNone(on.reason("*.ex_ample.test"))
+        self.assertIsNotNone(on.reason("*.*.example.test"))
+        off = Admission(["*.example.test"])
+        self.assertEqual(off.reason("*.example.test"), "wildcard certificates need issuance.wildcard: true")

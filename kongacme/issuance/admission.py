@@ -56,8 +56,16 @@ class Admission:
         if host is None:
             return "no host name"
         normalized = normalize_hostname(host)
-        if self.wildcard and normalized.startswith("*.") and normalized[1:] in self._suffixes:
-            return None
+        if normalized.startswith("*."):
+            # A wildcard certificate's own name (POST /acme host=*.x).
+            problem = hostname_problem(normalized[2:])
+            if problem is not None:
+                return problem
+            if not self.wildcard:
+                return "wildcard certificates need issuance.wildcard: true"
+            if normalized[1:] in self._suffixes:
+                return None
+            return "host is not included in plugin config.domains"
         try:
             ipaddress.ip_address(normalized)
             return "IP addresses cannot get certificates here"

@@ -76,7 +76,9 @@ class AcmeAdmin:
         if ":" in host:
             return 400, {"message": "port is not allowed in host"}
         host = normalize_hostname(host)
-        problem = hostname_problem(host)
+        # "*.example.com" orders the wildcard certificate (issuance.wildcard).
+        wildcard = host.startswith("*.")
+        problem = hostname_problem(host[2:] if wildcard else host)
         if problem is not None:
             # Refused before any order: the CA would refuse it as malformed
             # and the attempt would still count against its rate limits.
@@ -84,6 +86,9 @@ class AcmeAdmin:
         manager = self._get_manager()
         if manager is None:
             return 404, {"message": NOT_CONFIGURED}
+        if wildcard and not getattr(manager.admission, "wildcard", False):
+            return 400, {"message": "host %s is not allowed: wildcard certificates need issuance.wildcard: true"
+                         % (shown(host),)}
         flow = args.get("test_http_challenge_flow")
         if flow is True or (isinstance(flow, str) and flow.lower() == "true"):
             return self._sanity_check(manager, host)
