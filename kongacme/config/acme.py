@@ -89,14 +89,16 @@ class AcmeConfig:
 _EMAIL = re.compile(r"^[^@\s]+@[^@\s]+$")
 
 
-def _email(value: str) -> str:
+def email_value(value: str) -> str:
+    """``value`` if it looks like an email address, else :class:`Invalid`."""
     # Kong only checks for an "@"; a CA would refuse anything looser anyway.
     if not _EMAIL.match(value):
         raise Invalid("must be an email address")
     return value
 
 
-def _api_uri(value: str) -> str:
+def api_uri_value(value: str) -> str:
+    """A CA directory URL, normalised (a bare host gets ``/directory``), else :class:`Invalid`."""
     parts = urlsplit(value)
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise Invalid("must be an http:// or https:// URL")
@@ -111,7 +113,8 @@ def _api_uri(value: str) -> str:
 _BASE64URL = re.compile(r"^[A-Za-z0-9_-]+={0,2}$")
 
 
-def _base64url(value: str) -> str:
+def base64url_value(value: str) -> str:
+    """``value`` if it is base64url (an EAB HMAC key), else :class:`Invalid`."""
     # Padding is optional (ZeroSSL sends none); a length of 4n+1 characters
     # cannot be base64.
     if not _BASE64URL.match(value) or len(value.rstrip("=")) % 4 == 1:
@@ -197,12 +200,12 @@ _PLUGIN_OBJECT_KEYS = (
 ACME = Record(
     AcmeConfig,
     (
-        Field("account_email", Then(Str(), _email), REQUIRED),
+        Field("account_email", Then(Str(), email_value), REQUIRED),
         Field("account_key", ACCOUNT_KEY),
-        Field("api_uri", Then(Str(), _api_uri), LETS_ENCRYPT_DIRECTORY),
+        Field("api_uri", Then(Str(), api_uri_value), LETS_ENCRYPT_DIRECTORY),
         Field("tos_accepted", Bool(), False),
         Field("eab_kid", Str()),
-        Field("eab_hmac_key", Then(Str(), _base64url)),
+        Field("eab_hmac_key", Then(Str(), base64url_value)),
         Field("cert_type", OneOf(("rsa", "ecc")), "rsa"),
         Field("rsa_key_size", OneOf((2048, 3072, 4096)), 4096),
         # kongacme: Kong has no bounds on these two; zero or less breaks

@@ -16,6 +16,7 @@ from twisted.internet.endpoints import serverFromString
 
 from kongacme.config.acme import ACME, AcmeConfig
 from kongacme.config.challenges import CHALLENGE_TYPES_FIELD, DNS01, Dns01Config, check_challenges
+from kongacme.config.fallback import FALLBACK_ISSUER, FallbackIssuerConfig, check_fallback_issuers
 from kongacme.config.fields import (
     REQUIRED,
     Bool,
@@ -213,6 +214,9 @@ class IssuanceConfig:
         (:class:`~kongacme.config.challenges.Dns01Config`), or ``None``.
     :ivar wildcard: serve the names one label below a ``*.`` entry of
         ``acme.domains`` with one wildcard certificate (needs dns-01).
+    :ivar fallback_issuers: CAs tried in order when the primary fails an
+        order through its own fault
+        (:class:`~kongacme.config.fallback.FallbackIssuerConfig`).
     """
 
     on_demand: bool = True
@@ -227,6 +231,7 @@ class IssuanceConfig:
     challenge_types: tuple[str, ...] = ("http-01",)
     dns01: Dns01Config | None = None
     wildcard: bool = False
+    fallback_issuers: tuple[FallbackIssuerConfig, ...] = ()
 
 
 @attrs.frozen
@@ -618,6 +623,7 @@ ISSUANCE = Record(
         CHALLENGE_TYPES_FIELD,
         Field("dns01", DNS01),
         Field("wildcard", Bool(), False),
+        Field("fallback_issuers", ListOf(FALLBACK_ISSUER), ()),
     ),
     checks=(check_challenges,),
 )
@@ -758,5 +764,5 @@ DAEMON = Record(
         Field("workers", _Workers(), 1),
         Field("workers_drain_timeout", Num(min=0), 10.0),
     ),
-    checks=(_check_routes, _check_role, _check_storage_encryption, _check_admin_exposure),
+    checks=(_check_routes, _check_role, _check_storage_encryption, _check_admin_exposure, check_fallback_issuers),
 )
