@@ -156,11 +156,11 @@ class Daemon:
 
     def worker_pids(self) -> list[int]:
         """The workers (children of the master, or of its zygote), not the zygote."""
-        return [p for p in B.descendants(self.pid) if p != self.pid and not is_zygote(p)]
+        return [p for p in B.descendants(self.pid) if p != self.pid and not is_zygote(p, self.pid)]
 
     def zygote_pids(self) -> list[int]:
         """The master's worker zygote (kongacme.workers.zygote), if it forks the workers."""
-        return [p for p in B.descendants(self.pid) if p != self.pid and is_zygote(p)]
+        return [p for p in B.descendants(self.pid) if p != self.pid and is_zygote(p, self.pid)]
 
 
     def per_worker(self) -> dict[str, dict]:
@@ -201,13 +201,20 @@ class Daemon:
             time.sleep(0.25)
 
 
-def is_zygote(pid: int) -> bool:
-    """Whether ``pid`` is a master's worker zygote (``python -m kongacme.workers.zygote``)."""
+def is_zygote(pid: int, master: int) -> bool:
+    """
+    Whether ``pid`` is ``master``'s worker zygote (``python -m
+    kongacme.workers.zygote``, a child of the master; the workers it forks
+    keep its command line but are its children).
+    """
     try:
         with open("/proc/%d/cmdline" % pid, "rb") as f:
-            return b"kongacme.workers.zygote" in f.read()
-    except OSError:
+            command = f.read()
+        with open("/proc/%d/stat" % pid) as f:
+            parent = int(f.read().rsplit(")", 1)[1].split()[1])
+    except (OSError, ValueError, IndexError):
         return False
+    return parent == master and b"kongacme.workers.zygote" in command
 
 
 def gc_diagnostic_env() -> dict:
