@@ -21,6 +21,7 @@ from kongacme.config import DaemonConfig, load_config
 from kongacme.errors import CertificateError, ConfigError
 from kongacme.fleet.propagation import Propagator
 from kongacme.issuance.acme_issuer import DaemonAcmeIssuer
+from kongacme.issuance.issuers import IssuerChain, make_issuer
 from kongacme.issuance.admission import Admission
 from kongacme.issuance.manager import CertificateManager
 from kongacme.connlimit import ConnectionLimiter, derive_budget, open_file_limit
@@ -163,7 +164,7 @@ class DaemonService(MultiService):
         self.visibility = install_visibility(self.admin_factory, self, reactor)
         self.storage = None
         self.storage_errors: collections.Counter = collections.Counter()
-        self.issuer: DaemonAcmeIssuer | None = None
+        self.issuer: IssuerChain | None = None
         self.manager: CertificateManager | None = None
         self.propagator: Propagator | None = None
         self.renewal: RenewalService | None = None
@@ -322,7 +323,9 @@ class DaemonService(MultiService):
         if storage_changed or self.issuer is None or acme != old_acme or new.issuance != old.issuance:
             if self.issuer is not None:
                 self.issuer.close()
-            self.issuer = DaemonAcmeIssuer(acme, new.issuance, self.storage, self.token_store, self._reactor)
+            self.issuer = make_issuer(
+                acme, new.issuance, self.storage, self.token_store, self._reactor, previous=self.issuer
+            )
         admission = Admission(acme.domains, acme.allow_any_domain, wildcard=new.issuance.wildcard)
         issuance = new.issuance
         if new.fleet.role == "control_plane" and issuance.on_demand:

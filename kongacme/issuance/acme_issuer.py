@@ -47,20 +47,36 @@ class DaemonAcmeIssuer:
     name's certificate holds its base name too when that is in
     ``acme.domains`` (:meth:`Admission.certificate_names`).
 
-    :param acme: the ``acme`` config section (Kong's).
+    :param acme: the ``acme`` config section (Kong's); a fallback CA gets
+        a copy with its own ``api_uri``, email and EAB.
     :param issuance: the ``issuance`` config section.
+    :param solvers: the challenge solvers, when shared with other issuers
+        (``None``: built here, and closed by :meth:`close`).
     """
 
     log = Logger()
 
-    def __init__(self, acme: Any, issuance: Any, storage: IStorage, token_store: IChallengeTokenStore, reactor):
+    #: The CA's directory URL.
+    directory: str
+
+    def __init__(
+        self,
+        acme: Any,
+        issuance: Any,
+        storage: IStorage,
+        token_store: IChallengeTokenStore,
+        reactor: Any,
+        solvers: Optional[list] = None,
+    ):
         self._acme = acme
+        self.directory = acme.api_uri
         self._issuance = issuance
         self._storage = storage
         self._token_store = token_store
         self._reactor = reactor
         # Built once: the DNS provider remembers the zones it found.
-        self._solvers = make_solvers(issuance, token_store, reactor)
+        self._owns_solvers = solvers is None
+        self._solvers = make_solvers(issuance, token_store, reactor) if solvers is None else solvers
         self._names = Admission(acme.domains, acme.allow_any_domain, wildcard=issuance.wildcard)
         self._pool = HTTPConnectionPool(reactor, persistent=True)
         # Keep as many idle connections to the CA as orders may run at once:
@@ -191,7 +207,8 @@ class DaemonAcmeIssuer:
     def close(self) -> Deferred:
         """Close persistent connections to the CA and the DNS provider's sockets (at shutdown)."""
         closing = [self._pool.closeCachedConnections()]
-        closing += [solver.close() for solver in self._solvers if hasattr(solver, "close")]
+        if self._owns_solvers:
+            closing += [solver.close() for solver in self._solvers if hasattr(solver, "close")]
         return gatherResults(closing)
 
 

@@ -49,6 +49,9 @@ RENEW_CONFIG_PREFIX = "kong_acme:renew_config:"
 RENEW_LAST_RUN = "kong_acme:renew_last_run"
 FAIL_BACKOFF_PREFIX = "kong_acme:fail_backoff:"
 UPDATE_LOCK_PREFIX = "kong_acme:update_lock:"
+#: kongacme's own (Kong ignores it): which CA issued a host's certificate,
+#: ``{"fingerprint", "directory"}`` (``issuance.fallback_issuers``).
+ISSUED_BY_PREFIX = "kongacme:issued_by:"
 HTTP01_SUFFIX = "#http-01"
 
 #: Kong's ``update_lock`` value and TTL (seconds).
@@ -89,6 +92,11 @@ def fail_backoff(host: str) -> str:
 def update_lock(host: str) -> str:
     """``kong_acme:update_lock:<host>``: one order per host at a time."""
     return UPDATE_LOCK_PREFIX + host
+
+
+def issued_by(host: str) -> str:
+    """Where the CA that issued ``host``'s certificate is recorded."""
+    return ISSUED_BY_PREFIX + host
 
 
 def http01_token(token: str) -> str:

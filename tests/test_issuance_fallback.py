@@ -1,0 +1,199 @@
+"""
+Tests for kongacme.issuance.fallback (which failures are the CA's fault)
+and kongacme.issuance.issuers (the primary and its fallbacks as one issuer).
+"""
+
+from __future__ import annotations
+
+import json
+
+from twisted.internet.error import ConnectionRefusedError
+from twisted.internet.task import Clock
+from twisted.trial.unittest import SynchronousTestCase
+from zope.interface.verify import verifyObject
+
+from kongacme.acme.eab import ExternalAccountRequired
+from kongacme.acme.order import OrderFailed
+from kongacme.acme.polling import PollTimeout
+from kongacme.errors import AcmeProblem, AcmeTransportError, DNSError
+from kongacme.interfaces import IIssuer
+from kongacme.issuance.fallback import ca_at_fault
+from kongacme.issuance.issuers import IssuedBy, IssuerChain, IssuerLedger
+from kongacme.storage import keys
+from kongacme.storage.errors import StorageError
+from kongacme.testing import FakeIssuer, MemoryStorage, TestCA
+
+ERR = "urn:ietf:params:acme:error:"
+
+
+class CaAtFaultTests(SynchronousTestCase):
+    """Tests for ca_at_fault."""
+
+    def test_ca_faults(self) -> None:
+        """Unreachable, timed out, 5xx, 429, rateLimited and serverInternal are the CA's fault."""
+        for error in (
+            AcmeTransportError("https://ca/dir", "Connection was refused by other side"),
+            AcmeTransportError("https://ca/dir", "no complete answer within 30 s"),
+            AcmeProblem("about:blank", "Service Unavailable", 503),
+            AcmeProblem("about:blank", "Bad Gateway", 502),
+            AcmeProblem(ERR + "rateLimited", "too many certificates", 429, retry_after=60),
+            AcmeProblem(ERR + "rateLimited", "too many new orders"),
+            AcmeProblem("about:blank", "Too Many Requests", 429),
+            AcmeProblem(ERR + "serverInternal", "oops", 500),
+            AcmeProblem(ERR + "badNonce", "still bad", 400),
+            PollTimeout("order of a.test", 90.0),
+            ConnectionRefusedError(),
+        ):
+            self.assertTrue(ca_at_fault(error), error)
+
+    def test_not_ca_faults(self) -> None:
+        """A refused name, a failed challenge, a bad request, account/EAB, DNS provider and storage errors are not."""
+        for error in (
+            AcmeProblem(ERR + "rejectedIdentifier", "blocked name", 400),
+            AcmeProblem(ERR + "caa", "CAA forbids", 403),
+            AcmeProblem(ERR + "unauthorized", "wrong key authorization", 403),
+            AcmeProblem(ERR + "connection", "could not connect to a.test:80"),
+            AcmeProblem(ERR + "dns", "NXDOMAIN"),
+            AcmeProblem(ERR + "incorrectResponse", "wrong body"),
+            AcmeProblem(ERR + "malformed", "bad JWS", 400),
+            AcmeProblem(ERR + "badCSR", "bad CSR", 400),
+            AcmeProblem(ERR + "accountDoesNotExist", "no account", 400),
+            AcmeProblem(ERR + "externalAccountRequired", "eab", 403),
+            AcmeProblem("about:blank", "Not Found", 404),
+            ExternalAccountRequired("https://ca/dir"),
+            OrderFailed("a.test", "http-01 challenge is invalid"),
+            DNSError("127.0.0.1:53", "refused"),
+            StorageError("get", "down"),
+            ValueError("bug"),
+        ):
+            self.assertFalse(ca_at_fault(error), error)
+
+
+def fake(directory: str, ca: TestCA) -> FakeIssuer:
+    issuer = FakeIssuer(ca)
+    issuer.directory = directory  # type: ignore[attr-defined]
+    return issuer
+
+
+class IssuerChainTests(SynchronousTestCase):
+    """Tests for IssuerChain."""
+
+    def setUp(self) -> None:
+        self.clock = Clock()
+        self.clock.advance(1_000_000)
+        self.storage = MemoryStorage(self.clock)
+        ca = TestCA.create()
+        self.primary = fake("https://one.test/dir", ca)
+        self.second = fake("https://two.test/dir", ca)
+        self.third = fake("https://three.test/dir", ca)
+        self.ledger = IssuerLedger(self.clock)
+        self.chain = IssuerChain([self.primary, self.second, self.third], self.ledger, self.storage, self.clock)
+
+    def test_interface(self) -> None:
+        """IssuerChain provides IIssuer."""
+        verifyObject(IIssuer, self.chain)
+
+    def test_needs_primary(self) -> None:
+        """An empty chain is refused."""
+        self.assertRaises(ValueError, IssuerChain, [], self.ledger, self.storage, self.clock)
+
+    def test_primary_issues(self) -> None:
+        """A working primary issues; no fallback is asked; the record says primary, in memory and storage."""
+        certified = self.successResultOf(self.chain.issue("a.test"))
+        self.assertEqual((self.primary.requests, self.second.requests), (["a.test"], []))
+        self.assertEqual(self.ledger.issued_by(certified), IssuedBy("https://one.test/dir", False))
+        stored = json.loads(self.successResultOf(self.storage.get(keys.issued_by("a.test"))))
+        self.assertEqual(stored, {"directory": "https://one.test/dir", "fallback": False,
+                                  "fingerprint": certified.fingerprint})
+
+    def test_falls_back_on_ca_fault(self) -> None:
+        """An unreachable primary: the order goes to the next CA at once, logged once, recorded as a fallback."""
+        self.primary.fail_with = AcmeTransportError("https://one.test/dir", "Connection was refused")
+        certified = self.successResultOf(self.chain.issue("a.test"))
+        self.assertEqual((self.primary.requests, self.second.requests, self.third.requests),
+                         (["a.test"], ["a.test"], []))
+        self.assertEqual(self.ledger.issued_by(certified), IssuedBy("https://two.test/dir", True))
+        self.assertEqual(self.ledger.fallbacks, {("https://one.test/dir", "https://two.test/dir"): 1})
+        health = self.ledger.health("https://one.test/dir")
+        self.assertEqual((health.available, health.failed, health.down_since), (False, 1, self.clock.seconds()))
+        self.assertEqual(self.ledger.health("https://two.test/dir").issued, 1)
+
+    def test_no_fallback_on_refusal(self) -> None:
+        """A refused name fails the order at the primary; no fallback is asked; the primary counts as up."""
+        problem = AcmeProblem(ERR + "rejectedIdentifier", "no", 400)
+        self.primary.fail_with = problem
+        self.assertIs(self.failureResultOf(self.chain.issue("a.test")).value, problem)
+        self.assertEqual(self.second.requests, [])
+        self.assertTrue(self.ledger.health("https://one.test/dir").available)
+
+    def test_all_fail(self) -> None:
+        """When every CA fails through its fault, the last failure is raised after each was asked once."""
+        self.primary.fail_with = AcmeProblem("about:blank", "down", 503)
+        self.second.fail_with = AcmeProblem(ERR + "rateLimited", "slow", 429)
+        last = self.third.fail_with = AcmeTransportError("https://three.test/dir", "timeout")
+        self.assertIs(self.failureResultOf(self.chain.issue("a.test")).value, last)
+        self.assertEqual([len(i.requests) for i in (self.primary, self.second, self.third)], [1, 1, 1])
+
+    def test_fallback_refusal_ends(self) -> None:
+        """A fallback refusing the name ends the order there (the third CA is not asked)."""
+        self.primary.fail_with = AcmeProblem("about:blank", "down", 503)
+        self.second.fail_with = AcmeProblem(ERR + "caa", "CAA", 403)
+        self.failureResultOf(self.chain.issue("a.test"), AcmeProblem)
+        self.assertEqual(self.third.requests, [])
+
+    def test_primary_first_again(self) -> None:
+        """After a fallback, the next order (a renewal) asks the primary first again."""
+        self.primary.fail_with = AcmeTransportError("https://one.test/dir", "refused")
+        first = self.successResultOf(self.chain.issue("a.test"))
+        self.primary.fail_with = None
+        renewed = self.successResultOf(self.chain.issue("a.test", first.key, replaces="id"))
+        self.assertEqual(self.ledger.issued_by(renewed), IssuedBy("https://one.test/dir", False))
+        self.assertEqual(self.primary.calls[-1], ("a.test", first.key, "id"))
+        self.assertTrue(self.ledger.health("https://one.test/dir").available)
+
+    def test_replaces_only_at_primary(self) -> None:
+        """The ARI replaces identifier is not sent to a fallback CA (it names another CA's certificate)."""
+        self.primary.fail_with = AcmeProblem("about:blank", "down", 503)
+        self.successResultOf(self.chain.issue("a.test", replaces="id"))
+        self.assertEqual(self.second.calls, [("a.test", None, None)])
+
+    def test_retry_after_skips(self) -> None:
+        """A CA that answered Retry-After is skipped until then while a later CA remains; then asked again."""
+        self.primary.fail_with = AcmeProblem(ERR + "rateLimited", "slow", 429, retry_after=600)
+        self.successResultOf(self.chain.issue("a.test"))
+        self.successResultOf(self.chain.issue("b.test"))
+        self.assertEqual(self.primary.requests, ["a.test"])
+        self.assertEqual(self.second.requests, ["a.test", "b.test"])
+        self.clock.advance(601)
+        self.primary.fail_with = None
+        self.successResultOf(self.chain.issue("c.test"))
+        self.assertEqual(self.primary.requests, ["a.test", "c.test"])
+
+    def test_lookup_from_storage(self) -> None:
+        """A ledger without memory of a certificate finds its record in storage, if it is of that certificate."""
+        self.primary.fail_with = AcmeProblem("about:blank", "down", 503)
+        certified = self.successResultOf(self.chain.issue("a.test"))
+        fresh = IssuerLedger(self.clock)
+        self.assertIsNone(fresh.issued_by(certified))
+        found = self.successResultOf(fresh.lookup(self.storage, "a.test", certified))
+        self.assertEqual(found, IssuedBy("https://two.test/dir", True))
+        other = self.primary.ca.issue(["a.test"])
+        self.assertIsNone(self.successResultOf(IssuerLedger(self.clock).lookup(self.storage, "a.test", other)))
+
+    def test_remember_bounded(self) -> None:
+        """The in-memory record keeps at most max_records certificates, dropping the oldest."""
+        ledger = IssuerLedger(self.clock, max_records=2)
+        certs = [self.primary.ca.issue(["%d.test" % i]) for i in range(3)]
+        for certified in certs:
+            ledger.remember(certified.fingerprint, IssuedBy("https://one.test/dir", False))
+        self.assertEqual([ledger.issued_by(c) is not None for c in certs], [False, True, True])
+
+    def test_revoke_at_issuer(self) -> None:
+        """Revocation goes to the CA that issued the certificate."""
+        revoked: list = []
+        for issuer in (self.primary, self.second):
+            issuer.revoke = lambda certified, reason=0, issuer=issuer: revoked.append(issuer.directory)  # type: ignore
+        self.primary.fail_with = AcmeProblem("about:blank", "down", 503)
+        certified = self.successResultOf(self.chain.issue("a.test"))
+        self.chain.revoke(certified)
+        self.assertEqual(revoked, ["https://two.test/dir"])
