@@ -18,6 +18,7 @@ from twisted.logger import LogLevel, globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from kongacme.errors import AcmeProblem, IssuanceError, NotAdmitted
+from kongacme.issuance.issuers import IssuerLedger
 from kongacme.renewal.state import RenewalState
 from kongacme.storage import keys
 from kongacme.storage.memory import MemoryStorage
@@ -225,6 +226,7 @@ class ListTests(CertificatesTestMixin, TestCase):
                 "serial_number": serial_hex(ecc.leaf.serial_number),
                 "pubkey_type": "id-ecPublicKey",
                 "renewal": world.renewal.tracked["b.example.test"].to_json(NOW),
+                "acme_issuer": None,
             },
         )
         self.assertEqual(b["renewal"]["last_error"], "boom")
@@ -233,6 +235,33 @@ class ListTests(CertificatesTestMixin, TestCase):
         warnings = [e for e in events if e.get("key") == keys.cert_key("corrupt.example.test")]
         self.assertEqual(len(warnings), 1)
         self.assertEqual(warnings[0]["log_level"], LogLevel.warn)
+
+    @inlineCallbacks
+    def test_acme_issuer(self) -> Any:
+        """
+        acme_issuer: the CA the issuer chain recorded for the certificate
+        (in storage, so other nodes and later runs see it; a record of an
+        older certificate does not count).
+        """
+        port = self.start()
+        world = self.world
+        world.issuer.ledger = IssuerLedger(world.clock)
+        fresh = world.store("a.example.test", world.issue("a.example.test"))
+        world.store("b.example.test", world.issue("b.example.test"))
+        for host, fingerprint in (("a.example.test", fresh.fingerprint), ("b.example.test", "AA:BB")):
+            world.storage.set(
+                keys.issued_by(host),
+                json.dumps({"directory": "https://two.test/dir", "fallback": True, "fingerprint": fingerprint}).encode(),
+            )
+        response = yield get(port, b"/acme/certificates")
+        data = self.assertJSON(response, 200)["data"]
+        self.assertEqual(
+            [entry["acme_issuer"] for entry in data], [{"directory": "https://two.test/dir", "fallback": True}, None]
+        )
+        response = yield get(port, b"/acme/certificates/a.example.test")
+        self.assertEqual(
+            self.assertJSON(response, 200)["data"]["acme_issuer"], {"directory": "https://two.test/dir", "fallback": True}
+        )
 
     @inlineCallbacks
     def test_invalid_only(self) -> Any:

@@ -19,7 +19,9 @@ from twisted.internet.task import Clock, deferLater
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from kongacme.config import IssuanceConfig
+from kongacme.errors import AcmeProblem
 from kongacme.issuance.admission import Admission
+from kongacme.issuance.issuers import IssuerChain, IssuerLedger
 from kongacme.issuance.manager import CertificateManager
 from kongacme.renewal.state import RenewalState
 from kongacme.storage.errors import StorageUnavailable
@@ -77,6 +79,7 @@ class FakeDaemon:
     tls_factory: Any = None
     storage: Any = None
     config: Any = None
+    issuer: Any = None
 
 
 def sample_states(now: float = NOW) -> list[RenewalState]:
@@ -244,6 +247,34 @@ class MetricsEndpointTests(MetricsSiteMixin, TestCase):
                          {"issued": 5, "failed": 0, "timeout": 1})
         self.assertEqual(labelled(families, "kongacme_handshake_orders_refused_total", "reason"),
                          {"backoff": 2, "rate_limited": 9, "storage_paused": 0})
+
+    @inlineCallbacks
+    def test_issuers(self) -> Any:
+        """
+        By CA directory: up, orders by result, fallbacks taken, and the
+        cached certificates each issued (certificates without a record are
+        not counted; every CA of the chain appears, at zero too).
+        """
+        primary, second = FakeIssuer(self.ca), FakeIssuer(self.ca)
+        primary.directory, second.directory = "https://one.test/dir", "https://two.test/dir"  # type: ignore
+        chain = IssuerChain([primary, second], IssuerLedger(self.clock), MemoryStorage(self.clock), self.clock)
+        primary.fail_with = AcmeProblem("about:blank", "Service Unavailable", 503)
+        self.cache.put(self.successResultOf(chain.issue("fb.example.test")))
+        self.daemon.issuer = chain
+        port = self.start_site(self.daemon, self.clock)
+        families = yield self.scrape(port)
+        self.assertEqual(sample_value(families, "kongacme_acme_issuer_up", directory="https://one.test/dir",
+                                      role="primary"), 0)
+        self.assertEqual(sample_value(families, "kongacme_acme_issuer_up", directory="https://two.test/dir",
+                                      role="fallback 1"), 1)
+        self.assertEqual(sample_value(families, "kongacme_acme_issuer_orders_total",
+                                      directory="https://one.test/dir", result="ca_failed"), 1)
+        self.assertEqual(sample_value(families, "kongacme_acme_issuer_orders_total",
+                                      directory="https://two.test/dir", result="issued"), 1)
+        self.assertEqual(sample_value(families, "kongacme_acme_fallbacks_total",
+                                      from_directory="https://one.test/dir", to_directory="https://two.test/dir"), 1)
+        self.assertEqual(labelled(families, "kongacme_certificates_by_issuer", "directory"),
+                         {"https://one.test/dir": 0, "https://two.test/dir": 1})
 
     @inlineCallbacks
     def test_storage_errors(self) -> Any:

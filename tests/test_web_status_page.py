@@ -20,7 +20,8 @@ from twisted.internet.utils import getProcessOutputAndValue
 from twisted.trial.unittest import SkipTest, SynchronousTestCase, TestCase
 
 from kongacme.renewal.state import RenewalState
-from kongacme.web.status_page import Thresholds, render_status_page
+from kongacme.issuance.issuers import IssuedBy
+from kongacme.web.status_page import IssuerView, Thresholds, render_status_page
 from kongacme.web.visibility import thresholds_of
 from tests.test_web_metrics import DAY, NOW, FakeDaemon, FakeRenewal, MetricsSiteMixin, sample_states
 from tests.test_web_support import get
@@ -156,6 +157,29 @@ class RenderTests(PageChecks, SynchronousTestCase):
         self.assertNotIn("<img", page)
         self.assertIn("&lt;script&gt;alert(&quot;x&quot;)&lt;/script&gt;.example.test", page)
         self.assertIn("&quot;&gt;&lt;img src=x onerror=alert(1)&gt;", page)
+
+    def test_issuers(self) -> None:
+        """
+        With an issuer view: an "ACME CAs" table (role, directory, state,
+        counts, last error, escaped) and the directory under the issuer of
+        each certificate whose CA is known, marked when it was a fallback.
+        """
+        states = sample_states()
+        view = IssuerView(
+            cas=[
+                {"directory": "https://one.test/dir", "role": "primary", "available": False, "issued": 0,
+                 "failed": 3, "last_error": "<refused>"},
+                {"directory": "https://two.test/dir", "role": "fallback 1", "available": True, "issued": 1,
+                 "failed": 0, "last_error": None},
+            ],
+            by_host={states[0].host: IssuedBy("https://two.test/dir", True)},
+        )
+        page = self.render(states, issuers=view)
+        self.assertIn("<h2>ACME CAs</h2>", page)
+        self.assertIn('<tr class="ca down"><td>primary</td><td class="directory">https://one.test/dir</td>', page)
+        self.assertIn("&lt;refused&gt;", page)
+        self.assertEqual(page.count("<small>fallback · https://two.test/dir</small>"), 1)
+        self.assertNotIn("ACME CAs", self.render(states))
 
     def test_self_contained(self) -> None:
         """

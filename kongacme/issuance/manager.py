@@ -426,11 +426,15 @@ class CertificateManager:
         self._backoff_until.pop(host, None)
         self.last_error.pop(host, None)
         self.stats["orders_succeeded"] += 1
+        ledger = getattr(self._issuer, "ledger", None)
+        issued_by = None if ledger is None else ledger.issued_by(certified)
         self.log.info(
-            "certificate for {host} issued in {seconds:.3f} s, valid until {not_after}",
+            "certificate for {host} issued in {seconds:.3f} s, valid until {not_after}{by_fallback}",
             host=host,
             seconds=self._clock.seconds() - started,
             not_after=certified.not_after.isoformat(),
+            directory=None if issued_by is None else issued_by.directory,
+            by_fallback=", by the fallback CA %s" % (issued_by.directory,) if issued_by and issued_by.fallback else "",
             log_unlimited=True,
         )
         return certified

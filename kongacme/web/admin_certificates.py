@@ -21,7 +21,7 @@ import datetime
 from typing import Any, Callable
 
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
-from twisted.internet.defer import Deferred, inlineCallbacks, maybeDeferred
+from twisted.internet.defer import Deferred, gatherResults, inlineCallbacks, maybeDeferred, succeed
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.web.server import Request
@@ -95,10 +95,12 @@ def pubkey_type(certified: CertifiedKey) -> str:
     return type(key).__name__
 
 
-def describe(host: str, certified: CertifiedKey, now: float, renewal: Any = None) -> dict[str, Any]:
+def describe(
+    host: str, certified: CertifiedKey, now: float, renewal: Any = None, issued_by: Any = None
+) -> dict[str, Any]:
     """
     One entry of ``GET /acme/certificates``: Kong's eight fields and
-    kongacme's ``renewal``.
+    kongacme's ``renewal`` and ``acme_issuer``.
 
     :param host: the host the certificate is stored under (Kong reads the
         subject CN, which is the same for certificates Kong or kongacme
@@ -106,6 +108,9 @@ def describe(host: str, certified: CertifiedKey, now: float, renewal: Any = None
     :param now: epoch seconds, for ``valid``.
     :param renewal: the host's :class:`~kongacme.renewal.state.RenewalState`
         or ``None``.
+    :param issued_by: the :class:`~kongacme.issuance.issuers.IssuedBy` of
+        the certificate (``{"directory", "fallback"}``), ``None`` when not
+        recorded (ordered before kongacme recorded it, by Kong, …).
     """
     not_before = certified.not_before
     not_after = certified.not_after
@@ -119,6 +124,7 @@ def describe(host: str, certified: CertifiedKey, now: float, renewal: Any = None
         "serial_number": serial_hex(certified.leaf.serial_number),
         "pubkey_type": pubkey_type(certified),
         "renewal": renewal.to_json(now) if renewal is not None else None,
+        "acme_issuer": issued_by.to_dict() if issued_by is not None else None,
     }
 
 
@@ -154,6 +160,13 @@ class CertificatesAdmin:
         self._get_static_names = get_static_names
         self._get_issuer = get_issuer
         self._clock = clock
+
+    def _issued_by(self, storage: Any, host: str, certified: CertifiedKey) -> Deferred:
+        """The CA that issued ``certified`` as the issuer chain recorded it, or ``None``."""
+        ledger = getattr(self._get_issuer(), "ledger", None)
+        if ledger is None:
+            return succeed(None)
+        return ledger.lookup(storage, host, certified)
 
     # -- PATCH /acme ----------------------------------------------------------
 
@@ -197,9 +210,11 @@ class CertificatesAdmin:
             return self._storage_failed(e)
         # One look at the renewal states, not one per host.
         states = {} if renewal is None else {state.host: state for state in renewal.states()}
+        pairs = sorted(stored, key=lambda pair: pair[0])
+        issuers = yield gatherResults([self._issued_by(storage, host, certified) for host, certified in pairs])
         data = []
-        for host, certified in sorted(stored, key=lambda pair: pair[0]):
-            entry = describe(host, certified, now, states.get(host))
+        for (host, certified), issued_by in zip(pairs, issuers):
+            entry = describe(host, certified, now, states.get(host), issued_by)
             if not invalid_only or not entry["valid"]:
                 data.append(entry)
         return 200, {"data": data}
@@ -219,8 +234,9 @@ class CertificatesAdmin:
         certified = None if raw is None else decode_stored(raw, keys.cert_key(name))
         if certified is None:
             return _absent(name, raw is not None)
+        issued_by = yield self._issued_by(storage, name, certified)
         now = self._clock.seconds()
-        return 200, {"data": describe(name, certified, now, _state(self._get_renewal(), name))}
+        return 200, {"data": describe(name, certified, now, _state(self._get_renewal(), name), issued_by)}
 
     # -- DELETE /acme/certificates/{host} ---------------------------------------
 
@@ -300,7 +316,9 @@ class CertificatesAdmin:
             now = self._clock.seconds()
             body: dict[str, Any] = {"message": "certificate for host %s is renewed" % (name,)}
             if isinstance(certified, CertifiedKey):
-                body["data"] = describe(name, certified, now, renewal.state(name))
+                ledger = getattr(self._get_issuer(), "ledger", None)
+                issued_by = None if ledger is None else ledger.issued_by(certified)
+                body["data"] = describe(name, certified, now, renewal.state(name), issued_by)
             return 200, body
 
         return maybeDeferred(renewal.renew, name).addCallbacks(renewed, issuance_failure)

@@ -121,6 +121,9 @@ class DaemonCollector(Collector):
         )
         manager = getattr(self._daemon, "manager", None)
         yield from self._orders(collections.Counter() if manager is None else manager.stats)
+        issuer = getattr(self._daemon, "issuer", None)
+        if getattr(issuer, "ledger", None) is not None:
+            yield from self._issuers(issuer, cache)
         tls_factory = getattr(self._daemon, "tls_factory", None)
         handshakes = getattr(tls_factory, "handshakes", None) or {}
         yield _labelled(
@@ -140,6 +143,57 @@ class DaemonCollector(Collector):
         limiter = getattr(self._daemon, "connection_limiter", None)
         if limiter is not None:
             yield from self._connections(limiter)
+
+    def _issuers(self, chain: Any, cache: Any) -> Iterator[Metric]:
+        """
+        By CA (``acme.api_uri`` and ``issuance.fallback_issuers``, label
+        ``directory``): health, orders, fallbacks taken and the
+        certificates in the cache each issued.
+        """
+        ledger = chain.ledger
+        up = GaugeMetricFamily(
+            "kongacme_acme_issuer_up",
+            "1 unless the CA's last order failed through its fault (unreachable, 5xx, rate limited, timeout).",
+            labels=["directory", "role"],
+        )
+        orders = CounterMetricFamily(
+            "kongacme_acme_issuer_orders",
+            "Orders at the CA by result: issued, ca_failed (its fault: the order moved on), refused (not its fault).",
+            labels=["directory", "result"],
+        )
+        for entry in chain.status():
+            up.add_metric([entry["directory"], entry["role"]], 1 if entry["available"] else 0)
+            for result, key in (("issued", "issued"), ("ca_failed", "failed"), ("refused", "refused")):
+                orders.add_metric([entry["directory"], result], entry[key])
+        yield up
+        yield orders
+        fallbacks = CounterMetricFamily(
+            "kongacme_acme_fallbacks",
+            "Orders moved on from a CA to the next one after it failed through its fault.",
+            labels=["from_directory", "to_directory"],
+        )
+        for (frm, to), count in sorted(ledger.fallbacks.items()):
+            fallbacks.add_metric([frm, to], count)
+        yield fallbacks
+        counts: collections.Counter[str] = collections.Counter()
+        seen: set[int] = set()
+        for name in [] if cache is None else cache.names():
+            certified = cache.get(name)
+            if certified is None or id(certified) in seen:
+                continue
+            seen.add(id(certified))
+            issued_by = ledger.issued_by(certified)
+            if issued_by is not None:
+                counts[issued_by.directory] += 1
+        certificates = GaugeMetricFamily(
+            "kongacme_certificates_by_issuer",
+            "Certificates in the cache by the CA that issued them, as recorded by this process (or read from "
+            "storage by the Admin API); certificates with no record are not counted.",
+            labels=["directory"],
+        )
+        for directory in sorted(set(counts) | set(chain.directories)):
+            certificates.add_metric([directory], counts.get(directory, 0))
+        yield certificates
 
     def _connections(self, limiter: Any) -> Iterator[Metric]:
         in_use = GaugeMetricFamily(

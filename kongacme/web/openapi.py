@@ -105,9 +105,9 @@ _SCHEMAS: dict[str, Any] = {
     },
     "Certificate": {
         "type": "object",
-        "description": "Kong's fields, plus kongacme's `renewal`.",
+        "description": "Kong's fields, plus kongacme's `renewal` and `acme_issuer`.",
         "required": ["digest", "host", "issuer_cn", "not_before", "not_after", "valid", "serial_number",
-                     "pubkey_type", "renewal"],
+                     "pubkey_type", "renewal", "acme_issuer"],
         "properties": {
             "digest": {"type": "string", "description": "SHA-1 fingerprint, upper-case colon hex",
                        "pattern": "^[0-9A-F]{2}(:[0-9A-F]{2}){19}$"},
@@ -119,6 +119,13 @@ _SCHEMAS: dict[str, Any] = {
             "serial_number": {"type": "string", "description": "upper-case colon hex"},
             "pubkey_type": {"type": "string", "description": "rsaEncryption or id-ecPublicKey"},
             "renewal": _ref("Renewal"),
+            "acme_issuer": {
+                "type": "object", "nullable": True,
+                "description": "the CA that issued it as kongacme recorded it (null: not recorded)",
+                "required": ["directory", "fallback"],
+                "properties": {"directory": {"type": "string", "description": "the CA's directory URL"},
+                               "fallback": {"type": "boolean", "description": "one of issuance.fallback_issuers"}},
+            },
         },
     },
 }

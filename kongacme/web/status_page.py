@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import datetime
 import html
-from typing import Iterable, Optional, Sequence
+from typing import Any, Iterable, Mapping, Optional, Sequence
 
 import attrs
 
@@ -133,7 +133,68 @@ svg.timeline .bar.level-unknown { fill: #9ca3af; }
 """
 
 
-def _row(state: RenewalState, now: float, thresholds: Thresholds) -> str:
+@attrs.frozen
+class IssuerView:
+    """
+    The CAs on the status page: each with its role and health, and which
+    CA issued each host's certificate (when recorded).
+
+    :ivar cas: ``IssuerChain.status()``: dicts with ``directory``, ``role``,
+        ``available``, ``last_error``, ``issued``, ``failed``, ``refused``.
+    :ivar by_host: ``{host: IssuedBy}`` for the hosts whose issuer is known.
+    """
+
+    cas: Sequence[Mapping[str, Any]] = ()
+    by_host: Mapping[str, Any] = attrs.Factory(dict)
+
+
+def issuer_view(daemon: Any, hosts: Iterable[str]) -> Optional[IssuerView]:
+    """
+    The :class:`IssuerView` of ``daemon`` (its ``issuer`` chain and
+    ``cache``) for ``hosts``, or ``None`` without an issuer chain.
+    """
+    chain = getattr(daemon, "issuer", None)
+    ledger = getattr(chain, "ledger", None)
+    if ledger is None:
+        return None
+    cache = getattr(daemon, "cache", None)
+    by_host = {}
+    for host in hosts:
+        certified = None if cache is None else cache.get(host)
+        issued_by = None if certified is None else ledger.issued_by(certified)
+        if issued_by is not None:
+            by_host[host] = issued_by
+    return IssuerView(chain.status(), by_host)
+
+
+def _issuers_table(view: IssuerView) -> str:
+    rows = "".join(
+        '<tr class="ca %s"><td>%s</td><td class="directory">%s</td><td>%s</td><td>%d</td><td>%d</td><td>%s</td></tr>'
+        % (
+            "up" if ca["available"] else "down",
+            _e(ca["role"]),
+            _e(ca["directory"]),
+            "up" if ca["available"] else '<span class="admitted-no">failing</span>',
+            ca["issued"],
+            ca["failed"],
+            _e(ca["last_error"] or "—"),
+        )
+        for ca in view.cas
+    )
+    return (
+        '<table class="issuers"><thead><tr><th>Role</th><th>Directory</th><th>State</th><th>Issued</th>'
+        "<th>Failed (CA's fault)</th><th>Last error</th></tr></thead><tbody>%s</tbody></table>" % (rows,)
+    )
+
+
+def _issuer_cell(state: RenewalState, issued_by: Any) -> str:
+    text = _e(state.issuer or "—")
+    if issued_by is not None:
+        text += "<br><small>%s%s</small>" % ("fallback · " if issued_by.fallback else "", _e(issued_by.directory))
+    return text
+
+
+def _row(state: RenewalState, now: float, thresholds: Thresholds, issued_by: Any = None) -> str:
     left = None if state.not_after is None else state.not_after - now
     level = thresholds.level(left)
     classes = ["cert", "level-" + level]
@@ -164,7 +225,7 @@ def _row(state: RenewalState, now: float, thresholds: Thresholds) -> str:
     ) % (
         " ".join(classes),
         _e(state.host),
-        _e(state.issuer or "—"),
+        _issuer_cell(state, issued_by),
         _e(_date(state.not_after)),
         level,
         _e(_days_left(left)),
@@ -234,6 +295,7 @@ def render_status_page(
     thresholds: Thresholds = Thresholds(),
     version: str = "",
     cache_size: Optional[int] = None,
+    issuers: Optional[IssuerView] = None,
 ) -> bytes:
     """
     The status page.
@@ -243,6 +305,8 @@ def render_status_page(
     :param thresholds: where days left turn amber and red.
     :param version: kongacme's version, shown in the header.
     :param cache_size: names in the certificate cache, shown when given.
+    :param issuers: the CAs and who issued what (an "ACME CAs" section and
+        the directory under each certificate's issuer), when given.
     :return: the UTF-8 HTML document.
     """
     states = sorted(states, key=lambda state: state.host)
@@ -259,7 +323,8 @@ def render_status_page(
     if cache_size is not None:
         summary.append(("names in cache", cache_size))
     if states:
-        rows = "".join(_row(state, now, thresholds) for state in states)
+        by_host = {} if issuers is None else issuers.by_host
+        rows = "".join(_row(state, now, thresholds, by_host.get(state.host)) for state in states)
         table = (
             '<table class="certificates"><thead><tr><th>Host</th><th>Issuer</th><th>Expires</th>'
             "<th>Days left</th><th>Next renewal</th><th>Last error</th><th>Admitted</th></tr></thead>"
@@ -286,7 +351,7 @@ def render_status_page(
         '<p class="meta">%s · generated %s · refreshes every minute</p>'
         '<ul class="summary">%s</ul>'
         "<h2>Certificates</h2>%s"
-        "<h2>Expiries, next %d days</h2>%s%s"
+        "<h2>Expiries, next %d days</h2>%s%s%s"
         "</body></html>\n"
     ) % (
         _CSS,
@@ -298,5 +363,6 @@ def render_status_page(
         TIMELINE_DAYS,
         timeline,
         legend,
+        "" if issuers is None else "<h2>ACME CAs</h2>" + _issuers_table(issuers),
     )
     return document.encode("utf-8")

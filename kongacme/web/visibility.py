@@ -16,7 +16,7 @@ from twisted.web.server import Request
 from kongacme import __version__
 from kongacme.web.metrics import DaemonCollector, managed_states
 from kongacme.web.responses import Raw
-from kongacme.web.status_page import SECURITY_HEADERS, Thresholds, render_status_page
+from kongacme.web.status_page import SECURITY_HEADERS, Thresholds, issuer_view, render_status_page
 
 
 def thresholds_of(daemon: Any) -> Thresholds:
@@ -55,12 +55,14 @@ class Visibility:
     def status_page(self, request: Request) -> Raw:
         """``GET /``: the HTML status page."""
         cache = getattr(self._daemon, "cache", None)
+        states = managed_states(self._daemon)
         body = render_status_page(
-            managed_states(self._daemon),
+            states,
             self._clock.seconds(),
             thresholds=thresholds_of(self._daemon),
             version=__version__,
             cache_size=None if cache is None else len(cache.names()),
+            issuers=issuer_view(self._daemon, [state.host for state in states]),
         )
         return Raw(200, b"text/html; charset=utf-8", body, SECURITY_HEADERS)
 
