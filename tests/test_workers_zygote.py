@@ -45,18 +45,7 @@ class ZygoteTests(TestCase):
 
     def setUp(self):
         self.zygote = Zygote(reactor, worker_environment(), module=CHILD)
-        self.addCleanup(self.stop_zygote)
-
-    @inlineCallbacks
-    def stop_zygote(self):
-        process = self.zygote._process
-        if process is None:
-            return
-        ended = Deferred()
-        original = process.processEnded
-        process.processEnded = lambda reason: (original(reason), ended.callback(None))
-        process.transport.signalProcess("KILL")
-        yield ended
+        self.addCleanup(self.zygote.stop)
 
     def spawn(self, *args: str, extra: dict | None = None):
         ours, theirs = socket.socketpair()
@@ -96,7 +85,7 @@ class ZygoteTests(TestCase):
         recorder, transport, ours = self.spawn("exit", "0")
         got = yield self.report(ours)
         self.assertEqual(got["pid"], transport.pid)
-        self.assertEqual(got["ppid"], self.zygote._process.transport.pid)
+        self.assertEqual(got["ppid"], self.zygote.pid)
         self.assertNotEqual(got["ppid"], os.getpid())
         self.assertEqual(got["fds"], [0, 1, 2, 3])
         ended = yield recorder.ended
@@ -135,7 +124,7 @@ class ZygoteTests(TestCase):
         """
         recorder, transport, ours = self.spawn("wait")
         got = yield self.report(ours)
-        yield self.stop_zygote()
+        yield self.zygote.stop()
         ended = yield recorder.ended
         self.assertIsInstance(ended, ProcessTerminated)
         for _ in range(250):
@@ -164,3 +153,9 @@ class ZygoteTests(TestCase):
             ZygoteError, self.zygote.spawnProcess, Recorder(), sys.executable, [sys.executable, "-m", CHILD],
             None, {0: "w", 5: "w"},
         )
+
+    def test_stop_not_running(self):
+        """stop() before any spawn fires at once: there is no zygote yet."""
+        self.assertFalse(self.zygote.running)
+        self.assertIsNone(self.zygote.pid)
+        self.successResultOf(self.zygote.stop())

@@ -44,6 +44,7 @@ import sys
 import traceback
 from typing import Any, Sequence
 
+from twisted.internet.defer import Deferred, succeed
 from twisted.internet.error import ProcessDone, ProcessExitedAlready, ProcessTerminated
 from twisted.internet.protocol import Factory, ProcessProtocol, Protocol, connectionDone
 from twisted.logger import Logger
@@ -154,6 +155,7 @@ class _ZygoteProcess(ProcessProtocol):
     def __init__(self, zygote: "Zygote"):
         self._zygote = zygote
         self._buffer = b""
+        self.ended: Deferred = Deferred()
 
     def childDataReceived(self, childFD: int, data: bytes) -> None:
         if childFD != REPORT_FD:
@@ -167,6 +169,7 @@ class _ZygoteProcess(ProcessProtocol):
 
     def processEnded(self, reason: Failure) -> None:
         self._zygote.gone(self, reason)
+        self.ended.callback(None)
 
 
 class Zygote:
@@ -195,6 +198,21 @@ class Zygote:
     def running(self) -> bool:
         """Whether a zygote process is up."""
         return self._control is not None
+
+    @property
+    def pid(self) -> int | None:
+        """The zygote's pid while it runs."""
+        transport = self._process.transport if self._process is not None else None
+        return transport.pid if transport is not None else None
+
+    def stop(self) -> Deferred:
+        """Kill the zygote (its workers end with it); fires once it has ended."""
+        process = self._process
+        if process is None or process.transport is None:
+            return succeed(None)
+        ended = process.ended
+        process.transport.signalProcess("KILL")
+        return ended
 
     def _start(self) -> None:
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
