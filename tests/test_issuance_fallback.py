@@ -6,10 +6,13 @@ and kongacme.issuance.issuers (the primary and its fallbacks as one issuer).
 from __future__ import annotations
 
 import json
+from typing import Any
 
+from treq.testing import StubTreq
 from twisted.internet.error import ConnectionRefusedError
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
+from twisted.web.resource import Resource
 from zope.interface.verify import verifyObject
 
 from kongacme.acme.eab import ExternalAccountRequired
@@ -18,10 +21,12 @@ from kongacme.acme.polling import PollTimeout
 from kongacme.errors import AcmeProblem, AcmeTransportError, DNSError
 from kongacme.interfaces import IIssuer
 from kongacme.issuance.fallback import ca_at_fault
-from kongacme.issuance.issuers import IssuedBy, IssuerChain, IssuerLedger
+from kongacme.config import parse_config
+from kongacme.issuance.issuers import IssuedBy, IssuerChain, IssuerLedger, make_issuer
 from kongacme.storage import keys
 from kongacme.storage.errors import StorageError
-from kongacme.testing import FakeIssuer, MemoryStorage, TestCA
+from kongacme.testing import FakeIssuer, MemoryChallengeTokenStore, MemoryStorage, TestCA
+from tests.fakeca import FakeCA
 
 ERR = "urn:ietf:params:acme:error:"
 
@@ -197,3 +202,66 @@ class IssuerChainTests(SynchronousTestCase):
         certified = self.successResultOf(self.chain.issue("a.test"))
         self.chain.revoke(certified)
         self.assertEqual(revoked, ["https://two.test/dir"])
+
+
+class _Unavailable(Resource):
+    """A CA behind a load balancer that answers 503 to everything."""
+
+    isLeaf = True
+
+    def render(self, request: Any) -> bytes:
+        request.setResponseCode(503)
+        return b"Service Unavailable"
+
+
+class MakeIssuerTests(SynchronousTestCase):
+    """Tests for make_issuer: the fallback issuers' settings, accounts and ZeroSSL's automatic EAB."""
+
+    def setUp(self) -> None:
+        self.clock = Clock()
+        self.storage = MemoryStorage(self.clock)
+        self.zerossl = FakeCA("https://acme.zerossl.com", directory_path="/v2/DV90", external_account_required=True)
+        self.config = parse_config(
+            {
+                "acme": {"account_email": "ops@example.com", "api_uri": "https://primary.test/dir",
+                         "tos_accepted": True, "cert_type": "ecc", "domains": ["*.example.com"],
+                         "eab_kid": "primary-kid", "eab_hmac_key": "c2VjcmV0"},
+                "issuance": {"zerossl_eab_url": "https://eab.fake.test/zerossl-eab",
+                             "fallback_issuers": [{"api_uri": "https://acme.zerossl.com/v2/DV90"}]},
+            },
+            ".",
+        )
+        clients = {"https://primary.test/dir": StubTreq(_Unavailable()),
+                   "https://acme.zerossl.com/v2/DV90": StubTreq(self.zerossl)}
+        self.chain = make_issuer(self.config.acme, self.config.issuance, self.storage,
+                                 MemoryChallengeTokenStore(self.clock), self.clock, http_for=clients.__getitem__)
+
+    def test_zerossl_fallback(self) -> None:
+        """
+        The primary answers 503; the ZeroSSL fallback registers its own
+        account with EAB credentials fetched for the primary's email (not
+        the primary's EAB), stored under its own directory, and issues.
+        """
+        d = self.chain.issue("a.example.com")
+        self.clock.advance(60)
+        certified = self.successResultOf(d)
+        self.assertEqual(certified.names, ("a.example.com",))
+        self.assertIn(("POST", "/zerossl-eab"), self.zerossl.log)
+        self.assertEqual(len(self.zerossl.accounts), 1)
+        self.assertEqual(self.chain.ledger.issued_by(certified), IssuedBy("https://acme.zerossl.com/v2/DV90", True))
+        stored = self.successResultOf(self.storage.list(keys.ACCOUNT_PREFIX))
+        self.assertEqual(
+            sorted(stored),
+            sorted([keys.account_key("https://primary.test/dir", "ops@example.com"),
+                    keys.account_key("https://acme.zerossl.com/v2/DV90", "ops@example.com")]),
+        )
+
+    def test_settings(self) -> None:
+        """A fallback gets the primary's email and ca_bundle, not its EAB or account key."""
+        primary, fallback = self.chain._issuers
+        self.assertEqual(self.chain.directories, ["https://primary.test/dir", "https://acme.zerossl.com/v2/DV90"])
+        self.assertEqual(
+            (fallback._acme.account_email, fallback._acme.eab_kid, fallback._acme.account_key),
+            ("ops@example.com", None, None),
+        )
+        self.assertEqual(primary._acme.eab_kid, "primary-kid")

@@ -52,6 +52,8 @@ class DaemonAcmeIssuer:
     :param issuance: the ``issuance`` config section.
     :param solvers: the challenge solvers, when shared with other issuers
         (``None``: built here, and closed by :meth:`close`).
+    :param http: the treq ``HTTPClient`` to the CA (tests: ``StubTreq``);
+        ``None``: one verifying against ``issuance.ca_bundle``.
     """
 
     log = Logger()
@@ -67,10 +69,12 @@ class DaemonAcmeIssuer:
         token_store: IChallengeTokenStore,
         reactor: Any,
         solvers: Optional[list] = None,
+        http: Any = None,
     ):
         self._acme = acme
         self.directory = acme.api_uri
         self._issuance = issuance
+        self._http = http
         self._storage = storage
         self._token_store = token_store
         self._reactor = reactor
@@ -163,7 +167,7 @@ class DaemonAcmeIssuer:
                 pem = account_key_pem(generate_account_key("ecc"))
             yield self._storage.set(storage_key, keys.encode_account(pem))
         key = account_key_from_pem(pem)
-        http = make_http_client(
+        http = self._http or make_http_client(
             self._reactor, self._issuance.ca_bundle, pool=self._pool, connect_timeout=self._issuance.request_timeout
         )
         client = yield AcmeClient.from_directory(

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import collections
 import json
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import attrs
 from twisted.internet.defer import Deferred, gatherResults, succeed
@@ -247,6 +247,7 @@ def make_issuer(
     token_store: IChallengeTokenStore,
     reactor: Any,
     previous: Optional[IssuerChain] = None,
+    http_for: Optional[Callable[[str], Any]] = None,
 ) -> IssuerChain:
     """
     The daemon's issuer: the primary (``acme``) and each of
@@ -262,9 +263,12 @@ def make_issuer(
 
     :param previous: the chain this one replaces on a reload (its ledger
         is kept, so issuers of certificates stay known).
+    :param http_for: ``directory URL -> treq HTTPClient`` (tests); by
+        default each CA gets its own, verifying against its ``ca_bundle``.
     """
+    http = http_for or (lambda directory: None)
     solvers = make_solvers(issuance, token_store, reactor)
-    issuers = [DaemonAcmeIssuer(acme, issuance, storage, token_store, reactor, solvers=solvers)]
+    issuers = [DaemonAcmeIssuer(acme, issuance, storage, token_store, reactor, solvers, http(acme.api_uri))]
     for fallback in issuance.fallback_issuers:
         their_acme = attrs.evolve(
             acme,
@@ -275,6 +279,8 @@ def make_issuer(
             account_key=None,
         )
         their_issuance = attrs.evolve(issuance, ca_bundle=fallback.ca_bundle or issuance.ca_bundle)
-        issuers.append(DaemonAcmeIssuer(their_acme, their_issuance, storage, token_store, reactor, solvers=solvers))
+        issuers.append(
+            DaemonAcmeIssuer(their_acme, their_issuance, storage, token_store, reactor, solvers, http(fallback.api_uri))
+        )
     ledger = previous.ledger if previous is not None else IssuerLedger(reactor)
     return IssuerChain(issuers, ledger, storage, reactor, solvers)
