@@ -15,6 +15,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from twisted.web.resource import Resource
 from zope.interface.verify import verifyObject
 
+from kongacme.acme.ari import cert_id
 from kongacme.acme.eab import ExternalAccountRequired
 from kongacme.acme.order import OrderFailed
 from kongacme.acme.polling import PollTimeout
@@ -156,11 +157,23 @@ class IssuerChainTests(SynchronousTestCase):
         self.assertEqual(self.primary.calls[-1], ("a.test", first.key, "id"))
         self.assertTrue(self.ledger.health("https://one.test/dir").available)
 
-    def test_replaces_only_at_primary(self) -> None:
-        """The ARI replaces identifier is not sent to a fallback CA (it names another CA's certificate)."""
+    def test_replaces_only_at_issuer(self) -> None:
+        """
+        The ARI replaces identifier goes only to the CA that issued the
+        certificate it names (the primary when unknown): a renewal at the
+        primary of a certificate from the fallback sends none.
+        """
         self.primary.fail_with = AcmeProblem("about:blank", "down", 503)
-        self.successResultOf(self.chain.issue("a.test", replaces="id"))
-        self.assertEqual(self.second.calls, [("a.test", None, None)])
+        self.successResultOf(self.chain.issue("a.test", replaces="unknown-id"))
+        self.assertEqual((self.primary.calls[-1][2], self.second.calls[-1][2]), ("unknown-id", None))
+        from_fallback = self.successResultOf(self.chain.issue("b.test"))
+        self.primary.fail_with = None
+        ari_id = cert_id(from_fallback.leaf)
+        self.successResultOf(self.chain.issue("b.test", from_fallback.key, replaces=ari_id))
+        self.assertEqual(self.primary.calls[-1], ("b.test", from_fallback.key, None))
+        self.primary.fail_with = AcmeProblem("about:blank", "down", 503)
+        self.successResultOf(self.chain.issue("b.test", from_fallback.key, replaces=ari_id))
+        self.assertEqual(self.second.calls[-1], ("b.test", from_fallback.key, ari_id))
 
     def test_retry_after_skips(self) -> None:
         """A CA that answered Retry-After is skipped until then while a later CA remains; then asked again."""

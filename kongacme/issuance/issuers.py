@@ -18,6 +18,7 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from zope.interface import implementer
 
+from kongacme.acme.ari import cert_id
 from kongacme.interfaces import IChallengeTokenStore, IIssuer, IStorage
 from kongacme.issuance.acme_issuer import DaemonAcmeIssuer
 from kongacme.issuance.fallback import IssuerHealth, ca_at_fault
@@ -62,6 +63,8 @@ class IssuerLedger:
         self._clock = clock
         self._max = max_records
         self._by_fingerprint: collections.OrderedDict[str, IssuedBy] = collections.OrderedDict()
+        #: ``{ARI identifier: directory}`` (RFC 9773 §4.1), for ``replaces``.
+        self._by_ari: collections.OrderedDict[str, str] = collections.OrderedDict()
         self._health: dict[str, IssuerHealth] = {}
         #: ``{(from_directory, to_directory): count}`` of orders moved on.
         self.fallbacks: collections.Counter[tuple[str, str]] = collections.Counter()
@@ -73,12 +76,23 @@ class IssuerLedger:
             found = self._health[directory] = IssuerHealth(directory)
         return found
 
-    def remember(self, fingerprint: str, issued_by: IssuedBy) -> None:
-        """Record (in memory) that ``issued_by`` issued the certificate ``fingerprint``."""
-        self._by_fingerprint.pop(fingerprint, None)
-        self._by_fingerprint[fingerprint] = issued_by
-        while len(self._by_fingerprint) > self._max:
-            self._by_fingerprint.popitem(last=False)
+    def remember(self, fingerprint: str, issued_by: IssuedBy, ari_id: Optional[str] = None) -> None:
+        """
+        Record (in memory) that ``issued_by`` issued the certificate
+        ``fingerprint`` (whose ARI identifier is ``ari_id``, if known).
+        """
+        for table, key, value in ((self._by_fingerprint, fingerprint, issued_by),
+                                  (self._by_ari, ari_id, issued_by.directory)):
+            if key is None:
+                continue
+            table.pop(key, None)
+            table[key] = value
+            while len(table) > self._max:
+                table.popitem(last=False)
+
+    def ari_owner(self, ari_id: str) -> Optional[str]:
+        """The directory of the CA that issued the certificate with ARI identifier ``ari_id``, if known."""
+        return self._by_ari.get(ari_id)
 
     def issued_by(self, certified: Any) -> Optional[IssuedBy]:
         """The CA that issued ``certified`` if this process knows it (no I/O), else ``None``."""
@@ -125,7 +139,8 @@ class IssuerChain:
     failing through the CA's fault (:func:`~kongacme.issuance.fallback.ca_at_fault`)
     moves on to the next CA at once, with one warning line; any other
     failure ends the order there. When every CA failed, the last failure is
-    raised (the manager's backoff follows).
+    raised (the manager's backoff follows). The ARI ``replaces`` identifier
+    goes only to the CA that issued the certificate it names.
 
     :param issuers: ``DaemonAcmeIssuer``-like objects (``directory``,
         ``issue``, ``revoke``, ``renewal_info``, ``close``), primary first.
@@ -164,6 +179,10 @@ class IssuerChain:
     async def _issue(self, host: str, private_key: Any, replaces: Optional[str]) -> Any:
         chain = self._issuers
         failure: Optional[BaseException] = None
+        # replaces (RFC 9773 §5) goes only to the CA that issued the
+        # certificate it names (the primary when unknown): another CA would
+        # refuse an identifier of a certificate it never issued.
+        replaces_at = None if replaces is None else (self.ledger.ari_owner(replaces) or chain[0].directory)
         for position, issuer in enumerate(chain):
             health = self.ledger.health(issuer.directory)
             now = self._clock.seconds()
@@ -173,9 +192,9 @@ class IssuerChain:
                 self._moved_on(host, issuer.directory, nxt, "asked to retry after %.0f s" % ((health.retry_after or now) - now))
                 continue
             try:
-                # replaces (RFC 9773 §5) names a certificate of the primary's
-                # unless the record says otherwise; another CA would refuse it.
-                certified = await issuer.issue(host, private_key, replaces=replaces if position == 0 else None)
+                certified = await issuer.issue(
+                    host, private_key, replaces=replaces if issuer.directory == replaces_at else None
+                )
             except Exception as e:
                 if not ca_at_fault(e):
                     health.answered(e)
@@ -200,7 +219,11 @@ class IssuerChain:
         )
 
     def _record(self, host: str, certified: Any, issued_by: IssuedBy) -> None:
-        self.ledger.remember(certified.fingerprint, issued_by)
+        try:
+            ari_id: Optional[str] = cert_id(certified.leaf)
+        except ValueError:
+            ari_id = None  # no Authority Key Identifier: cannot be named to ARI
+        self.ledger.remember(certified.fingerprint, issued_by, ari_id)
         value = json.dumps(dict(issued_by.to_dict(), fingerprint=certified.fingerprint)).encode("utf-8")
 
         def failed(failure: Any) -> None:
