@@ -96,15 +96,23 @@ class AdminSectionTests(SynchronousTestCase):
         """
         The limits are read and range-checked, naming their fields.
         """
-        config = parse_config({"admin": {"max_header_bytes": 2048, "request_timeout": 0.5}}, "/srv")
-        self.assertEqual((config.admin.max_header_bytes, config.admin.request_timeout), (2048, 0.5))
+        config = parse_config(
+            {"admin": {"max_header_bytes": 2048, "request_timeout": 0.5, "metrics_host_limit": 0}}, "/srv"
+        )
+        self.assertEqual(
+            (config.admin.max_header_bytes, config.admin.request_timeout, config.admin.metrics_host_limit),
+            (2048, 0.5, 0),
+        )
+        self.assertEqual(parse_config({}, "/srv").admin.metrics_host_limit, 10_000)
         error = self.assertRaises(
             ConfigError, parse_config,
-            {"admin": {"max_header_bytes": 10, "request_timeout": 0, "allow_unauthenticated": "yes"}}, "/srv",
+            {"admin": {"max_header_bytes": 10, "request_timeout": 0, "allow_unauthenticated": "yes",
+                       "metrics_host_limit": -1}}, "/srv",
         )
         self.assertEqual(
             [path for path, _ in error.problems],
-            ["admin.allow_unauthenticated", "admin.max_header_bytes", "admin.request_timeout"],
+            ["admin.allow_unauthenticated", "admin.max_header_bytes", "admin.request_timeout",
+             "admin.metrics_host_limit"],
         )
 
     def test_exposed_without_token_refused(self) -> None:

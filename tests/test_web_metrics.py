@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import collections
 import os
+from types import SimpleNamespace
 from typing import Any, Optional
 
 import attrs
@@ -18,7 +19,7 @@ from twisted.internet.defer import Deferred, fail, inlineCallbacks
 from twisted.internet.task import Clock, deferLater
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
-from kongacme.config import IssuanceConfig
+from kongacme.config import AdminConfig, IssuanceConfig
 from kongacme.errors import AcmeProblem
 from kongacme.issuance.admission import Admission
 from kongacme.issuance.issuers import IssuerChain, IssuerLedger
@@ -202,6 +203,43 @@ class MetricsEndpointTests(MetricsSiteMixin, TestCase):
             sample_value(families, "kongacme_certificate_soonest_expiry_seconds"),
             min(seconds for host, seconds in expiry.items() if admitted[host]),
         )
+
+    @inlineCallbacks
+    def test_certificate_counts(self) -> Any:
+        """
+        Counts by state, a fixed set of series for any number of hosts:
+        admitted certificates expiring within each period, failing
+        renewals, no longer admitted.
+        """
+        port = self.start_site(self.daemon, self.clock)
+        families = yield self.scrape(port)
+        expiring = labelled(families, "kongacme_certificates_expiring", "within")
+        self.assertEqual(expiring, {"expired": 0, "1d": 0, "7d": 1, "14d": 2, "30d": 2})
+        self.assertEqual(sample_value(families, "kongacme_certificates_renewal_failing"), 1)
+        self.assertEqual(sample_value(families, "kongacme_certificates_not_admitted"), 1)
+        self.assertEqual(sample_value(families, "kongacme_certificate_host_series"), 1)
+
+    @inlineCallbacks
+    def test_host_series_limit(self) -> Any:
+        """
+        Beyond admin.metrics_host_limit managed certificates, the {host}
+        series are left out (one scrape of 100,000 hosts was 300,000 lines);
+        the counts and the soonest expiry stay. 0 means never.
+        """
+        for limit in (4, 0):
+            self.daemon.config = SimpleNamespace(admin=AdminConfig(metrics_host_limit=limit))
+            port = self.start_site(self.daemon, self.clock)
+            families = yield self.scrape(port)
+            for name in ("kongacme_certificate_expiry_seconds", "kongacme_renewal_failures_in_a_row",
+                         "kongacme_certificate_admitted"):
+                self.assertNotIn(name, families)
+            self.assertEqual(sample_value(families, "kongacme_certificate_host_series"), 0)
+            self.assertEqual(sample_value(families, "kongacme_certificates_managed"), 5)
+            self.assertEqual(sample_value(families, "kongacme_certificate_soonest_expiry_seconds"), 5 * DAY)
+            self.assertEqual(labelled(families, "kongacme_certificates_expiring", "within")["7d"], 1)
+        self.daemon.config = SimpleNamespace(admin=AdminConfig(metrics_host_limit=5))
+        families = yield self.scrape(self.start_site(self.daemon, self.clock))
+        self.assertEqual(len(labelled(families, "kongacme_certificate_expiry_seconds", "host")), 5)
 
     @inlineCallbacks
     def test_read_at_scrape_time(self) -> Any:

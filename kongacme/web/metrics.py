@@ -8,6 +8,7 @@ updated all over the code. Each daemon registers it in its own
 
 from __future__ import annotations
 
+import bisect
 import collections
 from typing import Any, Iterable, Iterator, Mapping
 
@@ -25,6 +26,13 @@ from kongacme.tls.protocol import HANDSHAKE_OUTCOMES
 #: manager counts as ``stats["orders_failed:<reason>"]`` (its
 #: ``failure_reason``). Failures counted without a reason are ``other``.
 ORDER_FAILURE_REASONS = ("backoff", "not_admitted", "in_progress", "storage", "ca_problem", "ca_unreachable", "other")
+
+#: Per-host series at most for this many managed certificates, unless
+#: ``admin.metrics_host_limit`` says otherwise.
+PER_HOST_SERIES_LIMIT = 10_000
+
+#: ``within`` label values of ``kongacme_certificates_expiring``, seconds.
+EXPIRY_PERIODS = (("expired", 0.0), ("1d", 86400.0), ("7d", 7 * 86400.0), ("14d", 14 * 86400.0), ("30d", 30 * 86400.0))
 
 #: ``result`` label values of ``kongacme_handshakes_held_total``: how a
 #: handshake held for an on-demand order ended (the manager's
@@ -258,10 +266,27 @@ class DaemonCollector(Collector):
             errors = getattr(getattr(self._daemon, "storage", None), "errors", None)
         return errors if isinstance(errors, Mapping) else {}
 
+    def _host_limit(self) -> int:
+        admin = getattr(getattr(self._daemon, "config", None), "admin", None)
+        limit = getattr(admin, "metrics_host_limit", PER_HOST_SERIES_LIMIT)
+        return limit if isinstance(limit, int) else PER_HOST_SERIES_LIMIT
+
     def _certificates(self, states: list[RenewalState], now: float) -> Iterator[Metric]:
         yield GaugeMetricFamily(
             "kongacme_certificates_managed", "Certificates kongacme manages (renews).", value=len(states)
         )
+        yield from self._certificate_counts(states, now)
+        per_host = len(states) <= self._host_limit()
+        yield GaugeMetricFamily(
+            "kongacme_certificate_host_series",
+            "1 while the {host} series are exported (managed certificates <= admin.metrics_host_limit), else 0.",
+            value=1 if per_host else 0,
+        )
+        if not per_host:
+            soonest = min((s.not_after for s in states if s.admitted and s.not_after is not None), default=None)
+            if soonest is not None:
+                yield self._soonest(soonest - now)
+            return
         expiry = GaugeMetricFamily(
             "kongacme_certificate_expiry_seconds",
             "Seconds until the host's certificate expires (negative once expired).",
@@ -287,13 +312,40 @@ class DaemonCollector(Collector):
         yield failures
         yield admitted
         if soonest is not None:
-            # One series whatever the number of hosts: what to alert on when
-            # the per-host series are dropped (allow_any_domain fleets).
-            yield GaugeMetricFamily(
-                "kongacme_certificate_soonest_expiry_seconds",
-                "Seconds until the first of the admitted (renewed) certificates expires.",
-                value=soonest - now,
-            )
+            yield self._soonest(soonest - now)
+
+    @staticmethod
+    def _soonest(seconds: float) -> Metric:
+        # One series whatever the number of hosts: what to alert on when
+        # there are no per-host series (allow_any_domain fleets).
+        return GaugeMetricFamily(
+            "kongacme_certificate_soonest_expiry_seconds",
+            "Seconds until the first of the admitted (renewed) certificates expires.",
+            value=seconds,
+        )
+
+    @staticmethod
+    def _certificate_counts(states: list[RenewalState], now: float) -> Iterator[Metric]:
+        """Counts by state, a fixed number of series for any number of hosts."""
+        expiring = GaugeMetricFamily(
+            "kongacme_certificates_expiring",
+            "Admitted (renewed) certificates that expire within the period (expired ones included).",
+            labels=["within"],
+        )
+        left = sorted(s.not_after - now for s in states if s.admitted and s.not_after is not None)
+        for label, seconds in EXPIRY_PERIODS:
+            expiring.add_metric([label], bisect.bisect_right(left, seconds))
+        yield expiring
+        yield GaugeMetricFamily(
+            "kongacme_certificates_renewal_failing",
+            "Certificates whose last renewal attempt failed (failures in a row > 0).",
+            value=sum(1 for s in states if s.failures),
+        )
+        yield GaugeMetricFamily(
+            "kongacme_certificates_not_admitted",
+            "Certificates the configuration no longer admits (kept, not renewed).",
+            value=sum(1 for s in states if not s.admitted),
+        )
 
     def _orders(self, stats: Mapping[str, int]) -> Iterator[Metric]:
         yield CounterMetricFamily(
