@@ -249,6 +249,21 @@ class RenderTests(PageChecks, SynchronousTestCase):
         self.assertEqual(counts["count-not-admitted"], "1")
         self.assertEqual(counts["count-names-in-cache"], "3")
 
+    def test_max_rows(self) -> None:
+        """
+        Beyond max_rows the page lists (and draws) the certificates needing
+        attention first: failing, then the soonest expiry; it says how many
+        of how many, and where the full list is; the counts cover all.
+        """
+        dom = parse(self.render(sample_states(), max_rows=2))
+        self.assertEqual(sorted(rows_by_host(dom)), ["failing.example.test", "soon.example.test"])
+        self.assertEqual(len(dom.find_all("svg", "timeline")[0].find_all("g", "entry")), 2)
+        self.assertIn("Showing the 2 of 5 certificates that need attention first", dom.text())
+        self.assertIn("GET /acme/certificates", dom.text())
+        counts = {li.classes.pop(): li.find_all("b")[0].text() for li in dom.find_all("li")}
+        self.assertEqual(counts["count-managed"], "5")
+        self.assertNotIn("Showing the", parse(self.render(sample_states(), max_rows=5)).text())
+
     def test_thresholds_from_config(self) -> None:
         """
         The daemon's acme.renew_threshold_days and renewal.critical_days
