@@ -28,14 +28,18 @@ def generate_self_signed(
     now: datetime.datetime | None = None,
     days: int = 3650,
     extra_names: Sequence[str] = (),
+    extensions: Sequence[tuple[x509.ExtensionType, bool]] = (),
 ) -> CertifiedKey:
     """
     A self-signed ECDSA P-256 certificate for ``name`` (and ``extra_names``).
+
+    :param extensions: more ``(extension, critical)`` to add (tls-alpn-01's
+        id-pe-acmeIdentifier).
     """
     now = now or datetime.datetime.now(datetime.timezone.utc)
     key = ec.generate_private_key(ec.SECP256R1())
     subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
-    cert = (
+    builder = (
         x509.CertificateBuilder()
         .subject_name(subject)
         .issuer_name(subject)
@@ -46,8 +50,10 @@ def generate_self_signed(
         .add_extension(x509.SubjectAlternativeName([x509.DNSName(n) for n in (name, *extra_names)]), critical=False)
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
         .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
-        .sign(key, hashes.SHA256())
     )
+    for extension, critical in extensions:
+        builder = builder.add_extension(extension, critical=critical)
+    cert = builder.sign(key, hashes.SHA256())
     return CertifiedKey(chain=(cert,), key=key, source="generated fallback")
 
 

@@ -20,6 +20,7 @@ from kongacme.errors import ClientHelloError
 from kongacme.interfaces import GATE_CACHE_FILLED, ICertificateCache, IHandshakeGate
 from kongacme.net import peer_name
 from kongacme.timers import Deadline, TimerWheel
+from kongacme.tls.alpn_challenge import NO_APPLICATION_PROTOCOL_ALERT, CloseAfterHandshake, is_challenge_hello
 from kongacme.tls.clienthello import ClientHello, parse_client_hello
 from kongacme.tls.context import ContextBuilder
 from kongacme.tls.pump import TLSPump
@@ -39,7 +40,9 @@ _UNRECOGNIZED_NAME_ALERT = b"\x15\x03\x03\x00\x02\x02\x70"
 #: before a whole ClientHello (``abandoned``), the deadline passed
 #: (``timeout``), or TLS failed
 #: (``failed``: no shared protocol or cipher, the client refused the
-#: certificate, the connection dropped mid-handshake).
+#: certificate, the connection dropped mid-handshake); or a tls-alpn-01
+#: validation answered with the challenge certificate (``acme_tls_alpn``;
+#: one with no pending challenge is ``rejected``).
 HANDSHAKE_OUTCOMES = (
     "cached",
     "fallback",
@@ -49,6 +52,7 @@ HANDSHAKE_OUTCOMES = (
     "abandoned",
     "timeout",
     "failed",
+    "acme_tls_alpn",
 )
 
 
@@ -130,6 +134,11 @@ class SNITLSProtocol(TLSPump):
                 peer=peer_name(self.transport),
             )
         factory = self.factory
+        if factory.challenges is not None and is_challenge_hello(hello):
+            # A CA validating tls-alpn-01 (RFC 8737): never proxied nor held.
+            self._gate_pending = True
+            factory.challenges.connection_for(hello, peer_name(self.transport)).addBoth(self._challenge_ready)
+            return
         gate = factory.gate
         waiting = gate.before_handshake(hello.server_name) if gate is not None else None
         if waiting is None:
@@ -175,6 +184,21 @@ class SNITLSProtocol(TLSPump):
         # Read by the ALPN select callback (context._select_alpn).
         tls.set_app_data(self)
         self.start_tls(tls, buffered or b"")
+
+    def _challenge_ready(self, tls: Any) -> None:
+        self._gate_pending = False
+        if self._lost_early or self._hello_buffer is None:
+            return
+        buffered, self._hello_buffer = self._hello_buffer, None
+        if tls is None or isinstance(tls, Failure):
+            self._count("rejected")
+            self._cancel_deadline()
+            self.transport.write(NO_APPLICATION_PROTOCOL_ALERT)
+            self.transport.loseConnection()
+            return
+        self._count("acme_tls_alpn")
+        self.wrappedProtocol = CloseAfterHandshake()
+        self.start_tls(tls, buffered)
 
     def _handshake_timed_out(self) -> None:
         self._deadline = None
@@ -268,6 +292,9 @@ class TLSServerFactory(ServerFactory):  # type: ignore[type-arg]
 
     protocol = SNITLSProtocol
     noisy = False
+    #: Answers tls-alpn-01 validations (a
+    #: :class:`~kongacme.tls.alpn_challenge.ChallengeResponder`), if set.
+    challenges: Any = None
 
     def __init__(
         self,

@@ -1,0 +1,222 @@
+"""
+Tests for kongacme.tls.alpn_challenge: the tls-alpn-01 certificate (RFC
+8737 §3), the responder, and the TLS listener's answer to ``acme-tls/1``
+hellos seen by a real client.
+"""
+
+from __future__ import annotations
+
+import datetime
+import hashlib
+import socket
+import ssl
+
+from cryptography import x509
+from cryptography.hazmat.primitives.asymmetric import ec
+from twisted.internet import reactor
+from twisted.internet.defer import Deferred, fail, inlineCallbacks, succeed
+from twisted.internet.task import Clock
+from twisted.internet.threads import deferToThread
+from twisted.trial.unittest import SynchronousTestCase, TestCase
+
+from kongacme.tls.alpn_challenge import (
+    ACME_TLS_1,
+    ID_PE_ACME_IDENTIFIER,
+    ChallengeResponder,
+    acme_identifier_value,
+    challenge_certificate,
+    is_challenge_hello,
+)
+from kongacme.tls.clienthello import ClientHello, parse_client_hello
+
+from tests import tlsclients
+from tests.clienthellos import client_hello_bytes
+from tests.test_tls_protocol import TLSTestMixin
+
+KEY_AUTHORIZATION = "evaGxfADs6pSRb2LAv9IZf17Dt3juxGJ-PCt92wr-oA.9jg46WB3rR_AHD-EBXdN7cBkH1WOu0tA3M9fm21mqTI"
+
+
+class ChallengeCertificateTests(SynchronousTestCase):
+    """Tests for challenge_certificate and acme_identifier_value."""
+
+    def test_fields(self) -> None:
+        """
+        Self-signed, one dNSName, and a critical id-pe-acmeIdentifier whose
+        value is the DER OCTET STRING of SHA-256(key authorization).
+        """
+        now = datetime.datetime(2026, 12, 3, tzinfo=datetime.timezone.utc)
+        certified = challenge_certificate("a.example.test", KEY_AUTHORIZATION, now)
+        certificate, key = certified.chain[0], certified.key
+        san = certificate.extensions.get_extension_for_class(x509.SubjectAlternativeName)
+        self.assertEqual(list(san.value), [x509.DNSName("a.example.test")])
+        extension = certificate.extensions.get_extension_for_oid(ID_PE_ACME_IDENTIFIER)
+        self.assertTrue(extension.critical)
+        digest = hashlib.sha256(KEY_AUTHORIZATION.encode("ascii")).digest()
+        self.assertEqual(extension.value.value, bytes([0x04, 32]) + digest)
+        self.assertEqual(certificate.issuer, certificate.subject)
+        certificate.verify_directly_issued_by(certificate)
+        self.assertEqual(certificate.public_key(), key.public_key())
+        self.assertLessEqual(certificate.not_valid_before_utc, now)
+        self.assertGreater(certificate.not_valid_after_utc, now)
+
+    def test_rfc8737_example(self) -> None:
+        """The extension value starts with the OCTET STRING tag and length (RFC 8737 §3)."""
+        value = acme_identifier_value(KEY_AUTHORIZATION)
+        self.assertEqual((len(value), value[:2]), (34, b"\x04\x20"))
+
+    def test_non_ascii_key_authorization(self) -> None:
+        """A key authorization is ASCII (base64url and a dot): anything else is an error."""
+        self.assertRaises(UnicodeEncodeError, acme_identifier_value, "tökén.x")
+
+
+class ChallengeHelloTests(SynchronousTestCase):
+    """Tests for is_challenge_hello on real ClientHellos."""
+
+    def hello(self, alpn: list[str] | None) -> ClientHello:
+        parsed = parse_client_hello(client_hello_bytes("a.example.test", alpn=alpn))
+        assert parsed is not None
+        return parsed
+
+    def test_only_acme_tls(self) -> None:
+        """acme-tls/1 alone is a validation."""
+        self.assertTrue(is_challenge_hello(self.hello(["acme-tls/1"])))
+
+    def test_beside_other_protocols(self) -> None:
+        """acme-tls/1 with h2 is not (RFC 8737 §3: the only protocol), nor no ALPN, nor h2 alone."""
+        self.assertFalse(is_challenge_hello(self.hello(["h2", "acme-tls/1"])))
+        self.assertFalse(is_challenge_hello(self.hello(["acme-tls/1", "http/1.1"])))
+        self.assertFalse(is_challenge_hello(self.hello(None)))
+        self.assertFalse(is_challenge_hello(self.hello(["h2"])))
+
+
+class FakeLookup:
+    """A lookup answering from a dict, counting calls."""
+
+    def __init__(self, pending: dict[str, str]):
+        self.pending = pending
+        self.asked: list[str] = []
+
+    def __call__(self, name: str) -> Deferred:
+        self.asked.append(name)
+        return succeed(self.pending.get(name))
+
+
+class ChallengeResponderTests(SynchronousTestCase):
+    """Tests for ChallengeResponder."""
+
+    def setUp(self) -> None:
+        self.clock = Clock()
+        self.clock.advance(1_800_000_000)
+        self.lookup = FakeLookup({"a.example.test": KEY_AUTHORIZATION})
+        self.responder = ChallengeResponder(self.lookup, self.clock)
+
+    def test_pending_cached(self) -> None:
+        """A pending challenge gets a connection; its context is built once per (name, key authorization)."""
+        hello = ClientHello(server_name="a.example.test", alpn_offered=(ACME_TLS_1,))
+        first = self.successResultOf(self.responder.connection_for(hello))
+        second = self.successResultOf(self.responder.connection_for(hello))
+        self.assertIs(first.get_context(), second.get_context())
+        self.lookup.pending["a.example.test"] = "other." + KEY_AUTHORIZATION.split(".")[1]
+        third = self.successResultOf(self.responder.connection_for(hello))
+        self.assertIsNot(third.get_context(), first.get_context())
+        self.assertEqual(self.responder.answered, 3)
+
+    def test_not_pending(self) -> None:
+        """No pending challenge, or no SNI: None, counted, one log line a minute."""
+        flushed = []
+        from twisted.logger import globalLogPublisher
+
+        globalLogPublisher.addObserver(flushed.append)
+        self.addCleanup(globalLogPublisher.removeObserver, flushed.append)
+        for name in ("b.example.test", "c.example.test", None):
+            hello = ClientHello(server_name=name, alpn_offered=(ACME_TLS_1,))
+            self.assertIsNone(self.successResultOf(self.responder.connection_for(hello)))
+        self.assertEqual(self.responder.refused, 3)
+        self.assertEqual(self.lookup.asked, ["b.example.test", "c.example.test"])
+        lines = [e for e in flushed if "acme-tls/1" in e.get("log_format", "")]
+        self.assertEqual([e["name"] for e in lines], ["b.example.test"])
+        self.clock.advance(61)
+        hello = ClientHello(server_name="d.example.test", alpn_offered=(ACME_TLS_1,))
+        self.successResultOf(self.responder.connection_for(hello))
+        lines = [e for e in flushed if "acme-tls/1" in e.get("log_format", "")]
+        self.assertEqual([(e["name"], e["unlogged"]) for e in lines], [("b.example.test", 0), ("d.example.test", 2)])
+
+    def test_lookup_fails(self) -> None:
+        """A failing lookup (storage down) is logged and refused, not raised."""
+        responder = ChallengeResponder(lambda name: fail(RuntimeError("storage down")), self.clock)
+        hello = ClientHello(server_name="a.example.test", alpn_offered=(ACME_TLS_1,))
+        self.assertIsNone(self.successResultOf(responder.connection_for(hello)))
+        self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
+
+
+def acme_tls_blocking(port: int, server_name: str | None, alpn: list[str]) -> dict:
+    """
+    Handshake as a CA validating tls-alpn-01 does, then read until the
+    server closes.
+
+    :return: ``der``, ``alpn`` and ``after`` (bytes read after the
+        handshake: ``b""`` when the server closed at once).
+    """
+    context = tlsclients.client_context(alpn=alpn)
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as raw:
+        with context.wrap_socket(raw, server_hostname=server_name) as tls:
+            der = tls.getpeercert(binary_form=True)
+            alpn_chosen = tls.selected_alpn_protocol()
+            try:
+                after = tls.recv(100)
+            except ssl.SSLEOFError:
+                after = b""
+            return {"der": der, "alpn": alpn_chosen, "after": after}
+
+
+class ListenerTests(TLSTestMixin, TestCase):
+    """Tests for the TLS listener's answer to acme-tls/1 hellos (SNITLSProtocol with a responder)."""
+
+    def setUp(self) -> None:
+        super().setUp()
+        self.lookup = FakeLookup({"a.example.test": KEY_AUTHORIZATION})
+        self.factory.challenges = ChallengeResponder(self.lookup, reactor)
+
+    @inlineCallbacks
+    def test_pending(self):
+        """
+        The challenge certificate, acme-tls/1 negotiated, closed after the
+        handshake, never proxied, counted as acme_tls_alpn.
+        """
+        result = yield deferToThread(acme_tls_blocking, self.portno, "a.example.test", ["acme-tls/1"])
+        self.assertEqual(result["alpn"], "acme-tls/1")
+        self.assertEqual(result["after"], b"")
+        certificate = x509.load_der_x509_certificate(result["der"])
+        extension = certificate.extensions.get_extension_for_oid(ID_PE_ACME_IDENTIFIER)
+        self.assertEqual(extension.value.value, acme_identifier_value(KEY_AUTHORIZATION))
+        self.assertIsInstance(certificate.public_key(), ec.EllipticCurvePublicKey)
+        self.assertEqual(self.wrapped.hellos, [])
+        self.assertEqual(dict(self.factory.handshakes), {"acme_tls_alpn": 1})
+
+    @inlineCallbacks
+    def test_not_pending(self):
+        """No pending challenge for the name: an alert (no_application_protocol), no handshake."""
+        with self.assertRaises(ssl.SSLError) as caught:
+            yield deferToThread(acme_tls_blocking, self.portno, "exact.test", ["acme-tls/1"])
+        self.assertIn("NO APPLICATION PROTOCOL", str(caught.exception).upper())
+        self.assertEqual(self.wrapped.hellos, [])
+        self.assertEqual(dict(self.factory.handshakes), {"rejected": 1})
+
+    @inlineCallbacks
+    def test_with_h2(self):
+        """acme-tls/1 offered beside h2 is an ordinary client: the cached certificate, proxied."""
+        result = yield tlsclients.handshake(
+            self.portno, "exact.test", tlsclients.client_context(self.cafile, alpn=["acme-tls/1", "h2"])
+        )
+        self.assertEqual((result["names"], result["alpn"], result["echo"]), (["exact.test"], "h2", b"ping"))
+        self.assertEqual(self.lookup.asked, [])
+        self.assertEqual(dict(self.factory.handshakes), {"cached": 1})
+
+    @inlineCallbacks
+    def test_garbage_then_challenge(self):
+        """Garbage is dropped as before; a validation right after it is answered."""
+        raw = yield deferToThread(tlsclients.raw_exchange_blocking, self.portno, b"\x16\x03\x01\x00\x05hello")
+        self.assertEqual(raw, b"")
+        result = yield deferToThread(acme_tls_blocking, self.portno, "a.example.test", ["acme-tls/1"])
+        self.assertEqual(result["alpn"], "acme-tls/1")
+        self.assertEqual(dict(self.factory.handshakes), {"rejected": 1, "acme_tls_alpn": 1})
