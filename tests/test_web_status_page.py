@@ -172,7 +172,7 @@ class RenderTests(PageChecks, SynchronousTestCase):
                 {"directory": "https://two.test/dir", "role": "fallback 1", "available": True, "issued": 1,
                  "failed": 0, "last_error": None},
             ],
-            by_host={states[0].host: IssuedBy("https://two.test/dir", True)},
+            issued_by={states[0].host: IssuedBy("https://two.test/dir", True)}.get,
         )
         page = self.render(states, issuers=view)
         self.assertIn("<h2>ACME CAs</h2>", page)

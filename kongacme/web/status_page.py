@@ -18,7 +18,7 @@ from __future__ import annotations
 import datetime
 import heapq
 import html
-from typing import Any, Iterable, Mapping, Optional, Sequence
+from typing import Any, Callable, Iterable, Mapping, Optional, Sequence
 
 import attrs
 
@@ -146,30 +146,30 @@ class IssuerView:
 
     :ivar cas: ``IssuerChain.status()``: dicts with ``directory``, ``role``,
         ``available``, ``last_error``, ``issued``, ``failed``, ``refused``.
-    :ivar by_host: ``{host: IssuedBy}`` for the hosts whose issuer is known.
+    :ivar issued_by: ``host -> IssuedBy or None``, asked only for the
+        hosts the page lists.
     """
 
     cas: Sequence[Mapping[str, Any]] = ()
-    by_host: Mapping[str, Any] = attrs.Factory(dict)
+    issued_by: Callable[[str], Any] = lambda host: None
 
 
-def issuer_view(daemon: Any, hosts: Iterable[str]) -> Optional[IssuerView]:
+def issuer_view(daemon: Any) -> Optional[IssuerView]:
     """
     The :class:`IssuerView` of ``daemon`` (its ``issuer`` chain and
-    ``cache``) for ``hosts``, or ``None`` without an issuer chain.
+    ``cache``), or ``None`` without an issuer chain.
     """
     chain = getattr(daemon, "issuer", None)
     ledger = getattr(chain, "ledger", None)
     if ledger is None:
         return None
     cache = getattr(daemon, "cache", None)
-    by_host = {}
-    for host in hosts:
+
+    def issued_by(host: str) -> Any:
         certified = None if cache is None else cache.get(host)
-        issued_by = None if certified is None else ledger.issued_by(certified)
-        if issued_by is not None:
-            by_host[host] = issued_by
-    return IssuerView(chain.status(), by_host)
+        return None if certified is None else ledger.issued_by(certified)
+
+    return IssuerView(chain.status(), issued_by)
 
 
 def _issuers_table(view: IssuerView) -> str:
@@ -340,8 +340,9 @@ def render_status_page(
     if cache_size is not None:
         summary.append(("names in cache", cache_size))
     if states:
-        by_host = {} if issuers is None else issuers.by_host
-        rows = "".join(_row(state, now, thresholds, by_host.get(state.host)) for state in shown)
+        rows = "".join(
+            _row(state, now, thresholds, None if issuers is None else issuers.issued_by(state.host)) for state in shown
+        )
         table = (
             '<table class="certificates"><thead><tr><th>Host</th><th>Issuer</th><th>Expires</th>'
             "<th>Days left</th><th>Next renewal</th><th>Last error</th><th>Admitted</th></tr></thead>"

@@ -55,14 +55,13 @@ class Visibility:
     def status_page(self, request: Request) -> Raw:
         """``GET /``: the HTML status page."""
         cache = getattr(self._daemon, "cache", None)
-        states = managed_states(self._daemon)
         body = render_status_page(
-            states,
+            managed_states(self._daemon),
             self._clock.seconds(),
             thresholds=thresholds_of(self._daemon),
             version=__version__,
             cache_size=None if cache is None else len(cache.names()),
-            issuers=issuer_view(self._daemon, [state.host for state in states]),
+            issuers=issuer_view(self._daemon),
         )
         return Raw(200, b"text/html; charset=utf-8", body, SECURITY_HEADERS)
 
