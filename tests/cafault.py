@@ -15,9 +15,10 @@ In a reactor-backed test::
     proxy.heal()
 
 Also a program, for benchmarks: ``python -m tests.cafault PORT PEBBLE_DIR_URL
-WORKDIR MODE ENDPOINT`` (``WORKDIR``: the Pebble's, with ``ca.pem``,
-``listener.crt`` and ``listener.key``; ``MODE``: ``forward``, ``503``,
-``429``; ``ENDPOINT``: ``directory`` or ``new-order``).
+CA_PEM CERT KEY MODE ENDPOINT`` (``CA_PEM``: what Pebble's HTTPS chains to;
+``CERT``/``KEY``: Pebble's listener certificate, served by the proxy too;
+``MODE``: ``forward``, ``503``, ``429``; ``ENDPOINT``: ``directory`` or
+``new-order``).
 """
 
 from __future__ import annotations
@@ -108,10 +109,10 @@ class FaultyCA:
     :ivar port: the TCP port it listens on (kept across :meth:`down` / :meth:`up`).
     """
 
-    def __init__(self, upstream_directory: str, workdir: str, port: int = 0):
+    def __init__(self, upstream_directory: str, ca_pem: str, cert: str, key: str, port: int = 0):
         parts = urlsplit(upstream_directory)
-        self._resource = _Forwarder("%s://%s" % (parts.scheme, parts.netloc), os.path.join(workdir, "ca.pem"))
-        with open(os.path.join(workdir, "listener.key")) as k, open(os.path.join(workdir, "listener.crt")) as c:
+        self._resource = _Forwarder("%s://%s" % (parts.scheme, parts.netloc), ca_pem)
+        with open(key) as k, open(cert) as c:
             self._context = ssl.PrivateCertificate.loadPEM(k.read() + c.read()).options()
         self._site = Site(self._resource)
         self._site.noisy = False
@@ -123,7 +124,9 @@ class FaultyCA:
     @classmethod
     def start(cls, test_case: Any, pebble: Any) -> "FaultyCA":
         """A proxy in front of ``pebble`` (a ``PebbleFixture``), stopped by ``test_case``'s cleanups."""
-        proxy = cls(pebble.directory_url, pebble.workdir)
+        work = pebble.workdir
+        proxy = cls(pebble.directory_url, pebble.ca_bundle, os.path.join(work, "listener.crt"),
+                    os.path.join(work, "listener.key"))
         test_case.addCleanup(proxy.down)
         return proxy
 
@@ -189,9 +192,9 @@ class _Tracking:
 
 
 def main(argv: Optional[list[str]] = None) -> None:
-    """Run a proxy until killed (benchmarks): PORT PEBBLE_DIR_URL WORKDIR MODE ENDPOINT."""
-    port, upstream, workdir, mode, endpoint = (argv or sys.argv[1:])[:5]
-    proxy = FaultyCA(upstream, workdir, int(port))
+    """Run a proxy until killed (benchmarks): PORT PEBBLE_DIR_URL CA_PEM CERT KEY MODE ENDPOINT."""
+    port, upstream, ca_pem, cert, key, mode, endpoint = (argv or sys.argv[1:])[:7]
+    proxy = FaultyCA(upstream, ca_pem, cert, key, int(port))
     if mode != "forward":
         proxy.fail(mode, (endpoint,))
     print("listening on", proxy.port, flush=True)
