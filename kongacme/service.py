@@ -34,10 +34,12 @@ from kongacme.tls.cache import CertificateCache
 from kongacme.tls.certs import CertifiedKey, load_certified_key_files, names_from
 from kongacme.tls.context import ContextBuilder
 from kongacme.tls.fallback import load_or_create_fallback
+from kongacme.tls.alpn_challenge import ChallengeResponder
 from kongacme.tls.protocol import TLSServerFactory
 from kongacme.storage import storage_from_config
 from kongacme.storage.instrumented import instrument
 from kongacme.storage.locks import node_owner
+from kongacme.storage.alpn_keys import TlsAlpnKeyAuthorizations
 from kongacme.storage.tokens import StorageChallengeTokenStore, SwitchableTokenStore
 from kongacme.web.admin import make_admin_factory
 from kongacme.web.admin_acme import AcmeAdmin
@@ -119,6 +121,8 @@ class DaemonService(MultiService):
         # Tokens live in the shared storage once acme is configured, so any
         # node (or a Kong node) the CA reaches can answer.
         self.token_store = SwitchableTokenStore(MemoryChallengeTokenStore(reactor))
+        # tls-alpn-01 key authorizations: memory, and the storage once set.
+        self.alpn_keys = TlsAlpnKeyAuthorizations(reactor)
         self.router = RouteTable.from_config(config.routes, config.default_route)
         self.cache: CertificateCache | None = None
         self.builder = ContextBuilder(
@@ -217,6 +221,7 @@ class DaemonService(MultiService):
             handshake_timeout=self.config.tls.handshake_timeout,
             gate=self.manager,
         )
+        self.tls_factory.challenges = ChallengeResponder(self.alpn_keys.get, self._reactor)
         self.connection_limiter = self._make_limiter(self.config)
         limiter = self.connection_limiter
         self.listeners = {
@@ -305,6 +310,7 @@ class DaemonService(MultiService):
             self._setup_renewal(new)
             self.manager = self.issuer = self.storage = None
             self.token_store.target = MemoryChallengeTokenStore(self._reactor)
+            self.alpn_keys.storage = None
             return
         old_acme = old.acme if old is not None else None
         storage_changed = (
@@ -320,11 +326,13 @@ class DaemonService(MultiService):
                 storage_from_config(acme, new.state_dir, self._reactor, new.storage_encryption), self.storage_errors
             )
             self.token_store.target = StorageChallengeTokenStore(self.storage)
+            self.alpn_keys.storage = self.storage
         if storage_changed or self.issuer is None or acme != old_acme or new.issuance != old.issuance:
             if self.issuer is not None:
                 self.issuer.close()
             self.issuer = make_issuer(
-                acme, new.issuance, self.storage, self.token_store, self._reactor, previous=self.issuer
+                acme, new.issuance, self.storage, self.token_store, self._reactor, previous=self.issuer,
+                alpn_keys=self.alpn_keys,
             )
         admission = Admission(acme.domains, acme.allow_any_domain, wildcard=new.issuance.wildcard)
         issuance = new.issuance

@@ -9,7 +9,8 @@ import os
 
 def node_config(directory, ports, upstream_port, pebble, storage, issuance=None, fleet=None):
     """
-    :param ports: ``(tls, http, admin)``.
+    :param ports: ``(tls, http, admin)``; http ``None``: no plain-HTTP
+        listener.
     :param storage: the ``acme`` fields pointing at the shared store.
     :param issuance: ``issuance`` settings beyond the CA's trust and timeouts.
     :param fleet: the ``fleet`` section.
@@ -18,7 +19,7 @@ def node_config(directory, ports, upstream_port, pebble, storage, issuance=None,
     return {
         "listen": {
             "tls": ["tcp:%d:interface=127.0.0.1" % tls],
-            "http": ["tcp:%d:interface=127.0.0.1" % http],
+            "http": ["tcp:%d:interface=127.0.0.1" % http] if http is not None else [],
             "admin": ["tcp:%d:interface=127.0.0.1" % admin],
         },
         "state_dir": os.path.join(directory, "state"),

@@ -62,10 +62,13 @@ class ChallengeConfigTests(SynchronousTestCase):
         self.assertEqual(self.problems({"dns01": dns01}),
                          [("issuance.dns01.tsig_secret_file", "file content: not base64")])
 
-    def test_tls_alpn_not_yet(self) -> None:
-        """tls-alpn-01 is a known name, refused at load as not supported yet."""
-        self.assertEqual(self.problems({"challenge_types": ["http-01", "tls-alpn-01"]}),
-                         [("issuance.challenge_types", "tls-alpn-01 is not supported yet (supported: http-01, dns-01)")])
+    def test_tls_alpn(self) -> None:
+        """
+        tls-alpn-01 is accepted, alone and with an empty plain-HTTP
+        listener list (a deployment where only 443 is reachable).
+        """
+        parsed = parse_config({"listen": {"http": []}, "issuance": {"challenge_types": ["tls-alpn-01"]}}, ".")
+        self.assertEqual((parsed.issuance.challenge_types, parsed.listen.http), (("tls-alpn-01",), ()))
 
     def test_bad_challenge_types(self) -> None:
         """Unknown names, duplicates and the empty list are refused."""

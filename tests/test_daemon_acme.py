@@ -38,12 +38,17 @@ class AcmeDaemonMixin(ShowsDaemonOutput):
     domains: tuple = ("*.example.test", "localhost")
     #: The daemon's ``workers`` (subclasses run the representative tests with 2).
     workers = 1
+    #: Only the TLS port reachable: Pebble validates tls-alpn-01 on it, no
+    #: plain-HTTP listener (``listen.http: []``).
+    tls_only = False
 
     @inlineCallbacks
     def start(self, api_uri=None, storage="shm", pebble=None, config=None, **issuance):
         self.dir = os.path.abspath(self.mktemp())
         os.makedirs(self.dir)
         self.tls_port, self.http_port, self.admin_port = free_port(), free_port(), free_port()
+        if self.tls_only:
+            pebble = dict(pebble or {}, tls_port=self.tls_port)
         self.pebble = yield PebbleFixture.start(
             self, self.http_port, domain_blocklist=self.domain_blocklist, **(pebble or {})
         )
@@ -71,7 +76,7 @@ class AcmeDaemonMixin(ShowsDaemonOutput):
                 "default_upstream": "127.0.0.1:%d" % upstream.getHost().port,
                 "listen": {
                     "tls": ["tcp:%d:interface=127.0.0.1" % self.tls_port],
-                    "http": ["tcp:%d:interface=127.0.0.1" % self.http_port],
+                    "http": [] if self.tls_only else ["tcp:%d:interface=127.0.0.1" % self.http_port],
                     "admin": ["tcp:%d:interface=127.0.0.1" % self.admin_port],
                 },
                 "state_dir": os.path.join(self.dir, "state"),

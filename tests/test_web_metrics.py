@@ -537,7 +537,7 @@ class HandshakeOutcomeTests(MetricsSiteMixin, TLSTestMixin, TestCase):
         self.assertEqual(
             labelled(families, "kongacme_tls_handshakes_total", "outcome"),
             {"cached": 2, "fallback": 1, "held_then_issued": 1, "held_then_fallback": 1, "rejected": 1,
-             "failed": 1, "abandoned": 0, "timeout": 0},
+             "failed": 1, "abandoned": 0, "timeout": 0, "acme_tls_alpn": 0},
         )
 
 

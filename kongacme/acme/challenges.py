@@ -6,17 +6,20 @@ challenge to answer among those the CA offers for an authorization.
 
 from __future__ import annotations
 
+import re
 from typing import Any, Optional, Sequence
 
 import attrs
+import josepy as jose
 from acme import challenges
-from twisted.internet.defer import Deferred
+from cryptography.hazmat.primitives import hashes
+from twisted.internet.defer import Deferred, fail
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import deferLater
 from twisted.logger import Logger
 from zope.interface import implementer
 
-from kongacme.errors import DNSError
+from kongacme.errors import AcmeTransportError, DNSError
 from kongacme.interfaces import IChallengeSolver, IChallengeTokenStore, IDNSRecords
 
 _log = Logger()
@@ -27,6 +30,9 @@ TOKEN_TTL = 3600
 #: Every challenge type kongacme knows the name of, in the order
 #: ``issuance.challenge_types`` lists them by default.
 KNOWN_TYPES = ("http-01", "tls-alpn-01", "dns-01")
+
+#: RFC 8737's challenge type (the ``acme`` library has no class for it).
+TLS_ALPN01 = "tls-alpn-01"
 
 
 def choose(offered: Sequence[dict[str, Any]], solvers: Sequence[Any]) -> Optional[tuple[Any, dict[str, Any]]]:
@@ -62,6 +68,52 @@ class Http01Solver:
 
     def cleanup(self, handle: str) -> Deferred[None]:
         return self._token_store.remove(handle)
+
+
+_TOKEN = re.compile(r"[A-Za-z0-9_-]{22,}\Z")
+
+
+def key_authorization_of(challenge: Any, account_key: Any) -> str:
+    """
+    ``<token>.<base64url SHA-256 JWK thumbprint>`` (RFC 8555 §8.1) of a
+    challenge the ``acme`` library has no class for (it parses it as an
+    ``UnrecognizedChallenge`` holding the JSON object).
+
+    :raises AcmeTransportError: when the token is missing or not base64url
+        of at least 128 bits (§8.3, RFC 8737 §3).
+    """
+    jobj = getattr(challenge, "jobj", None)
+    jobj = jobj if isinstance(jobj, dict) else {}
+    token = jobj.get("token")
+    if not isinstance(token, str) or not _TOKEN.match(token):
+        raise AcmeTransportError(
+            str(jobj.get("url", "?")), "challenge token %r is not base64url of at least 128 bits" % (str(token)[:64],)
+        )
+    return token + "." + jose.b64encode(account_key.thumbprint(hash_function=hashes.SHA256)).decode("ascii")
+
+
+@implementer(IChallengeSolver)
+@attrs.define
+class TlsAlpn01Solver:
+    """
+    tls-alpn-01 (RFC 8737): the key authorization goes to a store keyed by
+    identifier (this process's memory and the shared storage), which the
+    TLS listener of every node sharing the storage reads when the CA
+    connects with ``acme-tls/1`` (:mod:`kongacme.tls.alpn_challenge`).
+    """
+
+    _store: IChallengeTokenStore
+    typ: str = attrs.field(default=TLS_ALPN01, init=False)
+
+    def present(self, identifier: str, challenge: Any, account_key: Any) -> Deferred[str]:
+        try:
+            key_authorization = key_authorization_of(challenge, account_key)
+        except AcmeTransportError:
+            return fail()
+        return self._store.put(identifier, key_authorization, ttl=TOKEN_TTL).addCallback(lambda _: identifier)
+
+    def cleanup(self, handle: str) -> Deferred[None]:
+        return self._store.remove(handle)
 
 
 @implementer(IChallengeSolver)

@@ -20,7 +20,7 @@ from kongacme.config.records import Field, Record, valid
 CHALLENGE_TYPES = ("http-01", "tls-alpn-01", "dns-01")
 #: Those kongacme answers today; a name in CHALLENGE_TYPES but not here is
 #: refused at load as "not supported yet".
-SUPPORTED_CHALLENGE_TYPES = ("http-01", "dns-01")
+SUPPORTED_CHALLENGE_TYPES = ("http-01", "tls-alpn-01", "dns-01")
 
 
 @attrs.frozen

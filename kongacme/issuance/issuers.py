@@ -271,6 +271,7 @@ def make_issuer(
     reactor: Any,
     previous: Optional[IssuerChain] = None,
     http_for: Optional[Callable[[str], Any]] = None,
+    alpn_keys: Optional[IChallengeTokenStore] = None,
 ) -> IssuerChain:
     """
     The daemon's issuer: the primary (``acme``) and each of
@@ -288,9 +289,10 @@ def make_issuer(
         is kept, so issuers of certificates stay known).
     :param http_for: ``directory URL -> treq HTTPClient`` (tests); by
         default each CA gets its own, verifying against its ``ca_bundle``.
+    :param alpn_keys: where tls-alpn-01 key authorizations go.
     """
     http = http_for or (lambda directory: None)
-    solvers = make_solvers(issuance, token_store, reactor)
+    solvers = make_solvers(issuance, token_store, reactor, alpn_keys)
     issuers = [DaemonAcmeIssuer(acme, issuance, storage, token_store, reactor, solvers, http(acme.api_uri))]
     for fallback in issuance.fallback_issuers:
         their_acme = attrs.evolve(

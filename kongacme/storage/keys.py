@@ -53,6 +53,10 @@ UPDATE_LOCK_PREFIX = "kong_acme:update_lock:"
 #: ``{"fingerprint", "directory"}`` (``issuance.fallback_issuers``).
 ISSUED_BY_PREFIX = "kongacme:issued_by:"
 HTTP01_SUFFIX = "#http-01"
+#: lua-resty-acme's tls-alpn-01 key: ``<domain>#tls-alpn-01``, the key
+#: authorization, TTL 3600 s (kongacme writes it; Kong's plugin does not
+#: answer tls-alpn-01).
+TLS_ALPN01_SUFFIX = "#tls-alpn-01"
 
 #: Kong's ``update_lock`` value and TTL (seconds).
 UPDATE_LOCK_VALUE = b"placeholder"
@@ -102,6 +106,11 @@ def issued_by(host: str) -> str:
 def http01_token(token: str) -> str:
     """``<token>#http-01``: an http-01 key authorization."""
     return token + HTTP01_SUFFIX
+
+
+def tls_alpn01(identifier: str) -> str:
+    """``<identifier>#tls-alpn-01``: a tls-alpn-01 key authorization."""
+    return identifier + TLS_ALPN01_SUFFIX
 
 
 def host_of(key: str, prefix: str) -> str:

@@ -5,7 +5,7 @@ the worker's share of the configuration travel in them.
 Master → worker: :class:`Configure`, :class:`SetFallback`,
 :class:`CertificatesChanged`, :class:`Start`, :class:`Drain`. Worker →
 master: :class:`FetchCertificates`, :class:`AskCertificate`,
-:class:`Counters`, :class:`StoppedAccepting`.
+:class:`ChallengeCertificate`, :class:`Counters`, :class:`StoppedAccepting`.
 
 The master holds every certificate; a worker holds a bounded cache
 (:mod:`kongacme.workers.certcache`) filled by :class:`FetchCertificates` on
@@ -140,6 +140,17 @@ class AskCertificate(amp.Command):
 
     arguments = [(b"name", amp.Unicode())]
     response = [(b"found", amp.Boolean())]
+
+
+class ChallengeCertificate(amp.Command):
+    """
+    A CA validating tls-alpn-01 (an ``acme-tls/1`` ClientHello) asked for
+    ``name``: the master answers the pending key authorization (its memory,
+    then the storage), or none; the worker builds the certificate.
+    """
+
+    arguments = [(b"name", amp.Unicode())]
+    response = [(b"key_authorization", amp.Unicode(optional=True))]
 
 
 class Counters(amp.Command):

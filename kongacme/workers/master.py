@@ -99,6 +99,10 @@ class MasterChannel(amp.AMP):
     def ask_certificate(self, name: str) -> Any:
         return self._mode.ask(name)
 
+    @channel.ChallengeCertificate.responder
+    def challenge_certificate(self, name: str) -> Deferred:
+        return self._mode.challenge(name)
+
     @channel.Counters.responder
     def counters(self, counters: dict) -> dict:
         self._mode.report(self.process, counters)
@@ -354,6 +358,13 @@ class WorkerMode:
         if waiting is None:
             return answer()
         return waiting.addBoth(answer)
+
+    def challenge(self, name: str) -> Deferred:
+        """
+        :class:`channel.ChallengeCertificate`: the pending tls-alpn-01 key
+        authorization for ``name`` (this process's memory, then storage).
+        """
+        return self._daemon.alpn_keys.get(name.lower()).addCallback(lambda found: {"key_authorization": found})
 
     @property
     def counters(self) -> dict[int, dict]:

@@ -46,6 +46,7 @@ from kongacme.connlimit import ConnectionLimiter, derive_budget, open_file_limit
 from kongacme.proxy.forward import ProxyFactory, ProxyServerProtocol
 from kongacme.proxy.routes import RouteTable
 from kongacme.tls.context import ContextBuilder
+from kongacme.tls.alpn_challenge import ChallengeResponder
 from kongacme.tls.protocol import TLSServerFactory
 from kongacme.workers import channel
 from kongacme.workers.certcache import CertificateFetcher, WorkerCertificateCache
@@ -209,6 +210,7 @@ class Worker:
             alpn_for=self.proxy_factory.alpn_for,
             gate=self.gate,
         )
+        self.tls_factory.challenges = ChallengeResponder(self._key_authorization, self._reactor)
         self._tune_tls()
         limit = self.limiter.listener("tls")
         serving = limit.wrap(self.tls_factory)
@@ -231,6 +233,11 @@ class Worker:
         self.tls_factory.handshake_timeout = self.settings.tls["handshake_timeout"]
         self.tls_factory.gate_timeout = self.settings.gate_timeout
         self.gate.ask_master = self.settings.ask_master
+
+    def _key_authorization(self, name: str) -> Deferred:
+        # tls-alpn-01: the master has the pending challenges (no storage here).
+        answer = self.call(channel.ChallengeCertificate, name=name)
+        return answer.addCallback(lambda found: found.get("key_authorization"))
 
     def call(self, command: type, **arguments: object) -> Deferred:
         """Send ``command`` to the master (a Deferred that never fires once the channel is gone)."""
