@@ -14,7 +14,11 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from kongacme.testing import TestCA
 from kongacme.tls.certs import CertifiedKey
-from kongacme.tls.context import ContextBuilder, chain_key
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ed25519
+
+from kongacme.errors import CertificateError
+from kongacme.tls.context import ContextBuilder, Intermediates, ServedCertificate, chain_key
 
 
 def pump(server: SSL.Connection, client_step, client_in, client_out) -> None:
@@ -205,3 +209,83 @@ class ContextBuilderTests(SynchronousTestCase):
         builder = ContextBuilder(Clock(), session_tickets=False)
         context = builder.build()
         self.assertTrue(context.set_options(0) & SSL.OP_NO_TICKET)
+
+
+class ServedCertificateTests(SynchronousTestCase):
+    """
+    Tests for kongacme.tls.context.ServedCertificate, the form a worker
+    holds a certificate in.
+    """
+
+    def setUp(self):
+        self.root = TestCA.create()
+        self.intermediate = self.root.intermediate()
+        self.builder = ContextBuilder(Clock())
+        self.certified = self.intermediate.issue(["a.test", "www.a.test"], include_ca=True)
+        self.chain = Intermediates.of(self.certified.chain[1:])
+
+    def served(self, certified: CertifiedKey, key_pem: bytes | None = None) -> ServedCertificate:
+        leaf_pem = certified.leaf.public_bytes(serialization.Encoding.PEM)
+        return ServedCertificate.from_pem(leaf_pem, key_pem or certified.key_pem(), self.chain, source="entry")
+
+    def test_from_pem(self):
+        """Parsed from PEM it reads as the CertifiedKey does, and serves the same chain."""
+        served = self.served(self.certified)
+        self.assertEqual(served.names, self.certified.names)
+        self.assertEqual(served.not_after, self.certified.not_after)
+        self.assertEqual(served.fingerprint, self.certified.fingerprint)
+        self.assertEqual(self.chain.key, chain_key(self.certified))
+        client = python_handshake(self.builder.connection_for(served), "www.a.test", self.root.ca_pem())
+        self.assertIn(("DNS", "www.a.test"), client.getpeercert()["subjectAltName"])
+        self.assertEqual(sent_chain(self.builder.connection_for(served), "a.test"), list(self.certified.chain))
+        self.assertIn("a.test", repr(served))
+
+    def test_rsa(self):
+        """An RSA leaf and key are taken too."""
+        certified = self.intermediate.issue(["r.test"], include_ca=True, key_type="rsa")
+        served = self.served(certified)
+        self.assertEqual(sent_chain(self.builder.connection_for(served), "r.test"), list(certified.chain))
+
+    def test_shares_context_with_certified(self):
+        """A served form and a CertifiedKey under the same intermediates share one context."""
+        other = self.intermediate.issue(["b.test"], include_ca=True)
+        self.assertIs(self.builder.context_for(self.served(self.certified)), self.builder.context_for(other))
+        self.assertEqual(self.builder.contexts(), 1)
+
+    def test_served_as_is(self):
+        """The builder keeps nothing per served certificate; a CertifiedKey is converted once."""
+        served = self.served(self.certified)
+        self.assertIs(self.builder.served(served), served)
+        self.assertEqual(len(self.builder), 0)
+        converted = self.builder.served(self.certified)
+        self.assertIs(self.builder.served(self.certified), converted)
+        self.assertEqual(converted.fingerprint, self.certified.fingerprint)
+        self.assertEqual(len(self.builder), 1)
+
+    def test_bad_certificate(self):
+        """A leaf that is not PEM is refused with a CertificateError naming the source."""
+        e = self.assertRaises(
+            CertificateError, ServedCertificate.from_pem, b"not a certificate", self.certified.key_pem(), self.chain,
+            "entry",
+        )
+        self.assertIn("entry", str(e))
+        self.assertIn("no valid PEM certificate", str(e))
+
+    def test_bad_key(self):
+        """A key that is not PEM is refused."""
+        e = self.assertRaises(CertificateError, self.served, self.certified, b"not a key")
+        self.assertIn("no valid unencrypted PEM private key", str(e))
+
+    def test_key_not_matching(self):
+        """A key that is not the leaf's is refused when parsed, not at the first handshake."""
+        other = self.intermediate.issue(["b.test"], include_ca=True)
+        e = self.assertRaises(CertificateError, self.served, self.certified, other.key_pem())
+        self.assertIn("private key does not match the certificate", str(e))
+
+    def test_unsupported_key(self):
+        """Only RSA and ECDSA keys are taken."""
+        key = ed25519.Ed25519PrivateKey.generate().private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
+        e = self.assertRaises(CertificateError, self.served, self.certified, key)
+        self.assertIn("only RSA and ECDSA", str(e))

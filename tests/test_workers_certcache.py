@@ -7,7 +7,6 @@ the master's end (kongacme.workers.master) and a worker's end
 
 from __future__ import annotations
 
-import gc
 
 from cryptography.hazmat.primitives import hashes
 from twisted.internet.task import Clock
@@ -18,6 +17,7 @@ from zope.interface.verify import verifyObject
 from kongacme.config import parse_config
 from kongacme.interfaces import GATE_CACHE_FILLED, ICertificateCache, IHandshakeGate
 from kongacme.tls.cache import CertificateCache
+from kongacme.tls.context import ServedCertificate, chain_key
 from kongacme.workers import channel, master
 from kongacme.workers.certcache import CertificateFetcher, WorkerCertificateCache
 from kongacme.workers.master import MasterChannel, WorkerMode
@@ -111,17 +111,23 @@ class WorkerCacheTests(SynchronousTestCase):
         a, b = intermediate.issue(["a.test"], include_ca=True), intermediate.issue(["b.test"], include_ca=True)
         self.connect(size=3, certificates=[a, b, CA.issue(["c.test"])])
         held_a, held_b, held_c = self.handshake("a.test", "b.test", "c.test")
+        self.assertEqual(held_a.fingerprint, a.fingerprint)
         self.assertEqual(
-            [c.fingerprint(hashes.SHA256()) for c in held_a.chain], [c.fingerprint(hashes.SHA256()) for c in a.chain]
+            [c.fingerprint(hashes.SHA256()) for c in held_a.chain.certificates],
+            [c.fingerprint(hashes.SHA256()) for c in a.chain[1:]],
         )
-        self.assertIs(held_a.chain[1], held_b.chain[1])
-        self.assertEqual(len(held_c.chain), 1)
+        self.assertIs(held_a.chain, held_b.chain)
+        self.assertEqual(held_a.chain.key, chain_key(a))
+        self.assertEqual(held_c.chain.certificates, ())
+        self.assertEqual(held_c.chain.key, b"")
+        # Connections for both share one context, which sends the intermediate.
+        self.assertIs(self.worker.builder.context_for(held_a), self.worker.builder.context_for(held_b))
 
     def test_bound_and_eviction(self):
         """
         With tls.cache_size 2 the worker holds two names, the least recently
         used is evicted first, and an evicted name is fetched again; the
-        OpenSSL contexts built are bounded with it.
+        OpenSSL contexts built do not grow with the names.
         """
         certs = {name: CA.issue([name]) for name in ("a.test", "b.test", "c.test")}
         self.connect(size=2, certificates=certs.values())
@@ -133,9 +139,9 @@ class WorkerCacheTests(SynchronousTestCase):
                 self.assertLessEqual(len(self.worker.cache), 2)
         self.assertEqual(len(self.fetched), 9)
         self.assertEqual(self.worker.cache.evictions, 7)
-        del found
-        gc.collect()
-        self.assertLessEqual(len(self.worker.builder), 2)
+        # One context for every certificate of the chain, nothing per name in the builder.
+        self.assertEqual(self.worker.builder.contexts(), 1)
+        self.assertEqual(len(self.worker.builder), 0)
         # b.test and c.test held; b.test used, so a.test evicts c.test.
         self.handshake("a.test", "b.test")
         self.assertEqual(len(self.fetched), 10)
@@ -409,3 +415,34 @@ class CacheUnitTests(SynchronousTestCase):
         fetcher = CertificateFetcher(cache, lambda command, **arguments: Deferred())
         self.assertNoResult(fetcher.before_handshake("a.test"))
         self.assertEqual(fetcher.fetches, 1)
+
+    def test_answer_refused(self):
+        """
+        An answer's entries that do not parse (no certificate, a broken
+        leaf, a broken intermediate, a key not the leaf's) are refused with
+        a CertificateError and not held; the good one is held in served form.
+        """
+        from kongacme.errors import CertificateError
+
+        cache = WorkerCertificateCache(CA.issue(["fallback.invalid"]), size=8)
+        intermediate = CA.intermediate()
+        good = intermediate.issue(["good.test"], include_ca=True)
+        other = CA.issue(["other.test"])
+        encoded = channel.encode_certificate(good, ["good.test"])
+        leaf_end = encoded["chain"].index("-----END CERTIFICATE-----") + len("-----END CERTIFICATE-----")
+        for broken, why in [
+            (dict(encoded, names=["none.test"], chain="junk"), "no certificate found"),
+            (dict(encoded, names=["leaf.test"], chain="-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----"),
+             "no valid PEM certificate"),
+            (dict(encoded, names=["inter.test"], chain=encoded["chain"][:leaf_end] + "\n-----BEGIN CERTIFICATE-----\n"),
+             "no valid PEM certificate"),
+            (dict(encoded, names=["key.test"], key=channel.encode_certificate(other)["key"]),
+             "private key does not match"),
+        ]:
+            e = self.assertRaises(CertificateError, cache.answer, [broken, encoded], [])
+            self.assertIn(why, str(e))
+        self.assertEqual(cache.names(), ["good.test"])
+        held = cache.lookup("good.test")
+        self.assertIsInstance(held, ServedCertificate)
+        self.assertEqual(held.fingerprint, good.fingerprint)
+        self.assertEqual(held.chain.certificates, good.chain[1:])

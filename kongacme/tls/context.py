@@ -6,12 +6,14 @@ ticket keys are due for rotation; each connection gets its own leaf and key.
 
 from __future__ import annotations
 
+import datetime
 import hashlib
 import re
 import warnings
 import weakref
-from typing import Sequence
+from typing import Sequence, Union
 
+import attrs
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 from OpenSSL import SSL, crypto
@@ -19,7 +21,8 @@ from OpenSSL._util import lib as _lib  # for SSL_CTX_set1_curves_list only
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
-from kongacme.tls.certs import CertifiedKey
+from kongacme.errors import CertificateError
+from kongacme.tls.certs import CertifiedKey, certificate_names
 
 # Mozilla server-side TLS guidelines, "intermediate" (v5.7): TLS 1.2 and
 # 1.3, forward-secret AEAD suites only, client's cipher preference.
@@ -38,11 +41,13 @@ _OP_NO_RENEGOTIATION = getattr(SSL, "OP_NO_RENEGOTIATION", 0x40000000)
 _MODE_RELEASE_BUFFERS = getattr(SSL, "MODE_RELEASE_BUFFERS", 0x00000010)
 _OP_IGNORE_UNEXPECTED_EOF = getattr(SSL, "OP_IGNORE_UNEXPECTED_EOF", 0x80)
 
-# Each connection is handed the leaf and key already converted to OpenSSL
-# objects (kept per certificate): pyOpenSSL deprecates passing its own X509
-# and PKey, but converting cryptography's objects on every connection costs
-# ~100 us of the ~1.2 ms a handshake takes (bench/tls_memory.py). Silenced
-# for this module's calls only.
+# Each connection is handed the leaf and key already as OpenSSL objects
+# (ServedCertificate): pyOpenSSL deprecates passing its own X509 and PKey,
+# but converting cryptography's objects on every connection costs ~100 us of
+# the ~1.2 ms a handshake takes (bench/tls_memory.py), and calling
+# SSL_use_certificate on their pointers ourselves saves only ~4 us for
+# depending on pyOpenSSL's private attributes (bench/RESULTS.md issue 11,
+# "Memory, round 3"). Silenced for this module's calls only.
 warnings.filterwarnings(
     "ignore", message=r"Passing pyOpenSSL (X509|PKey) objects is deprecated", category=DeprecationWarning,
     module=re.escape(__name__),
@@ -68,17 +73,117 @@ def _select_alpn(connection: SSL.Connection, offered: list[bytes]) -> bytes:
 
 def chain_key(certified: CertifiedKey) -> bytes:
     """What the contexts are shared by: a digest of ``certified``'s intermediates (empty for none)."""
-    if len(certified.chain) < 2:
+    return _digest(certified.chain[1:])
+
+
+def _digest(intermediates: Sequence[x509.Certificate]) -> bytes:
+    if not intermediates:
         return b""
     digest = hashlib.sha256()
-    for certificate in certified.chain[1:]:
+    for certificate in intermediates:
         digest.update(certificate.public_bytes(Encoding.DER))
     return digest.digest()
 
 
+@attrs.frozen
+class Intermediates:
+    """
+    A chain of intermediates, parsed once for every certificate sent with
+    it (a few per CA), and what the contexts are shared by.
+
+    :ivar certificates: the intermediates, in the order they are sent.
+    :ivar key: :func:`chain_key` of a certificate with these intermediates.
+    """
+
+    certificates: tuple[x509.Certificate, ...]
+    key: bytes
+
+    @classmethod
+    def of(cls, certificates: Sequence[x509.Certificate]) -> "Intermediates":
+        return cls(tuple(certificates), _digest(certificates))
+
+
+@attrs.frozen(eq=False, weakref_slot=True)
+class ServedCertificate:
+    """
+    One certificate as a connection needs it and no more: the leaf and key
+    as OpenSSL objects (what ``SSL_use_certificate`` and
+    ``SSL_use_PrivateKey`` take, so a handshake converts nothing) and the
+    shared :class:`Intermediates`. What a worker holds per certificate
+    (:mod:`kongacme.workers.certcache`): a :class:`CertifiedKey` is the same
+    leaf and key again as ``cryptography`` objects, ~5.6 KB a name.
+
+    The names and expiry are read from the OpenSSL leaf when asked for
+    (logs, tests): nothing on the TLS path asks.
+
+    Compared by identity, like :class:`CertifiedKey`.
+    """
+
+    leaf: crypto.X509
+    key: crypto.PKey
+    chain: Intermediates
+
+    @classmethod
+    def from_pem(cls, leaf_pem: bytes, key_pem: bytes, chain: Intermediates, source: str = "") -> "ServedCertificate":
+        """
+        Parse a PEM leaf and PEM private key straight into OpenSSL objects,
+        checking what :func:`kongacme.tls.certs.load_certified_key` checks
+        (an RSA or ECDSA key that belongs to the leaf).
+
+        :raises CertificateError: naming ``source`` and what is wrong.
+        """
+        try:
+            leaf = crypto.load_certificate(crypto.FILETYPE_PEM, leaf_pem)
+        except crypto.Error as e:
+            raise CertificateError(source, "no valid PEM certificate (%s)" % (e,)) from None
+        try:
+            key = crypto.load_privatekey(crypto.FILETYPE_PEM, key_pem)
+        except (crypto.Error, TypeError) as e:
+            raise CertificateError(source, "no valid unencrypted PEM private key (%s)" % (e,)) from None
+        if key.type() not in (crypto.TYPE_RSA, crypto.TYPE_EC):
+            raise CertificateError(source, "only RSA and ECDSA keys are supported")
+        if crypto.dump_publickey(crypto.FILETYPE_ASN1, key) != crypto.dump_publickey(
+            crypto.FILETYPE_ASN1, leaf.get_pubkey()
+        ):
+            raise CertificateError(source, "private key does not match the certificate")
+        return cls(leaf, key, chain)
+
+    @classmethod
+    def from_certified(cls, certified: CertifiedKey) -> "ServedCertificate":
+        """``certified`` converted (once: ~100 us)."""
+        return cls(
+            crypto.X509.from_cryptography(certified.chain[0]),
+            crypto.PKey.from_cryptography_key(certified.key),
+            Intermediates.of(certified.chain[1:]),
+        )
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        """The leaf's DNS names (:attr:`CertifiedKey.names`)."""
+        return certificate_names(self.leaf.to_cryptography())
+
+    @property
+    def not_after(self) -> datetime.datetime:
+        return self.leaf.to_cryptography().not_valid_after_utc
+
+    @property
+    def fingerprint(self) -> str:
+        """SHA-1 fingerprint in Kong's format (:attr:`CertifiedKey.fingerprint`)."""
+        return self.leaf.digest("sha1").decode("ascii")
+
+    def __repr__(self) -> str:
+        return "<ServedCertificate %s until %s>" % (",".join(self.names) or "?", self.not_after.isoformat())
+
+
+#: What :meth:`ContextBuilder.connection_for` serves.
+Servable = Union[CertifiedKey, ServedCertificate]
+
+
 class ContextBuilder:
     """
-    Server connections for :class:`CertifiedKey` objects: one ``SSL.Context``
+    Server connections for :class:`ServedCertificate` objects (a
+    :class:`CertifiedKey` is converted once and the served form kept as
+    long as it is): one ``SSL.Context``
     per distinct chain of intermediates (a handful), carrying them as its
     extra chain certificates, and each connection given its own leaf and
     key. OpenSSL sends the context's extra certificates after a leaf that
@@ -112,23 +217,20 @@ class ContextBuilder:
         self.ticket_key_rotation = ticket_key_rotation
         #: chain key → (context, built at): a handful, for the chains in use.
         self._contexts: dict[bytes, tuple[SSL.Context, float]] = {}
-        #: certificate → (leaf, key, chain key), held as long as the certificate.
-        self._leaves: "weakref.WeakKeyDictionary[CertifiedKey, tuple[crypto.X509, crypto.PKey, bytes]]" = (
-            weakref.WeakKeyDictionary()
-        )
+        #: CertifiedKey → its served form, held as long as the certificate.
+        self._served: "weakref.WeakKeyDictionary[CertifiedKey, ServedCertificate]" = weakref.WeakKeyDictionary()
 
-    def _leaf(self, certified: CertifiedKey) -> tuple[crypto.X509, crypto.PKey, bytes]:
-        leaf = self._leaves.get(certified)
-        if leaf is None:
-            leaf = (
-                crypto.X509.from_cryptography(certified.chain[0]),
-                crypto.PKey.from_cryptography_key(certified.key),
-                chain_key(certified),
-            )
-            self._leaves[certified] = leaf
-        return leaf
+    def served(self, certified: Servable) -> ServedCertificate:
+        """``certified``'s served form (a :class:`CertifiedKey` is converted once, and kept as long as it is)."""
+        if isinstance(certified, ServedCertificate):
+            return certified
+        served = self._served.get(certified)
+        if served is None:
+            served = self._served[certified] = ServedCertificate.from_certified(certified)
+        return served
 
-    def _context(self, key: bytes, certified: CertifiedKey) -> SSL.Context:
+    def _context(self, chain: Intermediates) -> SSL.Context:
+        key = chain.key
         entry = self._contexts.get(key)
         now = self._clock.seconds()
         if entry is not None and now - entry[1] < self.ticket_key_rotation:
@@ -136,19 +238,19 @@ class ContextBuilder:
         # Contexts of chains no longer in use go at the next rebuild.
         for stale in [k for k, (_, built) in self._contexts.items() if now - built >= self.ticket_key_rotation]:
             del self._contexts[stale]
-        context = self.build(certified.chain[1:])
+        context = self.build(chain.certificates)
         self._contexts[key] = (context, now)
         return context
 
-    def context_for(self, certified: CertifiedKey) -> SSL.Context:
+    def context_for(self, certified: Servable) -> SSL.Context:
         """
         The context ``certified``'s connections start from (shared by the
         certificates with the same intermediates), built now if needed. It
         carries no leaf: :meth:`connection_for` adds it.
         """
-        return self._context(self._leaf(certified)[2], certified)
+        return self._context(self.served(certified).chain)
 
-    def connection_for(self, certified: CertifiedKey) -> SSL.Connection:
+    def connection_for(self, certified: Servable) -> SSL.Connection:
         """
         A new server-side ``SSL.Connection`` (no socket: memory BIOs) that
         will present ``certified``. The one place a connection gets its
@@ -157,11 +259,11 @@ class ContextBuilder:
         :raises SSL.Error: if the key does not belong to the leaf (OpenSSL
             checks it as it takes the key).
         """
-        leaf, key, chain = self._leaf(certified)
-        connection = SSL.Connection(self._context(chain, certified), None)
+        served = self.served(certified)
+        connection = SSL.Connection(self._context(served.chain), None)
         # The leaf first: OpenSSL checks the key against it.
-        connection.use_certificate(leaf)
-        connection.use_privatekey(key)
+        connection.use_certificate(served.leaf)
+        connection.use_privatekey(served.key)
         return connection
 
     def forget_all(self) -> None:
@@ -169,8 +271,8 @@ class ContextBuilder:
         self._contexts.clear()
 
     def __len__(self) -> int:
-        """The certificates held prepared (as long as something else holds them)."""
-        return len(self._leaves)
+        """The :class:`CertifiedKey` objects held converted (as long as something else holds them)."""
+        return len(self._served)
 
     def contexts(self) -> int:
         """How many contexts are memoised."""

@@ -19,6 +19,8 @@ import hashlib
 import weakref
 from typing import Callable, Iterable
 
+from cryptography import x509
+
 from twisted.internet.defer import Deferred, gatherResults
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -27,6 +29,7 @@ from zope.interface import implementer
 from kongacme.errors import CertificateError
 from kongacme.interfaces import GATE_CACHE_FILLED, ICertificateCache, IHandshakeGate
 from kongacme.tls.certs import CertifiedKey
+from kongacme.tls.context import Intermediates, Servable, ServedCertificate
 from kongacme.workers import channel
 
 log = Logger()
@@ -50,13 +53,17 @@ class WorkerCertificateCache:
     names with a certificate and ``size`` names without (kept apart, so
     that clients asking for random names cannot push out the names in use).
 
-    A :class:`kongacme.tls.context.ContextBuilder` memoises contexts weakly
-    per :class:`CertifiedKey`, so an evicted certificate's context goes with
-    it: the built contexts are bounded too. Names served by one certificate
-    share one :class:`CertifiedKey` (and context) while the worker holds it.
+    A certificate is held only in the form a connection takes it, a
+    :class:`ServedCertificate` (the leaf and key as OpenSSL objects, the
+    intermediates shared per CA): the master's PEM is parsed straight into
+    it, with no ``cryptography`` copy of the leaf and key (half of what a
+    name cost, bench/RESULTS.md issue 11 "Memory, round 3"). Names served
+    by one certificate share one :class:`ServedCertificate` while the worker
+    holds it. The contexts a :class:`kongacme.tls.context.ContextBuilder`
+    builds are per chain of intermediates: a handful.
 
     :ivar fallback: served for names without a certificate and clients
-        without SNI.
+        without SNI (the master's :class:`CertifiedKey`).
     :ivar evictions: names dropped because the cache was full.
     """
 
@@ -64,16 +71,16 @@ class WorkerCertificateCache:
         self.fallback = fallback
         self.size = size
         self.evictions = 0
-        self._held: collections.OrderedDict[str, CertifiedKey] = collections.OrderedDict()
+        self._held: collections.OrderedDict[str, ServedCertificate] = collections.OrderedDict()
         self._absent: collections.OrderedDict[str, None] = collections.OrderedDict()
         #: wildcard → names held (with a certificate or without) it covers.
         self._covered: dict[str, set[str]] = {}
-        self._by_chain: weakref.WeakValueDictionary[bytes, CertifiedKey] = weakref.WeakValueDictionary()
-        self._intermediates: dict[str, tuple] = {}
+        self._by_chain: weakref.WeakValueDictionary[bytes, ServedCertificate] = weakref.WeakValueDictionary()
+        self._intermediates: dict[str, Intermediates] = {}
 
     # -- the SNI path ---------------------------------------------------------
 
-    def lookup(self, server_name: str | None) -> CertifiedKey:
+    def lookup(self, server_name: str | None) -> Servable:
         if server_name is None:
             return self.fallback
         found = self._held.get(server_name)
@@ -94,13 +101,17 @@ class WorkerCertificateCache:
 
     # -- ICertificateCache ------------------------------------------------------
 
-    def get(self, name: str) -> CertifiedKey | None:
+    def get(self, name: str) -> ServedCertificate | None:
         return self._held.get(name.lower())
 
-    def put(self, certified_key: CertifiedKey, names: Iterable[str] | None = None, quiet: bool = True) -> None:
-        """Hold ``certified_key`` for ``names`` (default: its own names)."""
-        for name in names if names is not None else certified_key.names:
-            self._store(name.lower(), certified_key)
+    def put(self, certified_key: Servable, names: Iterable[str] | None = None, quiet: bool = True) -> None:
+        """Hold ``certified_key`` (converted to its served form) for ``names`` (default: its own names)."""
+        served = (
+            certified_key if isinstance(certified_key, ServedCertificate)
+            else ServedCertificate.from_certified(certified_key)
+        )
+        for name in names if names is not None else served.names:
+            self._store(name.lower(), served)
 
     def remove(self, name: str) -> None:
         self._forget(name.lower())
@@ -151,7 +162,7 @@ class WorkerCertificateCache:
             have none (to fetch again).
         """
         entries = {name: entry for entry in certificates for name in entry["names"]}
-        decoded: dict[int, CertifiedKey | None] = {}
+        decoded: dict[int, ServedCertificate | None] = {}
         dropped = []
         seen: set[str] = set()
         for name in names:
@@ -186,31 +197,45 @@ class WorkerCertificateCache:
 
     # -- inside --------------------------------------------------------------
 
-    def _decode(self, entry: dict) -> CertifiedKey:
-        digest = hashlib.sha256(entry["chain"].encode("ascii")).digest()
-        certified = self._by_chain.get(digest)
-        if certified is None:
-            _, certified = channel.decode_certificate(entry)
-            certified.chain = certified.chain[:1] + self._shared_intermediates(entry["chain"], certified.chain[1:])
-            self._by_chain[digest] = certified
-        return certified
+    def _decode(self, entry: dict) -> ServedCertificate:
+        # The master's answer (channel.encode_certificate) parsed straight
+        # into the served form: the leaf and key by OpenSSL, the
+        # intermediates once per CA. Nothing else of the entry is kept.
+        chain_pem = entry["chain"]
+        digest = hashlib.sha256(chain_pem.encode("ascii") + entry["key"].encode("ascii")).digest()
+        served = self._by_chain.get(digest)
+        if served is None:
+            source = entry.get("source", "")
+            end = chain_pem.find(_PEM_END)
+            if end < 0:
+                raise CertificateError(source, "no certificate found")
+            end += len(_PEM_END)
+            served = ServedCertificate.from_pem(
+                chain_pem[:end].encode("ascii"),
+                entry["key"].encode("ascii"),
+                self._shared_intermediates(chain_pem[end:].strip(), source),
+                source,
+            )
+            self._by_chain[digest] = served
+        return served
 
-    def _shared_intermediates(self, chain_pem: str, parsed: tuple) -> tuple:
+    def _shared_intermediates(self, pem: str, source: str) -> Intermediates:
         # Every certificate of a CA carries the same intermediates: one
-        # parsed copy for all of them (~1.1 KB a name less). Keyed by their
-        # PEM (all but the leaf); a handful, dropped when more appear.
-        end = chain_pem.find(_PEM_END)
-        key = chain_pem[end + len(_PEM_END):].strip() if end >= 0 else ""
-        if not key:
-            return parsed
-        shared = self._intermediates.get(key)
+        # parsed copy for all of them (~1.1 KB a name less), and what the
+        # shared contexts are found by. Keyed by their PEM (all but the
+        # leaf); a handful, dropped when more appear.
+        shared = self._intermediates.get(pem)
         if shared is None:
+            try:
+                parsed = x509.load_pem_x509_certificates(pem.encode("ascii")) if pem else []
+            except ValueError as e:
+                raise CertificateError(source, "no valid PEM certificate (%s)" % (e,)) from None
             if len(self._intermediates) >= _INTERMEDIATES_KEPT:
                 self._intermediates.clear()
-            shared = self._intermediates[key] = parsed
+            shared = self._intermediates[pem] = Intermediates.of(parsed)
         return shared
 
-    def _store(self, name: str, certified: CertifiedKey | None) -> None:
+    def _store(self, name: str, certified: ServedCertificate | None) -> None:
         self._forget(name)
         if certified is None:
             self._absent[name] = None
@@ -222,7 +247,7 @@ class WorkerCertificateCache:
         if wildcard is not None:
             self._covered.setdefault(wildcard, set()).add(name)
 
-    def _replace(self, name: str, certified: CertifiedKey) -> None:
+    def _replace(self, name: str, certified: ServedCertificate) -> None:
         # In place: the name keeps its place in the least recently used
         # order (a notice is no use of it).
         if name in self._held:
