@@ -1,18 +1,21 @@
 #!/usr/bin/env python3
 """
 First visitor to verified handshake with a new certificate (issue 13):
-dns-01 through RFC 2136 updates to a real BIND 9, next to http-01, in one
-run against one Pebble.
+dns-01 through RFC 2136 updates to a real BIND 9 and tls-alpn-01 on the
+daemon's TLS port, next to http-01, in one run against one Pebble.
 
 Everything runs on 127.0.0.1: BIND 9 (``named -g``, zone ``bench.test``
 with a ``*`` A record to 127.0.0.1 and a TSIG key allowed to update it),
 Pebble (``PEBBLE_VA_NOSLEEP=1``, resolving every name at that BIND with
-``-dnsserver``, its default 5% nonce rejection) and three daemons
+``-dnsserver``, its default 5% nonce rejection) and four daemons
 (``twistd -n kongacme``, ``first_handshake: wait``, ``cert_type: ecc``,
 ``storage: shm``):
 
 - ``http-01``: ``domains: ["*.h.bench.test"]``, challenge_types default;
   its HTTP listener is Pebble's ``httpPort``;
+- ``tls-alpn-01``: ``domains: ["*.t.bench.test"]``,
+  ``challenge_types: [tls-alpn-01]``, ``listen.http: []``; its TLS
+  listener is Pebble's ``tlsPort``;
 - ``dns-01``: ``domains: ["*.d.bench.test"]``,
   ``challenge_types: [dns-01]``, ``issuance.dns01`` pointed at BIND;
 - ``wildcard``: as dns-01 with ``wildcard: true`` and ``domains``
@@ -22,7 +25,7 @@ Pebble (``PEBBLE_VA_NOSLEEP=1``, resolving every name at that BIND with
 
 Each daemon gets a warm-up name first (account registration), excluded.
 Then N rounds; in each, one new name per daemon, in turn (so drift in the
-machine's load hits all three alike): the wall time from connect to a
+machine's load hits all alike): the wall time from connect to a
 completed TLS handshake that verified the chain against Pebble's root and
 the name (Python ``ssl``, blocking). The 1-minute load average is waited
 for (< 0.8, at most ``--max-load-wait`` s) before the rounds.
@@ -34,6 +37,7 @@ from __future__ import annotations
 
 import argparse
 import base64
+import json
 import os
 import shutil
 import sys
@@ -75,19 +79,46 @@ def start_bind(procs: B.Processes, work: str) -> tuple[int, str]:
     return port, secret
 
 
-def daemon(name: str, work: str, pebble, http_port: int, domains: list[str], issuance: dict) -> I.Daemon:
+class TlsOnlyDaemon(I.Daemon):
+    """A daemon with no plain-HTTP listener (``listen.http: []``)."""
+
+    def start(self, procs: B.Processes, work: str) -> None:
+        self.proc = procs.start(self.name, B.kongacme_argv(self.config_path), cwd=B.REPO, env=B.kongacme_env(),
+                                log_path=os.path.join(work, self.name + ".log"))
+        B.wait_port(self.tls_port, self.proc, 120)
+        B.wait_port(self.admin_port, self.proc, 30)
+
+
+def daemon(name: str, work: str, pebble, http_port: int, domains: list[str], issuance: dict,
+           tls_port: int | None = None) -> I.Daemon:
+    """
+    :param tls_port: the TLS listener's port (Pebble's ``tlsPort``), and
+        no plain-HTTP listener; default a free port and an HTTP listener on
+        ``http_port``.
+    """
     import yaml
 
-    d = I.Daemon("dns01-" + name, work, pebble, http_port, handshake_wait=30, orders_per_minute=1000,
-                 max_orders_in_flight=10)
+    kind = I.Daemon if tls_port is None else TlsOnlyDaemon
+    d = kind("dns01-" + name, work, pebble, http_port, handshake_wait=30, orders_per_minute=1000,
+             max_orders_in_flight=10)
     with open(d.config_path) as f:
         config = yaml.safe_load(f)
+    if tls_port is not None:
+        d.tls_port = tls_port
+        config["listen"]["tls"] = ["tcp:%d:interface=127.0.0.1:backlog=1024" % tls_port]
+        config["listen"]["http"] = []
     config["acme"]["domains"] = domains
     config["issuance"].update(issuance)
     d.issuance = config["issuance"]
     with open(d.config_path, "w") as f:
         yaml.safe_dump(config, f, sort_keys=False)
     return d
+
+
+def pebble_tls_port(work: str) -> int:
+    """The ``tlsPort`` Pebble validates tls-alpn-01 on (from its config file)."""
+    with open(os.path.join(work, "pebble.json")) as f:
+        return json.load(f)["pebble"]["tlsPort"]
 
 
 def main(argv=None) -> int:
@@ -107,6 +138,9 @@ def main(argv=None) -> int:
         kinds = {
             "http-01": (daemon("http01", work, pebble, http_port, ["*.h." + ZONE], {}),
                         lambda i: "n%d.h.%s" % (i, ZONE)),
+            "tls-alpn-01": (daemon("tlsalpn01", work, pebble, B.free_port(), ["*.t." + ZONE],
+                                   {"challenge_types": ["tls-alpn-01"]}, tls_port=pebble_tls_port(work)),
+                            lambda i: "n%d.t.%s" % (i, ZONE)),
             "dns-01": (daemon("dns01", work, pebble, B.free_port(), ["*.d." + ZONE],
                               {"challenge_types": ["dns-01"], "dns01": dns01}),
                        lambda i: "n%d.d.%s" % (i, ZONE)),
@@ -139,7 +173,7 @@ def main(argv=None) -> int:
     path = B.save_json(args.json, results)
     for kind in kinds:
         c = results["client"][kind]
-        B.log("%-8s first visitor: n=%d median %s ms, p90 %s ms, max %s ms; errors %d" % (
+        B.log("%-11s first visitor: n=%d median %s ms, p90 %s ms, max %s ms; errors %d" % (
             kind, c["n"], I.ms(c.get("median")), I.ms(c.get("p90")), I.ms(c.get("max")), len(errors[kind])))
     B.log("orders: %s in the daemons' logs (warm-ups included), %d created at Pebble" % (
         results["orders_logged"], results["pebble_orders_created"]))

@@ -15,7 +15,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred, fail, inlineCallbacks, succeed
-from twisted.internet.task import Clock
+from twisted.internet.task import Clock, deferLater
 from twisted.internet.threads import deferToThread
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
@@ -220,3 +220,33 @@ class ListenerTests(TLSTestMixin, TestCase):
         result = yield deferToThread(acme_tls_blocking, self.portno, "a.example.test", ["acme-tls/1"])
         self.assertEqual(result["alpn"], "acme-tls/1")
         self.assertEqual(dict(self.factory.handshakes), {"rejected": 1, "acme_tls_alpn": 1})
+
+    @inlineCallbacks
+    def test_never_held(self):
+        """The handshake gate (on-demand issuance) is not consulted for a validation; it is for others."""
+        asked = []
+
+        class Gate:
+            def before_handshake(self, server_name):
+                asked.append(server_name)
+                return None
+
+        self.factory.gate = Gate()
+        yield deferToThread(acme_tls_blocking, self.portno, "a.example.test", ["acme-tls/1"])
+        with self.assertRaises(ssl.SSLError):
+            yield deferToThread(acme_tls_blocking, self.portno, "new.example.test", ["acme-tls/1"])
+        self.assertEqual(asked, [])
+        yield tlsclients.handshake(self.portno, "exact.test", self.verified())
+        self.assertEqual(asked, ["exact.test"])
+
+    @inlineCallbacks
+    def test_client_gone_during_lookup(self):
+        """A client that leaves while the key authorization is looked up is counted abandoned; nothing breaks."""
+        pending: Deferred = Deferred()
+        self.factory.challenges = ChallengeResponder(lambda name: pending, reactor)
+        hello = client_hello_bytes("a.example.test", alpn=["acme-tls/1"])
+        yield deferToThread(tlsclients.raw_exchange_blocking, self.portno, hello, 0.3)
+        while self.factory.handshakes["abandoned"] < 1:
+            yield deferLater(reactor, 0.01, lambda: None)
+        pending.callback(KEY_AUTHORIZATION)
+        self.assertEqual(dict(self.factory.handshakes), {"abandoned": 1})

@@ -204,6 +204,30 @@ class ChannelTests(SynchronousTestCase):
         self.assertIsNone(self.worker.gate.before_handshake(None))
         self.assertEqual(self.daemon.manager.asked, [])
 
+    def test_challenge_certificate(self):
+        """
+        A worker's acme-tls/1 hello is answered from the master's pending
+        tls-alpn-01 key authorization (ChallengeCertificate); with none
+        pending, the worker refuses it.
+        """
+        from kongacme.storage.alpn_keys import TlsAlpnKeyAuthorizations
+        from kongacme.tls.alpn_challenge import ACME_TLS_1, ID_PE_ACME_IDENTIFIER, acme_identifier_value
+        from kongacme.tls.clienthello import ClientHello
+
+        self.connect()
+        self.daemon.alpn_keys = TlsAlpnKeyAuthorizations(self.clock)
+        self.daemon.alpn_keys.put("a.test", "token-token-token-token.thumbprint")
+        responder = self.worker.tls_factory.challenges
+        answers = []
+        for name in ("a.test", "b.test"):
+            hello = ClientHello(server_name=name, alpn_offered=(ACME_TLS_1,))
+            responder.connection_for(hello).addCallback(answers.append)
+        self.pump.flush()
+        self.assertIsNone(answers[1])
+        certificate = answers[0].get_certificate().to_cryptography()
+        self.assertEqual(certificate.extensions.get_extension_for_oid(ID_PE_ACME_IDENTIFIER).value.value,
+                         acme_identifier_value("token-token-token-token.thumbprint"))
+
     def test_counters_summed(self):
         """A worker's counters are kept per worker and summed; a dead worker's counts stay in the sum."""
         self.connect()
