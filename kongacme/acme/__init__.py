@@ -8,8 +8,8 @@ and JWS, josepy keys, Twisted for I/O.
 - :mod:`~kongacme.acme.client`: directory and account.
 - :mod:`~kongacme.acme.eab`: external account binding, ZeroSSL's API.
 - :mod:`~kongacme.acme.order`: issuance, one order per certificate.
-- :mod:`~kongacme.acme.challenges`: challenge solvers (http-01, dns-01)
-  and the choice among the challenges offered.
+- :mod:`~kongacme.acme.challenges`: challenge solvers (http-01,
+  tls-alpn-01, dns-01) and the choice among the challenges offered.
 - :mod:`~kongacme.acme.polling`: waiting with ``Retry-After``.
 - :mod:`~kongacme.acme.keys`: certificate and account keys.
 """
