@@ -20,7 +20,10 @@ worker decodes the master's answer (``channel.decode_certificate``); VmRSS
 after gc.collect() is read before and after each stage: the CertifiedKey
 objects alone, then one connection made for each through either builder
 (what the first handshake for a name leaves behind), and the parts (a bare
-``SSL_CTX``, a leaf and key as pyOpenSSL objects). Bytes per name = delta / N.
+``SSL_CTX``, a leaf and key as pyOpenSSL objects). Stage worker-cache is
+what a worker holds since round 3: the answer taken by
+``WorkerCertificateCache.answer`` (no CertifiedKey, the served form only)
+and a connection made for each name. Bytes per name = delta / N.
 
 CPU: full TLS 1.3 handshakes in one process over memory BIOs (a pyOpenSSL
 client, no resumption, every handshake for another of 200 names, the
@@ -58,6 +61,8 @@ def parse_args(argv=None):
     p.add_argument("--rounds", type=int, default=7, help="cpu: rounds per builder, alternating (default 7)")
     p.add_argument("--parts", default="memory,cpu", help="memory, cpu or both (default)")
     p.add_argument("--cpu", default="0", help="pin the measuring processes to this CPU (default 0; '' none)")
+    p.add_argument("--stages", default="certified-only,per-certificate,shared,bare-context,openssl-leaf-and-key,"
+                   "connection,worker-cache", help="memory stages (default all)")
     p.add_argument("--max-load", type=float, default=0.8)
     p.add_argument("--max-load-wait", type=float, default=60.0)
     p.add_argument("--json", default="tls-memory.json", help="result file under bench/out/")
@@ -142,8 +147,16 @@ def child_memory(stage: str, path: str) -> dict:
     for kind in ("per-certificate", "shared"):
         make_builder(kind, Clock()).connection_for(warm)
     del warm
+    if stage == "worker-cache":
+        from kongacme.workers.certcache import WorkerCertificateCache
+
+        fallback = channel.decode_certificate(encoded[0])[1]
+        cache = WorkerCertificateCache(fallback, size=n)
+        builder = make_builder("shared", Clock())
+        builder.connection_for(fallback)
     r0 = settle()
-    held = [channel.decode_certificate(entry)[1] for entry in encoded]
+    # worker-cache: what a worker holds now, no CertifiedKey (all counted as "added").
+    held = [] if stage == "worker-cache" else [channel.decode_certificate(entry)[1] for entry in encoded]
     r1 = settle()
     out = {"stage": stage, "names": n, "certified": (r1 - r0) / n}
     keep: list = []
@@ -156,6 +169,11 @@ def child_memory(stage: str, path: str) -> dict:
         keep.extend(SSL.Context(SSL.TLS_SERVER_METHOD) for _ in held)
     elif stage == "openssl-leaf-and-key":
         keep.extend((crypto.X509.from_cryptography(c.leaf), crypto.PKey.from_cryptography_key(c.key)) for c in held)
+    elif stage == "worker-cache":
+        cache.answer(encoded, [])
+        for entry in encoded:
+            builder.connection_for(cache.lookup(entry["names"][0]))
+        keep.extend((cache, builder))
     elif stage == "connection":
         builder = make_builder("shared", Clock())
         keep.extend(builder.connection_for(c) for c in held)
@@ -260,8 +278,7 @@ def main(argv=None) -> int:
     path = entries(args.names)
     env = B.kongacme_env()
     parts = args.parts.split(",")
-    for stage in () if "memory" not in parts else ("certified-only", "per-certificate", "shared", "bare-context", "openssl-leaf-and-key",
-                  "connection"):
+    for stage in () if "memory" not in parts else args.stages.split(","):
         runs = []
         for _ in range(args.repeat):
             out = subprocess.run([sys.executable, HERE, "--child", stage, path], capture_output=True, text=True,

@@ -50,6 +50,13 @@ def parse_args(argv=None):
     p.add_argument("--large", type=int, default=4, help="workers in the larger run (default 4)")
     p.add_argument("--repeat", type=int, default=2, help="runs per mode and size (default 2)")
     p.add_argument("--json", default="worker-fork.json", help="result file under bench/out/")
+    p.add_argument("--modes", default="exec,fork", help="exec, fork or both (default)")
+    p.add_argument("--tree", default=None,
+                   help="directory holding the kongacme package the workers run (default: this checkout; "
+                        "e.g. an export of an older commit, to compare in one run)")
+    p.add_argument("--max-load", type=float, default=0.8, help="wait for a 1-minute load below this (default 0.8)")
+    p.add_argument("--max-load-wait", type=float, default=120.0,
+                   help="wait at most this many s for it before each run, then measure anyway (default 120)")
     p.add_argument("--child", nargs=3, metavar=("MODE", "N", "DIR"), help=argparse.SUPPRESS)
     return p.parse_args(argv)
 
@@ -212,11 +219,16 @@ def main(argv=None) -> int:
         return 0
     names = entries(args.names + 1)
     env = B.kongacme_env()
+    if args.tree:
+        env["PYTHONPATH"] = os.path.abspath(args.tree)
+    modes = [m for m in args.modes.split(",") if m]
     results: dict = {"args": vars(args), "machine": B.machine_info(), "runs": []}
     for rep in range(args.repeat):
-        for mode in ("exec", "fork") if rep % 2 == 0 else ("fork", "exec"):
+        for mode in modes if rep % 2 == 0 else modes[::-1]:
             for n in (args.small, args.large):
+                load = B.wait_for_quiet_machine(args.max_load, args.max_load_wait)
                 run = one_run(mode, n, names, env)
+                run["load"] = load
                 results["runs"].append(run)
                 B.log("%s x%d: idle total PSS %.1f MiB (workers PSS %s, USS %s); with %d names %.1f MiB "
                       "(workers PSS %s, USS %s)" % (
@@ -227,7 +239,7 @@ def main(argv=None) -> int:
                           [round(k / 1024, 1) for k in run["filled_worker_pss_kib"]],
                           [round(k / 1024, 1) for k in run["filled_worker_uss_kib"]]))
     summary = {}
-    for mode in ("exec", "fork"):
+    for mode in modes:
         for state in ("idle", "filled"):
             small = [r[state + "_total_pss_kib"] for r in results["runs"] if r["mode"] == mode
                      and r["workers"] == args.small]
@@ -241,7 +253,7 @@ def main(argv=None) -> int:
     print()
     print("PSS added by each extra worker, MiB (total PSS with %d − with %d, / %d; zygote counted once):" % (
         args.large, args.small, args.large - args.small))
-    for mode in ("exec", "fork"):
+    for mode in modes:
         print("  %-5s idle %6.1f   with %d names in use %6.1f   (total with %d workers: %.1f / %.1f)" % (
             mode, summary["%s_idle_extra_worker_pss_mib" % mode], args.names,
             summary["%s_filled_extra_worker_pss_mib" % mode], args.large,
