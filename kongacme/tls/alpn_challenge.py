@@ -192,7 +192,7 @@ class ChallengeResponder:
         unlogged, self._unlogged = self._unlogged, 0
         log.info(
             "TLS: acme-tls/1 from {peer} for {name}: no tls-alpn-01 challenge pending, refused"
-            " ({unlogged} more not logged)",
+            " ({unlogged} more refused since the last such line)",
             peer=peer,
             name=name,
             unlogged=unlogged,
