@@ -141,6 +141,29 @@ class ChallengeResponderTests(SynchronousTestCase):
         lines = [e for e in flushed if "acme-tls/1" in e.get("log_format", "")]
         self.assertEqual([(e["name"], e["unlogged"]) for e in lines], [("b.example.test", 0), ("d.example.test", 2)])
 
+    def test_lookups_bounded(self) -> None:
+        """Beyond max_lookups running at once, an acme-tls/1 hello is refused without a lookup."""
+        waiting: list[Deferred] = []
+
+        def lookup(name: str) -> Deferred:
+            waiting.append(Deferred())
+            return waiting[-1]
+
+        responder = ChallengeResponder(lookup, self.clock, max_lookups=2)
+        hello = ClientHello(server_name="a.example.test", alpn_offered=(ACME_TLS_1,))
+        results = [responder.connection_for(hello) for _ in range(3)]
+        self.assertEqual(len(waiting), 2)
+        self.assertIsNone(self.successResultOf(results[2]))
+        waiting[0].callback(KEY_AUTHORIZATION)
+        self.assertIsNotNone(self.successResultOf(results[0]))
+        results.append(responder.connection_for(hello))
+        self.assertEqual(len(waiting), 3)
+        waiting[1].callback(None)
+        waiting[2].callback(KEY_AUTHORIZATION)
+        self.assertIsNone(self.successResultOf(results[1]))
+        self.assertIsNotNone(self.successResultOf(results[3]))
+        self.assertEqual((responder.answered, responder.refused), (2, 2))
+
     def test_lookup_fails(self) -> None:
         """A failing lookup (storage down) is logged and refused, not raised."""
         responder = ChallengeResponder(lambda name: fail(RuntimeError("storage down")), self.clock)

@@ -50,6 +50,12 @@ NO_APPLICATION_PROTOCOL_ALERT = b"\x15\x03\x03\x00\x02\x02\x78"
 #: authorization; a pending challenge lives minutes).
 CACHE_SIZE = 256
 
+#: Lookups (storage reads, or questions to the master) running at once at
+#: most: beyond it an ``acme-tls/1`` hello is refused at once, so a flood of
+#: them cannot turn into a flood of storage reads. A CA validates a name
+#: from a few vantage points, not hundreds.
+MAX_LOOKUPS = 64
+
 #: Seconds between two "no pending challenge" log lines.
 REFUSAL_LOG_INTERVAL = 60.0
 
@@ -128,12 +134,16 @@ class ChallengeResponder:
     :ivar _lookup: server name → ``Deferred`` of the pending key
         authorization, or ``None``.
     :ivar _clock: "now" for the certificates and the log limit.
+    :ivar _max_lookups: lookups running at once at most.
     :ivar answered: connections given a challenge certificate.
-    :ivar refused: ``acme-tls/1`` hellos with no pending challenge.
+    :ivar refused: ``acme-tls/1`` hellos with no pending challenge (or
+        over ``max_lookups``).
     """
 
     _lookup: Callable[[str], Deferred]
     _clock: IReactorTime
+    _max_lookups: int = MAX_LOOKUPS
+    _in_flight: int = attrs.field(default=0, init=False)
     _contexts: collections.OrderedDict = attrs.field(factory=collections.OrderedDict, init=False)
     _last_refusal_log: float | None = attrs.field(default=None, init=False)
     _unlogged: int = attrs.field(default=0, init=False)
@@ -149,10 +159,18 @@ class ChallengeResponder:
         name = hello.server_name
         if name is None:
             return succeed(self._refuse("(no SNI)", peer))
+        if self._in_flight >= self._max_lookups:
+            return succeed(self._refuse(name + " (too many lookups at once)", peer))
+        self._in_flight += 1
         waiting = self._lookup(name)
+        waiting.addBoth(self._looked_up)
         waiting.addCallback(self._answer, name, peer)
         waiting.addErrback(self._lookup_failed, name, peer)
         return waiting
+
+    def _looked_up(self, result: Any) -> Any:
+        self._in_flight -= 1
+        return result
 
     def _answer(self, key_authorization: str | None, name: str, peer: str) -> SSL.Connection | None:
         if not key_authorization:
