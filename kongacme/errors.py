@@ -120,6 +120,13 @@ class AcmeTransportError(AcmeError):
         super().__init__("%s: %s" % (url, reason))
 
 
+class AcmeTimeout(AcmeTransportError):
+    """
+    The CA did not answer within the request timeout (or the connection
+    attempt timed out): the costly way for a CA to be down.
+    """
+
+
 class IssuanceError(Exception):
     """
     A certificate could not be obtained for a host.

@@ -3,7 +3,8 @@ Tests for fallback CAs (``issuance.fallback_issuers``) in a running daemon,
 against two real Pebbles: the primary stopped, answering 503, or rate
 limiting (a proxy of ``tests.cafault`` in front of the real Pebble), orders
 succeed at the secondary; the certificate's CA is reported (Admin API,
-metrics); the next renewal uses the primary once it is back; a name the
+metrics); the next renewal uses the primary once it is back; a primary
+that hangs is passed over for a while after its timeout; a name the
 primary refuses does not fall back.
 """
 
@@ -16,7 +17,9 @@ from typing import Any
 
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
+from twisted.internet import reactor
 from twisted.internet.defer import inlineCallbacks
+from twisted.internet.protocol import Factory, Protocol
 from twisted.trial.unittest import TestCase
 
 from tests import tlsclients
@@ -35,11 +38,16 @@ class FallbackDaemonTests(AcmeDaemonMixin, TestCase):
     """
 
     @inlineCallbacks
-    def start_daemon(self, proxy: bool = True, blocklist: tuple = ()) -> Any:
+    def start_daemon(self, proxy: bool = True, blocklist: tuple = (), hanging: bool = False) -> Any:
         self.domain_blocklist = blocklist
         self.proxy = None
 
         def primary_url(pebble: PebbleFixture) -> str:
+            if hanging:
+                # Accepts connections and never answers (not even TLS).
+                port = reactor.listenTCP(0, Factory.forProtocol(Protocol), interface="127.0.0.1")
+                self.addCleanup(port.stopListening)
+                return "https://127.0.0.1:%d/dir" % (port.getHost().port,)
             if not proxy:
                 return pebble.directory_url
             self.proxy = FaultyCA.start(self, pebble)
@@ -47,7 +55,7 @@ class FallbackDaemonTests(AcmeDaemonMixin, TestCase):
 
         yield self.start(api_uri=primary_url, storage="kong")
         self.primary = self.pebble
-        self.primary_url = self.proxy.directory_url if self.proxy is not None else self.pebble.directory_url
+        self.primary_url = self.daemon.config["acme"]["api_uri"]
         self.secondary = yield PebbleFixture.start(self, self.http_port)
         self.root = os.path.join(self.dir, "roots.pem")
         self.intermediate = {}
@@ -160,6 +168,23 @@ class FallbackDaemonTests(AcmeDaemonMixin, TestCase):
         # One account at each CA, each registered when first needed.
         for directory in (self.primary_url, self.secondary.directory_url):
             self.assertEqual(len(re.findall(r"ACME account \S+ at %s" % re.escape(directory), self.daemon.output)), 1)
+
+    @inlineCallbacks
+    def test_primary_hangs(self) -> Any:
+        """
+        The primary accepts connections and never answers: the first order
+        falls back after request_timeout (5 s here); the next ones skip the
+        primary for a while (one 'not asking' line each) and fall back at once.
+        """
+        yield self.start_daemon(hanging=True)
+        first = yield self.first_visit("f.example.test")
+        yield self.assertIssuedBy("f.example.test", "secondary", first)
+        self.assertIn("no complete answer within 5 s", self.daemon.output)
+        second = yield self.first_visit("g.example.test")
+        yield self.assertIssuedBy("g.example.test", "secondary", second)
+        self.assertEqual(self.daemon.output.count(TRYING), 1)
+        self.assertEqual(self.daemon.output.count("certificate order for g.example.test: not asking %s" % (
+            self.primary_url,)), 1)
 
     @inlineCallbacks
     def test_refused_name_no_fallback(self) -> Any:

@@ -19,9 +19,9 @@ from kongacme.acme.ari import cert_id
 from kongacme.acme.eab import ExternalAccountRequired
 from kongacme.acme.order import OrderFailed
 from kongacme.acme.polling import PollTimeout
-from kongacme.errors import AcmeProblem, AcmeTransportError, DNSError
+from kongacme.errors import AcmeProblem, AcmeTimeout, AcmeTransportError, DNSError
 from kongacme.interfaces import IIssuer
-from kongacme.issuance.fallback import ca_at_fault
+from kongacme.issuance.fallback import TIMEOUT_REST, ca_at_fault
 from kongacme.config import parse_config
 from kongacme.issuance.issuers import IssuedBy, IssuerChain, IssuerLedger, make_issuer
 from kongacme.storage import keys
@@ -39,7 +39,7 @@ class CaAtFaultTests(SynchronousTestCase):
         """Unreachable, timed out, 5xx, 429, rateLimited and serverInternal are the CA's fault."""
         for error in (
             AcmeTransportError("https://ca/dir", "Connection was refused by other side"),
-            AcmeTransportError("https://ca/dir", "no complete answer within 30 s"),
+            AcmeTimeout("https://ca/dir", "no complete answer within 30 s"),
             AcmeProblem("about:blank", "Service Unavailable", 503),
             AcmeProblem("about:blank", "Bad Gateway", 502),
             AcmeProblem(ERR + "rateLimited", "too many certificates", 429, retry_after=60),
@@ -186,6 +186,23 @@ class IssuerChainTests(SynchronousTestCase):
         self.primary.fail_with = None
         self.successResultOf(self.chain.issue("c.test"))
         self.assertEqual(self.primary.requests, ["a.test", "c.test"])
+
+    def test_timeout_rests(self) -> None:
+        """
+        A CA that timed out is passed over for TIMEOUT_REST seconds while a
+        later CA remains (each order would wait the whole timeout again);
+        a refused connection fails fast and is asked again at once.
+        """
+        self.primary.fail_with = AcmeTimeout("https://one.test/dir", "no complete answer within 30 s")
+        self.successResultOf(self.chain.issue("a.test"))
+        self.successResultOf(self.chain.issue("b.test"))
+        self.assertEqual((self.primary.requests, self.second.requests), (["a.test"], ["a.test", "b.test"]))
+        self.clock.advance(TIMEOUT_REST)
+        self.primary.fail_with = AcmeTransportError("https://one.test/dir", "Connection was refused")
+        self.successResultOf(self.chain.issue("c.test"))
+        self.successResultOf(self.chain.issue("d.test"))
+        self.assertEqual(self.primary.requests, ["a.test", "c.test", "d.test"])
+        self.assertEqual(self.ledger.fallbacks[("https://one.test/dir", "https://two.test/dir")], 4)
 
     def test_lookup_from_storage(self) -> None:
         """A ledger without memory of a certificate finds its record in storage, if it is of that certificate."""

@@ -25,11 +25,12 @@ import josepy as jose
 from acme import jws
 from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.interfaces import IReactorTime
+from twisted.internet.error import TimeoutError as ConnectTimeout
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from kongacme.acme.response import ERROR_PREFIX, AcmeResponse, problem_from_response
-from kongacme.errors import AcmeError, AcmeProblem, AcmeTransportError, ResponseTooLarge
+from kongacme.errors import AcmeError, AcmeProblem, AcmeTimeout, AcmeTransportError, ResponseTooLarge
 from kongacme.failures import describe_failure
 from kongacme.response_body import read_body
 
@@ -221,7 +222,7 @@ class AcmeTransport:
 
         def timed_out(result: Any, timeout: float) -> Failure:
             # Whatever the cancelled request failed with, the cause is ours.
-            return Failure(AcmeTransportError(url, "no complete answer within %g s" % (timeout,)))
+            return Failure(AcmeTimeout(url, "no complete answer within %g s" % (timeout,)))
 
         d.addTimeout(self.timeout, self._clock, onTimeoutCancel=timed_out)
         d.addErrback(_transport_error, url)
@@ -278,6 +279,8 @@ def _transport_error(failure: Failure, url: str) -> Failure:
         # Cancelled by our caller (a timeout was turned into an
         # AcmeTransportError before this): let it through as such.
         raise CancelledError()
+    if failure.check(ConnectTimeout):
+        raise AcmeTimeout(url, describe_failure(failure))
     raise AcmeTransportError(url, describe_failure(failure))
 
 

@@ -12,7 +12,7 @@ import attrs
 from twisted.internet.error import ConnectError, TimeoutError as ConnectTimeout
 
 from kongacme.acme.polling import PollTimeout
-from kongacme.errors import AcmeProblem, AcmeTransportError
+from kongacme.errors import AcmeProblem, AcmeTimeout, AcmeTransportError
 
 #: RFC 8555 §6.7 problem types that say the CA, not the request, is at
 #: fault. ``badNonce`` is retried by the transport first; still failing,
@@ -20,6 +20,13 @@ from kongacme.errors import AcmeProblem, AcmeTransportError
 CA_FAULT_TYPES = frozenset(("rateLimited", "serverInternal", "badNonce"))
 
 _ACME_ERROR = "urn:ietf:params:acme:error:"
+
+#: Seconds a CA that timed out is passed over for new orders while a later
+#: CA remains: each order would otherwise wait the whole request timeout
+#: (30 s by default, longer than a first visitor's handshake_wait) before
+#: its fallback. A refused connection or an error answer fails fast, so it
+#: is asked again at once.
+TIMEOUT_REST = 60.0
 
 
 def ca_at_fault(error: BaseException) -> bool:
@@ -60,8 +67,9 @@ class IssuerHealth:
         fault.
     :ivar down_since: when it started failing (epoch seconds), or ``None``.
     :ivar last_error: the last failure blamed on it.
-    :ivar retry_after: until when (epoch seconds) the CA asked not to be
-        asked (``Retry-After`` with a 429 / 503), or ``None``.
+    :ivar retry_after: until when (epoch seconds) the CA is passed over
+        while a later CA remains: it asked so (``Retry-After`` with a 429 /
+        503), or it timed out (:data:`TIMEOUT_REST`); else ``None``.
     :ivar issued: certificates it issued.
     :ivar failed: orders it failed through its fault.
     :ivar refused: orders it failed through no fault of its own.
@@ -94,10 +102,12 @@ class IssuerHealth:
             self.available = False
             self.down_since = now
         wait = getattr(error, "retry_after", None)
+        if not wait and isinstance(error, (AcmeTimeout, PollTimeout, ConnectTimeout)):
+            wait = TIMEOUT_REST
         self.retry_after = now + wait if wait else None
 
     def resting(self, now: float) -> bool:
-        """Whether the CA asked (``Retry-After``) not to be asked before a time after ``now``."""
+        """Whether the CA is passed over at ``now`` (``Retry-After``, or a recent timeout)."""
         return self.retry_after is not None and now < self.retry_after
 
     def _up(self) -> None:

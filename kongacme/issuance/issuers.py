@@ -135,7 +135,9 @@ class IssuerChain:
 
     Every order starts at the primary (a renewal too: the fallback is for
     outages, not a new home), except that a CA which answered a
-    ``Retry-After`` is skipped until then while a later CA remains. An order
+    ``Retry-After``, or timed out (for
+    :data:`~kongacme.issuance.fallback.TIMEOUT_REST` s), is skipped until
+    then while a later CA remains. An order
     failing through the CA's fault (:func:`~kongacme.issuance.fallback.ca_at_fault`)
     moves on to the next CA at once, with one warning line; any other
     failure ends the order there. When every CA failed, the last failure is
@@ -189,7 +191,11 @@ class IssuerChain:
             last = position == len(chain) - 1
             if health.resting(now) and not last:
                 nxt = chain[position + 1].directory
-                self._moved_on(host, issuer.directory, nxt, "asked to retry after %.0f s" % ((health.retry_after or now) - now))
+                self._moved_on(
+                    host, issuer.directory, nxt,
+                    "passed over for %.0f s more after: %s" % ((health.retry_after or now) - now, health.last_error),
+                    skipped=True,
+                )
                 continue
             try:
                 certified = await issuer.issue(
@@ -210,13 +216,16 @@ class IssuerChain:
         assert failure is not None
         raise failure
 
-    def _moved_on(self, host: str, frm: str, to: str, reason: str) -> None:
+    def _moved_on(self, host: str, frm: str, to: str, reason: str, skipped: bool = False) -> None:
         self.ledger.fallbacks[(frm, to)] += 1
-        self.log.warn(
-            "certificate order for {host} at {failed_ca} failed through the CA's fault ({reason}): "
-            "trying {next_ca} now",
-            host=host, failed_ca=frm, next_ca=to, reason=reason, log_unlimited=True,
-        )
+        if skipped:
+            template = "certificate order for {host}: not asking {failed_ca} ({reason}): trying {next_ca} now"
+        else:
+            template = (
+                "certificate order for {host} at {failed_ca} failed through the CA's fault ({reason}): "
+                "trying {next_ca} now"
+            )
+        self.log.warn(template, host=host, failed_ca=frm, next_ca=to, reason=reason, log_unlimited=True)
 
     def _record(self, host: str, certified: Any, issued_by: IssuedBy) -> None:
         try:
