@@ -21,6 +21,7 @@ from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from kongacme.tls.alpn_challenge import (
     ACME_TLS_1,
+    LOOKUP_TIMEOUT,
     ID_PE_ACME_IDENTIFIER,
     ChallengeResponder,
     acme_identifier_value,
@@ -163,6 +164,18 @@ class ChallengeResponderTests(SynchronousTestCase):
         self.assertIsNone(self.successResultOf(results[1]))
         self.assertIsNotNone(self.successResultOf(results[3]))
         self.assertEqual((responder.answered, responder.refused), (2, 2))
+
+    def test_lookup_timeout(self) -> None:
+        """A lookup that never answers is given up after LOOKUP_TIMEOUT: refused, its slot freed."""
+        responder = ChallengeResponder(lambda name: Deferred(), self.clock, max_lookups=1)
+        hello = ClientHello(server_name="a.example.test", alpn_offered=(ACME_TLS_1,))
+        first = responder.connection_for(hello)
+        self.assertNoResult(first)
+        self.clock.advance(LOOKUP_TIMEOUT)
+        self.assertIsNone(self.successResultOf(first))
+        second = responder.connection_for(hello)
+        self.assertNoResult(second)
+        self.assertEqual(responder.refused, 1)
 
     def test_lookup_fails(self) -> None:
         """A failing lookup (storage down) is logged and refused, not raised."""

@@ -24,7 +24,7 @@ import attrs
 from cryptography import x509
 from cryptography.x509.oid import ObjectIdentifier
 from OpenSSL import SSL
-from twisted.internet.defer import Deferred, succeed
+from twisted.internet.defer import Deferred, TimeoutError, succeed
 from twisted.internet.interfaces import IHandshakeListener, IReactorTime
 from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
@@ -55,6 +55,10 @@ CACHE_SIZE = 256
 #: them cannot turn into a flood of storage reads. A CA validates a name
 #: from a few vantage points, not hundreds.
 MAX_LOOKUPS = 64
+
+#: Seconds a lookup may take before the hello is refused (a lookup that
+#: never answers must not hold a slot of MAX_LOOKUPS for good).
+LOOKUP_TIMEOUT = 10.0
 
 #: Seconds between two "no pending challenge" log lines.
 REFUSAL_LOG_INTERVAL = 60.0
@@ -163,6 +167,7 @@ class ChallengeResponder:
             return succeed(self._refuse(name + " (too many lookups at once)", peer))
         self._in_flight += 1
         waiting = self._lookup(name)
+        waiting.addTimeout(LOOKUP_TIMEOUT, self._clock)
         waiting.addBoth(self._looked_up)
         waiting.addCallback(self._answer, name, peer)
         waiting.addErrback(self._lookup_failed, name, peer)
@@ -218,5 +223,9 @@ class ChallengeResponder:
         return None
 
     def _lookup_failed(self, failure: Any, name: str, peer: str) -> None:
-        log.failure("tls-alpn-01: looking up the challenge for {name} failed", failure, name=name)
+        if failure.check(TimeoutError):
+            log.warn("tls-alpn-01: looking up the challenge for {name} took over {timeout} s", name=name,
+                     timeout=LOOKUP_TIMEOUT)
+        else:
+            log.failure("tls-alpn-01: looking up the challenge for {name} failed", failure, name=name)
         return self._refuse(name, peer)
