@@ -97,6 +97,9 @@ def parse_args(argv=None):
     p.add_argument("--worker-gc-diagnostic", action="store_true",
                    help="cpu/wall: start the daemons with the master's GC thresholds in every process (a "
                         "bench-only sitecustomize), to see what the workers' default thresholds cost")
+    p.add_argument("--tree", default=None,
+                   help="memory: directory holding the kongacme package the daemon runs (default: this checkout; "
+                        "e.g. an export of an older commit, to compare in one run)")
     p.add_argument("--json", default="workers.json", help="result file under bench/out/")
     p.add_argument("--balance-child", nargs=5, metavar=("MODE", "WHERE", "COUNTS", "CERT", "KEY"),
                    help=argparse.SUPPRESS)
@@ -135,10 +138,10 @@ class Daemon:
     """A ``twistd -n kongacme`` with ``workers`` and an Admin listener."""
 
     def __init__(self, procs: B.Processes, name: str, config: str, tls_port: int, admin_port: int, workers: int,
-                 cpu: str | None, env: dict | None = None, timeout: float = 120.0):
+                 cpu: str | None, env: dict | None = None, timeout: float = 120.0, cwd: str = B.REPO):
         self.name, self.tls_port, self.admin_port, self.workers = name, tls_port, admin_port, workers
         started = time.monotonic()
-        self.proc = procs.start(name, B.kongacme_argv(config), cpu=cpu, cwd=B.REPO, env=env or B.kongacme_env())
+        self.proc = procs.start(name, B.kongacme_argv(config), cpu=cpu, cwd=cwd, env=env or B.kongacme_env())
         B.wait_port(admin_port, self.proc, timeout)
         if workers > 1:
             self.wait_workers(timeout)
@@ -737,7 +740,11 @@ def memory_daemon(procs, args, work: str, n: int, redis_port: int, workers: int,
         yaml.safe_dump(config, f, sort_keys=False)
     env = B.kongacme_env()
     env["KONGACME_WORKER_START"] = start
-    daemon = Daemon(procs, "wk-memory-" + tag, path, tls_port, admin_port, workers, None, env=env, timeout=1800)
+    tree = os.path.abspath(args.tree) if args.tree else B.REPO
+    # -c and -m put the working directory first on sys.path: it picks the tree.
+    env["PYTHONPATH"] = tree
+    daemon = Daemon(procs, "wk-memory-" + tag, path, tls_port, admin_port, workers, None, env=env, timeout=1800,
+                    cwd=tree)
     return daemon, tls_port
 
 
