@@ -19,6 +19,7 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from kongacme.acme.ari import cert_id
+from kongacme.errors import AcmeError
 from kongacme.interfaces import IChallengeTokenStore, IIssuer, IStorage
 from kongacme.issuance.acme_issuer import DaemonAcmeIssuer
 from kongacme.issuance.fallback import IssuerHealth, ca_at_fault
@@ -123,10 +124,6 @@ class IssuerLedger:
 
         return storage.get(keys.issued_by(host)).addCallbacks(found, lambda f: None)
 
-    def directories(self) -> list[str]:
-        """Every CA with a health record."""
-        return sorted(self._health)
-
 
 @implementer(IIssuer)
 class IssuerChain:
@@ -137,10 +134,10 @@ class IssuerChain:
     outages, not a new home), except that a CA which answered a
     ``Retry-After``, or timed out (for
     :data:`~kongacme.issuance.fallback.TIMEOUT_REST` s), is skipped until
-    then while a later CA remains. An order
-    failing through the CA's fault (:func:`~kongacme.issuance.fallback.ca_at_fault`)
-    moves on to the next CA at once, with one warning line; any other
-    failure ends the order there. When every CA failed, the last failure is
+    then while a later CA remains. An order failing through the CA's fault
+    (:func:`~kongacme.issuance.fallback.ca_at_fault`) moves on to the next
+    CA at once, with one warning line; any other failure ends the order
+    there. When every CA failed, the last failure is
     raised (the manager's backoff follows). The ARI ``replaces`` identifier
     goes only to the CA that issued the certificate it names.
 
@@ -203,7 +200,8 @@ class IssuerChain:
                 )
             except Exception as e:
                 if not ca_at_fault(e):
-                    health.answered(e)
+                    if isinstance(e, AcmeError):
+                        health.answered(e)  # the CA answered (a refusal), so it is up
                     raise
                 health.ca_failed(e, self._clock.seconds())
                 failure = e
