@@ -24,6 +24,7 @@ from twisted.trial.unittest import TestCase
 
 from tests import tlsclients
 from tests.cafault import FaultyCA
+from tests.daemonproc import not_with_workers
 from tests.pebble import PebbleFixture
 from tests.test_daemon_acme import AcmeDaemonMixin
 
@@ -203,3 +204,17 @@ class FallbackDaemonTests(AcmeDaemonMixin, TestCase):
         # The fallback's account is registered on first use: never here.
         self.assertIn("ACME account", self.daemon.output)
         self.assertNotIn(" at %s" % (self.secondary.directory_url,), self.daemon.output)
+
+
+class FallbackDaemonWorkersTests(FallbackDaemonTests):
+    """
+    The fallback with ``workers: 2`` (the master orders; the workers serve):
+    the primary stopped, and its return for the next renewal.
+    """
+
+    workers = 2
+    test_directory_503 = not_with_workers()
+    test_new_order_503 = not_with_workers()
+    test_rate_limited = not_with_workers()
+    test_primary_hangs = not_with_workers()
+    test_refused_name_no_fallback = not_with_workers()
