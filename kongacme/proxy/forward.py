@@ -55,12 +55,7 @@ def _guarded(method: _F) -> _F:
         try:
             return method(self, *args)
         except Exception:
-            log.failure(
-                "proxy: unexpected error on connection from {peer} for {server_name}",
-                peer=peer_name(self.transport),
-                server_name=self.server_name,
-            )
-            self._abort()
+            self._unexpected()
             return None
 
     return guarded  # type: ignore[return-value]
@@ -103,6 +98,8 @@ class ProxyServerProtocol(Protocol):
     _addresses: list[tuple[int, tuple]] | None = None
     _idle_timeout = 300.0
     _last_activity = 0.0
+    #: The reactor's ``seconds``, looked up once: it is read on every chunk.
+    _seconds: Callable[[], float]
     # Whether a valve is registered as the producer on each transport (some
     # transports refuse an unregisterProducer without one).
     _client_has_producer = False
@@ -119,10 +116,10 @@ class ProxyServerProtocol(Protocol):
     def connectionMade(self) -> None:
         self._pending = []
         self._client_valve = Valve(self.transport)
-        reactor = self.factory.reactor
+        self._seconds = self.factory.reactor.seconds
         # Settings are read once: a reload changes new connections only.
         self._idle_timeout = self.factory.idle_timeout
-        self._last_activity = reactor.seconds()
+        self._last_activity = self._seconds()
         self._idle_call = self.factory.wheel.call_later(self._idle_timeout, self._check_idle)
 
     @_guarded
@@ -200,15 +197,24 @@ class ProxyServerProtocol(Protocol):
         self._connecting = attempt
         attempt.start(factory.wheel, factory.connect_timeout)
 
-    @_guarded
     def dataReceived(self, data: bytes) -> None:
-        self.received_from_client += len(data)
-        self._last_activity = self.factory.reactor.seconds()
-        if self._closed:
-            return
-        if self._to_upstream is not None:
-            self._to_upstream.write(data)
-        elif self._pending is not None:
+        # Guarded like the other callbacks (see _guarded), inline: this and
+        # _upstream_data run once per chunk each way.
+        try:
+            self.received_from_client += len(data)
+            self._last_activity = self._seconds()
+            if self._closed:
+                return
+            if self._to_upstream is not None:
+                self._to_upstream.write(data)
+            else:
+                self._hold(data)
+        except Exception:
+            self._unexpected()
+
+    def _hold(self, data: bytes) -> None:
+        """Keep ``data`` until the upstream is connected (reading paused)."""
+        if self._pending is not None:
             self._pending.append(data)
             self._pending_size += len(data)
             self._client_valve.pauseProducing()
@@ -292,12 +298,14 @@ class ProxyServerProtocol(Protocol):
         )
         self._close()
 
-    @_guarded
     def _upstream_data(self, data: bytes) -> None:
-        self.received_from_upstream += len(data)
-        self._last_activity = self.factory.reactor.seconds()
-        if not self._closed:
-            self.transport.write(data)
+        try:
+            self.received_from_upstream += len(data)
+            self._last_activity = self._seconds()
+            if not self._closed:
+                self.transport.write(data)
+        except Exception:
+            self._unexpected()
 
     @_guarded
     def _upstream_read_closed(self) -> None:
@@ -367,7 +375,7 @@ class ProxyServerProtocol(Protocol):
         if self._closed:
             return
         # One timer re-armed lazily, rather than reset on every chunk.
-        idle_for = self.factory.reactor.seconds() - self._last_activity
+        idle_for = self._seconds() - self._last_activity
         if idle_for < self._idle_timeout:
             self._idle_call = self.factory.wheel.call_later(self._idle_timeout - idle_for, self._check_idle)
             return
@@ -418,6 +426,15 @@ class ProxyServerProtocol(Protocol):
         if self._upstream_has_producer and self._upstream is not None:
             self._upstream_has_producer = False
             self._upstream.transport.unregisterProducer()
+
+    def _unexpected(self) -> None:
+        """An unexpected error in a callback: log it once and tear down."""
+        log.failure(
+            "proxy: unexpected error on connection from {peer} for {server_name}",
+            peer=peer_name(self.transport),
+            server_name=self.server_name,
+        )
+        self._abort()
 
     def _abort(self) -> None:
         """Drop both sides now, buffered data included (peer not reading)."""

@@ -91,10 +91,10 @@ class SNITLSProtocol(TLSPump):
         factory = self.factory
         self._deadline = factory.wheel.call_later(factory.handshake_timeout, self._handshake_timed_out)
 
-    def dataReceived(self, data: bytes) -> None:
+    def before_tls(self, data: bytes) -> None:
+        """Buffer the ClientHello until it is whole, then decide on it."""
         if self._hello_buffer is None:
-            TLSPump.dataReceived(self, data)
-            return
+            return  # refused or closing: nothing more is read
         buffered = self._hello_buffer + data
         self._hello_buffer = buffered
         if self._gate_pending:

@@ -66,7 +66,7 @@ class TLSPump(Protocol):
     protocol it wraps.
 
     A subclass calls :meth:`start_tls` with the ``SSL.Connection`` (and the
-    ClientHello bytes already read) and may override :meth:`tls_started`,
+    ClientHello bytes already read) and may override :meth:`before_tls`,
     :meth:`handshake_finished` and :meth:`tls_failed`.
 
     :ivar wrappedProtocol: the protocol getting the plaintext.
@@ -128,11 +128,27 @@ class TLSPump(Protocol):
 
     # -- ciphertext in ----------------------------------------------------------
 
+    def before_tls(self, data: bytes) -> None:
+        """
+        Bytes read before :meth:`start_tls` (the ClientHello); ignored
+        unless a subclass buffers them. Called from :meth:`dataReceived`, so
+        that after the handshake starts a read costs no extra call.
+        """
+
     def dataReceived(self, data: bytes) -> None:
         tls = self._tls
-        if tls is None or self._tls_over:
+        if tls is None:
+            self.before_tls(data)
             return
-        self._count_records(data)
+        if self._tls_over:
+            return
+        size = len(data)
+        if not self._need and not self._header and size > 5 and size == 5 + (data[3] << 8 | data[4]):
+            # The common case: the segment is one whole record.
+            if self._complete is not None:
+                self._complete += 1
+        else:
+            self._count_records(data)
         tls.bio_write(data)
         if self.handshake_done:
             self._read_plaintext(tls)
@@ -273,8 +289,17 @@ class TLSPump(Protocol):
             self._fail(Failure())
             return
         # Records add 22 bytes each (TLS 1.3, 16 KiB of plaintext at most):
-        # one read of this size takes everything.
-        self._drain(size + (size >> 9) + 256)
+        # one read of this size takes everything (the loop of _drain, inline).
+        room = size + (size >> 9) + 256
+        try:
+            records = tls.bio_read(room)
+        except WantReadError:
+            return
+        writer = self._writer
+        assert writer is not None
+        writer.write(records)
+        if len(records) == room:
+            self._drain(room)
 
     def writeSequence(self, data: list[bytes]) -> None:
         """Send each of ``data`` in turn."""
