@@ -58,6 +58,9 @@ class UpstreamProtocol(Protocol):
 
     def __init__(self, client: "ProxyServerProtocol"):
         self._client = client
+        # The transport calls the client side's method itself: no hop
+        # through this protocol per chunk.
+        self.dataReceived = client._upstream_data  # type: ignore[method-assign]
 
     def dataReceived(self, data: bytes) -> None:
         self._client._upstream_data(data)
