@@ -93,10 +93,14 @@ class PostAcmeNamesTests(TestCase):
         response = yield get(port, b"/acme", method=b"POST",
                              body=b"host=under_score.demo.test&test_http_challenge_flow=true", headers=FORM)
         self.assertEqual(response.status, 400)
-        for bad in (b"a..b.test", b"-a.test", b"a.test..", b"*.demo.test"):
+        for bad in (b"a..b.test", b"-a.test", b"a.test..", b"*.de_mo.test"):
             response = yield get(port, b"/acme", method=b"POST", body=b"host=" + bad, headers=FORM)
             self.assertEqual(response.status, 400, bad)
             self.assertIn("is not allowed: not a valid host name", json.loads(response.body)["message"])
+        # A well-formed wildcard without issuance.wildcard: refused, saying why.
+        response = yield get(port, b"/acme", method=b"POST", body=b"host=*.demo.test", headers=FORM)
+        self.assertEqual(response.status, 400)
+        self.assertIn("wildcard certificates need issuance.wildcard: true", json.loads(response.body)["message"])
         self.assertEqual(self.manager.obtained, [])
 
     @inlineCallbacks
