@@ -7,6 +7,7 @@ hash and keep what they receive.
 from __future__ import annotations
 
 import hashlib
+import socket
 from typing import Any, Callable
 
 import attrs
@@ -22,6 +23,24 @@ from kongacme.interfaces import IConnectionInfo
 from kongacme.proxy.forward import ProxyFactory, ProxyServerProtocol
 
 ALPN = [b"h2", b"http/1.1"]
+
+
+def unanswered_port(test: Any) -> int:
+    """
+    A local port whose listener never answers a SYN: Linux drops SYNs while
+    a listener's accept queue is full, so it is filled. Closed with ``test``.
+    """
+    listener = socket.socket()
+    test.addCleanup(listener.close)
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(0)
+    port = listener.getsockname()[1]
+    for _ in range(3):
+        filler = socket.socket()
+        test.addCleanup(filler.close)
+        filler.setblocking(False)
+        filler.connect_ex(("127.0.0.1", port))
+    return port
 
 
 @implementer(IConnectionInfo)

@@ -12,6 +12,7 @@ from twisted.trial.unittest import TestCase
 
 from kongacme.proxy.connect import DirectConnect, NameCache, family_of
 from kongacme.timers import TimerWheel
+from tests.proxyhelpers import unanswered_port
 
 
 class Told(Protocol):
@@ -61,16 +62,7 @@ class DirectConnectTests(TestCase):
         An upstream that never answers fails after the timeout; a cancelled
         attempt reports nothing.
         """
-        listener = socket.socket()
-        self.addCleanup(listener.close)
-        listener.bind(("127.0.0.1", 0))
-        listener.listen(0)
-        full = listener.getsockname()[1]
-        for _ in range(3):
-            filler = socket.socket()
-            self.addCleanup(filler.close)
-            filler.setblocking(False)
-            filler.connect_ex(("127.0.0.1", full))
+        full = unanswered_port(self)
         failed = Deferred()
         attempt = DirectConnect(reactor, socket.AF_INET, ("127.0.0.1", full), self.factory, lambda f: failed.callback([f]))
         attempt.start(self.wheel, 0.3)

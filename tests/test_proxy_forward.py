@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import socket
 import time
 from typing import Any
 
@@ -38,6 +37,7 @@ from tests.proxyhelpers import (
     make_certificate,
     tls_client_endpoint,
     tls_server_factory,
+    unanswered_port,
 )
 from tests.proxyproto_decoder import parse_header
 
@@ -601,17 +601,7 @@ class FailureTests(IntegrationMixin, unittest.TestCase):
         An upstream that never answers the SYN (its accept queue is full)
         gets the client closed after connect_timeout, with one log line.
         """
-        listener = socket.socket()
-        self.addCleanup(listener.close)
-        listener.bind(("127.0.0.1", 0))
-        listener.listen(0)
-        full = listener.getsockname()[1]
-        # Linux drops SYNs while a listener's accept queue is full: fill it.
-        for _ in range(3):
-            filler = socket.socket()
-            self.addCleanup(filler.close)
-            filler.setblocking(False)
-            filler.connect_ex(("127.0.0.1", full))
+        full = unanswered_port(self)
         await task.deferLater(reactor, 0.1, lambda: None)
         _, proxy_port = self.proxy(RouteTable([], Route("127.0.0.1", full)), connect_timeout=0.5)
         started = time.monotonic()
