@@ -20,7 +20,7 @@ from kongacme.testing import TestCA, write_certified_key
 from kongacme.tls.fallback import FALLBACK_NAME
 
 from tests import tlsclients
-from tests.daemonproc import Daemon, free_port, not_with_workers, run_twistd
+from tests.daemonproc import Daemon, ShowsDaemonOutput, free_port, not_with_workers, run_twistd
 from tests.proxyproto_decoder import parse_header
 
 
@@ -113,7 +113,7 @@ class TwistdPluginTests(TestCase):
         self.assertIn("routes[0].upstream", output)
 
 
-class DaemonTests(TestCase):
+class DaemonTests(ShowsDaemonOutput, TestCase):
     """
     Tests for a running daemon: serving, proxying, reloading on SIGHUP.
 
@@ -289,7 +289,7 @@ def stream_blocking(port, server_name, payload=None, mode="close_notify", read_l
     return tlsclients.half_close_blocking(port, server_name, b"DOWN\n", mode)
 
 
-class DaemonStreamTests(TestCase):
+class DaemonStreamTests(ShowsDaemonOutput, TestCase):
     """
     Tests for the full stack (TLS listener, proxy, upstream) in a real
     daemon process: large transfers, half-close, PROXY protocol headers.

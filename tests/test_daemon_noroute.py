@@ -13,7 +13,7 @@ from twisted.internet.defer import inlineCallbacks
 from twisted.internet.threads import deferToThread
 from twisted.trial.unittest import TestCase
 
-from tests.daemonproc import Daemon, free_port
+from tests.daemonproc import Daemon, ShowsDaemonOutput, free_port
 
 
 def request_after_handshake(port: int, rounds: int = 10) -> list:
@@ -40,7 +40,7 @@ def request_after_handshake(port: int, rounds: int = 10) -> list:
     return outcomes
 
 
-class NoRouteTests(TestCase):
+class NoRouteTests(ShowsDaemonOutput, TestCase):
     """
     Tests for a TLS client whose name has no route.
 

@@ -15,11 +15,11 @@ from kongacme.storage import keys
 from kongacme.testing import TestCA
 
 from tests import tlsclients
-from tests.daemonproc import Daemon, free_port
+from tests.daemonproc import Daemon, ShowsDaemonOutput, free_port
 from tests.redisfixture import RedisServer
 
 
-class StartWithStorageDownTests(TestCase):
+class StartWithStorageDownTests(ShowsDaemonOutput, TestCase):
     """
     Tests for a daemon whose storage is down at start.
 

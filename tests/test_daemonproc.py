@@ -79,7 +79,7 @@ class Echo(Protocol):
         self.transport.write(data)
 
 
-class FreePortTests(TestCase):
+class FreePortTests(ShowsDaemonOutput, TestCase):
     """
     Tests for free_port and Daemon.start when a port is taken.
     """

@@ -12,7 +12,7 @@ from twisted.internet.task import deferLater
 from twisted.trial.unittest import TestCase
 
 from tests import tlsclients
-from tests.daemonproc import free_port
+from tests.daemonproc import ShowsDaemonOutput, free_port
 from tests.fleetnodes import redis_storage, start_nodes, vault_storage, write_root
 from tests.pebble import PebbleFixture
 from tests.baofixture import BaoServer
@@ -24,7 +24,7 @@ class Echo(Protocol):
         self.transport.write(data)
 
 
-class FleetNodesMixin:
+class FleetNodesMixin(ShowsDaemonOutput):
     """
     Two daemon processes (a, b) on one shared store and one Pebble, which
     validates http-01 through node A only.

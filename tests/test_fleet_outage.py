@@ -20,7 +20,7 @@ from twisted.trial.unittest import TestCase
 from tests import tlsclients
 from tests.baofixture import BaoServer
 from tests.fleetnodes import redis_storage, start_nodes, vault_storage, write_root
-from tests.daemonproc import free_port
+from tests.daemonproc import ShowsDaemonOutput, free_port
 from tests.pebble import PebbleFixture, settle
 from tests.redisfixture import RedisServer
 
@@ -62,7 +62,7 @@ def until(condition, timeout: float, interval: float = 0.2):
     return Deferred.fromCoroutine(poll())
 
 
-class RedisFleetOutageTests(TestCase):
+class RedisFleetOutageTests(ShowsDaemonOutput, TestCase):
     """
     Tests for three nodes on one Redis: fifty new names hit on every node at
     once cost fifty orders at the CA and are served everywhere; the names

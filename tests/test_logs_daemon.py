@@ -15,7 +15,7 @@ from twisted.internet.threads import deferToThread
 from twisted.trial.unittest import SkipTest, TestCase
 
 from tests import tlsclients
-from tests.daemonproc import REPO, Daemon, free_port, run_twistd
+from tests.daemonproc import REPO, Daemon, ShowsDaemonOutput, free_port, run_twistd
 from tests.test_daemon_acme import AcmeDaemonMixin
 
 GARBAGE = b"GET / HTTP/1.0\r\n\r\n" * 4
@@ -31,7 +31,7 @@ def read(path: str) -> str:
         return f.read()
 
 
-class LogDaemonMixin:
+class LogDaemonMixin(ShowsDaemonOutput):
     """A daemon without ACME, TLS listener only, with the given logging section."""
 
     timeout = 60
@@ -164,7 +164,7 @@ class LogFileTests(LogDaemonMixin, TestCase):
         self.assertNotIn("dropping connection", read(first))
 
 
-class UnopenableLogFileTests(TestCase):
+class UnopenableLogFileTests(ShowsDaemonOutput, TestCase):
     """
     Tests for a ``logging.file`` that cannot be opened at start.
     """
