@@ -6,6 +6,7 @@ wheel contains (no test fakes, the plugin, ``py.typed``, the licence).
 
 from __future__ import annotations
 
+import ast
 import functools
 import importlib.util
 import os
@@ -52,6 +53,24 @@ def wheel_names() -> tuple[str, ...]:
         [wheel] = [name for name in os.listdir(out) if name.endswith(".whl")]
         with zipfile.ZipFile(os.path.join(out, wheel)) as archive:
             return tuple(archive.namelist())
+
+
+def top_level_definitions(path: str) -> dict[str, str]:
+    """
+    The functions and classes of five lines or more the Python file at
+    ``path`` defines at its top level: a dump of each one's syntax tree
+    with its own name left out (the same code under another name matches)
+    -> its name.
+    """
+    with open(path, encoding="utf-8") as f:
+        tree = ast.parse(f.read(), path)
+    found = {}
+    for node in tree.body:
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            if (node.end_lineno or node.lineno) - node.lineno + 1 >= 5:
+                name, node.name = node.name, ""
+                found[ast.dump(node)] = name
+    return found
 
 
 class PythonDashMTests(SynchronousTestCase):
@@ -188,6 +207,27 @@ class WheelTests(SynchronousTestCase):
         """No module named like a fake (``*fake*``) is in the wheel: fakes only tests use live in tests/."""
         fakes = [n for n in wheel_names() if n.endswith(".py") and "fake" in os.path.basename(n).lower()]
         self.assertEqual(fakes, [])
+
+    def test_no_test_only_code(self) -> None:
+        """
+        No module in the wheel holds a function or class of the test-only
+        modules (the PROXY-protocol decoder of tests/proxyproto_decoder.py,
+        the Consul fake of tests/consul_fake.py), under any name: the
+        wheel's kongacme/proxy/proxyproto.py is the encoder the proxy sends
+        with.
+        """
+        test_only: dict[str, str] = {}
+        for module in ("proxyproto_decoder.py", "consul_fake.py"):
+            test_only.update(top_level_definitions(os.path.join(REPO, "tests", module)))
+        self.assertTrue({"parse_header", "ParsedHeader", "FakeConsul"} <= set(test_only.values()), test_only)
+        shipped = [n for n in wheel_names() if n.startswith("kongacme/") and n.endswith(".py")]
+        self.assertIn("kongacme/proxy/proxyproto.py", shipped)
+        found = {}
+        for name in shipped:
+            same = [test_only[dump] for dump in top_level_definitions(os.path.join(REPO, name)) if dump in test_only]
+            if same:
+                found[name] = sorted(same)
+        self.assertEqual(found, {})
 
 
 class ScriptsTestTests(SynchronousTestCase):
