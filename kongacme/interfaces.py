@@ -353,3 +353,19 @@ class IChangeFeed(Interface):
 
         :return: ``Deferred`` firing with ``None`` once closed.
         """
+
+
+class IPollHandler(Interface):
+    """
+    What the lean engine's event loop (:mod:`kongacme.engine.loop`) calls
+    for a registered file descriptor.
+    """
+
+    def on_events(fd, events):
+        """
+        ``events`` (``select.EPOLL*`` bits) happened on ``fd``. An
+        exception raised here is logged once and :meth:`abort` is called.
+        """
+
+    def abort():
+        """Drop everything this handler holds, now (after an unexpected error)."""

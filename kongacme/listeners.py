@@ -19,7 +19,7 @@ workers of the previous generation may still be accepting on it.
 
 from __future__ import annotations
 
-from typing import Iterable, Sequence
+from typing import Any, Iterable, Sequence
 
 from twisted.internet.defer import Deferred, DeferredList, inlineCallbacks, maybeDeferred, succeed
 from twisted.internet.endpoints import serverFromString
@@ -60,6 +60,9 @@ class ListenerSet:
     :param defer_close: ``True``: a port :meth:`commit` takes out of the
         set stays open, in :attr:`unlisted`, until
         :meth:`close_unlisted` (or :meth:`stop_all`).
+    :param engine: a :class:`~kongacme.engine.lean.LeanEngine` that accepts
+        on the plain ``tcp:`` ports instead of Twisted (``listen.engine:
+        lean``); other endpoint kinds stay Twisted's, which is logged.
 
     :ivar unlisted: endpoint string → port taken out of the set but not
         closed yet (``defer_close``).
@@ -75,6 +78,7 @@ class ListenerSet:
         limit: ListenerLimit | None = None,
         accepting: bool = True,
         defer_close: bool = False,
+        engine: Any = None,
     ):
         self._reactor = reactor
         self.kind = kind
@@ -88,6 +92,7 @@ class ListenerSet:
         self._wanted: list[str] | None = None
         self.unlisted: dict[str, IListeningPort] = {}
         self._revived: set[str] = set()
+        self._engine = engine
 
     @property
     def descriptions(self) -> list[str]:
@@ -162,6 +167,7 @@ class ListenerSet:
             return succeed(ListenError(self.kind, description, str(e)))
 
         def listening(port: IListeningPort):
+            port = self._lean(description, port)
             if not self._accepting:
                 # Before the reactor runs again: no connection is accepted here.
                 port.stopReading()  # type: ignore[attr-defined]
@@ -175,6 +181,20 @@ class ListenerSet:
             return ListenError(self.kind, description, f.getErrorMessage())
 
         return maybeDeferred(endpoint.listen, self._serving).addCallbacks(listening, failed)
+
+    def _lean(self, description: str, port: IListeningPort) -> IListeningPort:
+        """``port``, accepted on by the lean engine when there is one and it can."""
+        if self._engine is None:
+            return port
+        taken = self._engine.take(description, port, self._serving, self._limit)
+        if taken is not None:
+            return taken
+        self.log.info(
+            "{kind} listener on {description}: served by the Twisted engine "
+            "(listen.engine: lean applies to plain tcp: endpoints only)",
+            kind=self.kind, description=description,
+        )
+        return port
 
     def _stop(self, description: str, deferrable: bool = True) -> Deferred:
         port = self._ports.pop(description)

@@ -25,6 +25,7 @@ from kongacme.issuance.issuers import IssuerChain, make_issuer
 from kongacme.issuance.admission import Admission
 from kongacme.issuance.manager import CertificateManager
 from kongacme.connlimit import ConnectionLimiter, derive_budget, open_file_limit
+from kongacme.engine.lean import LeanEngine
 from kongacme.listeners import ListenerSet, update_listeners
 from kongacme.logs import DaemonLogObserver, make_observer
 from kongacme.proxy.forward import ProxyFactory
@@ -137,6 +138,8 @@ class DaemonService(MultiService):
             idle_timeout=config.proxy.idle_timeout,
         )
         self.tls_factory: TLSServerFactory | None = None
+        #: The lean engine (``listen.engine: lean``), set at start.
+        self.lean: LeanEngine | None = None
         self.http_factory = make_http_factory(
             self.token_store,
             mode=config.http.mode,
@@ -222,6 +225,8 @@ class DaemonService(MultiService):
             gate=self.manager,
         )
         self.tls_factory.challenges = ChallengeResponder(self.alpn_keys.get, self._reactor)
+        if self.config.listen.engine == "lean":
+            self.lean = LeanEngine(self._reactor, self.tls_factory, self.proxy_factory)
         self.connection_limiter = self._make_limiter(self.config)
         limiter = self.connection_limiter
         self.listeners = {
@@ -244,7 +249,7 @@ class DaemonService(MultiService):
         here and served by the worker processes (:mod:`kongacme.workers`).
         """
         if self.config.workers == 1:
-            return ListenerSet(self._reactor, "tls", self.tls_factory, limiter.listener("tls"))
+            return ListenerSet(self._reactor, "tls", self.tls_factory, limiter.listener("tls"), engine=self.lean)
         self.workers = WorkerMode(self, self._reactor)
         return self.workers.listeners
 
@@ -596,6 +601,11 @@ class DaemonService(MultiService):
                 self.log.failure("could not apply the acme section; issuance keeps its previous settings")
         if self.tls_factory is not None:
             self.tls_factory.handshake_timeout = new.tls.handshake_timeout
+        if new.listen.engine != old.listen.engine:
+            self.log.warn(
+                "listen.engine changed to {engine}: it takes effect when the daemon restarts",
+                engine=new.listen.engine,
+            )
         self._update_http_settings(new)
         self._update_admin_settings(new)
         if self.connection_limiter is not None:

@@ -302,6 +302,18 @@ class ListenTests(SynchronousTestCase):
         config = parse_config({"listen": {"tls": "tcp:443", "http": []}}, "/srv")
         self.assertEqual(config.listen, ListenConfig(tls=("tcp:443",), http=()))
 
+    def test_engine(self) -> None:
+        """
+        listen.engine is twisted by default, lean when asked; anything else
+        is refused naming the field and the choices.
+        """
+        self.assertEqual(parse_config({}, "/srv").listen.engine, "twisted")
+        self.assertEqual(parse_config({"listen": {"engine": "lean"}}, "/srv").listen.engine, "lean")
+        for wrong in ("fast", 1, True, ["lean"]):
+            error = self.assertRaises(ConfigError, parse_config, {"listen": {"engine": wrong}}, "/srv")
+            self.assertIn("listen.engine", str(error))
+            self.assertIn("must be one of twisted, lean", str(error))
+
     def test_valid_endpoint_types(self) -> None:
         """
         tcp, tcp6, unix and systemd endpoints are accepted for every listener.

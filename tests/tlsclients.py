@@ -116,32 +116,44 @@ def raw_exchange_blocking(port: int, data: bytes, read_timeout: float = 5.0) -> 
         return received
 
 
+def memory_tls(sock: socket.socket, server_name: str):
+    """
+    A TLS client over memory BIOs on connected ``sock``, handshake done
+    (so it can half-close either way, which ``SSLSocket`` cannot).
+
+    :return: ``(SSLObject, incoming BIO, flush)``; ``flush()`` sends what
+        the object wrote.
+    """
+    incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+    obj = client_context().wrap_bio(incoming, outgoing, server_hostname=server_name)
+
+    def flush():
+        data = outgoing.read()
+        if data:
+            sock.sendall(data)
+
+    while True:
+        try:
+            obj.do_handshake()
+            break
+        except ssl.SSLWantReadError:
+            flush()
+            data = sock.recv(65536)
+            if not data:
+                raise ConnectionError("closed during handshake")
+            incoming.write(data)
+    flush()
+    return obj, incoming, flush
+
+
 def half_close_blocking(port: int, server_name: str, payload: bytes, mode: str) -> bytes:
     """
     TLS over memory BIOs so the client can half-close: send ``payload``,
     then close its write side (``mode`` "close_notify" or "fin"), then read
     until the server closes.
     """
-    context = client_context()
-    incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
-    obj = context.wrap_bio(incoming, outgoing, server_hostname=server_name)
     with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
-        def flush():
-            data = outgoing.read()
-            if data:
-                sock.sendall(data)
-
-        while True:
-            try:
-                obj.do_handshake()
-                break
-            except ssl.SSLWantReadError:
-                flush()
-                data = sock.recv(65536)
-                if not data:
-                    raise ConnectionError("closed during handshake")
-                incoming.write(data)
-        flush()
+        obj, incoming, flush = memory_tls(sock, server_name)
         view = memoryview(payload)
         for start in range(0, len(payload), 16384):
             obj.write(view[start : start + 16384])

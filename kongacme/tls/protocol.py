@@ -265,7 +265,7 @@ class SNITLSProtocol(TLSPump):
                     "TLS: handshake with {peer} for {server_name} failed: {reason}",
                     peer=peer_name(self.transport),
                     server_name=(self.client_hello or _NO_HELLO).server_name,
-                    reason=_describe(self._reason or reason),
+                    reason=describe_tls_failure(self._reason or reason),
                 )
         TLSPump.connectionLost(self, reason)
 
@@ -337,7 +337,8 @@ class TLSServerFactory(ServerFactory):  # type: ignore[type-arg]
         return protocol
 
 
-def _describe(reason: Failure) -> str:
+def describe_tls_failure(reason: Failure) -> str:
+    """OpenSSL's reasons in ``reason`` (a failed handshake), for the log line."""
     value = reason.value
     if isinstance(value, Error) and value.args and isinstance(value.args[0], list):
         return "; ".join(str(item[2]) for item in value.args[0] if len(item) > 2) or repr(value)

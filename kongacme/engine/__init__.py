@@ -1,0 +1,12 @@
+"""
+The lean engine (``listen.engine: lean``): the common TLS connection — a
+ClientHello for a name whose certificate is cached, a route whose upstream
+can be dialled at once — served on one epoll of kongacme's own, without
+Twisted's per-connection transports; every other connection is handed,
+untouched, to the Twisted path (:mod:`kongacme.tls.protocol`).
+
+- :mod:`kongacme.engine.loop`: the epoll, one reader of the reactor;
+- :mod:`kongacme.engine.listener`: accepting, within the connection limits;
+- :mod:`kongacme.engine.connection`: the ClientHello and the decision;
+- :mod:`kongacme.engine.relay`: TLS and the upstream, both ways.
+"""

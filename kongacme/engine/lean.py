@@ -1,0 +1,106 @@
+"""
+The lean engine: what its listeners, connections and relays share.
+"""
+
+from __future__ import annotations
+
+import socket
+from typing import Any
+
+import attrs
+from twisted.internet import tcp
+from twisted.logger import Logger
+
+from kongacme.engine.connection import PEEK_SIZE, HelloReader
+from kongacme.engine.listener import LeanPort
+from kongacme.engine.loop import EventLoop
+
+log = Logger()
+
+#: The Twisted listening ports the engine can take over (plain TCP).
+LEAN_KINDS = ("tcp", "tcp6")
+
+
+def served_by_engine(description: str) -> bool:
+    """Whether the TLS endpoint ``description`` is one the lean engine accepts on (``tcp:``, ``tcp6:``)."""
+    return description.split(":", 1)[0].strip().lower() in LEAN_KINDS
+
+
+@attrs.define(eq=False)
+class LeanEngine:
+    """
+    The TLS listener's common case on one epoll of kongacme's own.
+
+    Settings are read from the factories on every new connection, so a
+    reload that changes them (routes, timeouts, the gate) applies to the
+    next connection, as on the Twisted path.
+
+    :param reactor: ``IReactorFDSet``, ``IReactorSocket``, ``IReactorTime``.
+    :param tls_factory: the Twisted path's
+        :class:`~kongacme.tls.protocol.TLSServerFactory`: its cache,
+        builder, gate, timeouts, wheel and outcome counters are the engine's too.
+    :param proxy_factory: the Twisted path's
+        :class:`~kongacme.proxy.forward.ProxyFactory` (router, connect and
+        idle timeouts, upstream name cache).
+
+    :ivar handed_over: connections given to the Twisted path.
+    :ivar served: connections served here that have ended.
+    """
+
+    reactor: Any
+    tls_factory: Any
+    proxy_factory: Any
+    loop: EventLoop = attrs.field(init=False)
+    peek_buffer: bytearray = attrs.field(init=False, factory=lambda: bytearray(PEEK_SIZE))
+    handed_over: int = attrs.field(init=False, default=0)
+    served: int = attrs.field(init=False, default=0)
+
+    @loop.default
+    def _make_loop(self) -> EventLoop:
+        return EventLoop(self.reactor)
+
+    def take(self, description: str, port: Any, serving: Any, limit: Any) -> LeanPort | None:
+        """
+        Accept on Twisted listening ``port`` (opened for ``description``)
+        from now on, if it is a plain TCP one; ``None`` if not (it stays
+        Twisted's: ``haproxy:``, ``unix:``, ``systemd:``...).
+
+        :param serving: the factory Twisted serves the port with: handed
+            over connections are adopted with it.
+        :param limit: the listener's connection limit (or ``None``).
+        """
+        if not isinstance(port, tcp.Port) or (description and not served_by_engine(description)):
+            return None
+        self.loop.start()
+        return LeanPort(self, port, serving, limit)
+
+    def serve(self, sock: socket.socket, peer: Any, origin: LeanPort) -> None:
+        """A connection ``origin`` accepted (counted in its limit already)."""
+        sock.setblocking(False)
+        HelloReader(self, sock, peer, origin)
+
+    def hand_over(self, sock: socket.socket, origin: LeanPort) -> None:
+        """
+        Give ``sock`` (nothing read from it) to the Twisted path, served by
+        ``origin``'s factory, and close the engine's descriptor for it. The
+        connection is counted once: the factory counts it again.
+        """
+        fd = sock.fileno()
+        self.loop.unregister(fd)
+        self.handed_over += 1
+        if origin.limit is not None:
+            origin.limit.release()
+        try:
+            self.reactor.adoptStreamConnection(fd, sock.family, origin.serving)
+        except Exception:
+            log.failure("engine: handing a connection to the Twisted path failed")
+        finally:
+            sock.close()  # the reactor took a duplicate
+
+    def finished(self, from_client: int, from_upstream: int) -> None:
+        """A served connection ended: add its bytes where the proxy counts them (workers)."""
+        self.served += 1
+        counted = getattr(self.proxy_factory, "bytes", None)
+        if counted is not None:
+            counted["from_clients"] += from_client
+            counted["from_upstreams"] += from_upstream

@@ -1,0 +1,113 @@
+"""
+One ``select.epoll`` of kongacme's own for the lean engine's sockets,
+registered with the Twisted reactor as a single reader.
+
+Twisted's reactor wraps every ``doRead`` in a log context and goes through
+its transport objects for each readable socket; here the reactor sees one
+descriptor (the epoll's), and :meth:`EventLoop.doRead` polls it without
+waiting and calls each ready socket's :class:`~kongacme.interfaces.IPollHandler`
+itself. Timers, Deferreds and every other socket stay the reactor's.
+"""
+
+from __future__ import annotations
+
+import select
+from typing import Any
+
+import attrs
+from twisted.internet.interfaces import IReadDescriptor
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from kongacme.interfaces import IPollHandler
+
+log = Logger()
+
+#: Events taken per ``epoll.poll`` call; the reactor calls again while more
+#: are ready (its epoll is level-triggered on ours).
+MAX_EVENTS = 256
+
+
+@implementer(IReadDescriptor)
+@attrs.define(eq=False)
+class EventLoop:
+    """
+    The lean engine's sockets, polled as one reader of ``reactor``.
+
+    :param reactor: ``IReactorFDSet``; :meth:`start` adds the loop as a reader.
+
+    :ivar handlers: file descriptor → its :class:`IPollHandler`.
+    """
+
+    _reactor: Any
+    _epoll: Any = attrs.field(factory=select.epoll, init=False)
+    handlers: dict[int, Any] = attrs.field(factory=dict, init=False)
+    _running: bool = attrs.field(default=False, init=False)
+
+    def start(self) -> None:
+        """Have the reactor watch the epoll (idempotent)."""
+        if not self._running:
+            self._running = True
+            self._reactor.addReader(self)
+
+    def stop(self) -> None:
+        """Stop watching (registered sockets stay registered)."""
+        if self._running:
+            self._running = False
+            self._reactor.removeReader(self)
+
+    def register(self, fd: int, events: int, handler: Any) -> None:
+        """Call ``handler.on_events`` for ``events`` on ``fd``."""
+        self._epoll.register(fd, events)
+        self.handlers[fd] = handler
+
+    def replace(self, fd: int, events: int, handler: Any) -> None:
+        """Hand registered ``fd`` to ``handler``, watching ``events``."""
+        self._epoll.modify(fd, events)
+        self.handlers[fd] = handler
+
+    def modify(self, fd: int, events: int) -> None:
+        """Watch ``events`` on ``fd`` from now on (0: none, it stays registered)."""
+        self._epoll.modify(fd, events)
+
+    def unregister(self, fd: int) -> None:
+        """
+        Forget ``fd``. Always before closing it: an epoll entry lives as
+        long as its open file description, which a duplicate (one handed to
+        the reactor) keeps open.
+        """
+        if self.handlers.pop(fd, None) is not None:
+            try:
+                self._epoll.unregister(fd)
+            except OSError:
+                pass
+
+    # -- IReadDescriptor ------------------------------------------------------
+
+    def fileno(self) -> int:
+        return self._epoll.fileno()
+
+    def logPrefix(self) -> str:
+        return "kongacme-engine"
+
+    def doRead(self) -> None:
+        """Dispatch every ready event; one handler's error ends its connection only."""
+        handlers = self.handlers
+        for fd, events in self._epoll.poll(0, MAX_EVENTS):
+            handler = handlers.get(fd)
+            if handler is None:
+                continue  # closed earlier in this batch
+            try:
+                handler.on_events(fd, events)
+            except Exception:
+                log.failure("engine: unexpected error on descriptor {fd}, closing its connection", fd=fd)
+                try:
+                    handler.abort()
+                except Exception:
+                    log.failure("engine: error while aborting descriptor {fd}", fd=fd)
+
+    def connectionLost(self, reason: Failure) -> None:
+        """The reactor dropped the loop (shutdown)."""
+        self._running = False
+

@@ -1,0 +1,596 @@
+"""
+One fast-path connection after its ClientHello: the TLS handshake over
+pyOpenSSL's memory BIOs, a non-blocking connect to the upstream, then the
+relay both ways — all on the engine's epoll, no Twisted transport.
+
+What it keeps of the Twisted path (:mod:`kongacme.tls.pump`,
+:mod:`kongacme.proxy.forward`): the ``SSL.Connection`` from
+``ContextBuilder.connection_for`` with the route's ALPN through the
+context's select callback (this object is the app data), the upstream
+dialled after the handshake, the PROXY header first, flow control both ways
+(a side is not read while the other side's socket buffer is full: what is
+left of a ``send`` waits for ``EPOLLOUT``), half-close both ways (RFC 8446
+§6.1: the upstream's FIN becomes close_notify and a FIN to the client; the
+client's close_notify or FIN becomes ``shutdown(SHUT_WR)`` upstream), the
+handshake, connect and idle deadlines, the outcome counters and the log
+lines.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import socket
+import struct
+from select import EPOLLERR, EPOLLHUP, EPOLLIN, EPOLLOUT
+from typing import TYPE_CHECKING, Any
+
+from OpenSSL.SSL import Connection, Error, WantReadError, ZeroReturnError
+from twisted.internet.error import TimeoutError as ConnectTimeout
+from twisted.internet.error import getConnectError
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from kongacme.failures import describe_failure
+from kongacme.interfaces import IPollHandler
+from kongacme.net import peer_name
+from kongacme.proxy._relay import route_name
+from kongacme.proxy.proxyproto import v1_header, v2_header
+from kongacme.proxy.routes import Route
+from kongacme.timers import Deadline
+from kongacme.tls.pump import DRAIN_SIZE, represents_eof
+from kongacme.tls.protocol import describe_tls_failure
+
+if TYPE_CHECKING:
+    from kongacme.engine.connection import SocketAddresses
+    from kongacme.engine.lean import LeanEngine
+
+log = Logger()
+
+#: Bytes asked of a socket per ``recv`` (ciphertext from the client,
+#: plaintext from the upstream).
+READ_SIZE = 1 << 16
+
+#: Plaintext taken from OpenSSL per ``recv``: more than a record's 16 KiB.
+PLAIN_SIZE = 1 << 15
+
+_IN_PROGRESS = (errno.EINPROGRESS, errno.EWOULDBLOCK, errno.EAGAIN)
+_GONE = EPOLLHUP | EPOLLERR
+
+#: ``SO_LINGER`` on with a zero timeout: ``close`` sends a reset.
+_RESET = struct.pack("ii", 1, 0)
+
+
+def send_now(sock: socket.socket, data: bytes | memoryview) -> int:
+    """Bytes of ``data`` the kernel takes now (0 with its buffer full); ``OSError`` if the socket is dead."""
+    try:
+        return sock.send(data)
+    except BlockingIOError:
+        return 0
+
+
+def reset_on_close(sock: socket.socket) -> None:
+    """Have ``sock``'s ``close`` send a TCP reset rather than a FIN (an abort)."""
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _RESET)
+    except OSError:
+        pass
+
+
+@implementer(IPollHandler)
+class Relay:
+    """
+    A client whose ClientHello is already read (peeked) and accepted for
+    the fast path, and later its upstream.
+
+    :ivar alpn_allowed: the route's ALPN protocols, read by the context's
+        ALPN select callback through the connection's app data.
+    :ivar received_from_client: plaintext bytes from the client.
+    :ivar received_from_upstream: bytes from the upstream.
+    """
+
+    def __init__(
+        self,
+        engine: "LeanEngine",
+        sock: socket.socket,
+        addresses: "SocketAddresses",
+        server_name: str | None,
+        certified: Any,
+        fallback: bool,
+        route: Route,
+        upstreams: list[tuple[int, tuple]],
+        limit: Any,
+        handshake_deadline: float,
+    ):
+        self._engine = engine
+        self._loop = engine.loop
+        self._sock = sock
+        self._cfd = sock.fileno()
+        self._addresses = addresses
+        self.server_name = server_name
+        self._fallback = fallback
+        self.route = route
+        self._upstreams = upstreams
+        self._limit = limit
+        self.alpn_allowed = route.alpn_bytes
+        self.received_from_client = 0
+        self.received_from_upstream = 0
+        self._up: socket.socket | None = None
+        self._ufd = -1
+        self._connected = False
+        self._handshake_done = False
+        #: What a short ``send`` left, per destination (None: nothing).
+        self._to_client: bytes | memoryview | None = None
+        self._to_upstream: list[bytes] = []
+        self._upstream_backlog: bytes | memoryview | None = None
+        self._client_eof = False
+        self._upstream_eof = False
+        self._client_shut = False
+        self._upstream_shut = False
+        self._closing = False
+        self._done = False
+        self._client_mask = EPOLLIN
+        self._upstream_mask = 0
+        self._idle_timeout = engine.proxy_factory.idle_timeout
+        self._seconds = engine.reactor.seconds
+        self._last_activity = 0.0
+        tls = self._tls = engine.tls_factory.builder.connection_for(certified)
+        tls.set_app_data(self)
+        tls.set_accept_state()
+        self._deadline: Deadline | None = engine.tls_factory.wheel.call_at(
+            handshake_deadline, self._handshake_timed_out
+        )
+        self._loop.replace(self._cfd, EPOLLIN, self)
+
+    # -- events ---------------------------------------------------------------
+
+    def on_events(self, fd: int, events: int) -> None:
+        if fd == self._cfd:
+            if events & EPOLLOUT and self._to_client is not None:
+                self._flush_client()
+            if events & (EPOLLIN | _GONE) and not self._done:
+                self._read_client()
+        elif fd == self._ufd:
+            if not self._connected:
+                self._connect_finished()
+            else:
+                if events & EPOLLOUT and self._upstream_backlog is not None:
+                    self._flush_upstream()
+                if events & (EPOLLIN | _GONE) and not self._done:
+                    self._read_upstream()
+        if not self._done:
+            self._rearm()
+
+    def _rearm(self) -> None:
+        """Watch what each side can do now (an ``epoll_ctl`` only on change)."""
+        if self._closing:
+            client = EPOLLIN if not self._client_eof else 0
+        elif not self._handshake_done:
+            client = EPOLLIN
+        else:
+            # Read the client only while the upstream takes what it sends.
+            client = EPOLLIN if self._connected and not self._client_eof and self._upstream_backlog is None else 0
+        if self._to_client is not None:
+            client |= EPOLLOUT
+        if client != self._client_mask:
+            self._client_mask = client
+            self._loop.modify(self._cfd, client)
+        if self._ufd >= 0:
+            if not self._connected:
+                upstream = EPOLLOUT
+            else:
+                upstream = EPOLLIN if not self._upstream_eof and self._to_client is None else 0
+                if self._upstream_backlog is not None:
+                    upstream |= EPOLLOUT
+            if upstream != self._upstream_mask:
+                self._upstream_mask = upstream
+                self._loop.modify(self._ufd, upstream)
+        if self._client_eof and (self._upstream_eof or self._closing) and self._to_client is None:
+            if self._upstream_backlog is None:
+                self._release()
+
+    # -- the client -------------------------------------------------------------
+
+    def start(self, first: bytes) -> None:
+        """Feed the ClientHello (read just now) and run the first handshake step."""
+        self._tls.bio_write(first)
+        self._handshake()
+        if not self._done:
+            self._rearm()
+
+    def _read_client(self) -> None:
+        try:
+            data = self._sock.recv(READ_SIZE)
+        except BlockingIOError:
+            return
+        except OSError as e:
+            self._client_lost(e)
+            return
+        tls = self._tls
+        if not data:
+            # A TCP FIN: end of stream for OpenSSL (the context ignores a
+            # missing close_notify), a half-close once the handshake is done.
+            tls.bio_shutdown()
+            if not self._handshake_done:
+                self._handshake()
+                if not self._done and not self._handshake_done:
+                    self._handshake_failed(Failure(Error([("", "", "unexpected eof while reading")])))
+                return
+            self._read_plaintext()
+            if not self._client_eof:
+                self._client_ended()
+            return
+        tls.bio_write(data)
+        if self._handshake_done:
+            self._read_plaintext()
+        else:
+            self._handshake()
+
+    def _handshake(self) -> None:
+        tls = self._tls
+        try:
+            tls.do_handshake()
+        except WantReadError:
+            self._drain()
+            return
+        except Error:
+            self._handshake_failed(Failure())
+            return
+        self._handshake_done = True
+        self._cancel_deadline()
+        self._engine.tls_factory.handshakes["fallback" if self._fallback else "cached"] += 1
+        self._drain()
+        if self._done:
+            return
+        self._dial()
+        # Application data that came with the Finished waits for the upstream.
+        self._read_plaintext()
+
+    def _read_plaintext(self) -> None:
+        recv = self._tls.recv
+        while not self._client_eof and not self._done:
+            try:
+                data = recv(PLAIN_SIZE)
+            except WantReadError:
+                return
+            except ZeroReturnError:
+                self._client_ended()
+                return
+            except Error as e:
+                if represents_eof(e):
+                    self._client_ended()
+                else:
+                    self._client_lost(e)
+                return
+            self.received_from_client += len(data)
+            self._last_activity = self._seconds()
+            if not self._closing:
+                self._send_upstream(data)
+
+    def _client_ended(self) -> None:
+        """close_notify or a FIN: pass the half-close on upstream once its data is sent."""
+        self._client_eof = True
+        if self._closing:
+            return
+        if self._connected and self._upstream_backlog is None:
+            self._shut_upstream()
+
+    def _client_lost(self, error: Exception) -> None:
+        if not self._handshake_done:
+            self._handshake_failed(Failure(error))
+            return
+        self._abort()
+
+    def _drain(self) -> None:
+        """Send what OpenSSL has produced to the client."""
+        tls = self._tls
+        while True:
+            try:
+                data = tls.bio_read(DRAIN_SIZE)
+            except WantReadError:
+                return
+            self._send_client(data)
+            if len(data) < DRAIN_SIZE:
+                return
+
+    def _send_client(self, data: bytes | memoryview) -> None:
+        if self._to_client is not None:
+            self._to_client = bytes(self._to_client) + bytes(data)
+            return
+        try:
+            sent = send_now(self._sock, data)
+        except OSError as e:
+            self._client_lost(e)
+            return
+        if sent < len(data):
+            self._to_client = memoryview(data)[sent:]
+
+    def _flush_client(self) -> None:
+        pending = self._to_client
+        assert pending is not None
+        self._to_client = None
+        self._send_client(pending)
+        if self._to_client is None and self._upstream_eof and not self._client_shut and not self._done:
+            self._shut_client()
+
+    def _shut_client(self) -> None:
+        self._client_shut = True
+        try:
+            self._sock.shutdown(socket.SHUT_WR)
+        except OSError:
+            pass
+
+    def _handshake_failed(self, reason: Failure) -> None:
+        self._engine.tls_factory.handshakes["failed"] += 1
+        log.info(
+            "TLS: handshake with {peer} for {server_name} failed: {reason}",
+            peer=peer_name(self._addresses),
+            server_name=self.server_name,
+            reason=describe_tls_failure(reason),
+        )
+        # OpenSSL's alert, if it made one, then close.
+        self._to_client = None
+        try:
+            self._drain()
+        except Error:
+            pass
+        self._release()
+
+    def _handshake_timed_out(self) -> None:
+        self._deadline = None
+        if self._done or self._handshake_done:
+            return
+        log.info("TLS: handshake with {peer} timed out", peer=peer_name(self._addresses))
+        self._engine.tls_factory.handshakes["timeout"] += 1
+        self._abort()
+
+    # -- the upstream -----------------------------------------------------------
+
+    def _dial(self) -> None:
+        """Connect to the next of the route's addresses."""
+        family, address = self._upstreams.pop(0)
+        up = socket.socket(family, socket.SOCK_STREAM)
+        up.setblocking(False)
+        self._up = up
+        self._ufd = up.fileno()
+        self._upstream_mask = EPOLLOUT
+        code = up.connect_ex(address)
+        if code and code not in _IN_PROGRESS:
+            self._connect_failed(code)
+            return
+        self._loop.register(self._ufd, EPOLLOUT, self)
+        if self._deadline is not None:
+            self._deadline.cancel()
+        self._deadline = self._engine.proxy_factory.wheel.call_later(
+            self._engine.proxy_factory.connect_timeout, self._connect_timed_out
+        )
+
+    def _connect_finished(self) -> None:
+        up = self._up
+        assert up is not None
+        code = up.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+        if code:
+            self._connect_failed(code)
+            return
+        self._connected = True
+        self._cancel_deadline()
+        self._last_activity = self._seconds()
+        self._deadline = self._engine.proxy_factory.wheel.call_later(self._idle_timeout, self._check_idle)
+        pending, self._to_upstream = self._to_upstream, []
+        header = self._proxy_header()
+        data = b"".join([header] + pending) if header or len(pending) > 1 else (pending[0] if pending else b"")
+        if data:
+            self._send_upstream(data)
+        if self._client_eof and self._upstream_backlog is None and not self._done:
+            self._shut_upstream()
+
+    def _connect_failed(self, code: int) -> None:
+        self._drop_upstream()
+        if self._upstreams:
+            self._dial()
+            return
+        self._upstream_failed(Failure(getConnectError((code, os.strerror(code)))))
+
+    def _connect_timed_out(self) -> None:
+        self._deadline = None
+        if self._done or self._connected:
+            return
+        self._drop_upstream()
+        route = self.route
+        self._upstream_failed(Failure(ConnectTimeout("connecting to %s:%d" % (route.host, route.port))))
+
+    def _upstream_failed(self, failure: Failure) -> None:
+        log.warn(
+            "upstream {upstream} for {server_name} failed: {reason}",
+            upstream=route_name(self.route),
+            server_name=self.server_name,
+            peer=peer_name(self._addresses),
+            reason=describe_failure(failure),
+        )
+        self._close()
+
+    def _send_upstream(self, data: bytes | memoryview) -> None:
+        if not self._connected:
+            self._to_upstream.append(bytes(data))
+            return
+        if self._upstream_backlog is not None:
+            self._upstream_backlog = bytes(self._upstream_backlog) + bytes(data)
+            return
+        assert self._up is not None
+        try:
+            sent = send_now(self._up, data)
+        except OSError as e:
+            self._upstream_lost(e)
+            return
+        if sent < len(data):
+            self._upstream_backlog = memoryview(data)[sent:]
+
+    def _flush_upstream(self) -> None:
+        pending = self._upstream_backlog
+        assert pending is not None
+        self._upstream_backlog = None
+        self._send_upstream(pending)
+        if self._upstream_backlog is None and self._client_eof and not self._closing and not self._done:
+            self._shut_upstream()
+
+    def _shut_upstream(self) -> None:
+        if self._upstream_shut or self._up is None:
+            return
+        self._upstream_shut = True
+        try:
+            self._up.shutdown(socket.SHUT_WR)
+        except OSError:
+            pass
+        if self._upstream_eof:
+            # Both directions are over: nothing more to do with it (and a
+            # level-triggered EPOLLHUP cannot be masked).
+            self._drop_upstream()
+
+    def _read_upstream(self) -> None:
+        up = self._up
+        assert up is not None
+        try:
+            data = up.recv(READ_SIZE)
+        except BlockingIOError:
+            return
+        except OSError as e:
+            self._upstream_lost(e)
+            return
+        if not data:
+            self._upstream_ended()
+            return
+        self.received_from_upstream += len(data)
+        self._last_activity = self._seconds()
+        tls = self._tls
+        size = len(data)
+        try:
+            sent = tls.send(data)
+            if sent < size:
+                view = memoryview(data)
+                while sent < size:
+                    sent += tls.send(view[sent:])
+        except Error as e:
+            self._client_lost(e)
+            return
+        # One read takes every record (22 bytes each over 16 KiB of plaintext).
+        room = size + (size >> 9) + 256
+        try:
+            records = tls.bio_read(room)
+        except WantReadError:
+            return
+        self._send_client(records)
+        if len(records) == room:
+            self._drain()
+
+    def _upstream_ended(self) -> None:
+        """The upstream's FIN: close_notify, then a FIN once the client has every record."""
+        self._upstream_eof = True
+        if self._upstream_shut:
+            self._drop_upstream()
+        self._send_close_notify()
+
+    def _send_close_notify(self) -> None:
+        try:
+            self._tls.shutdown()
+        except Error:
+            pass
+        self._drain()
+        if self._to_client is None and not self._client_shut and not self._done:
+            self._shut_client()
+
+    def _upstream_lost(self, error: OSError) -> None:
+        log.info(
+            "upstream {upstream} for {server_name} closed the connection: {reason}",
+            upstream=route_name(self.route),
+            server_name=self.server_name,
+            reason=describe_failure(Failure(error)),
+        )
+        self._close()
+
+    def _proxy_header(self) -> bytes:
+        kind = self.route.proxy_protocol
+        if kind is None:
+            return b""
+        source, destination = self._addresses.getPeer(), self._addresses.getHost()
+        if kind == "v1":
+            return v1_header(source, destination)
+        alpn = self._tls.get_alpn_proto_negotiated() or None
+        return v2_header(source, destination, server_name=self.server_name, alpn=alpn)
+
+    # -- deadlines and the end ----------------------------------------------------
+
+    def _check_idle(self) -> None:
+        self._deadline = None
+        if self._done:
+            return
+        idle_for = self._seconds() - self._last_activity
+        if idle_for < self._idle_timeout:
+            self._deadline = self._engine.proxy_factory.wheel.call_later(self._idle_timeout - idle_for, self._check_idle)
+            return
+        log.info(
+            "closing connection from {peer} for {server_name}: idle for {seconds} seconds",
+            peer=peer_name(self._addresses),
+            server_name=self.server_name,
+            seconds=self._idle_timeout,
+        )
+        self._abort()
+
+    def _close(self) -> None:
+        """
+        The upstream is gone or never came: close it, send the client
+        close_notify and a FIN, and read on (at most ``handshake_timeout``)
+        until the client ends its side, so a client still sending gets no
+        reset that could destroy the close_notify.
+        """
+        if self._closing or self._done:
+            return
+        self._closing = True
+        self._upstream_eof = True
+        self._upstream_backlog = None
+        self._drop_upstream()
+        self._cancel_deadline()
+        self._deadline = self._engine.tls_factory.wheel.call_later(
+            self._engine.tls_factory.handshake_timeout, self._abort
+        )
+        self._send_close_notify()
+        if not self._done:
+            self._rearm()
+
+    def _drop_upstream(self) -> None:
+        up, self._up = self._up, None
+        if up is not None:
+            self._loop.unregister(self._ufd)
+            self._ufd = -1
+            up.close()
+
+    def abort(self) -> None:
+        """Drop both sides now (an unexpected error)."""
+        self._abort()
+
+    def _abort(self) -> None:
+        """Reset both sides (as Twisted's ``abortConnection``): buffered data is dropped."""
+        for sock in (self._sock, self._up):
+            if sock is not None:
+                reset_on_close(sock)
+        self._release()
+
+    def _cancel_deadline(self) -> None:
+        if self._deadline is not None:
+            self._deadline.cancel()
+            self._deadline = None
+
+    def _release(self) -> None:
+        """Close both sockets and give back what the connection held; once."""
+        if self._done:
+            return
+        self._done = True
+        self._cancel_deadline()
+        self._drop_upstream()
+        self._loop.unregister(self._cfd)
+        self._sock.close()
+        self._tls.set_app_data(None)
+        engine = self._engine
+        engine.finished(self.received_from_client, self.received_from_upstream)
+        if self._limit is not None:
+            self._limit.release()

@@ -1,0 +1,516 @@
+"""
+Tests for kongacme.engine (the lean engine): real sockets on 127.0.0.1,
+real TLS clients (Twisted's and Python's ``ssl``), real upstreams; the
+fast path, and the connections it hands to the Twisted path.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import select
+import socket
+import ssl as stdlib_ssl
+from typing import Any
+
+from cryptography.hazmat.primitives.serialization import Encoding
+from twisted.internet import defer, reactor, ssl
+from twisted.internet.endpoints import TCP4ClientEndpoint, wrapClientTLS
+from twisted.internet.threads import deferToThread
+from twisted.trial import unittest
+from zope.interface.verify import verifyObject
+
+from kongacme.connlimit import Budget, ConnectionLimiter
+from kongacme.engine.lean import LeanEngine, served_by_engine
+from kongacme.engine.loop import EventLoop
+from kongacme.proxy.forward import ProxyFactory
+from kongacme.proxy.routes import Route, RouteTable
+from kongacme.testing import TestCA
+from kongacme.tls.cache import CertificateCache
+from kongacme.tls.context import ContextBuilder
+from kongacme.tls.fallback import generate_self_signed
+from kongacme.tls.protocol import TLSServerFactory
+from tests.clienthellos import client_hello_bytes
+from tests.proxyhelpers import ALPN, LogCapture, Peer, PeerFactory, TLSPeer, unanswered_port
+from tests.test_proxy_forward import IntegrationMixin, settled, wait_until, within
+from tests.tlsclients import client_context, half_close_blocking, handshake_blocking, memory_tls
+
+MB = 1024 * 1024
+
+_CA = TestCA.create()
+_CERT = _CA.issue(["app.example.com", "*.example.com"])
+_FALLBACK = generate_self_signed()
+_TRUST = ssl.Certificate.loadPEM(_CA.certificate.public_bytes(Encoding.PEM))
+
+
+class Echo(Peer):
+    """An upstream that sends back what it reads, and half-closes after the client's EOF."""
+
+    def dataReceived(self, data: bytes) -> None:
+        super().dataReceived(data)
+        self.transport.write(data)
+
+    def readConnectionLost(self) -> None:
+        self.half_closed = True
+        self.eof_d.callback(self)
+        self.transport.loseWriteConnection()
+
+
+class HoldingGate:
+    """An ``IHandshakeGate`` that holds every name until :meth:`release`."""
+
+    def __init__(self) -> None:
+        self.asked: list[str | None] = []
+        self.waiting: list[defer.Deferred] = []
+
+    def before_handshake(self, server_name: str | None) -> defer.Deferred | None:
+        self.asked.append(server_name)
+        waiting: defer.Deferred = defer.Deferred()
+        self.waiting.append(waiting)
+        return waiting
+
+    def release(self) -> None:
+        for waiting in self.waiting:
+            waiting.callback(None)
+
+
+class Refusing:
+    """tls-alpn-01 responder with no pending challenge (``connection_for`` answers ``None``)."""
+
+    def __init__(self) -> None:
+        self.asked = 0
+
+    def connection_for(self, hello: Any, peer: str) -> defer.Deferred:
+        self.asked += 1
+        return defer.succeed(None)
+
+
+class LeanMixin(IntegrationMixin):
+    """A TLS listener served by the lean engine, upstreams and clients; all closed after each test."""
+
+    def setUp(self) -> None:
+        super().setUp()
+        self.engine_logs = LogCapture("kongacme.engine.relay").start(self)
+        self.hello_logs = LogCapture("kongacme.engine.connection").start(self)
+        self.tls_logs = LogCapture("kongacme.tls.protocol").start(self)
+        self.proxy_logs = self.logs
+
+    async def close_everything(self) -> None:
+        await super().close_everything()
+        if getattr(self, "lean_port", None) is not None:
+            await self.lean_port.stopListening()
+        engine = getattr(self, "engine", None)
+        if engine is not None:
+            await wait_until(lambda: not engine.loop.handlers)
+            engine.loop.stop()
+
+    def listener(self, table: RouteTable, gate: Any = None, handshake_timeout: float = 10.0, **kwargs: Any) -> int:
+        """The lean engine on a TLS port (limits counted); returns the port number."""
+        cache = CertificateCache(_FALLBACK)
+        cache.put(_CERT)
+        self.cache = cache
+        self.proxy_factory = ProxyFactory(table, reactor, **kwargs)
+        self.tls_factory = TLSServerFactory(
+            cache, ContextBuilder(reactor), self.proxy_factory, reactor,
+            alpn_for=self.proxy_factory.alpn_for, gate=gate, handshake_timeout=handshake_timeout,
+        )
+        budget = Budget(1024, 64, 100, {"tls": 100, "http": 10, "admin": 10}, {"tls": 2, "http": 1, "admin": 1})
+        self.limiter = ConnectionLimiter(reactor, budget)
+        self.addCleanup(self.limiter.stop)
+        self.limit = self.limiter.listener("tls")
+        serving = self.limit.wrap(self.tls_factory)
+        port = reactor.listenTCP(0, serving, interface="127.0.0.1")
+        self.engine = LeanEngine(reactor, self.tls_factory, self.proxy_factory)
+        self.lean_port = self.engine.take("tcp:0", port, serving, self.limit)
+        self.limit.track(self.lean_port)
+        return port.getHost().port
+
+    async def client(self, port: int, server_name: str = "app.example.com", **kwargs: Any) -> Any:
+        options = ssl.optionsForClientTLS(server_name, trustRoot=_TRUST, acceptableProtocols=ALPN)
+        endpoint = wrapClientTLS(options, TCP4ClientEndpoint(reactor, "127.0.0.1", port))
+        peer = await within(endpoint.connect(PeerFactory(TLSPeer, **kwargs)))
+        self.peers.append(peer)
+        await within(peer.handshake_d)
+        return peer
+
+
+class FastPathTests(LeanMixin, unittest.TestCase):
+    """
+    Tests for the lean engine's fast path: a cached certificate and a route
+    to an IP literal.
+    """
+
+    async def test_handshake_and_proxy(self) -> None:
+        """
+        A Python ``ssl`` client gets the cached certificate, and its bytes
+        come back from an echoing upstream; counted as ``cached``, served
+        by the engine (nothing handed over), the limit given back.
+        """
+        _, up_port = self.upstream(peer_class=Echo)
+        port = self.listener(RouteTable([(["app.example.com"], Route("127.0.0.1", up_port))]))
+        result = await deferToThread(handshake_blocking, port, "app.example.com", client_context(), b"hello engine")
+        self.assertEqual(result["echo"], b"hello engine")
+        self.assertIn("app.example.com", result["names"])
+        self.assertEqual(result["version"], "TLSv1.3")
+        await wait_until(lambda: self.engine.served == 1)
+        self.assertEqual(self.tls_factory.handshakes["cached"], 1)
+        self.assertEqual(self.engine.handed_over, 0)
+        self.assertEqual(self.limit.in_use, 0)
+
+    async def test_alpn_per_route(self) -> None:
+        """Each route's ALPN list is what the client gets to choose from."""
+        _, up_port = self.upstream(peer_class=Echo)
+        port = self.listener(
+            RouteTable([
+                (["h2.example.com"], Route("127.0.0.1", up_port, ("h2",))),
+                (["h1.example.com"], Route("127.0.0.1", up_port, ("http/1.1",))),
+                (["none.example.com"], Route("127.0.0.1", up_port, ())),
+            ])
+        )
+        context = client_context(alpn=["h2", "http/1.1"])
+        chosen = []
+        for name in ("h2.example.com", "h1.example.com", "none.example.com"):
+            result = await deferToThread(handshake_blocking, port, name, context)
+            chosen.append(result["alpn"])
+        self.assertEqual(chosen, ["h2", "http/1.1", None])
+        self.assertEqual(self.engine.handed_over, 0)
+
+    async def test_both_ways_intact(self) -> None:
+        """8 MB each way at the same time arrive intact (same SHA-256)."""
+        up_data, down_data = os.urandom(8 * MB), os.urandom(8 * MB)
+        upstreams, up_port = self.upstream(keep=False, on_connect=lambda p: p.send(down_data))
+        port = self.listener(RouteTable([], Route("127.0.0.1", up_port)))
+        client = await self.client(port, keep=False)
+        client.send(up_data)
+        upstream = await within(upstreams.connected.get())
+        await within(defer.gatherResults([client.wait_for(len(down_data)), upstream.wait_for(len(up_data))]), 60)
+        self.assertEqual(upstream.sha256.digest(), hashlib.sha256(up_data).digest())
+        self.assertEqual(client.sha256.digest(), hashlib.sha256(down_data).digest())
+
+    async def test_client_half_close(self) -> None:
+        """
+        A client's close_notify, and separately its bare FIN, reach the
+        upstream as a half-close; the upstream's answer after it (and its
+        own half-close) still reaches the client.
+        """
+        upstreams, up_port = self.upstream(peer_class=Echo)
+        port = self.listener(RouteTable([], Route("127.0.0.1", up_port)))
+        for mode in ("close_notify", "fin"):
+            payload = os.urandom(100_000)
+            answer = await deferToThread(half_close_blocking, port, "app.example.com", payload, mode)
+            upstream = await within(upstreams.connected.get())
+            await within(upstream.eof_d)
+            self.assertTrue(upstream.half_closed, mode)
+            self.assertEqual(bytes(upstream.received), payload, mode)
+            self.assertEqual(answer, payload, mode)
+        await wait_until(lambda: self.engine.served == 2)
+
+    async def test_upstream_half_close(self) -> None:
+        """
+        The upstream's FIN reaches the client as close_notify (the client
+        reads a clean end of stream, not a bare EOF), and the client may go
+        on sending; its half-close then ends both.
+        """
+
+        def banner(peer: Any) -> None:
+            peer.transport.write(b"banner")
+            peer.transport.loseWriteConnection()
+
+        upstreams, up_port = self.upstream(on_connect=banner)
+        port = self.listener(RouteTable([], Route("127.0.0.1", up_port)))
+        outcome = await deferToThread(_read_to_close_then_send, port, b"after the banner")
+        self.assertEqual(outcome, (b"banner", "close_notify"))
+        upstream = await within(upstreams.connected.get())
+        await within(upstream.eof_d)
+        self.assertEqual(bytes(upstream.received), b"after the banner")
+        await wait_until(lambda: self.engine.served == 1)
+
+    async def test_client_not_reading(self) -> None:
+        """
+        A client that stops reading stops the engine reading the upstream
+        (a bounded amount is taken, the rest waits); once it reads again
+        every byte arrives intact.
+        """
+        data = os.urandom(40 * MB)
+        upstreams, up_port = self.upstream(keep=False, on_connect=lambda p: p.send(data))
+        port = self.listener(RouteTable([], Route("127.0.0.1", up_port)))
+        client = await self.client(port, keep=False)
+        client.transport.pauseProducing()
+        upstream = await within(upstreams.connected.get())
+        sent = await settled(lambda: upstream.sender.offset if upstream.sender is not None else 0)
+        self.assertLess(sent, len(data))
+        client.transport.resumeProducing()
+        await within(client.wait_for(len(data)), 60)
+        self.assertEqual(client.sha256.digest(), hashlib.sha256(data).digest())
+
+    async def test_upstream_not_reading(self) -> None:
+        """
+        An upstream that stops reading stops the engine reading the client;
+        once it reads again every byte arrives intact.
+        """
+        data = os.urandom(40 * MB)
+        upstreams, up_port = self.upstream(keep=False, on_connect=lambda p: p.transport.pauseProducing())
+        port = self.listener(RouteTable([], Route("127.0.0.1", up_port)))
+        client = await self.client(port, keep=False)
+        client.send(data)
+        upstream = await within(upstreams.connected.get())
+        sent = await settled(lambda: client.sender.offset if client.sender is not None else 0)
+        self.assertLess(sent, len(data))
+        upstream.transport.resumeProducing()
+        await within(upstream.wait_for(len(data)), 60)
+        self.assertEqual(upstream.sha256.digest(), hashlib.sha256(data).digest())
+
+    async def test_proxy_v2(self) -> None:
+        """A route asking for PROXY v2 gets the header (client address, SNI, ALPN) before the bytes."""
+        from tests.proxyproto_decoder import parse_header
+
+        upstreams, up_port = self.upstream()
+        port = self.listener(RouteTable([(["*.example.com"], Route("127.0.0.1", up_port, ("h2",), "v2"))]))
+        client = await self.client(port)
+        client.transport.write(b"PRI * HTTP/2.0")
+        upstream = await within(upstreams.connected.get())
+        await wait_until(lambda: bytes(upstream.received).endswith(b"HTTP/2.0"))
+        parsed, rest = parse_header(bytes(upstream.received))
+        self.assertEqual((parsed.version, parsed.family), (2, "TCP4"))
+        self.assertEqual(parsed.source.port, client.transport.getHost().port)
+        self.assertEqual(parsed.destination.port, port)
+        self.assertEqual((parsed.authority, parsed.alpn), ("app.example.com", b"h2"))
+        self.assertEqual(rest, b"PRI * HTTP/2.0")
+
+
+def _read_to_close_then_send(port: int, more: bytes) -> tuple[bytes, str]:
+    """Handshake, read until the server ends its side (how), send ``more``, close_notify."""
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        obj, incoming, flush = memory_tls(sock, "app.example.com")
+        received, how = b"", ""
+        while not how:
+            data = sock.recv(65536)
+            if data:
+                incoming.write(data)
+            else:
+                incoming.write_eof()
+            try:
+                while True:
+                    chunk = obj.read(65536)
+                    if not chunk:
+                        how = "close_notify"
+                        break
+                    received += chunk
+            except stdlib_ssl.SSLZeroReturnError:
+                how = "close_notify"
+            except stdlib_ssl.SSLEOFError:
+                how = "eof without close_notify"
+            except stdlib_ssl.SSLWantReadError:
+                if not data:
+                    how = "eof without close_notify"
+        obj.write(more)
+        try:
+            obj.unwrap()
+        except stdlib_ssl.SSLError:
+            pass
+        flush()
+        sock.shutdown(socket.SHUT_WR)
+        while sock.recv(65536):
+            pass
+        return received, how
+
+
+class DeadlineTests(LeanMixin, unittest.TestCase):
+    """Tests for the lean engine's handshake, connect and idle deadlines."""
+
+    async def test_no_client_hello(self) -> None:
+        """A client that sends half a ClientHello is closed after handshake_timeout, counted and logged."""
+        port = self.listener(RouteTable([], Route("127.0.0.1", 1)), handshake_timeout=0.3)
+        hello = client_hello_bytes("app.example.com")
+        received = await deferToThread(_send_and_read, port, hello[:20])
+        self.assertEqual(received, b"")
+        self.assertEqual(self.tls_factory.handshakes["timeout"], 1)
+        self.assertEqual(len(self.hello_logs.events), 1)
+        self.assertIn("timed out", self.hello_logs.events[0]["log_format"])
+        await wait_until(lambda: self.limit.in_use == 0)
+
+    async def test_connect_timeout(self) -> None:
+        """An upstream that never answers the SYN gets the client closed after connect_timeout, logged once."""
+        full = unanswered_port(self)
+        port = self.listener(RouteTable([], Route("127.0.0.1", full)), connect_timeout=0.3)
+        client = await self.client(port)
+        await within(client.lost_d, 5)
+        self.assertEqual(len(self.engine_logs.events), 1)
+        self.assertIn("failed", self.engine_logs.events[0]["log_format"])
+        self.assertIn("timeout", self.engine_logs.events[0]["reason"].lower())
+
+    async def test_refused(self) -> None:
+        """An upstream that refuses gets the client closed with close_notify and one log line."""
+        listening = reactor.listenTCP(0, PeerFactory(), interface="127.0.0.1")
+        dead = listening.getHost().port
+        await listening.stopListening()
+        port = self.listener(RouteTable([], Route("127.0.0.1", dead)))
+        client = await self.client(port)
+        await within(client.lost_d, 5)
+        self.assertEqual([e["upstream"] for e in self.engine_logs.events], [f"127.0.0.1:{dead}"])
+        self.assertEqual(self.engine_logs.events[0]["reason"], "connection refused")
+
+    async def test_idle_timeout(self) -> None:
+        """A connection idle for idle_timeout is closed both ways, with one log line."""
+        upstreams, up_port = self.upstream()
+        port = self.listener(RouteTable([], Route("127.0.0.1", up_port)), idle_timeout=0.3)
+        client = await self.client(port)
+        upstream = await within(upstreams.connected.get())
+        await within(defer.gatherResults([client.lost_d, upstream.lost_d]), 5)
+        self.assertEqual(len(self.engine_logs.events), 1)
+        self.assertIn("idle", self.engine_logs.events[0]["log_format"])
+        await wait_until(lambda: self.limit.in_use == 0)
+
+
+def _send_and_read(port: int, data: bytes) -> bytes:
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        sock.sendall(data)
+        received = b""
+        try:
+            while True:
+                chunk = sock.recv(65536)
+                if not chunk:
+                    return received
+                received += chunk
+        except ConnectionResetError:
+            return received
+
+
+class HandOverTests(LeanMixin, unittest.TestCase):
+    """
+    Tests for the connections the lean engine hands to the Twisted path:
+    they behave as the Twisted path does, and are counted once.
+    """
+
+    async def test_uncached_name_with_gate(self) -> None:
+        """
+        A name without a certificate, with a gate, is the Twisted path's:
+        the gate is asked once (there), holds it — counted once in the
+        listener's limit meanwhile — and releases it to the fallback.
+        """
+        gate = HoldingGate()
+        _, up_port = self.upstream(peer_class=Echo)
+        port = self.listener(RouteTable([], Route("127.0.0.1", up_port)), gate=gate)
+        result = deferToThread(handshake_blocking, port, "new.other.org", client_context(), b"held")
+        await wait_until(lambda: gate.waiting)
+        self.assertEqual(self.limit.in_use, 1)
+        gate.release()
+        answer = await result
+        self.assertEqual(answer["echo"], b"held")
+        self.assertEqual(gate.asked, ["new.other.org"])
+        self.assertEqual(self.engine.handed_over, 1)
+        self.assertEqual(self.tls_factory.handshakes["held_then_fallback"], 1)
+        await wait_until(lambda: self.limit.in_use == 0)
+
+    async def test_no_route(self) -> None:
+        """A name with no route is handed over: handshake, then the Twisted path's "no route" line."""
+        port = self.listener(RouteTable([(["other.org"], Route("127.0.0.1", 1))]))
+        client = await self.client(port)
+        await within(client.lost_d, 5)
+        self.assertEqual(self.engine.handed_over, 1)
+        self.assertEqual(["no route" in f for f in self.proxy_logs.formats()], [True])
+
+    async def test_garbage(self) -> None:
+        """Bytes that are no ClientHello are handed over and refused there ("rejected", one line)."""
+        port = self.listener(RouteTable([], Route("127.0.0.1", 1)))
+        received = await deferToThread(_send_and_read, port, b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        self.assertEqual(received, b"")
+        self.assertEqual(self.engine.handed_over, 1)
+        self.assertEqual(self.tls_factory.handshakes["rejected"], 1)
+        self.assertEqual(len(self.tls_logs.events), 1)
+        await wait_until(lambda: self.limit.in_use == 0)
+
+    async def test_closed_before_hello(self) -> None:
+        """A client that closes before a whole ClientHello is handed over and counted "abandoned" there."""
+        port = self.listener(RouteTable([], Route("127.0.0.1", 1)))
+        received = await deferToThread(_send_and_read_after_fin, port, client_hello_bytes("app.example.com")[:30])
+        self.assertEqual(received, b"")
+        await wait_until(lambda: self.tls_factory.handshakes["abandoned"] == 1)
+        self.assertEqual(self.engine.handed_over, 1)
+        await wait_until(lambda: self.limit.in_use == 0)
+
+    async def test_tls_alpn_challenge(self) -> None:
+        """A tls-alpn-01 ClientHello goes to the Twisted path's challenge responder."""
+        port = self.listener(RouteTable([], Route("127.0.0.1", 1)))
+        responder = self.tls_factory.challenges = Refusing()
+        received = await deferToThread(_send_and_read, port, client_hello_bytes("app.example.com", alpn=["acme-tls/1"]))
+        self.assertEqual(responder.asked, 1)
+        self.assertEqual(self.engine.handed_over, 1)
+        self.assertEqual(received[:1], b"\x15")  # the no_application_protocol alert
+        self.assertEqual(self.tls_factory.handshakes["rejected"], 1)
+
+    async def test_resolution_not_cached(self) -> None:
+        """A route to a host name not resolved yet is handed over (the Twisted path resolves it)."""
+        _, up_port = self.upstream(peer_class=Echo)
+        port = self.listener(RouteTable([], Route("localhost", up_port)))
+        result = await deferToThread(handshake_blocking, port, "app.example.com", client_context(), b"named")
+        self.assertEqual(result["echo"], b"named")
+        self.assertEqual(self.engine.handed_over, 1)
+        # Resolved now: the next connection is the engine's.
+        result = await deferToThread(handshake_blocking, port, "app.example.com", client_context(), b"again")
+        self.assertEqual(result["echo"], b"again")
+        self.assertEqual(self.engine.handed_over, 1)
+        await wait_until(lambda: self.engine.served == 1)
+
+
+def _send_and_read_after_fin(port: int, data: bytes) -> bytes:
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        sock.sendall(data)
+        sock.shutdown(socket.SHUT_WR)
+        received = b""
+        while True:
+            chunk = sock.recv(65536)
+            if not chunk:
+                return received
+            received += chunk
+
+
+class Exploding:
+    """A poll handler whose ``on_events`` raises; records ``abort``."""
+
+    def __init__(self) -> None:
+        self.aborted = 0
+
+    def on_events(self, fd: int, events: int) -> None:
+        raise RuntimeError("boom")
+
+    def abort(self) -> None:
+        self.aborted += 1
+
+
+class LoopTests(LeanMixin, unittest.TestCase):
+    """Tests for kongacme.engine.loop.EventLoop."""
+
+    async def test_handler_error_contained(self) -> None:
+        """
+        A handler's exception is logged once and its ``abort`` called; the
+        loop goes on serving connections.
+        """
+        _, up_port = self.upstream(peer_class=Echo)
+        port = self.listener(RouteTable([], Route("127.0.0.1", up_port)))
+        left, right = socket.socketpair()
+        self.addCleanup(left.close)
+        self.addCleanup(right.close)
+        exploding = Exploding()
+        self.engine.loop.register(left.fileno(), select.EPOLLIN | select.EPOLLET, exploding)
+        right.send(b"x")
+        await wait_until(lambda: exploding.aborted == 1)
+        self.engine.loop.unregister(left.fileno())
+        self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
+        result = await deferToThread(handshake_blocking, port, "app.example.com", client_context(), b"still")
+        self.assertEqual(result["echo"], b"still")
+
+    def test_interfaces(self) -> None:
+        """The loop is a reactor reader; handlers and the port provide IPollHandler."""
+        from twisted.internet.interfaces import IReadDescriptor
+
+        loop = EventLoop(reactor)
+        self.assertTrue(verifyObject(IReadDescriptor, loop))
+
+    def test_served_by_engine(self) -> None:
+        """Plain tcp: and tcp6: endpoints are the engine's; haproxy:, unix: and systemd: are not."""
+        self.assertEqual(
+            [served_by_engine(d) for d in ("tcp:443", "tcp6:443", "haproxy:tcp:443", "unix:/x", "systemd:domain=INET:index=0")],
+            [True, True, False, False, False],
+        )
+
