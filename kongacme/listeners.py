@@ -188,6 +188,7 @@ class ListenerSet:
             return port
         taken = self._engine.take(description, port, self._serving, self._limit)
         if taken is not None:
+            self.log.info("{kind} listener on {description}: lean engine", kind=self.kind, description=description)
             return taken
         self.log.info(
             "{kind} listener on {description}: served by the Twisted engine "

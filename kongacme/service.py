@@ -603,7 +603,8 @@ class DaemonService(MultiService):
             self.tls_factory.handshake_timeout = new.tls.handshake_timeout
         if new.listen.engine != old.listen.engine:
             self.log.warn(
-                "listen.engine changed to {engine}: it takes effect when the daemon restarts",
+                "listen.engine changed to {engine}: the TLS listeners keep their engine; it applies "
+                "after a restart (and to worker processes started from now on)",
                 engine=new.listen.engine,
             )
         self._update_http_settings(new)

@@ -39,7 +39,7 @@ def start_upstream(test, tag: bytes) -> int:
     return port.getHost().port
 
 
-def static_daemon(test, **config) -> Daemon:
+def static_daemon(test, engine: str = "twisted", **config) -> Daemon:
     """
     A daemon (not started) serving a static certificate for
     ``static.test`` routed to an upstream answering ``A:``, with a second
@@ -49,6 +49,7 @@ def static_daemon(test, **config) -> Daemon:
     ``admin_port`` and ``daemon`` on ``test``, and stops the daemon at
     cleanup.
 
+    :param engine: ``listen.engine``.
     :param config: top-level sections that replace the defaults'.
     """
     test.dir = os.path.abspath(test.mktemp())
@@ -64,6 +65,7 @@ def static_daemon(test, **config) -> Daemon:
             "tls": ["tcp:%d:interface=127.0.0.1" % test.tls_port],
             "http": ["tcp:%d:interface=127.0.0.1" % test.http_port],
             "admin": ["tcp:%d:interface=127.0.0.1" % test.admin_port],
+            "engine": engine,
         },
         "state_dir": os.path.join(test.dir, "state"),
         "certificates": [{"cert": test.cert, "key": test.key}],
@@ -123,10 +125,12 @@ class DaemonTests(ShowsDaemonOutput, TestCase):
 
     timeout = 90
     workers = 1
+    #: The daemon's ``listen.engine`` (the lean subclasses run the same tests).
+    engine = "twisted"
 
     @inlineCallbacks
     def setUp(self):
-        self.daemon = static_daemon(self, tls={"handshake_timeout": 5}, workers=self.workers)
+        self.daemon = static_daemon(self, tls={"handshake_timeout": 5}, workers=self.workers, engine=self.engine)
         self.daemon.config["default_upstream"] = "127.0.0.1:%d" % self.upstream_b
         yield self.daemon.start(self.tls_port)
         if self.workers > 1:
@@ -238,6 +242,29 @@ class DaemonWorkersTests(DaemonTests):
     test_reload_empty_file = not_with_workers()
 
 
+class DaemonLeanTests(DaemonTests):
+    """
+    Tests for a running daemon with ``listen.engine: lean``: the same
+    behaviour, the TLS listener accepting on the lean engine.
+    """
+
+    engine = "lean"
+
+    def test_lean_engine_serves(self):
+        """The TLS listener is the lean engine's, and static.test is served there (not handed over)."""
+        self.assertIn("tls listener on tcp:%d:interface=127.0.0.1: lean engine" % self.tls_port, self.daemon.output)
+
+
+class DaemonLeanWorkersTests(DaemonWorkersTests):
+    """Tests for a running daemon with ``workers: 2`` and ``listen.engine: lean``."""
+
+    engine = "lean"
+
+    def test_lean_engine_serves(self):
+        """Each worker accepts on the inherited TLS socket with the lean engine."""
+        self.assertEqual(self.daemon.output.count("TLS socket served by the lean engine"), self.workers)
+
+
 @implementer(IHalfCloseableProtocol)
 class StreamUpstream(Protocol):
     """
@@ -296,6 +323,8 @@ class DaemonStreamTests(ShowsDaemonOutput, TestCase):
     """
 
     timeout = 120
+    #: The daemon's ``listen.engine``.
+    engine = "twisted"
 
     @inlineCallbacks
     def setUp(self):
@@ -313,7 +342,9 @@ class DaemonStreamTests(ShowsDaemonOutput, TestCase):
         self.daemon = Daemon(
             self.dir,
             {
-                "listen": {"tls": ["tcp:%d:interface=127.0.0.1" % self.tls_port], "http": [], "admin": []},
+                "listen": {
+                    "tls": ["tcp:%d:interface=127.0.0.1" % self.tls_port], "http": [], "admin": [], "engine": self.engine,
+                },
                 "state_dir": os.path.join(self.dir, "state"),
                 "routes": [
                     {"hosts": ["v1.test"], "upstream": upstream, "proxy_protocol": "v1"},
@@ -382,3 +413,12 @@ class DaemonStreamTests(ShowsDaemonOutput, TestCase):
         self.assertEqual(len(dropped), 1)
         self.assertIn("peer", dropped[0])
         self.assertFalse([line for line in self.daemon.output.splitlines() if line and not line.startswith("{")])
+
+
+class DaemonStreamLeanTests(DaemonStreamTests):
+    """
+    Tests for the full stack with ``listen.engine: lean``: large transfers,
+    half-close and PROXY headers through the lean engine.
+    """
+
+    engine = "lean"

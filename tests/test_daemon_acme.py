@@ -38,6 +38,8 @@ class AcmeDaemonMixin(ShowsDaemonOutput):
     domains: tuple = ("*.example.test", "localhost")
     #: The daemon's ``workers`` (subclasses run the representative tests with 2).
     workers = 1
+    #: The daemon's ``listen.engine`` (the lean subclasses run the same tests).
+    engine = "twisted"
     #: Only the TLS port reachable: Pebble validates tls-alpn-01 on it, no
     #: plain-HTTP listener (``listen.http: []``).
     tls_only = False
@@ -78,6 +80,7 @@ class AcmeDaemonMixin(ShowsDaemonOutput):
                     "tls": ["tcp:%d:interface=127.0.0.1" % self.tls_port],
                     "http": [] if self.tls_only else ["tcp:%d:interface=127.0.0.1" % self.http_port],
                     "admin": ["tcp:%d:interface=127.0.0.1" % self.admin_port],
+                    "engine": self.engine,
                 },
                 "state_dir": os.path.join(self.dir, "state"),
                 "acme": {
@@ -168,6 +171,22 @@ class OnDemandWorkersTests(OnDemandTests):
     workers = 2
     test_not_admitted_gets_fallback = not_with_workers()
     test_kong_storage_survives_restart = not_with_workers()
+
+
+class OnDemandLeanTests(OnDemandTests):
+    """
+    Tests for on-demand issuance with ``listen.engine: lean``: the first
+    visitor's handshake is handed to the Twisted path and held there until
+    the certificate is issued; later ones find it cached.
+    """
+
+    engine = "lean"
+
+
+class OnDemandLeanWorkersTests(OnDemandWorkersTests):
+    """Tests for on-demand issuance with ``workers: 2`` and ``listen.engine: lean``."""
+
+    engine = "lean"
 
 
 class FallbackModeTests(AcmeDaemonMixin, TestCase):

@@ -219,6 +219,7 @@ class WorkerSettings:
     :ivar log_level: ``logging.level``.
     :ivar drain_timeout: ``workers_drain_timeout``, for a worker sent
         ``SIGTERM`` itself while its master lives.
+    :ivar engine: ``listen.engine`` (read when the worker starts accepting).
     """
 
     routes: tuple
@@ -230,6 +231,7 @@ class WorkerSettings:
     gate_timeout: float
     log_level: str
     drain_timeout: float
+    engine: str = "twisted"
 
 
 def worker_settings(config: Any) -> dict:
@@ -262,6 +264,7 @@ def worker_settings(config: Any) -> dict:
         "gate_timeout": issuance.handshake_wait + 5.0,
         "log_level": config.logging.level,
         "drain_timeout": config.workers_drain_timeout,
+        "engine": config.listen.engine,
     }
 
 
@@ -301,9 +304,16 @@ def read_settings(data: dict) -> WorkerSettings:
             gate_timeout=float(data["gate_timeout"]),
             log_level=str(data["log_level"]),
             drain_timeout=float(data["drain_timeout"]),
+            engine=_engine(data["engine"]),
         )
     except (KeyError, TypeError, ValueError) as e:
         raise ValueError("invalid worker settings: %s: %s" % (e.__class__.__name__, e)) from None
+
+
+def _engine(value: object) -> str:
+    if value not in ("twisted", "lean"):
+        raise ValueError("engine must be twisted or lean, not %r" % (value,))
+    return str(value)
 
 
 def in_groups(names: Sequence[str], size: int = NAMES_PER_COMMAND) -> Iterator[list[str]]:

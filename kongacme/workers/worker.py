@@ -43,6 +43,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from kongacme.connlimit import ConnectionLimiter, derive_budget, open_file_limit
+from kongacme.engine.lean import LeanEngine
 from kongacme.proxy.forward import ProxyFactory, ProxyServerProtocol
 from kongacme.proxy.routes import RouteTable
 from kongacme.tls.context import ContextBuilder
@@ -131,6 +132,8 @@ class Worker:
         self.router = RouteTable()
         self.proxy_factory = CountingProxyFactory(self.router, reactor)
         self.tls_factory: TLSServerFactory | None = None
+        #: The lean engine (``listen.engine: lean``), once accepting.
+        self.lean: LeanEngine | None = None
         self.gate: CertificateFetcher | None = None
         self.limiter: ConnectionLimiter | None = None
         self._nofile: int | None = None
@@ -214,15 +217,29 @@ class Worker:
         self._tune_tls()
         limit = self.limiter.listener("tls")
         serving = limit.wrap(self.tls_factory)
+        if self.settings.engine == "lean":
+            self.lean = LeanEngine(self._reactor, self.tls_factory, self.proxy_factory)
         for fd, family, proxied in self._listen:
             inherited = InheritedSocket(self._reactor, fd, family)
             endpoint = proxyEndpoint(inherited) if proxied else inherited
             # Adopting is synchronous: the port is there when listen returns.
-            endpoint.listen(serving).addCallback(self._adopted, limit)
+            endpoint.listen(serving).addCallback(self._lean, proxied, serving, limit).addCallback(self._adopted, limit)
             os.close(fd)  # adoptStreamPort took a duplicate
         self._reporter.start(REPORT_INTERVAL, now=False)
         log.info("worker {slot} (pid {pid}) accepting: {routes} route(s), certificates for up to {size} name(s)",
                  slot=self.slot, pid=os.getpid(), routes=len(self.settings.routes), size=self.cache.size)
+
+    def _lean(self, port: IListeningPort, proxied: bool, serving: Any, limit: Any) -> IListeningPort:
+        """``port``, accepted on by the lean engine if there is one (not for ``haproxy:`` sockets)."""
+        if self.lean is None:
+            return port
+        taken = None if proxied else self.lean.take("", port, serving, limit)
+        if taken is None:
+            log.info("worker {slot}: a haproxy: TLS socket is served by the Twisted engine "
+                     "(listen.engine: lean applies to plain tcp: endpoints only)", slot=self.slot)
+            return port
+        log.info("worker {slot}: TLS socket served by the lean engine", slot=self.slot)
+        return taken
 
     def _adopted(self, port: IListeningPort, limit: Any) -> None:
         limit.track(port)
