@@ -48,6 +48,9 @@ def parse_args(argv=None):
     p.add_argument("--size-mb", type=int, default=100)
     p.add_argument("--before-tree", default="", help="a kongacme source tree to run as 'before' (omit: no 'before')")
     p.add_argument("--no-hitch", action="store_true")
+    p.add_argument("--extra", action="append", default=[], metavar="NAME=COMMAND",
+                   help="one more server, pinned like the others; COMMAND is split on spaces and may use "
+                        "{port} {upstream} {cert} {key} {pem} (e.g. a prototype to compare)")
     p.add_argument("--max-load", type=float, default=0.8)
     p.add_argument("--max-load-wait", type=float, default=300.0)
     p.add_argument("--json", default="pump.json")
@@ -133,6 +136,14 @@ def main(argv=None) -> int:
                                    cpu=B.SERVER_CPU)
                 B.wait_port(ports["hitch"], proc)
                 group["hitch"] = (proc, ports["hitch"])
+            for extra in args.extra:
+                name, _, command = extra.partition("=")
+                eport = B.free_port()
+                argv = [w.format(port=eport, upstream=upstream, cert=leaf["cert"], key=leaf["key"], pem=leaf["pem"])
+                        for w in command.split()]
+                proc = procs.start("pump-%s%s" % (name, label), argv, cpu=B.SERVER_CPU)
+                B.wait_port(eport, proc)
+                group[name] = (proc, eport)
             servers[label or "main"] = group
         for group in servers.values():
             for name, (proc, port) in group.items():
@@ -168,12 +179,13 @@ def main(argv=None) -> int:
 
 
 def summarize(runs: list[dict]) -> dict:
-    names = [n for n in SERVERS if any(r["server"] == n for r in runs)]
+    seen = list(dict.fromkeys(r["server"] for r in runs))
+    names = [n for n in SERVERS if n in seen] + [n for n in seen if n not in SERVERS]
     servers = {n: {"median": B.median(r["per_cpu_s"] for r in runs if r["server"] == n),
                    "all": [round(r["per_cpu_s"], 1) for r in runs if r["server"] == n]} for n in names}
     ratios = {}
-    for mine in ("kongacme", "before"):
-        for peer in ("haproxy", "hitch", "before"):
+    for mine in ["kongacme", "before"] + [n for n in names if n not in SERVERS]:
+        for peer in ("haproxy", "hitch", "before", "kongacme"):
             if mine == peer or mine not in servers or peer not in servers:
                 continue
             paired = []

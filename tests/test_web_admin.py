@@ -9,6 +9,7 @@ from typing import Any
 
 from twisted.internet import reactor
 from twisted.internet.defer import fail, inlineCallbacks, succeed
+from twisted.internet.threads import deferToThread
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from kongacme.web.admin import (
@@ -20,8 +21,9 @@ from kongacme.web.admin import (
     read_arguments,
     truthy,
 )
+from kongacme.web._channel import LINGER_BYTES
 from kongacme.web.responses import Raw
-from tests.test_web_support import connect, exchange, get, listen, parse_response
+from tests.test_web_support import connect, exchange, get, listen, parse_response, upload_then_read
 
 
 class AdminTests(TestCase):
@@ -389,6 +391,36 @@ class LimitTests(TestCase):
             self.assertEqual(response.header(b"content-type"), b"application/json")
             self.assertNotIn(b"100 Continue", response.raw)
         self.assertBodyNeverRead()
+
+    @inlineCallbacks
+    def test_refused_while_uploading(self) -> Any:
+        """
+        A client that keeps sending its body after the head (as curl does
+        without ``Expect``) reads the whole 401 and a clean end: the channel
+        half-closes and drops what still arrives (a lingering close) instead
+        of closing with unread bytes, which makes the kernel reset the
+        connection under the client's next write.
+        """
+        port = self.start()
+        sent, received, error = yield deferToThread(upload_then_read, port, self.HUGE + b"\r\n", 32, 16384)
+        self.assertIsNone(error, "the client's upload was reset after %d bytes" % (sent,))
+        self.assertEqual(sent, 32 * 16384)
+        response = parse_response(received)
+        self.assertEqual((response.status, json.loads(response.body)), (401, {"message": "Unauthorized"}))
+        self.assertBodyNeverRead()
+
+    @inlineCallbacks
+    def test_lingering_is_bounded(self) -> Any:
+        """
+        The lingering close drops at most LINGER_BYTES: a client that goes
+        on uploading past them is cut off (reset), having had its answer.
+        """
+        port = self.start()
+        chunks = LINGER_BYTES // 16384 + 64
+        sent, received, error = yield deferToThread(upload_then_read, port, self.HUGE + b"\r\n", chunks, 16384)
+        self.assertIsNotNone(error)
+        self.assertLess(sent, chunks * 16384)
+        self.assertEqual(parse_response(received).status, 401)
 
     @inlineCallbacks
     def test_head_without_token(self) -> Any:

@@ -6,6 +6,8 @@ refuse to produce) and a wait for all connections to close. No tests here.
 
 from __future__ import annotations
 
+import socket
+import time
 from typing import Any
 
 import attrs
@@ -129,6 +131,36 @@ def exchange(port: int, data: bytes) -> Any:
     client.transport.write(data)
     raw = yield client.closed
     return parse_response(raw)
+
+
+def upload_then_read(port: int, head: bytes, chunks: int, size: int) -> tuple[int, bytes, OSError | None]:
+    """
+    In a thread, with a blocking socket: send ``head``, then ``chunks``
+    pieces of ``size`` bytes 5 ms apart without reading (a client uploading
+    its body), then read until the server's end.
+
+    :return: the body bytes sent, everything received, and the error that
+        stopped the upload or the reading (``None`` if neither failed).
+    """
+    sent, received, error = 0, b"", None
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+        try:
+            s.sendall(head)
+            for _ in range(chunks):
+                s.sendall(b"x" * size)
+                sent += size
+                time.sleep(0.005)
+        except OSError as e:
+            error = e
+        try:
+            while True:
+                data = s.recv(65536)
+                if not data:
+                    break
+                received += data
+        except OSError as e:
+            error = error or e
+    return sent, received, error
 
 
 def get(port: int, path: bytes, host: bytes | None = b"example.com", method: bytes = b"GET",

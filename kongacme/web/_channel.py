@@ -43,6 +43,15 @@ _PRINTABLE = re.compile(rb"[\x20-\x7e]*")
 #: file (Twisted's own threshold is 100,000 bytes of declared length).
 IN_MEMORY_BODY = 1024 * 1024
 
+#: After refusing a request whose body may still be on its way, the channel
+#: half-closes (its answer, then FIN) and reads and drops what the client
+#: still sends, for at most LINGER_SECONDS or LINGER_BYTES, before it closes.
+#: Closing a socket with unread bytes makes the kernel answer with a reset
+#: that can destroy the refusal before the client reads it (nginx's
+#: ``lingering_close`` exists for the same reason).
+LINGER_SECONDS = 2.0
+LINGER_BYTES = 1024 * 1024
+
 
 def positive(instance: object, attribute: attrs.Attribute, value: Any) -> None:
     """
@@ -130,6 +139,7 @@ class LimitedHTTPChannel(HTTPChannel):
     rejected = False
     _deadline: Optional[IDelayedCall] = None
     _abort: Optional[IDelayedCall] = None
+    _lingered = 0
     _bytes_since_response = 0
     _request_timeout: float = 30.0
     _max_request_line = 8192
@@ -154,6 +164,9 @@ class LimitedHTTPChannel(HTTPChannel):
 
     def dataReceived(self, data: bytes) -> None:
         if self.rejected:
+            self._lingered += len(data)
+            if self._lingered > LINGER_BYTES and self.transport is not None:
+                self.transport.abortConnection()
             return
         self._bytes_since_response += len(data)
         super().dataReceived(data)
@@ -308,6 +321,17 @@ class LimitedHTTPChannel(HTTPChannel):
         # As HTTPChannel.timeoutConnection does: a client that never reads
         # must not keep the socket half-closed, so abort after abortTimeout.
         self.setTimeout(None)
+        half_close = getattr(self.transport, "loseWriteConnection", None)
+        if self.rejected and half_close is not None:
+            # A lingering close (LINGER_SECONDS): the answer and a FIN go
+            # out, what the client still sends is read and dropped, and the
+            # client's own FIN (or the timer) ends the connection.
+            if self._abort is None:
+                self._abort = self.callLater(LINGER_SECONDS, self.transport.abortConnection)
+            # Reading may have been paused by the request being dispatched.
+            self.transport.resumeProducing()
+            half_close()
+            return
         if self.abortTimeout is not None and self._abort is None:
             self._abort = self.callLater(self.abortTimeout, self.transport.abortConnection)
         self.loseConnection()
