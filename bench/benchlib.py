@@ -409,8 +409,8 @@ def issue_files(ca, directory: str, stem: str, names: Sequence[str], key_type: s
 
 
 def kongacme_config(directory: str, tls_port: int, certificates: list[dict], routes: list[dict],
-                    fallback: dict, session_tickets: bool = True, backlog: int = 4096) -> str:
-    """Write a kongacme YAML config and return its path."""
+                    fallback: dict, session_tickets: bool = True, backlog: int = 4096, engine: str = "") -> str:
+    """Write a kongacme YAML config and return its path (``engine``: ``listen.engine``, omitted when empty)."""
     import yaml
 
     config = {
@@ -432,6 +432,8 @@ def kongacme_config(directory: str, tls_port: int, certificates: list[dict], rou
         "proxy": {"connect_timeout": 5, "idle_timeout": 300},
         "logging": {"level": "warn", "format": "text", "file": "-"},
     }
+    if engine:
+        config["listen"]["engine"] = engine
     path = os.path.join(directory, "kongacme.yaml")
     with open(path, "w") as f:
         yaml.safe_dump(config, f, sort_keys=False)
