@@ -76,6 +76,7 @@ def main(argv=None) -> int:
     p.add_argument("-n", type=int, default=10000)
     p.add_argument("-c", type=int, default=10)
     p.add_argument("--us", type=float, default=0.0, help="pyspy: unprofiled µs per request to scale to")
+    p.add_argument("--engine", default="", help="kongacme's listen.engine (twisted, lean; default: the config's)")
     args = p.parse_args(argv)
     work = B.out_dir("keepalive_profile")
     ca = B.load_or_create_ca(B.out_dir("ca"))
@@ -85,7 +86,8 @@ def main(argv=None) -> int:
         up, kp, hp = B.free_port(), B.free_port(), B.free_port()
         B.start_haproxy(procs, "kap-upstream", B.haproxy_upstream_config(up), up, B.CLIENT_CPU)
         routes = [{"hosts": [host], "upstream": "127.0.0.1:%d" % up, "alpn": ["http/1.1"]}]
-        cfg = B.kongacme_config(work, kp, [{"cert": leaf["cert"], "key": leaf["key"]}], routes, fallback=leaf)
+        cfg = B.kongacme_config(work, kp, [{"cert": leaf["cert"], "key": leaf["key"]}], routes, fallback=leaf,
+                                engine=args.engine)
         servers = [("kongacme", B.start_kongacme(procs, "kap-kongacme", cfg, kp), kp)]
         if args.mode != "pyspy":
             servers.append(("haproxy", B.start_haproxy(procs, "kap-haproxy", B.haproxy_tls_config(hp, leaf["pem"], up),

@@ -40,6 +40,7 @@ from kongacme.proxy.proxyproto import v1_header, v2_header
 from kongacme.proxy.routes import Route
 from kongacme.timers import Deadline
 from kongacme.tls.pump import DRAIN_SIZE, represents_eof
+from kongacme.tls.records import count_records
 from kongacme.tls.protocol import describe_tls_failure
 
 if TYPE_CHECKING:
@@ -130,11 +131,18 @@ class Relay:
         self._upstream_shut = False
         self._closing = False
         self._done = False
+        # Record boundaries of the client's stream (kongacme.tls.records):
+        # bytes still to come of the current record, a cut header, and the
+        # whole records not read yet (None: unknown, read until WantRead).
+        self._need = 0
+        self._header = b""
+        self._complete: int | None = None
         self._client_mask = EPOLLIN
         self._upstream_mask = 0
         self._idle_timeout = engine.proxy_factory.idle_timeout
         self._seconds = engine.reactor.seconds
         self._last_activity = 0.0
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         tls = self._tls = engine.tls_factory.builder.connection_for(certified)
         tls.set_app_data(self)
         tls.set_accept_state()
@@ -194,6 +202,7 @@ class Relay:
 
     def start(self, first: bytes) -> None:
         """Feed the ClientHello (read just now) and run the first handshake step."""
+        _, self._need, self._header = count_records(0, b"", first)
         self._tls.bio_write(first)
         self._handshake()
         if not self._done:
@@ -217,10 +226,20 @@ class Relay:
                 if not self._done and not self._handshake_done:
                     self._handshake_failed(Failure(Error([("", "", "unexpected eof while reading")])))
                 return
+            self._complete = None  # read to the end of what is there
             self._read_plaintext()
             if not self._client_eof:
                 self._client_ended()
             return
+        size = len(data)
+        if not self._need and not self._header and size > 5 and size == 5 + (data[3] << 8 | data[4]):
+            # The common case: the segment is one whole record.
+            if self._complete is not None:
+                self._complete += 1
+        else:
+            complete, self._need, self._header = count_records(self._need, self._header, data)
+            if self._complete is not None:
+                self._complete += complete
         tls.bio_write(data)
         if self._handshake_done:
             self._read_plaintext()
@@ -249,10 +268,12 @@ class Relay:
 
     def _read_plaintext(self) -> None:
         recv = self._tls.recv
-        while not self._client_eof and not self._done:
+        while not self._client_eof and not self._done and self._complete != 0:
             try:
                 data = recv(PLAIN_SIZE)
             except WantReadError:
+                # No whole record left: from here on, count them.
+                self._complete = 0
                 return
             except ZeroReturnError:
                 self._client_ended()
@@ -263,6 +284,8 @@ class Relay:
                 else:
                     self._client_lost(e)
                 return
+            if self._complete:
+                self._complete -= 1
             self.received_from_client += len(data)
             self._last_activity = self._seconds()
             if not self._closing:
@@ -352,6 +375,9 @@ class Relay:
         family, address = self._upstreams.pop(0)
         up = socket.socket(family, socket.SOCK_STREAM)
         up.setblocking(False)
+        # Each send is a whole record or a whole read from the client: no
+        # reason to hold it back for Nagle (HAProxy does the same).
+        up.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self._up = up
         self._ufd = up.fileno()
         self._upstream_mask = EPOLLOUT

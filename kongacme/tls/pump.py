@@ -38,6 +38,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from kongacme.sockwrite import SocketWriter
+from kongacme.tls.records import count_records
 
 #: Plaintext read per ``recv``: more than a TLS record's (16 KiB), so one
 #: call takes a whole record (OpenSSL returns one record per call).
@@ -156,26 +157,7 @@ class TLSPump(Protocol):
             self._handshake()
 
     def _count_records(self, data: bytes) -> None:
-        need = self._need
-        if self._header:
-            data = self._header + data
-            self._header = b""
-        size = len(data)
-        position = 0
-        complete = 0
-        while True:
-            if need:
-                if size - position < need:
-                    need -= size - position
-                    break
-                position += need
-                need = 0
-                complete += 1
-            if size - position < 5:
-                self._header = data[position:]
-                break
-            need = 5 + (data[position + 3] << 8 | data[position + 4])
-        self._need = need
+        complete, self._need, self._header = count_records(self._need, self._header, data)
         if self._complete is not None:
             self._complete += complete
 
