@@ -45,6 +45,7 @@ def parse_args(argv=None):
                    help="h2load runs while py-spy samples (default 2)")
     p.add_argument("--rate", type=int, default=250,
                    help="py-spy samples per second (default 250; 1000 with --native slows the daemon ~10x)")
+    p.add_argument("--engine", default="", help="kongacme's listen.engine (twisted, lean; default: the config's)")
     p.add_argument("--no-pyspy", action="store_true", help="skip py-spy")
     p.add_argument("--no-perf", action="store_true", help="skip perf")
     p.add_argument("--haproxy", action="store_true",
@@ -286,7 +287,7 @@ def main(argv=None) -> int:
         cfg = B.kongacme_config(
             work, k_port, certificates=[{"cert": leaf["cert"], "key": leaf["key"]}],
             routes=[{"hosts": [host], "upstream": "127.0.0.1:%d" % up_port, "alpn": ["h2", "http/1.1"]}],
-            fallback=leaf)
+            fallback=leaf, engine=args.engine)
         k = B.start_kongacme(procs, "prof-kongacme", cfg, k_port)
         B.run_h2load(host, k_port, 1000, 1000)
 

@@ -104,7 +104,9 @@ class LeanMixin(IntegrationMixin):
             await wait_until(lambda: not engine.loop.handlers)
             engine.loop.stop()
 
-    def listener(self, table: RouteTable, gate: Any = None, handshake_timeout: float = 10.0, **kwargs: Any) -> int:
+    def listener(
+        self, table: RouteTable, gate: Any = None, handshake_timeout: float = 10.0, cap: int = 100, **kwargs: Any
+    ) -> int:
         """The lean engine on a TLS port (limits counted); returns the port number."""
         cache = CertificateCache(_FALLBACK)
         cache.put(_CERT)
@@ -114,7 +116,7 @@ class LeanMixin(IntegrationMixin):
             cache, ContextBuilder(reactor), self.proxy_factory, reactor,
             alpn_for=self.proxy_factory.alpn_for, gate=gate, handshake_timeout=handshake_timeout,
         )
-        budget = Budget(1024, 64, 100, {"tls": 100, "http": 10, "admin": 10}, {"tls": 2, "http": 1, "admin": 1})
+        budget = Budget(1024, 64, 100, {"tls": cap, "http": 10, "admin": 10}, {"tls": 2, "http": 1, "admin": 1})
         self.limiter = ConnectionLimiter(reactor, budget)
         self.addCleanup(self.limiter.stop)
         self.limit = self.limiter.listener("tls")
@@ -313,6 +315,28 @@ def _read_to_close_then_send(port: int, more: bytes) -> tuple[bytes, str]:
         while sock.recv(65536):
             pass
         return received, how
+
+
+class LimitTests(LeanMixin, unittest.TestCase):
+    """Tests for the lean engine within the connection limits (kongacme.connlimit)."""
+
+    async def test_stops_accepting_at_cap(self) -> None:
+        """
+        At the listener's cap the engine stops accepting (the port is
+        paused); when a connection closes the next waiting client is
+        accepted and served.
+        """
+        _, up_port = self.upstream(peer_class=Echo)
+        port = self.listener(RouteTable([], Route("127.0.0.1", up_port)), cap=1)
+        first = await self.client(port)
+        self.assertEqual(self.limit.in_use, 1)
+        self.assertTrue(self.limit.paused)
+        second = deferToThread(handshake_blocking, port, "app.example.com", client_context(), b"waited")
+        first.transport.loseConnection()
+        result = await within(second, 20)
+        self.assertEqual(result["echo"], b"waited")
+        await wait_until(lambda: self.limit.in_use == 0)
+        self.assertEqual(self.limit.refused, 0)
 
 
 class DeadlineTests(LeanMixin, unittest.TestCase):

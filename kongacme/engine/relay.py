@@ -56,6 +56,10 @@ READ_SIZE = 1 << 16
 #: Plaintext taken from OpenSSL per ``recv``: more than a record's 16 KiB.
 PLAIN_SIZE = 1 << 15
 
+#: Plaintext held for an upstream still connecting before the client is
+#: no longer read.
+MAX_PENDING = 1 << 18
+
 _IN_PROGRESS = (errno.EINPROGRESS, errno.EWOULDBLOCK, errno.EAGAIN)
 _GONE = EPOLLHUP | EPOLLERR
 
@@ -124,6 +128,7 @@ class Relay:
         #: What a short ``send`` left, per destination (None: nothing).
         self._to_client: bytes | memoryview | None = None
         self._to_upstream: list[bytes] = []
+        self._pending_size = 0
         self._upstream_backlog: bytes | memoryview | None = None
         self._client_eof = False
         self._upstream_eof = False
@@ -176,9 +181,12 @@ class Relay:
             client = EPOLLIN if not self._client_eof else 0
         elif not self._handshake_done:
             client = EPOLLIN
+        elif not self._connected:
+            # Read on while connecting, into _to_upstream, up to a bound.
+            client = EPOLLIN if not self._client_eof and self._pending_size < MAX_PENDING else 0
         else:
             # Read the client only while the upstream takes what it sends.
-            client = EPOLLIN if self._connected and not self._client_eof and self._upstream_backlog is None else 0
+            client = EPOLLIN if not self._client_eof and self._upstream_backlog is None else 0
         if self._to_client is not None:
             client |= EPOLLOUT
         if client != self._client_mask:
@@ -403,7 +411,7 @@ class Relay:
         self._cancel_deadline()
         self._last_activity = self._seconds()
         self._deadline = self._engine.proxy_factory.wheel.call_later(self._idle_timeout, self._check_idle)
-        pending, self._to_upstream = self._to_upstream, []
+        pending, self._to_upstream, self._pending_size = self._to_upstream, [], 0
         header = self._proxy_header()
         data = b"".join([header] + pending) if header or len(pending) > 1 else (pending[0] if pending else b"")
         if data:
@@ -439,6 +447,7 @@ class Relay:
     def _send_upstream(self, data: bytes | memoryview) -> None:
         if not self._connected:
             self._to_upstream.append(bytes(data))
+            self._pending_size += len(data)
             return
         if self._upstream_backlog is not None:
             self._upstream_backlog = bytes(self._upstream_backlog) + bytes(data)
@@ -586,7 +595,7 @@ class Relay:
     def _drop_upstream(self) -> None:
         up, self._up = self._up, None
         if up is not None:
-            self._loop.unregister(self._ufd)
+            self._loop.forget(self._ufd)  # ours alone: closing unregisters it
             self._ufd = -1
             up.close()
 
@@ -613,7 +622,7 @@ class Relay:
         self._done = True
         self._cancel_deadline()
         self._drop_upstream()
-        self._loop.unregister(self._cfd)
+        self._loop.forget(self._cfd)
         self._sock.close()
         self._tls.set_app_data(None)
         engine = self._engine
