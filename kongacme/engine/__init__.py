@@ -8,5 +8,6 @@ untouched, to the Twisted path (:mod:`kongacme.tls.protocol`).
 - :mod:`kongacme.engine.loop`: the epoll, one reader of the reactor;
 - :mod:`kongacme.engine.listener`: accepting, within the connection limits;
 - :mod:`kongacme.engine.connection`: the ClientHello and the decision;
-- :mod:`kongacme.engine.relay`: TLS and the upstream, both ways.
+- :mod:`kongacme.engine.relay`: TLS and the upstream, both ways;
+- :mod:`kongacme.engine.lean`: what they share, and the hand-over.
 """
