@@ -227,6 +227,19 @@ class FastPathTests(LeanMixin, unittest.TestCase):
         self.assertEqual(bytes(upstream.received), b"after the banner")
         await wait_until(lambda: self.engine.served == 1)
 
+    async def test_client_reset(self) -> None:
+        """A client that resets the connection mid-stream gets its upstream a FIN (not a reset), as on the Twisted path."""
+        upstreams, up_port = self.upstream()
+        port = self.listener(RouteTable([], Route("127.0.0.1", up_port)))
+        client = await self.client(port)
+        client.transport.write(b"partial")
+        upstream = await within(upstreams.connected.get())
+        await within(upstream.wait_for(7))
+        client.transport.abortConnection()
+        await within(upstream.eof_d)
+        self.assertTrue(upstream.half_closed)
+        await wait_until(lambda: self.engine.served == 1)
+
     async def test_client_not_reading(self) -> None:
         """
         A client that stops reading stops the engine reading the upstream

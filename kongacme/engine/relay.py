@@ -308,10 +308,11 @@ class Relay:
             self._shut_upstream()
 
     def _client_lost(self, error: Exception) -> None:
+        """The client's socket failed (a reset): the upstream gets a FIN, as on the Twisted path."""
         if not self._handshake_done:
             self._handshake_failed(Failure(error))
             return
-        self._abort()
+        self._release()
 
     def _drain(self) -> None:
         """Send what OpenSSL has produced to the client."""
