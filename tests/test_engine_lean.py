@@ -366,6 +366,20 @@ class DeadlineTests(LeanMixin, unittest.TestCase):
         self.assertIn("timed out", self.hello_logs.events[0]["log_format"])
         await wait_until(lambda: self.limit.in_use == 0)
 
+    async def test_handshake_stalled(self) -> None:
+        """
+        A client that sends a whole ClientHello and then nothing gets the
+        server's flight, then is dropped after handshake_timeout: counted
+        and logged once, the limit given back.
+        """
+        port = self.listener(RouteTable([], Route("127.0.0.1", 1)), handshake_timeout=0.3)
+        received = await deferToThread(_send_and_read, port, client_hello_bytes("app.example.com"))
+        self.assertEqual(received[:1], b"\x16")  # the ServerHello's handshake record
+        self.assertEqual(self.tls_factory.handshakes["timeout"], 1)
+        self.assertEqual([e["log_format"] for e in self.engine_logs.events], ["TLS: handshake with {peer} timed out"])
+        self.assertEqual(self.engine.handed_over, 0)
+        await wait_until(lambda: self.limit.in_use == 0)
+
     async def test_connect_timeout(self) -> None:
         """An upstream that never answers the SYN gets the client closed after connect_timeout, logged once."""
         full = unanswered_port(self)
