@@ -9,7 +9,7 @@ from twisted.trial import unittest
 from zope.interface.verify import verifyObject
 
 from kongacme.interfaces import IRouter
-from kongacme.proxy.routes import Route, RouteTable, all_alpn
+from kongacme.proxy.routes import Route, RouteTable, all_alpn, route_name
 
 A = Route("10.0.0.1", 8001)
 B = Route("10.0.0.2", 8002)
@@ -252,3 +252,14 @@ class AllAlpnTests(unittest.SynchronousTestCase):
         A table with only a default route offers its protocols.
         """
         self.assertEqual(all_alpn(RouteTable([], Route("h", 1))), (b"http/1.1",))
+
+
+class RouteNameTests(unittest.SynchronousTestCase):
+    """Tests for route_name."""
+
+    def test_forms(self) -> None:
+        """host:port for log lines, an IPv6 address in brackets, ``?`` for no route."""
+        self.assertEqual(
+            [route_name(Route("10.0.0.1", 8080)), route_name(Route("::1", 443)), route_name(None)],
+            ["10.0.0.1:8080", "[::1]:443", "?"],
+        )

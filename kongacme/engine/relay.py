@@ -35,9 +35,8 @@ from zope.interface import implementer
 from kongacme.failures import describe_failure
 from kongacme.interfaces import IPollHandler
 from kongacme.net import peer_name
-from kongacme.proxy._relay import route_name
 from kongacme.proxy.proxyproto import v1_header, v2_header
-from kongacme.proxy.routes import Route
+from kongacme.proxy.routes import Route, route_name
 from kongacme.timers import Deadline
 from kongacme.tls.pump import DRAIN_SIZE, represents_eof
 from kongacme.tls.records import count_records

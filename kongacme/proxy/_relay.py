@@ -15,7 +15,6 @@ from zope.interface import implementer
 
 if TYPE_CHECKING:
     from kongacme.proxy.forward import ProxyServerProtocol
-    from kongacme.proxy.routes import Route
 
 
 @implementer(IPushProducer)
@@ -139,12 +138,3 @@ def half_closer(transport: Any) -> Callable[[], None] | None:
     if getattr(type(transport), "loseWriteConnection", None) is None:
         return None
     return transport.loseWriteConnection
-
-
-def route_name(route: Route | None) -> str:
-    """``host:port`` of a route for log lines (IPv6 in brackets)."""
-    if route is None:
-        return "?"
-    host = f"[{route.host}]" if ":" in route.host else route.host
-    return f"{host}:{route.port}"
-

@@ -26,10 +26,10 @@ from kongacme.failures import describe_failure
 from kongacme.interfaces import IRouter
 from kongacme.net import client_endpoint, is_ip_literal, peer_name
 from kongacme.proxy._relay import DirectUpstreamFactory, PendingConnect, UpstreamFactory, UpstreamProtocol, Valve
-from kongacme.proxy._relay import half_closer, route_name
+from kongacme.proxy._relay import half_closer
 from kongacme.proxy.connect import DirectConnect, NameCache, family_of
 from kongacme.proxy.proxyproto import v1_header, v2_header
-from kongacme.proxy.routes import Route
+from kongacme.proxy.routes import Route, route_name
 from kongacme.sockwrite import SocketWriter
 from kongacme.timers import Deadline, TimerWheel
 from kongacme.validators import provides

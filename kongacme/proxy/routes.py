@@ -191,3 +191,12 @@ def _route_from_config(config: Any) -> Route:
         alpn=tuple(config.alpn),
         proxy_protocol=config.proxy_protocol,
     )
+
+
+def route_name(route: Route | None) -> str:
+    """``host:port`` of a route for log lines (IPv6 in brackets)."""
+    if route is None:
+        return "?"
+    host = f"[{route.host}]" if ":" in route.host else route.host
+    return f"{host}:{route.port}"
+
