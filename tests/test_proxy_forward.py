@@ -25,6 +25,7 @@ from zope.interface import directlyProvides
 from zope.interface.verify import verifyObject
 
 from kongacme.interfaces import IRouter
+from kongacme.proxy._relay import UpstreamProtocol
 from kongacme.proxy.forward import ProxyFactory, ProxyServerProtocol
 from kongacme.proxy.routes import Route, RouteTable
 from tests.proxyhelpers import (
@@ -533,6 +534,23 @@ class RelayTests(IntegrationMixin, unittest.TestCase):
         self.assertTrue(upstream.half_closed)
         self.assertEqual(bytes(upstream.received), b"sent after the upstream's EOF")
         await within(defer.gatherResults([client.lost_d, upstream.lost_d]))
+
+    async def test_upstream_socket_has_no_delay(self) -> None:
+        """
+        The proxy's connection to the upstream sends without Nagle's delay
+        (TCP_NODELAY), like its client side.
+        """
+        upstreams, up_port = self.upstream()
+        _, proxy_port = self.proxy(RouteTable([(["app.example.com"], Route("127.0.0.1", up_port))]))
+        client = await self.client(proxy_port)
+        client.transport.write(b"ping")
+        await within(upstreams.connected.get())
+
+        def upstream_sides() -> list[Any]:
+            return [s for s in reactor.getReaders() if isinstance(getattr(s, "protocol", None), UpstreamProtocol)]
+
+        await wait_until(upstream_sides)
+        self.assertEqual([side.getTcpNoDelay() for side in upstream_sides()], [True])
 
     async def test_proxy_v1(self) -> None:
         """

@@ -22,7 +22,7 @@ from kongacme.testing import TestCA
 from kongacme.tls.cache import CertificateCache
 from kongacme.tls.context import ContextBuilder
 from kongacme.tls.fallback import FALLBACK_NAME, generate_self_signed
-from kongacme.tls.protocol import TLSServerFactory
+from kongacme.tls.protocol import SNITLSProtocol, TLSServerFactory
 
 from tests import tlsclients
 from tests.clienthellos import append_sni_extension, client_hello_bytes, with_raw_sni
@@ -199,6 +199,26 @@ class ProtocolPolicyTests(TLSTestMixin, TestCase):
         self.assertIn("Protocol version: TLSv1.3", text)
         self.assertIn("X25519", text)
         self.assertIn("CN = *.wild.test", text)
+
+
+class NoDelayTests(TLSTestMixin, TestCase):
+    """
+    The TLS listener's sockets send without Nagle's delay (TCP_NODELAY), as
+    HAProxy's and hitch's do: the pump writes whole records.
+    """
+
+    @inlineCallbacks
+    def test_accepted_socket_has_no_delay(self):
+        client = socket.create_connection(("127.0.0.1", self.portno))
+        self.addCleanup(client.close)
+        accepted = []
+        for _ in range(200):
+            accepted = [s for s in reactor.getReaders() if isinstance(getattr(s, "protocol", None), SNITLSProtocol)]
+            if accepted:
+                break
+            yield deferLater(reactor, 0.01, lambda: None)
+        self.assertEqual(len(accepted), 1)
+        self.assertTrue(accepted[0].getTcpNoDelay())
 
 
 class HostileInputTests(TLSTestMixin, TestCase):

@@ -94,6 +94,10 @@ class DirectUpstreamProtocol(UpstreamProtocol):
     """
 
     def connectionMade(self) -> None:
+        # As on the client side (SNITLSProtocol.connectionMade): no Nagle.
+        no_delay = getattr(self.transport, "setTcpNoDelay", None)
+        if no_delay is not None:
+            no_delay(True)
         self._client._upstream_connected(self)
 
 

@@ -89,6 +89,12 @@ class SNITLSProtocol(TLSPump):
 
     def connectionMade(self) -> None:
         factory = self.factory
+        # The pump writes whole TLS records: Nagle's algorithm would only
+        # delay them (a small answer waits for the client's delayed ACK).
+        # HAProxy, hitch and nginx set TCP_NODELAY on both sides too.
+        no_delay = getattr(self.transport, "setTcpNoDelay", None)
+        if no_delay is not None:
+            no_delay(True)
         self._deadline = factory.wheel.call_later(factory.handshake_timeout, self._handshake_timed_out)
 
     def before_tls(self, data: bytes) -> None:
