@@ -48,6 +48,7 @@ def parse_args(argv=None):
     p.add_argument("--keepalive-connections", type=int, default=100)
     p.add_argument("--size-mb", type=int, default=100)
     p.add_argument("--before-tree", default="", help="a kongacme source tree to run as 'before' (omit: no 'before')")
+    p.add_argument("--before-engine", default="", help="listen.engine for 'before' (e.g. lean; omit: the default)")
     p.add_argument("--no-hitch", action="store_true")
     p.add_argument("--lean", action="store_true",
                    help="also run this tree with listen.engine: lean (as server 'lean'), same leaf and routes")
@@ -134,7 +135,7 @@ def main(argv=None) -> int:
             if args.before_tree:
                 bdir = B.out_dir("pump", "before" + label)
                 bcfg = B.kongacme_config(bdir, ports["before"], [{"cert": leaf["cert"], "key": leaf["key"]}],
-                                         routes, fallback=leaf)
+                                         routes, fallback=leaf, engine=args.before_engine)
                 group["before"] = (start_kongacme_from(procs, "pump-before" + label, args.before_tree, bcfg,
                                                        ports["before"]), ports["before"])
             group["haproxy"] = (B.start_haproxy(procs, "pump-haproxy" + label,
