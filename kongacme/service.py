@@ -278,6 +278,8 @@ class DaemonService(MultiService):
             self.propagator.stop()
         for listener_set in self.listeners.values():
             yield listener_set.stop_all()
+        if self.lean is not None:
+            self.lean.stop()
         if self.connection_limiter is not None:
             self.connection_limiter.stop()
         if self.issuer is not None:

@@ -547,11 +547,15 @@ class DaemonWiringTests(MetricsSiteMixin, TestCase):
     listener.
     """
 
+    #: ``listen.engine`` of the daemon (a subclass runs the lean engine).
+    engine = "twisted"
+
     @inlineCallbacks
     def test_real_daemon(self) -> Any:
         """
         A started daemon answers /metrics and / on its Admin listener, and
         a handshake on its TLS listener shows up in the handshake counts.
+        Stopped, it leaves nothing in the reactor (trial checks).
         """
         from kongacme.config.load import parse_config
         from kongacme.service import DaemonService
@@ -560,7 +564,7 @@ class DaemonWiringTests(MetricsSiteMixin, TestCase):
         local = "tcp:0:interface=127.0.0.1"
         config = parse_config({
             "state_dir": os.path.join(directory, "state"),
-            "listen": {"tls": [local], "http": [local], "admin": [local]},
+            "listen": {"tls": [local], "http": [local], "admin": [local], "engine": self.engine},
             "acme": {"account_email": "a@example.test", "api_uri": "https://127.0.0.1:1/directory",
                      "tos_accepted": True, "domains": ["*.example.test"], "storage": "shm"},
         }, directory)
@@ -576,3 +580,12 @@ class DaemonWiringTests(MetricsSiteMixin, TestCase):
         page = yield get(admin, b"/")
         self.assertEqual(page.status, 200)
         self.assertIn(b"No managed certificates yet.", page.body)
+
+
+class DaemonWiringLeanTests(DaemonWiringTests):
+    """
+    The same with ``listen.engine: lean``: the engine's epoll leaves the
+    reactor when the daemon stops.
+    """
+
+    engine = "lean"

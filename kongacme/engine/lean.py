@@ -97,6 +97,19 @@ class LeanEngine:
         finally:
             sock.close()  # the reactor took a duplicate
 
+    def stop(self) -> None:
+        """
+        The daemon is stopping: drop what the engine still holds (listening
+        copies, hellos, relays: their ``abort``) and take the epoll off the
+        reactor, so nothing of it outlives the service.
+        """
+        for handler in list(dict.fromkeys(self.loop.handlers.values())):
+            try:
+                handler.abort()
+            except Exception:
+                log.failure("engine: dropping a connection at stop failed")
+        self.loop.stop()
+
     def finished(self, from_client: int, from_upstream: int) -> None:
         """A served connection ended: add its bytes where the proxy counts them (workers)."""
         self.served += 1
