@@ -33,7 +33,7 @@ from kongacme.tls.protocol import TLSServerFactory
 from tests.clienthellos import client_hello_bytes
 from tests.proxyhelpers import ALPN, LogCapture, Peer, PeerFactory, TLSPeer, unanswered_port
 from tests.test_proxy_forward import IntegrationMixin, settled, wait_until, within
-from tests.tlsclients import client_context, half_close_blocking, handshake_blocking, memory_tls
+from tests.tlsclients import client_context, half_close_blocking, handshake_blocking, memory_tls, read_until_end
 
 MB = 1024 * 1024
 
@@ -297,27 +297,7 @@ def _read_to_close_then_send(port: int, more: bytes) -> tuple[bytes, str]:
     """Handshake, read until the server ends its side (how), send ``more``, close_notify."""
     with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
         obj, incoming, flush = memory_tls(sock, "app.example.com")
-        received, how = b"", ""
-        while not how:
-            data = sock.recv(65536)
-            if data:
-                incoming.write(data)
-            else:
-                incoming.write_eof()
-            try:
-                while True:
-                    chunk = obj.read(65536)
-                    if not chunk:
-                        how = "close_notify"
-                        break
-                    received += chunk
-            except stdlib_ssl.SSLZeroReturnError:
-                how = "close_notify"
-            except stdlib_ssl.SSLEOFError:
-                how = "eof without close_notify"
-            except stdlib_ssl.SSLWantReadError:
-                if not data:
-                    how = "eof without close_notify"
+        received, how = read_until_end(sock, obj, incoming)
         obj.write(more)
         try:
             obj.unwrap()

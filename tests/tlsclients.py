@@ -146,6 +146,36 @@ def memory_tls(sock: socket.socket, server_name: str):
     return obj, incoming, flush
 
 
+def read_until_end(sock: socket.socket, obj: ssl.SSLObject, incoming: ssl.MemoryBIO) -> tuple[bytes, str]:
+    """
+    Read plaintext from a :func:`memory_tls` connection until the server
+    ends its side.
+
+    :return: the plaintext, and how the server ended: ``"close_notify"`` or
+        ``"eof without close_notify"``.
+    """
+    received = bytearray()
+    while True:
+        data = sock.recv(65536)
+        if data:
+            incoming.write(data)
+        else:
+            incoming.write_eof()
+        try:
+            while True:
+                chunk = obj.read(65536)
+                if not chunk:
+                    return bytes(received), "close_notify"
+                received += chunk
+        except ssl.SSLZeroReturnError:
+            return bytes(received), "close_notify"
+        except ssl.SSLEOFError:
+            return bytes(received), "eof without close_notify"
+        except ssl.SSLWantReadError:
+            if not data:
+                return bytes(received), "eof without close_notify"
+
+
 def half_close_blocking(port: int, server_name: str, payload: bytes, mode: str) -> bytes:
     """
     TLS over memory BIOs so the client can half-close: send ``payload``,
@@ -166,21 +196,4 @@ def half_close_blocking(port: int, server_name: str, payload: bytes, mode: str) 
             flush()
         else:
             sock.shutdown(socket.SHUT_WR)
-        received = bytearray()
-        while True:
-            data = sock.recv(65536)
-            if data:
-                incoming.write(data)
-            else:
-                incoming.write_eof()
-            try:
-                while True:
-                    chunk = obj.read(65536)
-                    if not chunk:
-                        return bytes(received)
-                    received += chunk
-            except ssl.SSLWantReadError:
-                if not data:
-                    return bytes(received)
-            except (ssl.SSLZeroReturnError, ssl.SSLEOFError):
-                return bytes(received)
+        return read_until_end(sock, obj, incoming)[0]
