@@ -304,15 +304,16 @@ class ListenTests(SynchronousTestCase):
 
     def test_engine(self) -> None:
         """
-        listen.engine is twisted by default, lean when asked; anything else
+        listen.engine is lean by default, twisted when asked; anything else
         is refused naming the field and the choices.
         """
-        self.assertEqual(parse_config({}, "/srv").listen.engine, "twisted")
+        self.assertEqual(parse_config({}, "/srv").listen.engine, "lean")
+        self.assertEqual(parse_config({"listen": {"engine": "twisted"}}, "/srv").listen.engine, "twisted")
         self.assertEqual(parse_config({"listen": {"engine": "lean"}}, "/srv").listen.engine, "lean")
         for wrong in ("fast", 1, True, ["lean"]):
             error = self.assertRaises(ConfigError, parse_config, {"listen": {"engine": wrong}}, "/srv")
             self.assertIn("listen.engine", str(error))
-            self.assertIn("must be one of twisted, lean", str(error))
+            self.assertIn("must be one of lean, twisted", str(error))
 
     def test_valid_endpoint_types(self) -> None:
         """

@@ -53,9 +53,9 @@ class ListenConfig:
     :ivar http: plain HTTP (ACME http-01 challenges, redirects).
     :ivar admin: the Admin API (``ssl:`` allowed).
     :ivar engine: what serves the TLS listener's plain ``tcp:`` endpoints:
-        ``twisted`` (every connection through Twisted's transports) or
-        ``lean`` (the common case on kongacme's own epoll,
-        :mod:`kongacme.engine`; the rest handed to the Twisted path).
+        ``lean`` (the default: the common case on kongacme's own epoll,
+        :mod:`kongacme.engine`; the rest handed to the Twisted path) or
+        ``twisted`` (every connection through Twisted's transports).
 
     ``tls`` and ``http`` endpoints may carry Twisted's ``haproxy:`` prefix
     (``haproxy:tcp:443``): every connection then starts with a PROXY
@@ -67,7 +67,7 @@ class ListenConfig:
     tls: tuple[str, ...] = ("tcp:8443:interface=127.0.0.1",)
     http: tuple[str, ...] = ("tcp:8080:interface=127.0.0.1",)
     admin: tuple[str, ...] = ("tcp:8001:interface=127.0.0.1",)
-    engine: str = "twisted"
+    engine: str = "lean"
 
 
 @attrs.frozen
@@ -493,7 +493,7 @@ LISTEN = Record(
         _listen_field("tls", _PLAIN_ENDPOINTS, proxied=True),
         _listen_field("http", _PLAIN_ENDPOINTS, proxied=True),
         _listen_field("admin", _PLAIN_ENDPOINTS + ("ssl",)),
-        Field("engine", OneOf(("twisted", "lean")), "twisted"),
+        Field("engine", OneOf(("lean", "twisted")), "lean"),
     ),
 )
 
