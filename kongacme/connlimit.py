@@ -312,23 +312,60 @@ class ListenerLimit:
 
     def acquire(self) -> bool:
         """Count a new connection, if every limit allows it."""
-        if self.remaining() <= 0:
+        if not self._take():
             self.refused += 1
             self._limiter.update()
             return False
-        self.in_use += 1
-        self._limiter.total += 1
-        self._limiter.fds += self.cost
-        self._limiter.update()
         self._limiter.accepted()
+        return True
+
+    def take(self) -> bool:
+        """
+        Count a new connection if every limit allows it, else ``False``
+        with nothing counted or refused (the lean engine's accept loop
+        asks before it accepts: a connection it cannot take stays in the
+        kernel's backlog). Its own accept batches are bounded by this, so
+        the ports' batches are clamped only when the room left is near
+        the largest of them.
+        """
+        if not self._take():
+            return False
+        limiter = self._limiter
+        if self.remaining() <= limiter.largest_batch:
+            limiter.accepted()
+        return True
+
+    def _take(self) -> bool:
+        # Called on every accept: the same conditions as remaining() > 0,
+        # and update() (which walks every listener) only when a limit may
+        # now be reached or one is reached already.
+        limiter = self._limiter
+        budget = limiter.budget
+        cost = budget.fd_costs[self.kind]
+        cap = budget.caps[self.kind]
+        if self.in_use >= cap or limiter.total >= budget.max_connections or limiter.fds + cost > budget.fd_budget:
+            return False
+        self.in_use += 1
+        limiter.total += 1
+        limiter.fds += cost
+        if (
+            not limiter.quiet
+            or self.in_use >= cap
+            or limiter.total >= budget.max_connections
+            or limiter.fds + budget.max_cost > budget.fd_budget
+        ):
+            limiter.update()
         return True
 
     def release(self) -> None:
         """A counted connection closed."""
+        limiter = self._limiter
         self.in_use -= 1
-        self._limiter.total -= 1
-        self._limiter.fds -= self.cost
-        self._limiter.update()
+        limiter.total -= 1
+        limiter.fds -= limiter.budget.fd_costs[self.kind]
+        if not limiter.quiet:
+            # Below every limit nothing is paused: closing changes nothing.
+            limiter.update()
 
     def update(self, global_full: bool) -> None:
         """Pause or resume the ports as the counts require."""
@@ -367,6 +404,10 @@ class ConnectionLimiter:
         self._clamp_call = None
         self.episode = _Episode(clock, self._reached, self._cleared)
         self.listeners = {kind: ListenerLimit(self, kind, clock) for kind in KINDS}
+        #: No limit is reached (nothing paused): a close changes nothing.
+        self.quiet = True
+        #: The largest accept batch of a tracked port, as :meth:`clamp` last saw.
+        self.largest_batch = 0
 
     def _reached(self) -> None:
         self.log.warn(
@@ -401,8 +442,11 @@ class ConnectionLimiter:
         self.episode.set(
             self.total >= budget.max_connections or self.fds + budget.max_cost > budget.fd_budget
         )
+        quiet = not self.episode.full
         for limit in self.listeners.values():
             limit.update(self.episode.full)
+            quiet = quiet and not limit.episode.full
+        self.quiet = quiet
 
     def accepted(self) -> None:
         """
@@ -420,12 +464,18 @@ class ConnectionLimiter:
         if self._clamp_call is not None and self._clamp_call.active():
             self._clamp_call.cancel()
         self._clamp_call = None
+        largest = 0
         for limit in self.listeners.values():
             room = max(1, limit.remaining())
             for port in limit.ports:
                 batch = getattr(port, "numberAccepts", None)
-                if isinstance(batch, int) and batch > room:
-                    port.numberAccepts = room
+                if isinstance(batch, int):
+                    # Twisted grows a batch after a full one; this sees the
+                    # growth at the clamp after that batch's accepts.
+                    largest = max(largest, batch)
+                    if batch > room:
+                        port.numberAccepts = room
+        self.largest_batch = largest
 
     def stop(self) -> None:
         """

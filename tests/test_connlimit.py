@@ -236,6 +236,74 @@ class LimiterTests(SynchronousTestCase):
         self.clock.advance(0)
         self.assertEqual(port.numberAccepts, 2)
 
+    def test_take(self):
+        """
+        take() (the lean engine's accept loop, which asks before it
+        accepts) counts a connection while there is room and otherwise
+        counts nothing, not even a refusal; the ports pause at the cap and
+        resume at a close, as with acquire().
+        """
+        limiter = ConnectionLimiter(self.clock, budget(tls=3))
+        limit = limiter.listener("tls")
+        port = FakePort()
+        limit.track(port)
+        self.assertEqual([limit.take() for _ in range(4)], [True, True, True, False])
+        self.assertEqual((limit.in_use, limit.refused, limiter.total, limiter.fds), (3, 0, 3, 6))
+        self.assertFalse(port.reading)
+        self.assertFalse(limiter.quiet)
+        limit.release()
+        self.assertTrue(port.reading)
+        self.assertTrue(limiter.quiet)
+        self.assertEqual((limit.in_use, limiter.total, limiter.fds), (2, 2, 4))
+        self.assertTrue(limit.take())
+        self.assertFalse(port.reading)
+
+    def test_take_clamps_near_the_batch_size(self):
+        """
+        A take() far from every limit schedules no clamp (the lean engine
+        bounds its own batches); once the room left is within the largest
+        port batch, the other ports' batches are clamped after it.
+        """
+        limiter = ConnectionLimiter(self.clock, budget(max_connections=1000, tls=1000, http=1000))
+        http_port = FakePort()
+        limiter.listener("http").track(http_port)
+        self.assertEqual(limiter.largest_batch, 100)
+        tls = limiter.listener("tls")
+        for _ in range(899):
+            self.assertTrue(tls.take())
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+        self.assertTrue(tls.take())  # 100 left: the http port's batch
+        self.clock.advance(0)
+        self.assertEqual(http_port.numberAccepts, 100)
+        self.assertTrue(tls.take())
+        self.clock.advance(0)
+        self.assertEqual(http_port.numberAccepts, 99)
+
+    def test_release_below_limits_keeps_ports_reading(self):
+        """
+        Closes far below every limit leave the counts right and every port
+        reading; after a limit was reached, the close that clears it
+        resumes the ports and logs once settled.
+        """
+        limiter = ConnectionLimiter(self.clock, budget(max_connections=10))
+        ports = [FakePort(), FakePort()]
+        limiter.listener("tls").track(ports[0])
+        limiter.listener("http").track(ports[1])
+        tls = limiter.listener("tls")
+        for _ in range(5):
+            tls.take()
+        for _ in range(5):
+            tls.release()
+        self.assertEqual((limiter.total, limiter.fds, tls.in_use), (0, 0, 0))
+        self.assertEqual([p.reading for p in ports], [True, True])
+        for _ in range(10):
+            tls.take()
+        self.assertEqual([p.reading for p in ports], [False, False])
+        tls.release()
+        self.assertEqual([p.reading for p in ports], [True, True])
+        self.clock.advance(SETTLE)
+        self.assertEqual(sum("connections below the limit again" in line for line in self.lines), 1)
+
     def test_reconfigure(self):
         """A reload that raises a cap resumes the paused listener; lowering pauses it."""
         limiter = ConnectionLimiter(self.clock, budget(tls=1))

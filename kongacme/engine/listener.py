@@ -100,7 +100,7 @@ class LeanPort:
         for _ in range(ACCEPT_BATCH):
             if sock is None or not self._reading:
                 return
-            if limit is not None and (limit.remaining() <= 0 or not limit.acquire()):
+            if limit is not None and not limit.take():
                 return  # the limits pause this port until there is room
             try:
                 client, peer = sock.accept()
