@@ -37,6 +37,13 @@ class Deadline:
         """Whether it has neither run nor been cancelled."""
         return self._bucket >= 0
 
+    def redirect(self, call: Callable[[], object]) -> None:
+        """
+        Run ``call`` instead, at the same time (a connection handing its
+        deadline to the object that takes it over: no cancel and re-add).
+        """
+        self._call = call
+
     def cancel(self) -> None:
         """Withdraw the call; nothing happens if it ran or was cancelled."""
         if self._bucket >= 0:

@@ -53,6 +53,25 @@ class TimerWheelTests(SynchronousTestCase):
         self.clock.advance(2)
         self.assertEqual(self.ran, [])
 
+    def test_redirect(self) -> None:
+        """
+        A redirected deadline runs the new call at the old time, once; the
+        old call never runs; it can still be cancelled.
+        """
+        deadline = self.wheel.call_later(1, lambda: self.ran.append("old"))
+        deadline.redirect(lambda: self.ran.append("new"))
+        self.assertTrue(deadline.active())
+        self.clock.advance(0.95)
+        self.assertEqual(self.ran, [])
+        self.clock.advance(0.05)
+        self.assertEqual(self.ran, ["new"])
+        self.assertFalse(deadline.active())
+        other = self.wheel.call_later(1, lambda: self.ran.append("other"))
+        other.redirect(lambda: self.ran.append("redirected"))
+        other.cancel()
+        self.clock.advance(2)
+        self.assertEqual(self.ran, ["new"])
+
     def test_cancel_from_same_bucket(self) -> None:
         """A deadline cancelled by another of its bucket, as that one runs, does not run."""
         second = None

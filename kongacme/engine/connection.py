@@ -84,8 +84,7 @@ class HelloReader:
         self._limit = origin.limit
         self._addresses = SocketAddresses(sock, peer)
         tls = engine.tls_factory
-        self._deadline_at = engine.reactor.seconds() + tls.handshake_timeout
-        self._deadline: Deadline | None = tls.wheel.call_at(self._deadline_at, self._timed_out)
+        self._deadline: Deadline | None = tls.wheel.call_later(tls.handshake_timeout, self._timed_out)
         self._done = False
         self._relay: Relay | None = None
         # Registering reports the data already there (the usual case) at once.
@@ -153,10 +152,12 @@ class HelloReader:
         if not first:
             self._hand_over()
             return
-        self._finish()
+        # The handshake deadline goes on with the relay (the same time).
+        self._done = True
+        deadline, self._deadline = self._deadline, None
         relay = self._relay = Relay(
             engine, self._sock, self._addresses, name, certified, fallback, route, upstreams, self._limit,
-            self._deadline_at,
+            deadline,
         )
         relay.start(first)
 

@@ -105,7 +105,7 @@ class Relay:
         route: Route,
         upstreams: list[tuple[int, tuple]],
         limit: Any,
-        handshake_deadline: float,
+        handshake_deadline: Deadline | None,
     ):
         self._engine = engine
         self._loop = engine.loop
@@ -150,9 +150,10 @@ class Relay:
         tls = self._tls = engine.tls_factory.builder.connection_for(certified)
         tls.set_app_data(self)
         tls.set_accept_state()
-        self._deadline: Deadline | None = engine.tls_factory.wheel.call_at(
-            handshake_deadline, self._handshake_timed_out
-        )
+        # The hello's deadline, now this relay's (the handshake's end).
+        self._deadline: Deadline | None = handshake_deadline
+        if handshake_deadline is not None:
+            handshake_deadline.redirect(self._handshake_timed_out)
         self._loop.replace(self._cfd, EPOLLIN, self)
 
     # -- events ---------------------------------------------------------------
