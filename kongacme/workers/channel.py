@@ -231,7 +231,7 @@ class WorkerSettings:
     gate_timeout: float
     log_level: str
     drain_timeout: float
-    engine: str = "twisted"
+    engine: str = "lean"
 
 
 def worker_settings(config: Any) -> dict:
