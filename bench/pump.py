@@ -9,7 +9,8 @@ same upstream on core 1 with the client:
   ``git archive`` of the commit before the pump), for the before/after;
 - ``haproxy``: HAProxy ``nbthread 1``, ``mode tcp``;
 - ``hitch``: hitch ``--workers=1`` (an L4 TLS proxy like kongacme);
-- ``lean`` (``--lean``): this tree with ``listen.engine: lean``.
+- ``twisted`` / ``lean`` (``--also-engine twisted``, ``--lean``): this tree
+  again with that ``listen.engine`` (the default is ``lean``).
 
 Measures, per server CPU-second (utime+stime of the server and its children
 around each run, read once the server is idle again):
@@ -50,8 +51,10 @@ def parse_args(argv=None):
     p.add_argument("--before-tree", default="", help="a kongacme source tree to run as 'before' (omit: no 'before')")
     p.add_argument("--before-engine", default="", help="listen.engine for 'before' (e.g. lean; omit: the default)")
     p.add_argument("--no-hitch", action="store_true")
-    p.add_argument("--lean", action="store_true",
-                   help="also run this tree with listen.engine: lean (as server 'lean'), same leaf and routes")
+    p.add_argument("--also-engine", action="append", default=[], choices=("twisted", "lean"),
+                   help="also run this tree with this listen.engine (as a server of that name), same leaf and "
+                        "routes; repeatable")
+    p.add_argument("--lean", action="store_true", help="the same as --also-engine lean")
     p.add_argument("--extra", action="append", default=[], metavar="NAME=COMMAND",
                    help="one more server, pinned like the others; COMMAND is split on spaces and may use "
                         "{port} {upstream} {cert} {key} {pem} (e.g. a prototype to compare)")
@@ -126,12 +129,12 @@ def main(argv=None) -> int:
                                     routes, fallback=leaf)
             group = {"kongacme": (B.start_kongacme(procs, "pump-kongacme" + label, cfg, ports["kongacme"]),
                                   ports["kongacme"])}
-            if args.lean:
-                ldir = B.out_dir("pump", "lean" + label)
-                lport = B.free_port()
-                lcfg = B.kongacme_config(ldir, lport, [{"cert": leaf["cert"], "key": leaf["key"]}],
-                                         routes, fallback=leaf, engine="lean")
-                group["lean"] = (B.start_kongacme(procs, "pump-lean" + label, lcfg, lport), lport)
+            for engine in dict.fromkeys(args.also_engine + (["lean"] if args.lean else [])):
+                edir = B.out_dir("pump", engine + label)
+                eport = B.free_port()
+                ecfg = B.kongacme_config(edir, eport, [{"cert": leaf["cert"], "key": leaf["key"]}],
+                                         routes, fallback=leaf, engine=engine)
+                group[engine] = (B.start_kongacme(procs, "pump-%s%s" % (engine, label), ecfg, eport), eport)
             if args.before_tree:
                 bdir = B.out_dir("pump", "before" + label)
                 bcfg = B.kongacme_config(bdir, ports["before"], [{"cert": leaf["cert"], "key": leaf["key"]}],
