@@ -60,6 +60,9 @@ PLAIN_SIZE = 1 << 15
 MAX_PENDING = 1 << 18
 
 _IN_PROGRESS = (errno.EINPROGRESS, errno.EWOULDBLOCK, errno.EAGAIN)
+
+#: A stream socket created non-blocking (Linux, as epoll is).
+_NONBLOCKING_STREAM = socket.SOCK_STREAM | socket.SOCK_NONBLOCK
 _GONE = EPOLLHUP | EPOLLERR
 
 #: ``SO_LINGER`` on with a zero timeout: ``close`` sends a reset.
@@ -382,8 +385,8 @@ class Relay:
     def _dial(self) -> None:
         """Connect to the next of the route's addresses."""
         family, address = self._upstreams.pop(0)
-        up = socket.socket(family, socket.SOCK_STREAM)
-        up.setblocking(False)
+        # Non-blocking from the start (Linux: no ioctl after socket()).
+        up = socket.socket(family, _NONBLOCKING_STREAM)
         # Each send is a whole record or a whole read from the client: no
         # reason to hold it back for Nagle (HAProxy does the same).
         up.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
