@@ -1,5 +1,5 @@
 """
-The lean engine (``listen.engine: lean``): the common TLS connection — a
+The lean engine (``listen.engine: lean``, the default): the common TLS connection — a
 ClientHello for a name whose certificate is cached, a route whose upstream
 can be dialled at once — served on one epoll of kongacme's own, without
 Twisted's per-connection transports; every other connection is handed,
@@ -8,6 +8,8 @@ untouched, to the Twisted path (:mod:`kongacme.tls.protocol`).
 - :mod:`kongacme.engine.loop`: the epoll, one reader of the reactor;
 - :mod:`kongacme.engine.listener`: accepting, within the connection limits;
 - :mod:`kongacme.engine.connection`: the ClientHello and the decision;
-- :mod:`kongacme.engine.relay`: TLS and the upstream, both ways;
+- :mod:`kongacme.engine.relay`: TLS with the client, and the relay's life;
+- :mod:`kongacme.engine.upstream`: the upstream side of the relay;
+- :mod:`kongacme.engine.sockets`: socket helpers (non-blocking, reset on close);
 - :mod:`kongacme.engine.lean`: what they share, and the hand-over.
 """

@@ -13,30 +13,26 @@ left of a ``send`` waits for ``EPOLLOUT``), half-close both ways (RFC 8446
 §6.1: the upstream's FIN becomes close_notify and a FIN to the client; the
 client's close_notify or FIN becomes ``shutdown(SHUT_WR)`` upstream), the
 handshake, connect and idle deadlines, the outcome counters and the log
-lines.
+lines. The upstream half (connect, PROXY header, reading the upstream) is
+:class:`~kongacme.engine.upstream.UpstreamSide`, a mixin of :class:`Relay`.
 """
 
 from __future__ import annotations
 
-import errno
-import os
 import socket
-import struct
 from select import EPOLLERR, EPOLLHUP, EPOLLIN, EPOLLOUT
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Callable
 
-from OpenSSL.SSL import Connection, Error, WantReadError, ZeroReturnError
-from twisted.internet.error import TimeoutError as ConnectTimeout
-from twisted.internet.error import getConnectError
+from OpenSSL.SSL import Error, WantReadError, ZeroReturnError
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from kongacme.failures import describe_failure
+from kongacme.engine.sockets import READ_SIZE, reset_on_close, send_now
+from kongacme.engine.upstream import UpstreamSide
 from kongacme.interfaces import IPollHandler
 from kongacme.net import peer_name
-from kongacme.proxy.proxyproto import v1_header, v2_header
-from kongacme.proxy.routes import Route, route_name
+from kongacme.proxy.routes import Route
 from kongacme.timers import Deadline
 from kongacme.tls.pump import DRAIN_SIZE, represents_eof
 from kongacme.tls.records import count_records
@@ -48,10 +44,6 @@ if TYPE_CHECKING:
 
 log = Logger()
 
-#: Bytes asked of a socket per ``recv`` (ciphertext from the client,
-#: plaintext from the upstream).
-READ_SIZE = 1 << 16
-
 #: Plaintext taken from OpenSSL per ``recv``: more than a record's 16 KiB.
 PLAIN_SIZE = 1 << 15
 
@@ -59,34 +51,14 @@ PLAIN_SIZE = 1 << 15
 #: no longer read.
 MAX_PENDING = 1 << 18
 
-_IN_PROGRESS = (errno.EINPROGRESS, errno.EWOULDBLOCK, errno.EAGAIN)
-
-#: A stream socket created non-blocking (Linux, as epoll is).
-_NONBLOCKING_STREAM = socket.SOCK_STREAM | socket.SOCK_NONBLOCK
 _GONE = EPOLLHUP | EPOLLERR
 
-#: ``SO_LINGER`` on with a zero timeout: ``close`` sends a reset.
-_RESET = struct.pack("ii", 1, 0)
-
-
-def send_now(sock: socket.socket, data: bytes | memoryview) -> int:
-    """Bytes of ``data`` the kernel takes now (0 with its buffer full); ``OSError`` if the socket is dead."""
-    try:
-        return sock.send(data)
-    except BlockingIOError:
-        return 0
-
-
-def reset_on_close(sock: socket.socket) -> None:
-    """Have ``sock``'s ``close`` send a TCP reset rather than a FIN (an abort)."""
-    try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _RESET)
-    except OSError:
-        pass
+#: What other modules take from here.
+__all__ = ["MAX_PENDING", "PLAIN_SIZE", "READ_SIZE", "Relay", "reset_on_close"]
 
 
 @implementer(IPollHandler)
-class Relay:
+class Relay(UpstreamSide):
     """
     A client whose ClientHello is already read (peeked) and accepted for
     the fast path, and later its upstream.
@@ -132,12 +104,12 @@ class Relay:
         self._to_upstream: list[bytes] = []
         self._pending_size = 0
         self._upstream_backlog: bytes | memoryview | None = None
-        self._client_eof = False
+        self._client_eof: bool = False
         self._upstream_eof = False
         self._client_shut = False
-        self._upstream_shut = False
+        self._upstream_shut: bool = False
         self._closing = False
-        self._done = False
+        self._done: bool = False
         # Record boundaries of the client's stream (kongacme.tls.records):
         # bytes still to come of the current record, a cut header, and the
         # whole records not read yet (None: unknown, read until WantRead).
@@ -146,8 +118,8 @@ class Relay:
         self._complete: int | None = None
         self._client_mask = EPOLLIN
         self._upstream_mask = 0
-        self._idle_timeout = engine.proxy_factory.idle_timeout
-        self._seconds = engine.reactor.seconds
+        self._idle_timeout: float = engine.proxy_factory.idle_timeout
+        self._seconds: Callable[[], float] = engine.reactor.seconds
         self._last_activity = 0.0
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         tls = self._tls = engine.tls_factory.builder.connection_for(certified)
@@ -356,6 +328,15 @@ class Relay:
         except OSError:
             pass
 
+    def _send_close_notify(self) -> None:
+        try:
+            self._tls.shutdown()
+        except Error:
+            pass
+        self._drain()
+        if self._to_client is None and not self._client_shut and not self._done:
+            self._shut_client()
+
     def _handshake_failed(self, reason: Failure) -> None:
         self._engine.tls_factory.handshakes["failed"] += 1
         log.info(
@@ -379,183 +360,6 @@ class Relay:
         log.info("TLS: handshake with {peer} timed out", peer=peer_name(self._addresses))
         self._engine.tls_factory.handshakes["timeout"] += 1
         self._abort()
-
-    # -- the upstream -----------------------------------------------------------
-
-    def _dial(self) -> None:
-        """Connect to the next of the route's addresses."""
-        family, address = self._upstreams.pop(0)
-        # Non-blocking from the start (Linux: no ioctl after socket()).
-        up = socket.socket(family, _NONBLOCKING_STREAM)
-        # Each send is a whole record or a whole read from the client: no
-        # reason to hold it back for Nagle (HAProxy does the same).
-        up.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        self._up = up
-        self._ufd = up.fileno()
-        self._upstream_mask = EPOLLOUT
-        code = up.connect_ex(address)
-        if code and code not in _IN_PROGRESS:
-            self._connect_failed(code)
-            return
-        self._loop.register(self._ufd, EPOLLOUT, self)
-        if self._deadline is not None:
-            self._deadline.cancel()
-        self._deadline = self._engine.proxy_factory.wheel.call_later(
-            self._engine.proxy_factory.connect_timeout, self._connect_timed_out
-        )
-
-    def _connect_finished(self) -> None:
-        up = self._up
-        assert up is not None
-        code = up.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
-        if code:
-            self._connect_failed(code)
-            return
-        self._connected = True
-        self._cancel_deadline()
-        self._last_activity = self._seconds()
-        self._deadline = self._engine.proxy_factory.wheel.call_later(self._idle_timeout, self._check_idle)
-        pending, self._to_upstream, self._pending_size = self._to_upstream, [], 0
-        header = self._proxy_header()
-        data = b"".join([header] + pending) if header or len(pending) > 1 else (pending[0] if pending else b"")
-        if data:
-            self._send_upstream(data)
-        if self._client_eof and self._upstream_backlog is None and not self._done:
-            self._shut_upstream()
-
-    def _connect_failed(self, code: int) -> None:
-        self._drop_upstream()
-        if self._upstreams:
-            self._dial()
-            return
-        self._upstream_failed(Failure(getConnectError((code, os.strerror(code)))))
-
-    def _connect_timed_out(self) -> None:
-        self._deadline = None
-        if self._done or self._connected:
-            return
-        self._drop_upstream()
-        route = self.route
-        self._upstream_failed(Failure(ConnectTimeout("connecting to %s:%d" % (route.host, route.port))))
-
-    def _upstream_failed(self, failure: Failure) -> None:
-        log.warn(
-            "upstream {upstream} for {server_name} failed: {reason}",
-            upstream=route_name(self.route),
-            server_name=self.server_name,
-            peer=peer_name(self._addresses),
-            reason=describe_failure(failure),
-        )
-        self._close()
-
-    def _send_upstream(self, data: bytes | memoryview) -> None:
-        if not self._connected:
-            self._to_upstream.append(bytes(data))
-            self._pending_size += len(data)
-            return
-        if self._upstream_backlog is not None:
-            self._upstream_backlog = bytes(self._upstream_backlog) + bytes(data)
-            return
-        assert self._up is not None
-        try:
-            sent = send_now(self._up, data)
-        except OSError as e:
-            self._upstream_lost(e)
-            return
-        if sent < len(data):
-            self._upstream_backlog = memoryview(data)[sent:]
-
-    def _flush_upstream(self) -> None:
-        pending = self._upstream_backlog
-        assert pending is not None
-        self._upstream_backlog = None
-        self._send_upstream(pending)
-        if self._upstream_backlog is None and self._client_eof and not self._closing and not self._done:
-            self._shut_upstream()
-
-    def _shut_upstream(self) -> None:
-        if self._upstream_shut or self._up is None:
-            return
-        self._upstream_shut = True
-        try:
-            self._up.shutdown(socket.SHUT_WR)
-        except OSError:
-            pass
-        if self._upstream_eof:
-            # Both directions are over: nothing more to do with it (and a
-            # level-triggered EPOLLHUP cannot be masked).
-            self._drop_upstream()
-
-    def _read_upstream(self) -> None:
-        up = self._up
-        assert up is not None
-        try:
-            data = up.recv(READ_SIZE)
-        except BlockingIOError:
-            return
-        except OSError as e:
-            self._upstream_lost(e)
-            return
-        if not data:
-            self._upstream_ended()
-            return
-        self.received_from_upstream += len(data)
-        self._last_activity = self._seconds()
-        tls = self._tls
-        size = len(data)
-        try:
-            sent = tls.send(data)
-            if sent < size:
-                view = memoryview(data)
-                while sent < size:
-                    sent += tls.send(view[sent:])
-        except Error as e:
-            self._client_lost(e)
-            return
-        # One read takes every record (22 bytes each over 16 KiB of plaintext).
-        room = size + (size >> 9) + 256
-        try:
-            records = tls.bio_read(room)
-        except WantReadError:
-            return
-        self._send_client(records)
-        if len(records) == room:
-            self._drain()
-
-    def _upstream_ended(self) -> None:
-        """The upstream's FIN: close_notify, then a FIN once the client has every record."""
-        self._upstream_eof = True
-        if self._upstream_shut:
-            self._drop_upstream()
-        self._send_close_notify()
-
-    def _send_close_notify(self) -> None:
-        try:
-            self._tls.shutdown()
-        except Error:
-            pass
-        self._drain()
-        if self._to_client is None and not self._client_shut and not self._done:
-            self._shut_client()
-
-    def _upstream_lost(self, error: OSError) -> None:
-        log.info(
-            "upstream {upstream} for {server_name} closed the connection: {reason}",
-            upstream=route_name(self.route),
-            server_name=self.server_name,
-            reason=describe_failure(Failure(error)),
-        )
-        self._close()
-
-    def _proxy_header(self) -> bytes:
-        kind = self.route.proxy_protocol
-        if kind is None:
-            return b""
-        source, destination = self._addresses.getPeer(), self._addresses.getHost()
-        if kind == "v1":
-            return v1_header(source, destination)
-        alpn = self._tls.get_alpn_proto_negotiated() or None
-        return v2_header(source, destination, server_name=self.server_name, alpn=alpn)
 
     # -- deadlines and the end ----------------------------------------------------
 

@@ -1,0 +1,212 @@
+"""
+The upstream side of a lean-engine :class:`~kongacme.engine.relay.Relay`:
+the non-blocking connect to the route's addresses in turn (with the connect
+deadline), the PROXY header first, then the relay of the upstream's bytes
+to the client as TLS records, flow control by what each ``send`` leaves,
+and the upstream's FIN or failure.
+
+A mixin: the relay's state lives on the relay (one object per connection,
+no call between two objects on the data path); the client side and the
+connection's life are in :mod:`kongacme.engine.relay`.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import socket
+from select import EPOLLOUT
+from typing import TYPE_CHECKING
+
+from OpenSSL.SSL import Error, WantReadError
+from twisted.internet.error import TimeoutError as ConnectTimeout
+from twisted.internet.error import getConnectError
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from kongacme.engine.sockets import NONBLOCKING_STREAM, READ_SIZE, send_now
+from kongacme.failures import describe_failure
+from kongacme.net import peer_name
+from kongacme.proxy.proxyproto import v1_header, v2_header
+from kongacme.proxy.routes import route_name
+
+if TYPE_CHECKING:
+    from kongacme.engine.relay import Relay
+
+#: The relay's namespace: a connection's log lines come from one place.
+log = Logger(namespace="kongacme.engine.relay")
+
+_IN_PROGRESS = (errno.EINPROGRESS, errno.EWOULDBLOCK, errno.EAGAIN)
+
+
+class UpstreamSide:
+    """The upstream half of :class:`~kongacme.engine.relay.Relay` (its methods only)."""
+
+
+    def _dial(self: "Relay") -> None:
+        """Connect to the next of the route's addresses."""
+        family, address = self._upstreams.pop(0)
+        # Non-blocking from the start (Linux: no ioctl after socket()).
+        up = socket.socket(family, NONBLOCKING_STREAM)
+        # Each send is a whole record or a whole read from the client: no
+        # reason to hold it back for Nagle (HAProxy does the same).
+        up.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self._up = up
+        self._ufd = up.fileno()
+        self._upstream_mask = EPOLLOUT
+        code = up.connect_ex(address)
+        if code and code not in _IN_PROGRESS:
+            self._connect_failed(code)
+            return
+        self._loop.register(self._ufd, EPOLLOUT, self)
+        if self._deadline is not None:
+            self._deadline.cancel()
+        self._deadline = self._engine.proxy_factory.wheel.call_later(
+            self._engine.proxy_factory.connect_timeout, self._connect_timed_out
+        )
+
+    def _connect_finished(self: "Relay") -> None:
+        up = self._up
+        assert up is not None
+        code = up.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+        if code:
+            self._connect_failed(code)
+            return
+        self._connected = True
+        self._cancel_deadline()
+        self._last_activity = self._seconds()
+        self._deadline = self._engine.proxy_factory.wheel.call_later(self._idle_timeout, self._check_idle)
+        pending = self._to_upstream
+        self._to_upstream: list[bytes] = []
+        self._pending_size = 0
+        header = self._proxy_header()
+        data = b"".join([header] + pending) if header or len(pending) > 1 else (pending[0] if pending else b"")
+        if data:
+            self._send_upstream(data)
+        if self._client_eof and self._upstream_backlog is None and not self._done:
+            self._shut_upstream()
+
+    def _connect_failed(self: "Relay", code: int) -> None:
+        self._drop_upstream()
+        if self._upstreams:
+            self._dial()
+            return
+        self._upstream_failed(Failure(getConnectError((code, os.strerror(code)))))
+
+    def _connect_timed_out(self: "Relay") -> None:
+        self._deadline = None
+        if self._done or self._connected:
+            return
+        self._drop_upstream()
+        route = self.route
+        self._upstream_failed(Failure(ConnectTimeout("connecting to %s:%d" % (route.host, route.port))))
+
+    def _upstream_failed(self: "Relay", failure: Failure) -> None:
+        log.warn(
+            "upstream {upstream} for {server_name} failed: {reason}",
+            upstream=route_name(self.route),
+            server_name=self.server_name,
+            peer=peer_name(self._addresses),
+            reason=describe_failure(failure),
+        )
+        self._close()
+
+    def _send_upstream(self: "Relay", data: bytes | memoryview) -> None:
+        if not self._connected:
+            self._to_upstream.append(bytes(data))
+            self._pending_size += len(data)
+            return
+        if self._upstream_backlog is not None:
+            self._upstream_backlog = bytes(self._upstream_backlog) + bytes(data)
+            return
+        assert self._up is not None
+        try:
+            sent = send_now(self._up, data)
+        except OSError as e:
+            self._upstream_lost(e)
+            return
+        if sent < len(data):
+            self._upstream_backlog = memoryview(data)[sent:]
+
+    def _flush_upstream(self: "Relay") -> None:
+        pending = self._upstream_backlog
+        assert pending is not None
+        self._upstream_backlog = None
+        self._send_upstream(pending)
+        if self._upstream_backlog is None and self._client_eof and not self._closing and not self._done:
+            self._shut_upstream()
+
+    def _shut_upstream(self: "Relay") -> None:
+        if self._upstream_shut or self._up is None:
+            return
+        self._upstream_shut = True
+        try:
+            self._up.shutdown(socket.SHUT_WR)
+        except OSError:
+            pass
+        if self._upstream_eof:
+            # Both directions are over: nothing more to do with it (and a
+            # level-triggered EPOLLHUP cannot be masked).
+            self._drop_upstream()
+
+    def _read_upstream(self: "Relay") -> None:
+        up = self._up
+        assert up is not None
+        try:
+            data = up.recv(READ_SIZE)
+        except BlockingIOError:
+            return
+        except OSError as e:
+            self._upstream_lost(e)
+            return
+        if not data:
+            self._upstream_ended()
+            return
+        self.received_from_upstream += len(data)
+        self._last_activity = self._seconds()
+        tls = self._tls
+        size = len(data)
+        try:
+            sent = tls.send(data)
+            if sent < size:
+                view = memoryview(data)
+                while sent < size:
+                    sent += tls.send(view[sent:])
+        except Error as e:
+            self._client_lost(e)
+            return
+        # One read takes every record (22 bytes each over 16 KiB of plaintext).
+        room = size + (size >> 9) + 256
+        try:
+            records = tls.bio_read(room)
+        except WantReadError:
+            return
+        self._send_client(records)
+        if len(records) == room:
+            self._drain()
+
+    def _upstream_ended(self: "Relay") -> None:
+        """The upstream's FIN: close_notify, then a FIN once the client has every record."""
+        self._upstream_eof = True
+        if self._upstream_shut:
+            self._drop_upstream()
+        self._send_close_notify()
+
+    def _upstream_lost(self: "Relay", error: OSError) -> None:
+        log.info(
+            "upstream {upstream} for {server_name} closed the connection: {reason}",
+            upstream=route_name(self.route),
+            server_name=self.server_name,
+            reason=describe_failure(Failure(error)),
+        )
+        self._close()
+
+    def _proxy_header(self: "Relay") -> bytes:
+        kind = self.route.proxy_protocol
+        if kind is None:
+            return b""
+        source, destination = self._addresses.getPeer(), self._addresses.getHost()
+        if kind == "v1":
+            return v1_header(source, destination)
+        alpn = self._tls.get_alpn_proto_negotiated() or None
+        return v2_header(source, destination, server_name=self.server_name, alpn=alpn)
