@@ -159,6 +159,22 @@ class FastPathTests(LeanMixin, unittest.TestCase):
         self.assertEqual(self.engine.handed_over, 0)
         self.assertEqual(self.limit.in_use, 0)
 
+    async def test_counted_when_relay_starts(self) -> None:
+        """
+        A connection the engine serves is counted on the ``lean`` path when
+        its relay starts, while it is still open (``served`` only once it
+        ends), and not again when it ends.
+        """
+        upstreams, up_port = self.upstream()
+        port = self.listener(RouteTable([], Route("127.0.0.1", up_port)))
+        client = await self.client(port)
+        await within(upstreams.connected.get())
+        self.assertEqual(self.engine.connections(), {"lean": 1, "handed_over": 0})
+        self.assertEqual(self.engine.served, 0)
+        client.transport.abortConnection()
+        await wait_until(lambda: self.engine.served == 1)
+        self.assertEqual(self.engine.connections(), {"lean": 1, "handed_over": 0})
+
     async def test_alpn_per_route(self) -> None:
         """Each route's ALPN list is what the client gets to choose from."""
         _, up_port = self.upstream(peer_class=Echo)
@@ -439,6 +455,7 @@ class HandOverTests(LeanMixin, unittest.TestCase):
         client = await self.client(port)
         await within(client.lost_d, 5)
         self.assertEqual(self.engine.handed_over, 1)
+        self.assertEqual(self.engine.connections(), {"lean": 0, "handed_over": 1})
         self.assertEqual(["no route" in f for f in self.proxy_logs.formats()], [True])
 
     async def test_garbage(self) -> None:
@@ -482,6 +499,7 @@ class HandOverTests(LeanMixin, unittest.TestCase):
         self.assertEqual(result["echo"], b"again")
         self.assertEqual(self.engine.handed_over, 1)
         await wait_until(lambda: self.engine.served == 1)
+        self.assertEqual(self.engine.connections(), {"lean": 1, "handed_over": 1})
 
 
 def _send_and_read_after_fin(port: int, data: bytes) -> bytes:

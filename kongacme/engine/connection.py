@@ -159,6 +159,7 @@ class HelloReader:
             engine, self._sock, self._addresses, name, certified, fallback, route, upstreams, self._limit,
             deadline,
         )
+        engine.relayed += 1
         relay.start(first)
 
     def _finish(self) -> None:

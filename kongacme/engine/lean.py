@@ -20,6 +20,10 @@ log = Logger()
 #: The Twisted listening ports the engine can take over (plain TCP).
 LEAN_KINDS = ("tcp", "tcp6")
 
+#: The two paths of a connection the engine accepted (the ``path`` label of
+#: ``kongacme_engine_connections_total``): served here, or handed over.
+ENGINE_PATHS = ("lean", "handed_over")
+
 
 def served_by_engine(description: str) -> bool:
     """Whether the TLS endpoint ``description`` is one the lean engine accepts on (``tcp:``, ``tcp6:``)."""
@@ -43,6 +47,8 @@ class LeanEngine:
         :class:`~kongacme.proxy.forward.ProxyFactory` (router, connect and
         idle timeouts, upstream name cache).
 
+    :ivar relayed: connections served here, counted when their relay
+        starts (the decision, as ``handed_over`` is).
     :ivar handed_over: connections given to the Twisted path.
     :ivar served: connections served here that have ended.
     """
@@ -52,6 +58,7 @@ class LeanEngine:
     proxy_factory: Any
     loop: EventLoop = attrs.field(init=False)
     peek_buffer: bytearray = attrs.field(init=False, factory=lambda: bytearray(PEEK_SIZE))
+    relayed: int = attrs.field(init=False, default=0)
     handed_over: int = attrs.field(init=False, default=0)
     served: int = attrs.field(init=False, default=0)
 
@@ -109,6 +116,10 @@ class LeanEngine:
             except Exception:
                 log.failure("engine: dropping a connection at stop failed")
         self.loop.stop()
+
+    def connections(self) -> dict[str, int]:
+        """Connections so far by path (:data:`ENGINE_PATHS`), counted when the engine decided."""
+        return {"lean": self.relayed, "handed_over": self.handed_over}
 
     def finished(self, from_client: int, from_upstream: int) -> None:
         """A served connection ended: add its bytes where the proxy counts them (workers)."""
