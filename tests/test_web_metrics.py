@@ -16,7 +16,9 @@ import prometheus_client
 from prometheus_client.parser import text_string_to_metric_families
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred, fail, inlineCallbacks
+from twisted.internet.protocol import Factory
 from twisted.internet.task import Clock, deferLater
+from twisted.protocols import wire
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from kongacme.config import AdminConfig, IssuanceConfig
@@ -81,6 +83,8 @@ class FakeDaemon:
     storage: Any = None
     config: Any = None
     issuer: Any = None
+    lean: Any = None
+    workers: Any = None
 
 
 def sample_states(now: float = NOW) -> list[RenewalState]:
@@ -423,6 +427,60 @@ class ManagedStatesTests(SynchronousTestCase):
         self.assertRaises(TypeError, DaemonCollector, FakeDaemon(), object())
 
 
+@attrs.define
+class FakeEngine:
+    """What the collector reads from a LeanEngine: ``connections()``."""
+
+    paths: dict[str, int] = attrs.field(factory=dict)
+
+    def connections(self) -> dict[str, int]:
+        return dict(self.paths)
+
+
+@attrs.define
+class FakeWorkerMode:
+    """What the collector reads from a WorkerMode for the engine's paths: ``summed(part)``."""
+
+    parts: dict[str, dict[str, int]] = attrs.field(factory=dict)
+
+    def summed(self, part: str) -> dict[str, int]:
+        return dict(self.parts.get(part, {}))
+
+
+class EngineConnectionsTests(SynchronousTestCase):
+    """
+    Tests for ``kongacme_engine_connections_total``, the lean engine's
+    connections by path.
+    """
+
+    def engine_paths(self, daemon: FakeDaemon) -> Optional[dict[str, float]]:
+        """``{path: value}`` of the family, ``None`` when the collector has none."""
+        for family in DaemonCollector(daemon, Clock()).collect():
+            if family.name == "kongacme_engine_connections":
+                self.assertEqual(family.type, "counter")
+                self.assertIn("handed_over", family.documentation)
+                return {sample.labels["path"]: sample.value for sample in family.samples}
+        return None
+
+    def test_both_paths(self) -> None:
+        """Both paths are there, from the engine's counts, 0 for a path none took yet."""
+        self.assertEqual(self.engine_paths(FakeDaemon(lean=FakeEngine({"lean": 5}))), {"lean": 5, "handed_over": 0})
+        self.assertEqual(
+            self.engine_paths(FakeDaemon(lean=FakeEngine({"lean": 5, "handed_over": 2}))),
+            {"lean": 5, "handed_over": 2},
+        )
+
+    def test_no_engine(self) -> None:
+        """A daemon without the lean engine (``listen.engine: twisted``) has no such family."""
+        self.assertIsNone(self.engine_paths(FakeDaemon()))
+
+    def test_workers(self) -> None:
+        """With workers, the workers' sums count, not the master's own (idle) engine."""
+        mode = FakeWorkerMode({"engine": {"lean": 7, "handed_over": 3}})
+        daemon = FakeDaemon(lean=FakeEngine({"lean": 0, "handed_over": 0}), workers=mode)
+        self.assertEqual(self.engine_paths(daemon), {"lean": 7, "handed_over": 3})
+
+
 class HeldHandshakeStatsTests(SynchronousTestCase):
     """
     Tests for the held-handshake counts CertificateManager's gate keeps in
@@ -554,16 +612,21 @@ class DaemonWiringTests(MetricsSiteMixin, TestCase):
     def test_real_daemon(self) -> Any:
         """
         A started daemon answers /metrics and / on its Admin listener, and
-        a handshake on its TLS listener shows up in the handshake counts.
-        Stopped, it leaves nothing in the reactor (trial checks).
+        handshakes on its TLS listener (a name the gate is asked for, and
+        one without SNI, proxied to the default upstream) show up in the
+        handshake counts, and in the engine's paths
+        (:meth:`assert_engine_paths`). Stopped, it leaves nothing in the
+        reactor (trial checks).
         """
         from kongacme.config.load import parse_config
         from kongacme.service import DaemonService
 
         directory = os.path.abspath(self.mktemp())
         local = "tcp:0:interface=127.0.0.1"
+        upstream = listen(self, Factory.forProtocol(wire.Echo))
         config = parse_config({
             "state_dir": os.path.join(directory, "state"),
+            "default_upstream": "127.0.0.1:%d" % (upstream,),
             "listen": {"tls": [local], "http": [local], "admin": [local], "engine": self.engine},
             "acme": {"account_email": "a@example.test", "api_uri": "https://127.0.0.1:1/directory",
                      "tos_accepted": True, "domains": ["*.example.test"], "storage": "shm"},
@@ -574,12 +637,19 @@ class DaemonWiringTests(MetricsSiteMixin, TestCase):
         admin = daemon.listeners["admin"].ports()[0].getHost().port
         tls = daemon.listeners["tls"].ports()[0].getHost().port
         yield tlsclients.handshake(tls, "not-admitted.test", tlsclients.client_context())
+        answer = yield tlsclients.handshake(tls, None, tlsclients.client_context(), payload=b"no name")
+        self.assertEqual(answer["echo"], b"no name")
         families = yield self.scrape(admin)
-        self.assertEqual(sample_value(families, "kongacme_tls_handshakes_total", outcome="fallback"), 1)
+        self.assertEqual(sample_value(families, "kongacme_tls_handshakes_total", outcome="fallback"), 2)
         self.assertEqual(sample_value(families, "kongacme_certificates_managed"), 0)
+        self.assert_engine_paths(families)
         page = yield get(admin, b"/")
         self.assertEqual(page.status, 200)
         self.assertIn(b"No managed certificates yet.", page.body)
+
+    def assert_engine_paths(self, families: dict[str, Any]) -> None:
+        """The Twisted engine has no lean engine paths to count: no such family."""
+        self.assertNotIn("kongacme_engine_connections", families)
 
 
 class DaemonWiringLeanTests(DaemonWiringTests):
@@ -589,3 +659,13 @@ class DaemonWiringLeanTests(DaemonWiringTests):
     """
 
     engine = "lean"
+
+    def assert_engine_paths(self, families: dict[str, Any]) -> None:
+        """
+        The name without a certificate goes to the gate, on the Twisted
+        path (``handed_over``); the hello without SNI is the engine's
+        (``lean``).
+        """
+        self.assertEqual(
+            labelled(families, "kongacme_engine_connections_total", "path"), {"lean": 1, "handed_over": 1}
+        )

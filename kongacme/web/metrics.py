@@ -17,6 +17,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 from twisted.internet.interfaces import IReactorTime
 
+from kongacme.engine.lean import ENGINE_PATHS
 from kongacme.validators import provides
 from kongacme.renewal.state import RenewalState
 from kongacme.tls.certs import issuer_label
@@ -141,6 +142,9 @@ class DaemonCollector(Collector):
             handshakes,
             HANDSHAKE_OUTCOMES,
         )
+        engine = getattr(self._daemon, "lean", None)
+        if engine is not None:
+            yield self._engine(engine)
         yield _labelled(
             CounterMetricFamily(
                 "kongacme_storage_errors", "Failed storage operations by operation.", labels=["operation"]
@@ -151,6 +155,24 @@ class DaemonCollector(Collector):
         limiter = getattr(self._daemon, "connection_limiter", None)
         if limiter is not None:
             yield from self._connections(limiter)
+
+    def _engine(self, engine: Any) -> Metric:
+        """
+        The lean engine's connections by path. With workers the master's
+        engine accepts nothing: the workers' sums instead (dead ones
+        included, as for the handshakes).
+        """
+        mode = getattr(self._daemon, "workers", None)
+        return _labelled(
+            CounterMetricFamily(
+                "kongacme_engine_connections",
+                "Connections the lean engine accepted on the TLS listener, by path: lean (served by the engine, "
+                "counted when its relay starts) or handed_over (to the Twisted path, counted when handed over).",
+                labels=["path"],
+            ),
+            engine.connections() if mode is None else mode.summed("engine"),
+            ENGINE_PATHS,
+        )
 
     def _issuers(self, chain: Any, cache: Any) -> Iterator[Metric]:
         """
