@@ -247,6 +247,32 @@ class ChannelTests(SynchronousTestCase):
         self.assertEqual(self.daemon.tls_factory.handshakes["cached"], 3)
         self.assertEqual(self.mode.totals()["bytes"], {"from_clients": 100})
 
+    def test_engine_paths_summed(self):
+        """
+        A worker's lean engine counts by path are reported, kept per worker
+        and summed; a dead worker's counts stay in the sum (counters never
+        go down), apart from the handshake counts.
+        """
+        self.connect()
+        self.worker.lean.relayed += 2
+        self.worker.lean.handed_over += 1
+        self.worker.tls_factory.handshakes["cached"] += 2
+        self.worker.report()
+        self.pump.flush()
+        self.mode.supervisor.processes[1] = self.process
+        self.assertEqual(self.mode.counters[1]["engine"], {"lean": 2, "handed_over": 1})
+        self.assertEqual(self.mode.totals()["engine"], {"lean": 2, "handed_over": 1})
+        self.process.ended.callback("exited with status 0")
+        self.mode._retire(self.process)
+        successor = FakeProcess(1)
+        self.mode.supervisor.processes[1] = successor
+        self.mode.report(successor, {"handshakes": {"cached": 4}, "engine": {"lean": 4, "handed_over": 0}})
+        self.assertEqual(self.mode.totals()["engine"], {"lean": 6, "handed_over": 1})
+        self.assertEqual(self.mode.summed("engine"), {"lean": 6, "handed_over": 1})
+        self.assertEqual(self.mode.status()["per_worker"]["1"]["engine"], {"lean": 4, "handed_over": 0})
+        # The engine's counts are not handshake outcomes.
+        self.assertEqual(self.daemon.tls_factory.handshakes, {"cached": 6})
+
 
 class ChunkedJSONTests(SynchronousTestCase):
     """

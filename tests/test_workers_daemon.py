@@ -16,6 +16,7 @@ import threading
 import time
 import urllib.request
 
+from prometheus_client.parser import text_string_to_metric_families
 from twisted.internet import reactor, threads
 from twisted.internet.defer import gatherResults, inlineCallbacks
 from twisted.internet.protocol import Factory, Protocol
@@ -235,7 +236,8 @@ class WorkersDaemonTests(WorkersDaemonMixin, ShowsDaemonOutput, TestCase):
         """
         Two workers start; 40 verified handshakes with the static certificate
         are proxied (echoed by the upstream) and spread over both workers,
-        as their counters in /status and /metrics say.
+        as their counters in /status and /metrics say, the lean engine's
+        paths included.
         """
         yield self.start()
         echoes = yield self.burst("a.test", 40)
@@ -249,6 +251,20 @@ class WorkersDaemonTests(WorkersDaemonMixin, ShowsDaemonOutput, TestCase):
         for slot in ("1", "2"):
             self.assertIn('kongacme_worker_tls_handshakes_total{outcome="cached",worker="%s"} %d.0' % (slot, per[slot]),
                           metrics)
+        # Each connection took one of the lean engine's (the default) two
+        # paths: handed over while the worker fetches the name's
+        # certificate from the master, its own once the worker holds it.
+        samples = [s for f in text_string_to_metric_families(metrics) for s in f.samples]
+        paths = {s.labels["path"]: s.value for s in samples if s.name == "kongacme_engine_connections_total"}
+        self.assertEqual(sorted(paths), ["handed_over", "lean"])
+        self.assertEqual(sum(paths.values()), 40)
+        self.assertGreater(paths["lean"], 0)
+        per_path: dict = {}
+        for s in samples:
+            if s.name == "kongacme_worker_engine_connections_total":
+                per_path.setdefault(s.labels["worker"], {})[s.labels["path"]] = s.value
+        self.assertEqual({slot: sum(counts.values()) for slot, counts in per_path.items()}, per)
+        self.assertEqual(sum(counts["lean"] for counts in per_path.values()), paths["lean"])
 
     @inlineCallbacks
     def test_bounded_worker_cache(self):

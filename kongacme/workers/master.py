@@ -24,7 +24,8 @@ The master's side of ``workers: N`` (N > 1), wired into
   handshake gate (the certificate manager), so one order per name however
   many workers ask;
 - the workers' counters are summed into the master's TLS handshake
-  counters (``/metrics``) and kept per worker (``/status``, and
+  counters (``/metrics``; relayed bytes and the lean engine's connections
+  by path too) and kept per worker (``/status``, and
   ``kongacme_worker_*`` metrics).
 """
 
@@ -48,6 +49,11 @@ from kongacme.workers.supervisor import WorkerProcess, WorkerSupervisor, spawn_w
 
 log = Logger()
 
+
+#: The counters a worker reports as ``{name: count}`` that are summed over
+#: every worker, dead ones included (kept in ``_retired`` as
+#: ``"<part>:<name>"``): relayed bytes, the lean engine's connections by path.
+SUMMED_PARTS = ("bytes", "engine")
 
 #: More certificates changed at once than this and the change notice
 #: carries the names only (see :meth:`WorkerMode.flush`).
@@ -389,27 +395,41 @@ class WorkerMode:
         last = self.reports.pop(process, None)
         if last is not None:
             self._retired.update(last.get("handshakes", {}))
-            self._retired.update({"bytes:" + k: v for k, v in last.get("bytes", {}).items()})
+            for part in SUMMED_PARTS:
+                self._retired.update({part + ":" + k: v for k, v in last.get(part, {}).items()})
             self._sum()
 
     def _sum(self) -> None:
         handshakes = self._daemon.tls_factory.handshakes
         handshakes.clear()
-        handshakes.update({k: v for k, v in self._retired.items() if not k.startswith("bytes:")})
+        # Handshake outcomes are kept unprefixed (they have no ":").
+        handshakes.update({k: v for k, v in self._retired.items() if ":" not in k})
         for counters in self.reports.values():
             handshakes.update(counters.get("handshakes", {}))
 
-    def totals(self) -> dict:
-        """Handshakes, open connections and relayed bytes of every worker together (dead ones too)."""
-        relayed: collections.Counter[str] = collections.Counter(
-            {k[len("bytes:"):]: v for k, v in self._retired.items() if k.startswith("bytes:")}
+    def summed(self, part: str) -> dict[str, int]:
+        """
+        One of :data:`SUMMED_PARTS` of the workers' reports, every worker
+        together (dead ones too: counters never go down).
+        """
+        prefix = part + ":"
+        total: collections.Counter[str] = collections.Counter(
+            {k[len(prefix):]: v for k, v in self._retired.items() if k.startswith(prefix)}
         )
         for counters in self.reports.values():
-            relayed.update(counters.get("bytes", {}))
+            total.update(counters.get(part, {}))
+        return dict(total)
+
+    def totals(self) -> dict:
+        """
+        Handshakes, open connections, relayed bytes and the lean engine's
+        connections by path of every worker together (dead ones too).
+        """
         return {
             "handshakes": dict(self._daemon.tls_factory.handshakes),
             "connections": sum(c.get("connections", 0) for c in self.reports.values()),
-            "bytes": dict(relayed),
+            "bytes": self.summed("bytes"),
+            "engine": self.summed("engine"),
         }
 
     def status(self) -> dict:

@@ -2,7 +2,7 @@
 ``/metrics`` per worker: the last counters each running worker reported
 (:class:`kongacme.workers.channel.Counters`), labelled ``worker="N"``. The
 sums over every worker (dead ones included) are the daemon's own
-``kongacme_tls_handshakes_total``.
+``kongacme_tls_handshakes_total`` and ``kongacme_engine_connections_total``.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ import attrs
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from kongacme.engine.lean import ENGINE_PATHS
 from kongacme.tls.protocol import HANDSHAKE_OUTCOMES
 
 
@@ -49,6 +50,12 @@ class WorkersCollector(Collector):
             "kongacme_worker_certificate_cache_entries", "Names with a certificate in the worker's cache.",
             labels=["worker"],
         )
+        engine = CounterMetricFamily(
+            "kongacme_worker_engine_connections",
+            "Connections the worker's lean engine accepted, by path: lean (served by the engine) or handed_over "
+            "(to the Twisted path).",
+            labels=["worker", "path"],
+        )
         for slot, counters in sorted(self._mode.counters.items()):
             worker = str(slot)
             counted = counters.get("handshakes", {})
@@ -58,7 +65,13 @@ class WorkersCollector(Collector):
             for direction in ("from_clients", "from_upstreams"):
                 relayed.add_metric([worker, direction], counters.get("bytes", {}).get(direction, 0))
             certificates.add_metric([worker], counters.get("certificates", 0))
+            paths = counters.get("engine")
+            if paths:  # {} on the Twisted engine
+                for path in sorted(set(ENGINE_PATHS) | set(paths)):
+                    engine.add_metric([worker, path], paths.get(path, 0))
         yield handshakes
         yield connections
         yield relayed
         yield certificates
+        if engine.samples:
+            yield engine

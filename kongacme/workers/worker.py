@@ -306,6 +306,8 @@ class Worker:
             "paused": bool(limit.paused) if limit is not None else False,
             "refused": limit.refused if limit is not None else 0,
             "bytes": dict(self.proxy_factory.bytes),
+            # The lean engine's connections by path ({} on the Twisted engine).
+            "engine": self.lean.connections() if self.lean is not None else {},
             "certificates": len(self.cache) if self.cache is not None else 0,
             "certificate_fetches": self.gate.fetches if self.gate is not None else 0,
             "certificate_evictions": self.cache.evictions if self.cache is not None else 0,
