@@ -116,6 +116,24 @@ def raw_exchange_blocking(port: int, data: bytes, read_timeout: float = 5.0) -> 
         return received
 
 
+def memory_client(server_name: str) -> tuple[ssl.SSLObject, ssl.MemoryBIO, ssl.MemoryBIO]:
+    """
+    A TLS client over memory BIOs, not started: ``(SSLObject, incoming,
+    outgoing)``. A close_notify reads as the end of the stream, a bare EOF
+    in ``incoming`` as an error (:func:`bare_eof`): Python sets
+    ``OP_IGNORE_UNEXPECTED_EOF`` by default, which reads both alike.
+    """
+    context = client_context()
+    context.options &= ~ssl.OP_IGNORE_UNEXPECTED_EOF
+    incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+    return context.wrap_bio(incoming, outgoing, server_hostname=server_name), incoming, outgoing
+
+
+def bare_eof(error: ssl.SSLError) -> bool:
+    """Whether ``error`` (from a :func:`memory_client` read) is a TCP EOF that came without close_notify."""
+    return isinstance(error, ssl.SSLEOFError) or error.reason == "UNEXPECTED_EOF_WHILE_READING"
+
+
 def memory_tls(sock: socket.socket, server_name: str):
     """
     A TLS client over memory BIOs on connected ``sock``, handshake done
@@ -124,8 +142,7 @@ def memory_tls(sock: socket.socket, server_name: str):
     :return: ``(SSLObject, incoming BIO, flush)``; ``flush()`` sends what
         the object wrote.
     """
-    incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
-    obj = client_context().wrap_bio(incoming, outgoing, server_hostname=server_name)
+    obj, incoming, outgoing = memory_client(server_name)
 
     def flush():
         data = outgoing.read()
@@ -169,11 +186,13 @@ def read_until_end(sock: socket.socket, obj: ssl.SSLObject, incoming: ssl.Memory
                 received += chunk
         except ssl.SSLZeroReturnError:
             return bytes(received), "close_notify"
-        except ssl.SSLEOFError:
-            return bytes(received), "eof without close_notify"
         except ssl.SSLWantReadError:
             if not data:
                 return bytes(received), "eof without close_notify"
+        except ssl.SSLError as e:
+            if not bare_eof(e):
+                raise
+            return bytes(received), "eof without close_notify"
 
 
 def half_close_blocking(port: int, server_name: str, payload: bytes, mode: str) -> bytes:
