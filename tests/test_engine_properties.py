@@ -1,0 +1,683 @@
+"""
+Tests for kongacme.engine.relay (through the lean engine that runs it),
+driven without the running reactor: the engine gets a fake reactor whose
+time is a ``Clock`` that is never moved on (so no deadline fires), and the
+test calls ``EventLoop.doRead`` itself, single-threaded, between the steps
+of a real TCP client (TLS on ``ssl.SSLObject`` over memory BIOs, so the
+test chooses how its ciphertext is cut into ``send`` calls) and a real
+upstream socket the test reads and writes directly. That lets hypothesis
+choose how the bytes are cut and in which order the two sides end.
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import os
+import random
+import select
+import socket
+import ssl
+from typing import Any, Callable, Iterator
+
+import attrs
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from twisted.internet import tcp
+from twisted.internet.interfaces import IReactorFDSet, IReactorTime
+from twisted.internet.task import Clock
+from twisted.trial.unittest import SynchronousTestCase
+from zope.interface import implementer
+from zope.interface.verify import verifyObject
+
+from kongacme.connlimit import Budget, ConnectionLimiter
+from kongacme.engine.lean import LeanEngine
+from kongacme.engine.relay import MAX_PENDING, reset_on_close
+from kongacme.proxy.routes import Route, RouteTable
+from kongacme.testing import TestCA
+from kongacme.tls.cache import CertificateCache
+from kongacme.tls.context import ContextBuilder
+from kongacme.tls.fallback import generate_self_signed
+from kongacme.tls.protocol import TLSServerFactory
+from kongacme.workers.worker import CountingProxyFactory
+from tests.test_tls_pump import segments
+from tests.tlsclients import bare_eof, memory_client
+
+SERVER_NAME = "app.example.com"
+
+_CA = TestCA.create()
+_CERT = _CA.issue([SERVER_NAME])
+_FALLBACK = generate_self_signed()
+
+#: Rounds of polling before a wait is declared stuck; each round waits at
+#: most :data:`WAIT` seconds for a descriptor to become ready, so a stuck
+#: wait fails within seconds instead of hanging.
+ROUNDS = 1000
+WAIT = 0.005
+
+
+@implementer(IReactorTime, IReactorFDSet)
+class FakeReactor:
+    """
+    The reactor the engine is given: time from a ``Clock`` (never moved
+    past now by these tests), readers recorded but never polled (the test
+    polls the engine's loop itself), and connections the engine hands to
+    the Twisted path recorded, not adopted: no test here expects one.
+    """
+
+    def __init__(self) -> None:
+        self.clock = Clock()
+        self.readers: list[Any] = []
+        self.adopted: list[int] = []
+
+    def seconds(self) -> float:
+        return self.clock.seconds()
+
+    def callLater(self, delay: float, call: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        return self.clock.callLater(delay, call, *args, **kwargs)
+
+    def getDelayedCalls(self) -> list[Any]:
+        return self.clock.getDelayedCalls()
+
+    def addReader(self, reader: Any) -> None:
+        self.readers.append(reader)
+
+    def removeReader(self, reader: Any) -> None:
+        if reader in self.readers:  # as the reactor: removing twice is no error
+            self.readers.remove(reader)
+
+    def addWriter(self, writer: Any) -> None:
+        raise AssertionError("the engine never writes through the reactor")
+
+    def removeWriter(self, writer: Any) -> None:
+        """Nothing to remove (a closing Twisted port asks)."""
+
+    def removeAll(self) -> list[Any]:
+        readers, self.readers = self.readers, []
+        return readers
+
+    def getReaders(self) -> list[Any]:
+        return list(self.readers)
+
+    def getWriters(self) -> list[Any]:
+        return []
+
+    def adoptStreamConnection(self, fd: int, family: int, factory: Any) -> None:
+        """Record a hand-over (the engine closes its descriptor after this)."""
+        self.adopted.append(fd)
+
+
+def open_descriptors() -> set[str]:
+    """The file descriptors this process has open now."""
+    return set(os.listdir("/proc/self/fd"))
+
+
+class End:
+    """
+    One end the test holds of a proxied connection: a non-blocking socket,
+    what was read from it and how it ended.
+
+    :ivar eof: a TCP FIN was read.
+    :ivar reset: a ``recv`` failed with a reset.
+    :ivar closed: the test closed the socket.
+    :ivar reading: the test reads what arrives (else it stays in the socket).
+    """
+
+    def __init__(self, sock: socket.socket):
+        sock.setblocking(False)
+        # Each send its own segment, now: Nagle would hold a small one back
+        # (behind a delayed ACK) and merge it with the next.
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.sock = sock
+        self.received = bytearray()
+        self.eof = False
+        self.reset = False
+        self.closed = False
+        self.reading = True
+
+    def pending(self) -> bool:
+        """Whether the socket may still have something to read."""
+        return not (self.closed or self.eof or self.reset)
+
+    def read_socket(self) -> bytes:
+        """Everything the socket has now (notes the FIN or the reset)."""
+        data = bytearray()
+        while self.reading and self.pending():
+            try:
+                chunk = self.sock.recv(65536)
+            except BlockingIOError:
+                break
+            except ConnectionResetError:
+                self.reset = True
+                break
+            if not chunk:
+                self.eof = True
+                break
+            data += chunk
+        return bytes(data)
+
+    def pump(self) -> None:
+        """Read what has arrived."""
+        self.received += self.read_socket()
+
+    def fin(self) -> None:
+        """Half-close: a TCP FIN, reading goes on (nothing if the peer is gone already)."""
+        try:
+            self.sock.shutdown(socket.SHUT_WR)
+        except OSError:
+            pass
+
+    def rst(self) -> None:
+        """Close with a TCP reset (``SO_LINGER`` 0)."""
+        reset_on_close(self.sock)
+        self.close()
+
+    def close(self) -> None:
+        if not self.closed:
+            self.closed = True
+            self.sock.close()
+
+
+class Client(End):
+    """
+    A TLS client on ``ssl.SSLObject`` over memory BIOs: its ciphertext
+    leaves only when the test sends it (:meth:`Harness.send`), cut as the
+    test likes.
+
+    :ivar close_notify: the server's close_notify was read.
+    :ivar eof_without_close_notify: a TCP FIN came with no close_notify before it.
+    """
+
+    def __init__(self, sock: socket.socket):
+        super().__init__(sock)
+        self.tls, self.incoming, self.outgoing = memory_client(SERVER_NAME)
+        self.handshake_done = False
+        self.close_notify = False
+        self.eof_without_close_notify = False
+
+    def pump(self) -> None:
+        data = self.read_socket()
+        if data:
+            self.incoming.write(data)
+        if self.eof:
+            self.incoming.write_eof()
+        if not self.handshake_done:
+            return
+        while not (self.close_notify or self.eof_without_close_notify):
+            try:
+                chunk = self.tls.read(65536)
+            except ssl.SSLWantReadError:
+                return
+            except ssl.SSLZeroReturnError:
+                chunk = b""
+            except ssl.SSLError as e:
+                if not bare_eof(e):
+                    raise
+                self.eof_without_close_notify = True
+                return
+            if not chunk:
+                self.close_notify = True
+                return
+            self.received += chunk
+
+    def handshake_step(self) -> bytes:
+        """Run the handshake as far as it goes; the ciphertext to send."""
+        try:
+            self.tls.do_handshake()
+            self.handshake_done = True
+        except ssl.SSLWantReadError:
+            pass
+        return self.outgoing.read()
+
+    def encrypt(self, data: bytes) -> bytes:
+        """``data`` as TLS records."""
+        if data:
+            self.tls.write(data)
+        return self.outgoing.read()
+
+    def close_notify_record(self) -> bytes:
+        """The client's close_notify alert."""
+        try:
+            self.tls.unwrap()
+        except ssl.SSLError:
+            pass  # it does not wait for the server's
+        return self.outgoing.read()
+
+
+@attrs.frozen
+class Snapshot:
+    """What the process and the engine held before a connection."""
+
+    descriptors: set[str]
+    served: int
+    relayed: collections.Counter
+
+
+class Harness:
+    """
+    One lean engine on a fake reactor, its TLS port, and an upstream
+    listening socket it routes every name to; shared by the examples of a
+    test (so what one example leaves behind fails the next).
+    """
+
+    def __init__(self) -> None:
+        self.reactor = FakeReactor()
+        cache = CertificateCache(_FALLBACK)
+        cache.put(_CERT)
+        self.upstream_listener = socket.socket()
+        self.upstream_listener.bind(("127.0.0.1", 0))
+        self.upstream_listener.listen(8)
+        self.upstream_listener.setblocking(False)
+        up_port = self.upstream_listener.getsockname()[1]
+        self.proxy_factory = CountingProxyFactory(
+            RouteTable([], Route("127.0.0.1", up_port)), self.reactor, direct_connect=True
+        )
+        self.tls_factory = TLSServerFactory(
+            cache, ContextBuilder(self.reactor), self.proxy_factory, self.reactor,
+            alpn_for=self.proxy_factory.alpn_for,
+        )
+        budget = Budget(1024, 64, 100, {"tls": 100, "http": 10, "admin": 10}, {"tls": 2, "http": 1, "admin": 1})
+        self.limiter = ConnectionLimiter(self.reactor, budget)
+        self.limit = self.limiter.listener("tls")
+        serving = self.limit.wrap(self.tls_factory)
+        self.twisted_port = tcp.Port(0, serving, interface="127.0.0.1", reactor=self.reactor)
+        self.twisted_port.startListening()
+        self.port = self.twisted_port.getHost().port
+        self.engine = LeanEngine(self.reactor, self.tls_factory, self.proxy_factory)
+        self.lean_port = self.engine.take("tcp:0", self.twisted_port, serving, self.limit)
+        self.limit.track(self.lean_port)
+        self.ends: list[End] = []
+
+    def close(self) -> None:
+        """Drop what is left, stop listening, close every descriptor opened."""
+        self.drop_connections()
+        self.engine.stop()
+        assert self.lean_port is not None
+        self.lean_port.stopListening()
+        self.reactor.clock.advance(0)  # the Twisted port closes its socket
+        self.limiter.stop()
+        self.upstream_listener.close()
+
+    # -- running the engine ---------------------------------------------------
+
+    def run_ready(self) -> None:
+        """Dispatch the engine's ready events, and let both ends read, until nothing is ready."""
+        loop = self.engine.loop
+        for _ in range(ROUNDS):
+            self.reactor.clock.advance(0)  # calls due now (the limiter's clamp)
+            for end in self.ends:
+                end.pump()
+            if not select.select([loop], [], [], 0)[0]:
+                return
+            loop.doRead()
+        raise AssertionError("the engine's loop never went quiet")
+
+    def spin(self, until: Callable[[], bool], what: str) -> None:
+        """Run the engine and both ends until ``until()``; fail (never hang) if it does not come."""
+        for _ in range(ROUNDS):
+            self.run_ready()
+            if until():
+                return
+            waiting = [end.sock for end in self.ends if end.reading and end.pending()]
+            select.select([self.engine.loop, self.upstream_listener, *waiting], [], [], WAIT)
+        raise AssertionError(f"stuck waiting for: {what}")
+
+    def send(self, end: End, data: bytes, cuts: list[int]) -> None:
+        """``data`` from ``end``, one ``send`` per segment, the engine run between them."""
+        for piece in segments(data, cuts):
+            view = memoryview(piece)
+            while view:
+                try:
+                    view = view[end.sock.send(view):]
+                except BlockingIOError:
+                    self.spin(lambda: bool(select.select([], [end.sock], [], 0)[1]), "room to send")
+            self.run_ready()
+
+    # -- one connection ---------------------------------------------------------
+
+    def handshake(self, hello_cuts: list[int]) -> tuple[Client, bytes]:
+        """
+        A client through the handshake on its side: its ClientHello sent
+        (cut at ``hello_cuts``), the server's flight read; its last flight
+        is returned, not sent.
+        """
+        client = Client(socket.create_connection(("127.0.0.1", self.port)))
+        self.ends.append(client)
+        self.send(client, client.handshake_step(), hello_cuts)
+        flight = b""
+        for _ in range(ROUNDS):
+            self.spin(lambda: client.incoming.pending > 0 or not client.pending(), "the server's flight")
+            flight += client.handshake_step()
+            if client.handshake_done:
+                return client, flight
+        raise AssertionError("the client's handshake never finished")
+
+    def accept_upstream(self) -> End:
+        """The connection the engine made upstream."""
+        accepted: list[socket.socket] = []
+
+        def accept() -> bool:
+            try:
+                accepted.append(self.upstream_listener.accept()[0])
+            except BlockingIOError:
+                return False
+            return True
+
+        self.spin(accept, "the engine's connection upstream")
+        upstream = End(accepted[0])
+        self.ends.append(upstream)
+        return upstream
+
+    def connect(self, hello_cuts: list[int], finished_cuts: list[int]) -> tuple[Client, End]:
+        """A client through the handshake (its flights cut at the given offsets), and the upstream it reached."""
+        client, flight = self.handshake(hello_cuts)
+        self.send(client, flight, finished_cuts)
+        return client, self.accept_upstream()
+
+    def send_what_fits(self, end: End, data: bytes) -> int:
+        """Send ``data`` from ``end`` until its socket takes no more (the engine run between sends); bytes sent."""
+        view = memoryview(data)
+        sent = 0
+        while sent < len(view):
+            try:
+                sent += end.sock.send(view[sent : sent + 65536])
+            except BlockingIOError:
+                self.run_ready()
+                try:
+                    sent += end.sock.send(view[sent : sent + 65536])
+                except BlockingIOError:
+                    return sent
+            self.run_ready()
+        return sent
+
+    @contextlib.contextmanager
+    def connection(self) -> Iterator[Snapshot]:
+        """
+        The span of one connection: gives what was held before it; after
+        it, whatever happened, the test's ends are closed and anything the
+        engine still holds but its port is aborted (so one failing example
+        does not fail the next).
+        """
+        before = Snapshot(open_descriptors(), self.engine.served, collections.Counter(self.proxy_factory.bytes))
+        try:
+            yield before
+        finally:
+            self.drop_connections()
+
+    def relayed_since(self, before: Snapshot) -> tuple[int, int]:
+        """Bytes from the client and from the upstream the engine counted since ``before``."""
+        counted = collections.Counter(self.proxy_factory.bytes) - before.relayed
+        return counted["from_clients"], counted["from_upstreams"]
+
+    def drop_connections(self) -> None:
+        """Close the test's ends; abort anything the engine still holds but its port."""
+        for end in self.ends:
+            end.close()
+        self.ends = []
+        for handler in list(dict.fromkeys(self.engine.loop.handlers.values())):
+            if handler is not self.lean_port:
+                handler.abort()
+
+    def assert_clean_end(self, test: SynchronousTestCase, before: Snapshot) -> None:
+        """
+        The engine holds nothing of the connection: its loop has only the
+        listening port, no deadline is pending, the limit is given back,
+        and once the test's own ends are closed, so are every descriptor
+        the connection took (both of the engine's sockets).
+        """
+        self.spin(lambda: self.engine.served == before.served + 1, "the connection to end")
+        test.assertEqual(list(self.engine.loop.handlers.values()), [self.lean_port])
+        test.assertEqual((self.engine.handed_over, self.reactor.adopted), (0, []))
+        test.assertEqual(self.limit.in_use, 0)
+        test.assertEqual((len(self.tls_factory.wheel), len(self.proxy_factory.wheel)), (0, 0))
+        test.assertEqual(self.reactor.getDelayedCalls(), [])
+        for end in self.ends:
+            end.close()
+        self.ends = []
+        # New ones only: one closed meanwhile (a collected object's) is no leak.
+        test.assertEqual(open_descriptors() - before.descriptors, set())
+
+
+class HarnessMixin:
+    """A :class:`Harness` for each test, closed after it."""
+
+    def setUp(self) -> None:
+        super().setUp()  # type: ignore[misc]
+        self.harness = Harness()
+        self.addCleanup(self.close_harness)  # type: ignore[attr-defined]
+
+    def close_harness(self) -> None:
+        self.harness.close()
+        del self.harness  # trial keeps the test case: let the engine's epoll go now
+
+
+def sized_bytes(max_size: int) -> st.SearchStrategy[bytes]:
+    """
+    Bytes of any length up to ``max_size``, evenly spread (``st.binary``
+    keeps to short ones): a length and a seed hypothesis can shrink.
+    """
+    return st.builds(lambda size, seed: random.Random(seed).randbytes(size), st.integers(0, max_size), st.integers(0, 2**16))
+
+
+cut_lists = st.lists(st.integers(min_value=0, max_value=60000), max_size=10)
+hello_cut_lists = st.lists(st.integers(min_value=0, max_value=2000), max_size=8)
+
+
+class SplitPropertyTests(HarnessMixin, SynchronousTestCase):
+    """
+    Tests for the relay's byte stream, however the client's ciphertext and
+    the upstream's bytes are cut into segments.
+    """
+
+    @settings(max_examples=200, deadline=None)
+    @given(
+        payload=sized_bytes(40000),
+        reply=sized_bytes(40000),
+        hello_cuts=hello_cut_lists,
+        finished_cuts=st.lists(st.integers(min_value=0, max_value=200), max_size=4),
+        payload_cuts=cut_lists,
+        reply_cuts=cut_lists,
+    )
+    def test_any_split(self, payload, reply, hello_cuts, finished_cuts, payload_cuts, reply_cuts) -> None:
+        """
+        However the client's ciphertext (ClientHello, its second flight
+        and its application data records) and the upstream's reply are cut
+        into sends, the upstream receives exactly the client's plaintext
+        and the client exactly the upstream's reply; a close_notify and FIN
+        from the client, then a FIN from the upstream, end it cleanly.
+        """
+        harness = self.harness
+        with harness.connection() as start:
+            client, upstream = harness.connect(hello_cuts, finished_cuts)
+            harness.send(client, client.encrypt(payload), payload_cuts)
+            harness.spin(lambda: len(upstream.received) >= len(payload), "the payload upstream")
+            self.assertEqual(bytes(upstream.received), payload)
+            harness.send(upstream, reply, reply_cuts)
+            harness.spin(lambda: len(client.received) >= len(reply), "the reply at the client")
+            self.assertEqual(bytes(client.received), reply)
+            harness.send(client, client.close_notify_record(), [])
+            client.fin()
+            harness.spin(lambda: upstream.eof, "the client's half-close upstream")
+            upstream.fin()
+            harness.spin(lambda: client.eof, "the upstream's half-close at the client")
+            self.assertTrue(client.close_notify)
+            self.assertEqual((client.reset, upstream.reset), (False, False))
+            self.assertEqual(bytes(upstream.received), payload)
+            self.assertEqual(bytes(client.received), reply)
+            harness.assert_clean_end(self, start)
+            self.assertEqual(harness.relayed_since(start), (len(payload), len(reply)))
+
+
+CLIENT_ENDS = ("close_notify", "close_notify+fin", "fin", "rst")
+UPSTREAM_ENDS = ("fin", "rst")
+
+
+class EndingPropertyTests(HarnessMixin, SynchronousTestCase):
+    """
+    Tests for the relay's ends: close_notify, FIN or reset from the client,
+    FIN or reset from the upstream, in either order, before or after the
+    other side's data.
+    """
+
+    def end_client(self, client: Client, how: str, cuts: list[int]) -> None:
+        if how.startswith("close_notify"):
+            self.harness.send(client, client.close_notify_record(), cuts)
+        if how.endswith("fin"):
+            client.fin()
+        if how == "rst":
+            client.rst()
+
+    def end_upstream(self, upstream: End, how: str) -> None:
+        if how == "fin":
+            upstream.fin()
+        else:
+            upstream.rst()
+
+    @settings(max_examples=400, deadline=None)
+    @given(
+        client_end=st.sampled_from(CLIENT_ENDS),
+        upstream_end=st.sampled_from(UPSTREAM_ENDS),
+        client_first=st.booleans(),
+        settle=st.booleans(),
+        before=sized_bytes(20000),
+        reply=sized_bytes(20000),
+        after=sized_bytes(20000),
+        cuts=cut_lists,
+    )
+    def test_any_order_of_endings(
+        self, client_end, upstream_end, client_first, settle, before, reply, after, cuts
+    ) -> None:
+        """
+        The client sends ``before``, the upstream ``reply``; one side ends
+        (client: close_notify, close_notify and FIN, FIN alone, reset;
+        upstream: FIN, reset), the other sends ``after`` if it still has
+        someone to send to, then ends too. With ``settle``, each step waits
+        until what was sent has arrived; without, the next step follows at
+        once.
+
+        Without a reset: a half-close is passed on (the client's
+        close_notify or FIN is a FIN upstream, RFC 8446 section 6.1; the
+        upstream's FIN is close_notify then a FIN at the client, and the
+        client sees close_notify before the FIN in every order), every byte
+        sent arrives, and the engine counts exactly those bytes.
+
+        With a reset (``SO_LINGER`` 0), what is asserted: every byte sent
+        before it arrived if the step waited (``settle``); without, the
+        other side has a prefix of what was sent (the reset may overtake
+        and destroy the rest). A client's reset reaches the upstream as a
+        FIN (a reset only without ``settle``: Linux resets a socket closed
+        with unread bytes, and the upstream's may still be in the engine's
+        socket); an upstream's reset reaches the client as close_notify
+        then a FIN, and what the client sends after it is read and dropped.
+
+        In every order the engine ends holding nothing
+        (:meth:`Harness.assert_clean_end`).
+        """
+        harness = self.harness
+        with harness.connection() as start:
+            client, upstream = harness.connect(cuts, cuts)
+            harness.send(client, client.encrypt(before), cuts)
+            harness.send(upstream, reply, cuts)
+            if settle:
+                harness.spin(
+                    lambda: len(upstream.received) >= len(before) and len(client.received) >= len(reply),
+                    "the data before the ends",
+                )
+            if client_first:
+                self.end_client(client, client_end, cuts)
+                harness.spin(lambda: not upstream.pending(), "the client's end upstream")
+                from_client, from_upstream = before, reply
+                if client_end != "rst":
+                    harness.send(upstream, after, cuts)
+                    from_upstream += after
+                    if settle:
+                        harness.spin(lambda: len(client.received) >= len(from_upstream), "the data after")
+                self.end_upstream(upstream, upstream_end)
+            else:
+                self.end_upstream(upstream, upstream_end)
+                harness.spin(lambda: client.close_notify or not client.pending(), "the upstream's end at the client")
+                # FIN or reset, the client learns of it by close_notify first.
+                self.assertEqual((client.close_notify, client.eof_without_close_notify), (True, False))
+                harness.send(client, client.encrypt(after), cuts)
+                from_client, from_upstream = before, reply
+                if upstream_end == "fin":
+                    from_client += after
+                    if settle:
+                        harness.spin(lambda: len(upstream.received) >= len(from_client), "the data after")
+                self.end_client(client, client_end, cuts)
+                harness.spin(lambda: not upstream.pending(), "the client's end upstream")
+            if client_end != "rst":
+                harness.spin(lambda: not client.pending(), "the end at the client")
+                # The end the client sees is clean, whichever side ended first.
+                self.assertEqual((client.close_notify, client.eof, client.reset), (True, True, False))
+            if client_first or upstream_end == "fin":
+                # The upstream was still open to hear the client's end.
+                self.assertTrue(upstream.eof or upstream.reset)
+                if settle or client_end != "rst":
+                    self.assertFalse(upstream.reset)
+            a_reset = client_end == "rst" or upstream_end == "rst"
+            for got, sent in ((upstream.received, from_client), (client.received, from_upstream)):
+                if settle or not a_reset:
+                    self.assertEqual(bytes(got), sent)
+                else:
+                    self.assertEqual(bytes(got), sent[: len(got)])
+            harness.assert_clean_end(self, start)
+            if not a_reset:
+                self.assertEqual(harness.relayed_since(start), (len(from_client), len(from_upstream)))
+
+
+class RelayEdgeTests(HarnessMixin, SynchronousTestCase):
+    """Tests for the relay's paths the property tests reach rarely or never."""
+
+    def finish(self, client: Client, upstream: End, reply: bytes) -> None:
+        """The upstream answers ``reply`` and ends; the client gets it all, close_notify, EOF."""
+        harness = self.harness
+        harness.send(upstream, reply, [])
+        upstream.fin()
+        harness.spin(lambda: client.eof, "the upstream's end at the client")
+        self.assertEqual((bytes(client.received), client.close_notify, client.reset), (reply, True, False))
+
+    def test_everything_at_once(self) -> None:
+        """
+        A client that sends its Finished with application data in one
+        segment, then more than the engine holds for an upstream still
+        connecting (:data:`~kongacme.engine.relay.MAX_PENDING`), its
+        close_notify and its FIN without waiting: the upstream gets every
+        byte, then the half-close.
+        """
+        harness = self.harness
+        with harness.connection() as start:
+            payload = random.Random(1).randbytes(MAX_PENDING * 2 + 1)
+            client, flight = harness.handshake([])
+            client.sock.sendall(flight + client.encrypt(payload[:4096]))
+            harness.send(client, client.encrypt(payload[4096:]) + client.close_notify_record(), [])
+            client.fin()
+            upstream = harness.accept_upstream()
+            harness.spin(lambda: upstream.eof, "the client's half-close upstream")
+            self.assertEqual(bytes(upstream.received), payload)
+            self.finish(client, upstream, b"answer")
+            harness.assert_clean_end(self, start)
+
+    def test_half_close_behind_a_full_upstream(self) -> None:
+        """
+        An upstream that does not read stops the engine reading the client
+        (the client cannot send everything); the client's close_notify and
+        FIN at the end of its stream reach the upstream after every byte
+        once it reads again.
+        """
+        harness = self.harness
+        with harness.connection() as start:
+            payload = random.Random(2).randbytes(16 * 1024 * 1024)
+            client, upstream = harness.connect([], [])
+            upstream.reading = False
+            records = client.encrypt(payload) + client.close_notify_record()
+            sent = harness.send_what_fits(client, records)
+            self.assertLess(sent, len(records))
+            upstream.reading = True
+            harness.send(client, records[sent:], [])
+            client.fin()
+            harness.spin(lambda: upstream.eof, "the client's half-close upstream")
+            self.assertEqual(bytes(upstream.received), payload)
+            self.finish(client, upstream, b"answer")
+            harness.assert_clean_end(self, start)
