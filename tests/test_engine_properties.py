@@ -41,6 +41,7 @@ from kongacme.tls.context import ContextBuilder
 from kongacme.tls.fallback import generate_self_signed
 from kongacme.tls.protocol import TLSServerFactory
 from kongacme.workers.worker import CountingProxyFactory
+from tests.proxyhelpers import LogCapture
 from tests.test_tls_pump import segments
 from tests.tlsclients import bare_eof, memory_client
 
@@ -440,10 +441,11 @@ class Harness:
 
 
 class HarnessMixin:
-    """A :class:`Harness` for each test, closed after it."""
+    """A :class:`Harness` for each test, closed after it; the relay's log lines."""
 
     def setUp(self) -> None:
         super().setUp()  # type: ignore[misc]
+        self.relay_logs = LogCapture("kongacme.engine.relay").start(self)
         self.harness = Harness()
         self.addCleanup(self.close_harness)  # type: ignore[attr-defined]
 
@@ -680,4 +682,53 @@ class RelayEdgeTests(HarnessMixin, SynchronousTestCase):
             harness.spin(lambda: upstream.eof, "the client's half-close upstream")
             self.assertEqual(bytes(upstream.received), payload)
             self.finish(client, upstream, b"answer")
+            harness.assert_clean_end(self, start)
+
+
+#: The proxy's idle timeout in these tests (``ProxyFactory``'s default), and
+#: how late the timer wheel may run a deadline (its default 10 buckets a second).
+IDLE = 300
+LATE = 0.1
+
+
+class IdlePropertyTests(HarnessMixin, SynchronousTestCase):
+    """
+    Tests for the relay's idle deadline, on the fake reactor's clock: hours
+    pass in no time, and exactly when the test says.
+    """
+
+    @settings(max_examples=40, deadline=None)
+    @given(steps=st.lists(st.tuples(st.integers(0, IDLE - 1), st.booleans()), max_size=5))
+    def test_idle_deadline_follows_the_last_byte(self, steps) -> None:
+        """
+        Bytes either way, after any pauses shorter than the idle timeout,
+        keep a connection open; once the idle timeout has passed since the
+        last of them (and the wheel's resolution), both sides are reset,
+        with one log line, and the engine holds nothing.
+        """
+        harness = self.harness
+        clock = harness.reactor.clock
+        logged = len(self.relay_logs.events)
+
+        def idle_lines() -> list[dict[str, Any]]:
+            return [e for e in self.relay_logs.events[logged:] if "idle" in e["log_format"]]
+
+        with harness.connection() as start:
+            client, upstream = harness.connect([], [])
+            for pause, from_client in [(0, True), *steps]:
+                clock.advance(pause)
+                harness.run_ready()
+                self.assertEqual((client.pending(), upstream.pending()), (True, True), (pause, clock.seconds()))
+                sender, receiver = (client, upstream) if from_client else (upstream, client)
+                expected = len(receiver.received) + 1
+                harness.send(sender, client.encrypt(b"x") if from_client else b"x", [])
+                harness.spin(lambda: len(receiver.received) == expected, "one byte through")
+            clock.advance(IDLE - LATE)
+            harness.run_ready()
+            self.assertEqual((client.pending(), upstream.pending()), (True, True))
+            self.assertEqual(idle_lines(), [])
+            clock.advance(2 * LATE)
+            harness.spin(lambda: not (client.pending() or upstream.pending()), "both sides reset")
+            self.assertEqual((client.reset, upstream.reset), (True, True))
+            self.assertEqual(len(idle_lines()), 1)
             harness.assert_clean_end(self, start)
