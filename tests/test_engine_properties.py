@@ -297,6 +297,9 @@ class Harness:
         assert self.lean_port is not None
         self.lean_port.stopListening()
         self.reactor.clock.advance(0)  # the Twisted port closes its socket
+        # The limiter and its listeners refer to each other: untracked, the
+        # port (and through it the engine and its epoll) goes without a GC.
+        self.limit.untrack(self.lean_port)
         self.limiter.stop()
         self.upstream_listener.close()
 
