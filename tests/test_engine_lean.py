@@ -14,7 +14,7 @@ import ssl as stdlib_ssl
 from typing import Any
 
 from cryptography.hazmat.primitives.serialization import Encoding
-from twisted.internet import defer, reactor, ssl
+from twisted.internet import defer, reactor, ssl, task
 from twisted.internet.endpoints import TCP4ClientEndpoint, wrapClientTLS
 from twisted.internet.threads import deferToThread
 from twisted.trial import unittest
@@ -31,7 +31,7 @@ from kongacme.tls.context import ContextBuilder
 from kongacme.tls.fallback import generate_self_signed
 from kongacme.tls.protocol import TLSServerFactory
 from tests.clienthellos import client_hello_bytes
-from tests.proxyhelpers import ALPN, LogCapture, Peer, PeerFactory, TLSPeer, unanswered_port
+from tests.proxyhelpers import ALPN, LogCapture, Peer, PeerFactory, TLSPeer, full_listener, unanswered_port
 from tests.test_proxy_forward import IntegrationMixin, settled, wait_until, within
 from tests.tlsclients import client_context, half_close_blocking, handshake_blocking, memory_tls, read_until_end
 
@@ -385,6 +385,29 @@ class DeadlineTests(LeanMixin, unittest.TestCase):
         self.assertEqual(len(self.engine_logs.events), 1)
         self.assertIn("failed", self.engine_logs.events[0]["log_format"])
         self.assertIn("timeout", self.engine_logs.events[0]["reason"].lower())
+
+    async def test_upstream_connects_later(self) -> None:
+        """
+        An upstream whose three-way handshake ends only after ``connect()``
+        returned (its accept queue full at first: a remote upstream's case;
+        one on this host is connected at once) is waited for on
+        ``EPOLLOUT``: what the client sent meanwhile reaches it, and the
+        echo comes back.
+        """
+        full = full_listener(self)
+        port = self.listener(RouteTable([], Route("127.0.0.1", full.getsockname()[1])), connect_timeout=10)
+        pending = deferToThread(handshake_blocking, port, "app.example.com", client_context(), b"sent early")
+        await wait_until(lambda: self.engine.connections()["lean"] == 1)
+        await task.deferLater(reactor, 0.3, lambda: None)  # the SYN is dropped; sent again about 1 s later
+        self.assertFalse(pending.called)
+        # Now accept on the full listener: the queue drains and the repeated SYN is answered.
+        full.setblocking(False)  # the reactor's copy shares the flag: accept must not block
+        listening = reactor.adoptStreamPort(full.fileno(), socket.AF_INET, PeerFactory(Echo))
+        self.addCleanup(listening.stopListening)
+        result = await within(pending, 10)
+        self.assertEqual(result["echo"], b"sent early")
+        self.assertEqual(self.engine.handed_over, 0)
+        self.assertEqual(self.engine_logs.events, [])
 
     async def test_refused(self) -> None:
         """An upstream that refuses gets the client closed with close_notify and one log line."""

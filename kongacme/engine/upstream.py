@@ -15,7 +15,7 @@ from __future__ import annotations
 import errno
 import os
 import socket
-from select import EPOLLOUT
+from select import EPOLLIN, EPOLLOUT
 from typing import TYPE_CHECKING
 
 from OpenSSL.SSL import Error, WantReadError
@@ -42,7 +42,6 @@ _IN_PROGRESS = (errno.EINPROGRESS, errno.EWOULDBLOCK, errno.EAGAIN)
 class UpstreamSide:
     """The upstream half of :class:`~kongacme.engine.relay.Relay` (its methods only)."""
 
-
     def _dial(self: "Relay") -> None:
         """Connect to the next of the route's addresses."""
         family, address = self._upstreams.pop(0)
@@ -53,11 +52,19 @@ class UpstreamSide:
         up.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self._up = up
         self._ufd = up.fileno()
-        self._upstream_mask = EPOLLOUT
         code = up.connect_ex(address)
         if code and code not in _IN_PROGRESS:
             self._connect_failed(code)
             return
+        if code == 0 or _connected_now(up):
+            # An upstream on this host (loopback): the three-way handshake
+            # is over before connect() returns, so there is no EPOLLOUT
+            # round to wait for, nor a connect deadline.
+            self._upstream_mask = EPOLLIN
+            self._loop.register(self._ufd, EPOLLIN, self)
+            self._connected_to_upstream()
+            return
+        self._upstream_mask = EPOLLOUT
         self._loop.register(self._ufd, EPOLLOUT, self)
         if self._deadline is not None:
             self._deadline.cancel()
@@ -66,12 +73,17 @@ class UpstreamSide:
         )
 
     def _connect_finished(self: "Relay") -> None:
+        """``EPOLLOUT`` on a connecting upstream: connected, or failed (``SO_ERROR``)."""
         up = self._up
         assert up is not None
         code = up.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
         if code:
             self._connect_failed(code)
             return
+        self._connected_to_upstream()
+
+    def _connected_to_upstream(self: "Relay") -> None:
+        """The upstream is connected: the idle deadline, the PROXY header and what waited."""
         self._connected = True
         self._cancel_deadline()
         self._last_activity = self._seconds()
@@ -210,3 +222,12 @@ class UpstreamSide:
             return v1_header(source, destination)
         alpn = self._tls.get_alpn_proto_negotiated() or None
         return v2_header(source, destination, server_name=self.server_name, alpn=alpn)
+
+
+def _connected_now(sock: socket.socket) -> bool:
+    """Whether a socket whose ``connect`` said "in progress" is connected already (``getpeername`` works)."""
+    try:
+        sock.getpeername()
+    except OSError:
+        return False
+    return True
