@@ -514,7 +514,9 @@ class SplitPropertyTests(HarnessMixin, SynchronousTestCase):
             self.assertEqual(harness.relayed_since(start), (len(payload), len(reply)))
 
 
-CLIENT_ENDS = ("close_notify", "close_notify+fin", "fin", "rst")
+#: How the client ends: "cut+fin" is the first bytes of a record (never
+#: whole, so never decrypted) and then a FIN.
+CLIENT_ENDS = ("close_notify", "close_notify+fin", "fin", "cut+fin", "rst")
 UPSTREAM_ENDS = ("fin", "rst")
 
 
@@ -528,6 +530,9 @@ class EndingPropertyTests(HarnessMixin, SynchronousTestCase):
     def end_client(self, client: Client, how: str, cuts: list[int]) -> None:
         if how.startswith("close_notify"):
             self.harness.send(client, client.close_notify_record(), cuts)
+        if how.startswith("cut"):
+            record = client.encrypt(b"never whole")
+            self.harness.send(client, record[: max(1, sum(cuts) % len(record))], [])
         if how.endswith("fin"):
             client.fin()
         if how == "rst":
@@ -555,14 +560,15 @@ class EndingPropertyTests(HarnessMixin, SynchronousTestCase):
     ) -> None:
         """
         The client sends ``before``, the upstream ``reply``; one side ends
-        (client: close_notify, close_notify and FIN, FIN alone, reset;
-        upstream: FIN, reset), the other sends ``after`` if it still has
+        (client: close_notify, close_notify and FIN, FIN alone, FIN in the
+        middle of a record, reset; upstream: FIN, reset), the other sends ``after`` if it still has
         someone to send to, then ends too. With ``settle``, each step waits
         until what was sent has arrived; without, the next step follows at
         once.
 
         Without a reset: a half-close is passed on (the client's
-        close_notify or FIN is a FIN upstream, RFC 8446 section 6.1; the
+        close_notify or FIN is a FIN upstream, RFC 8446 section 6.1, and a
+        record the FIN cut is dropped whole; the
         upstream's FIN is close_notify then a FIN at the client, and the
         client sees close_notify before the FIN in every order), every byte
         sent arrives, and the engine counts exactly those bytes.
