@@ -315,6 +315,8 @@ class Harness:
             if not select.select([loop], [], [], 0)[0]:
                 return
             loop.doRead()
+            if self.reactor.adopted:
+                raise AssertionError("the engine handed a connection to the Twisted path")
         raise AssertionError("the engine's loop never went quiet")
 
     def spin(self, until: Callable[[], bool], what: str) -> None:
