@@ -18,7 +18,7 @@ import random
 import select
 import socket
 import ssl
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterator, Sequence
 
 import attrs
 
@@ -78,7 +78,7 @@ class FakeReactor:
     def callLater(self, delay: float, call: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         return self.clock.callLater(delay, call, *args, **kwargs)
 
-    def getDelayedCalls(self) -> list[Any]:
+    def getDelayedCalls(self) -> Sequence[Any]:
         return self.clock.getDelayedCalls()
 
     def addReader(self, reader: Any) -> None:
@@ -286,15 +286,16 @@ class Harness:
         self.twisted_port.startListening()
         self.port = self.twisted_port.getHost().port
         self.engine = LeanEngine(self.reactor, self.tls_factory, self.proxy_factory)
-        self.lean_port = self.engine.take("tcp:0", self.twisted_port, serving, self.limit)
-        self.limit.track(self.lean_port)
+        lean_port = self.engine.take("tcp:0", self.twisted_port, serving, self.limit)
+        assert lean_port is not None, "the engine refused a plain TCP port"
+        self.lean_port = lean_port
+        self.limit.track(lean_port)
         self.ends: list[End] = []
 
     def close(self) -> None:
         """Drop what is left, stop listening, close every descriptor opened."""
         self.drop_connections()
         self.engine.stop()
-        assert self.lean_port is not None
         self.lean_port.stopListening()
         self.reactor.clock.advance(0)  # the Twisted port closes its socket
         # The limiter and its listeners refer to each other: untracked, the
@@ -325,8 +326,9 @@ class Harness:
             self.run_ready()
             if until():
                 return
-            waiting = [end.sock for end in self.ends if end.reading and end.pending()]
-            select.select([self.engine.loop, self.upstream_listener, *waiting], [], [], WAIT)
+            waiting: list[Any] = [self.engine.loop, self.upstream_listener]
+            waiting += [end.sock for end in self.ends if end.reading and end.pending()]
+            select.select(waiting, [], [], WAIT)
         raise AssertionError(f"stuck waiting for: {what}")
 
     def send(self, end: End, data: bytes, cuts: list[int]) -> None:
@@ -638,6 +640,18 @@ class EndingPropertyTests(HarnessMixin, SynchronousTestCase):
             harness.assert_clean_end(self, start)
             if not a_reset:
                 self.assertEqual(harness.relayed_since(start), (len(from_client), len(from_upstream)))
+
+
+class FakeReactorTests(SynchronousTestCase):
+    """Tests for this module's FakeReactor."""
+
+    def test_interfaces(self) -> None:
+        """It provides the reactor interfaces it declares, and its time is its clock's."""
+        fake = FakeReactor()
+        self.assertTrue(verifyObject(IReactorTime, fake))
+        self.assertTrue(verifyObject(IReactorFDSet, fake))
+        fake.clock.advance(7)
+        self.assertEqual(fake.seconds(), fake.clock.seconds())
 
 
 class RelayEdgeTests(HarnessMixin, SynchronousTestCase):
