@@ -33,7 +33,7 @@ from zope.interface.verify import verifyObject
 
 from kongacme.connlimit import Budget, ConnectionLimiter
 from kongacme.engine.lean import LeanEngine
-from kongacme.engine.relay import MAX_PENDING, reset_on_close
+from kongacme.engine.relay import MAX_PENDING, READ_SIZE, Relay, reset_on_close
 from kongacme.proxy.routes import Route, RouteTable
 from kongacme.testing import TestCA
 from kongacme.tls.cache import CertificateCache
@@ -418,6 +418,13 @@ class Harness:
         counted = collections.Counter(self.proxy_factory.bytes) - before.relayed
         return counted["from_clients"], counted["from_upstreams"]
 
+    def relay(self) -> Relay:
+        """The engine's one relay (of the one connection)."""
+        relays = {h for h in self.engine.loop.handlers.values() if isinstance(h, Relay)}
+        if len(relays) != 1:
+            raise AssertionError("the engine holds %d relays, not one" % (len(relays),))
+        return relays.pop()
+
     def drop_connections(self) -> None:
         """Close the test's ends; abort anything the engine still holds but its port."""
         for end in self.ends:
@@ -707,6 +714,66 @@ class RelayEdgeTests(HarnessMixin, SynchronousTestCase):
             harness.spin(lambda: upstream.eof, "the client's half-close upstream")
             self.assertEqual(bytes(upstream.received), payload)
             self.finish(client, upstream, b"answer")
+            harness.assert_clean_end(self, start)
+
+
+    def test_upstream_hangup_behind_a_full_client(self) -> None:
+        """
+        With the client's half-close passed on (the upstream's socket shut
+        for writing), the upstream's FIN makes its socket hang up
+        (``EPOLLHUP``, reported whatever the mask). A client that does not
+        read still holds the upstream back: the engine keeps at most one
+        read's worth of records for it, not what the upstream sent, and
+        everything arrives once the client reads again.
+        """
+        harness = self.harness
+        with harness.connection() as start:
+            client, upstream = harness.connect([], [])
+            harness.send(client, client.close_notify_record(), [])
+            client.fin()
+            harness.spin(lambda: upstream.eof, "the client's half-close upstream")
+            client.reading = False
+            reply = random.Random(3).randbytes(4 * 1024 * 1024)
+            sent = harness.send_what_fits(upstream, reply)
+            upstream.fin()
+            for _ in range(20):
+                harness.run_ready()
+            relay = harness.relay()
+            held = len(relay._to_client or b"")
+            # One upstream read as records (16 KiB of plaintext each, and their headers).
+            self.assertLessEqual(held, READ_SIZE + (READ_SIZE >> 9) + 256)
+            client.reading = True
+            harness.spin(lambda: client.eof, "the upstream's end at the client")
+            self.assertEqual((bytes(client.received), client.close_notify), (reply[:sent], True))
+            harness.assert_clean_end(self, start)
+
+
+    def test_client_hangup_behind_a_full_upstream(self) -> None:
+        """
+        The other way round: with the upstream's FIN passed on (close_notify
+        and a FIN to the client), the client's own FIN makes its socket hang
+        up; an upstream that does not read still holds the client back (at
+        most one read's worth waits for it), and every byte arrives once it
+        reads again.
+        """
+        harness = self.harness
+        with harness.connection() as start:
+            client, upstream = harness.connect([], [])
+            upstream.fin()
+            harness.spin(lambda: client.eof, "the upstream's half-close at the client")
+            self.assertTrue(client.close_notify)
+            upstream.reading = False
+            payload = random.Random(4).randbytes(4 * 1024 * 1024)
+            records = client.encrypt(payload) + client.close_notify_record()
+            sent = harness.send_what_fits(client, records)
+            client.fin()
+            for _ in range(20):
+                harness.run_ready()
+            relay = harness.relay()
+            self.assertLessEqual(len(relay._upstream_backlog or b""), READ_SIZE)
+            upstream.reading = True
+            harness.spin(lambda: upstream.eof, "the client's end upstream")
+            self.assertEqual((sent, bytes(upstream.received)), (len(records), payload))
             harness.assert_clean_end(self, start)
 
 

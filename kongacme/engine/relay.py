@@ -53,6 +53,9 @@ MAX_PENDING = 1 << 18
 
 _GONE = EPOLLHUP | EPOLLERR
 
+#: The mask of a socket taken out of the epoll for now (see ``Relay._park``).
+_PARKED = -1
+
 #: What other modules take from here.
 __all__ = ["MAX_PENDING", "PLAIN_SIZE", "READ_SIZE", "Relay", "reset_on_close"]
 
@@ -138,7 +141,10 @@ class Relay(UpstreamSide):
             if events & EPOLLOUT and self._to_client is not None:
                 self._flush_client()
             if events & (EPOLLIN | _GONE) and not self._done:
-                self._read_client()
+                if self._client_mask & EPOLLIN or events & EPOLLERR:
+                    self._read_client()
+                else:
+                    self._client_mask = self._park(fd)
         elif fd == self._ufd:
             if not self._connected:
                 self._connect_finished()
@@ -146,7 +152,10 @@ class Relay(UpstreamSide):
                 if events & EPOLLOUT and self._upstream_backlog is not None:
                     self._flush_upstream()
                 if events & (EPOLLIN | _GONE) and not self._done:
-                    self._read_upstream()
+                    if self._upstream_mask & EPOLLIN or events & EPOLLERR:
+                        self._read_upstream()
+                    else:
+                        self._upstream_mask = self._park(fd)
         if not self._done:
             self._rearm()
 
@@ -165,8 +174,7 @@ class Relay(UpstreamSide):
         if self._to_client is not None:
             client |= EPOLLOUT
         if client != self._client_mask:
-            self._client_mask = client
-            self._loop.modify(self._cfd, client)
+            self._client_mask = self._watch(self._cfd, self._client_mask, client)
         if self._ufd >= 0:
             if not self._connected:
                 upstream = EPOLLOUT
@@ -175,11 +183,30 @@ class Relay(UpstreamSide):
                 if self._upstream_backlog is not None:
                     upstream |= EPOLLOUT
             if upstream != self._upstream_mask:
-                self._upstream_mask = upstream
-                self._loop.modify(self._ufd, upstream)
+                self._upstream_mask = self._watch(self._ufd, self._upstream_mask, upstream)
         if self._client_eof and (self._upstream_eof or self._closing) and self._to_client is None:
             if self._upstream_backlog is None:
                 self._release()
+
+    def _watch(self, fd: int, watched: int, wanted: int) -> int:
+        """Watch ``wanted`` on ``fd`` instead of ``watched`` (:data:`_PARKED`: not in the epoll); what is watched now."""
+        if watched == _PARKED:
+            if not wanted:
+                return _PARKED  # nothing to wait for yet: stay out
+            self._loop.register(fd, wanted, self)
+        else:
+            self._loop.modify(fd, wanted)
+        return wanted
+
+    def _park(self, fd: int) -> int:
+        """
+        Take ``fd`` out of the epoll until it is to be read again (its
+        mask back in :meth:`_watch`). For an ``EPOLLHUP`` while flow control
+        holds the socket: both directions of it are shut, and a hang-up
+        cannot be masked, so it would be reported on every poll.
+        """
+        self._loop.unregister(fd)
+        return _PARKED
 
     # -- the client -------------------------------------------------------------
 
