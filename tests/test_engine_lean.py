@@ -23,6 +23,7 @@ from zope.interface.verify import verifyObject
 from kongacme.connlimit import Budget, ConnectionLimiter
 from kongacme.engine.lean import LeanEngine, served_by_engine
 from kongacme.engine.loop import EventLoop
+from kongacme.engine.relay import MAX_PENDING, READ_SIZE, Relay
 from kongacme.proxy.forward import ProxyFactory
 from kongacme.proxy.routes import Route, RouteTable
 from kongacme.testing import TestCA
@@ -391,21 +392,26 @@ class DeadlineTests(LeanMixin, unittest.TestCase):
         An upstream whose three-way handshake ends only after ``connect()``
         returned (its accept queue full at first: a remote upstream's case;
         one on this host is connected at once) is waited for on
-        ``EPOLLOUT``: what the client sent meanwhile reaches it, and the
-        echo comes back.
+        ``EPOLLOUT``. Meanwhile the client is read only up to
+        :data:`~kongacme.engine.relay.MAX_PENDING` (and one read); all it
+        sent reaches the upstream once connected, and the echo comes back.
         """
         full = full_listener(self)
         port = self.listener(RouteTable([], Route("127.0.0.1", full.getsockname()[1])), connect_timeout=10)
-        pending = deferToThread(handshake_blocking, port, "app.example.com", client_context(), b"sent early")
+        payload = os.urandom(MAX_PENDING * 4)
+        pending = deferToThread(handshake_blocking, port, "app.example.com", client_context(), payload)
         await wait_until(lambda: self.engine.connections()["lean"] == 1)
         await task.deferLater(reactor, 0.3, lambda: None)  # the SYN is dropped; sent again about 1 s later
         self.assertFalse(pending.called)
+        (relay,) = {h for h in self.engine.loop.handlers.values() if isinstance(h, Relay)}
+        self.assertGreater(relay._pending_size, 0)
+        self.assertLessEqual(relay._pending_size, MAX_PENDING + READ_SIZE)
         # Now accept on the full listener: the queue drains and the repeated SYN is answered.
         full.setblocking(False)  # the reactor's copy shares the flag: accept must not block
         listening = reactor.adoptStreamPort(full.fileno(), socket.AF_INET, PeerFactory(Echo))
         self.addCleanup(listening.stopListening)
         result = await within(pending, 10)
-        self.assertEqual(result["echo"], b"sent early")
+        self.assertEqual(result["echo"], payload)
         self.assertEqual(self.engine.handed_over, 0)
         self.assertEqual(self.engine_logs.events, [])
 

@@ -675,10 +675,12 @@ class RelayEdgeTests(HarnessMixin, SynchronousTestCase):
     def test_everything_at_once(self) -> None:
         """
         A client that sends its Finished with application data in one
-        segment, then more than the engine holds for an upstream still
+        segment, then more than the engine would hold for an upstream still
         connecting (:data:`~kongacme.engine.relay.MAX_PENDING`), its
         close_notify and its FIN without waiting: the upstream gets every
-        byte, then the half-close.
+        byte, then the half-close. (This upstream, on this host, is
+        connected before ``connect()`` returns; an upstream still
+        connecting is ``test_engine_lean``'s ``test_upstream_connects_later``.)
         """
         harness = self.harness
         with harness.connection() as start:
