@@ -34,6 +34,7 @@ from zope.interface.verify import verifyObject
 from kongacme.connlimit import Budget, ConnectionLimiter
 from kongacme.engine.lean import LeanEngine
 from kongacme.engine.relay import MAX_PENDING, READ_SIZE, Relay, reset_on_close
+from kongacme.engine.sockets import BULK_READ_SIZE
 from kongacme.proxy.routes import Route, RouteTable
 from kongacme.testing import TestCA
 from kongacme.tls.cache import CertificateCache
@@ -776,6 +777,39 @@ class RelayEdgeTests(HarnessMixin, SynchronousTestCase):
             upstream.reading = True
             harness.spin(lambda: upstream.eof, "the client's end upstream")
             self.assertEqual((sent, bytes(upstream.received)), (len(records), payload))
+            harness.assert_clean_end(self, start)
+
+
+    def test_upstream_read_size_follows_the_traffic(self) -> None:
+        """
+        A read from the upstream that comes back full (a download) makes
+        the next ones larger (:data:`~kongacme.engine.sockets.BULK_READ_SIZE`);
+        a short one makes them small again; every byte arrives either way.
+        """
+        harness = self.harness
+        with harness.connection() as start:
+            client, upstream = harness.connect([], [])
+            relay = harness.relay()
+            self.assertEqual(relay._upstream_read, READ_SIZE)
+            download = random.Random(5).randbytes(BULK_READ_SIZE * 2)
+            client.reading = False  # let it pile up in the upstream's socket
+            upstream.sock.setblocking(True)
+            upstream.sock.sendall(download[:READ_SIZE * 3])
+            upstream.sock.setblocking(False)
+            select.select([harness.engine.loop], [], [], WAIT)
+            harness.engine.loop.doRead()  # one read: 64 KiB of the 192 there, full
+            self.assertEqual(relay._upstream_read, BULK_READ_SIZE)
+            harness.run_ready()  # the next asks 256 KiB and gets the 128 left: short
+            self.assertEqual(relay._upstream_read, READ_SIZE)
+            client.reading = True
+            harness.send(upstream, download[READ_SIZE * 3 :], [])
+            harness.send(upstream, b"small reply", [])
+            harness.spin(lambda: bytes(client.received).endswith(b"small reply"), "the reply at the client")
+            self.assertEqual(bytes(client.received), download + b"small reply")
+            harness.send(client, client.close_notify_record(), [])
+            client.fin()
+            upstream.fin()
+            harness.spin(lambda: client.eof and upstream.eof, "both ends")
             harness.assert_clean_end(self, start)
 
 

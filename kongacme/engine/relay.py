@@ -23,7 +23,7 @@ import socket
 from select import EPOLLERR, EPOLLHUP, EPOLLIN, EPOLLOUT
 from typing import TYPE_CHECKING, Any, Callable
 
-from OpenSSL.SSL import Error, WantReadError, ZeroReturnError
+from OpenSSL.SSL import Connection, Error, WantReadError, ZeroReturnError
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
@@ -121,11 +121,14 @@ class Relay(UpstreamSide):
         self._complete: int | None = None
         self._client_mask = EPOLLIN
         self._upstream_mask = 0
+        #: Bytes asked of the upstream per ``recv`` (grows for a download).
+        self._upstream_read: int = READ_SIZE
         self._idle_timeout: float = engine.proxy_factory.idle_timeout
         self._seconds: Callable[[], float] = engine.reactor.seconds
         self._last_activity = 0.0
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        tls = self._tls = engine.tls_factory.builder.connection_for(certified)
+        tls: Connection = engine.tls_factory.builder.connection_for(certified)
+        self._tls = tls
         tls.set_app_data(self)
         tls.set_accept_state()
         # The hello's deadline, now this relay's (the handshake's end).

@@ -24,7 +24,7 @@ from twisted.internet.error import getConnectError
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from kongacme.engine.sockets import NONBLOCKING_STREAM, READ_SIZE, send_now
+from kongacme.engine.sockets import BULK_READ_SIZE, NONBLOCKING_STREAM, READ_SIZE, send_now
 from kongacme.failures import describe_failure
 from kongacme.net import peer_name
 from kongacme.proxy.proxyproto import v1_header, v2_header
@@ -164,8 +164,9 @@ class UpstreamSide:
     def _read_upstream(self: "Relay") -> None:
         up = self._up
         assert up is not None
+        asked = self._upstream_read
         try:
-            data = up.recv(READ_SIZE)
+            data = up.recv(asked)
         except BlockingIOError:
             return
         except OSError as e:
@@ -174,10 +175,17 @@ class UpstreamSide:
         if not data:
             self._upstream_ended()
             return
-        self.received_from_upstream += len(data)
+        size = len(data)
+        # A full read is a bulk transfer: read more at a time (fewer
+        # interpreter rounds per byte); a short one, back to the small size
+        # (a large buffer per read costs small replies more than it saves).
+        if size == asked:
+            self._upstream_read = BULK_READ_SIZE
+        elif asked != READ_SIZE:
+            self._upstream_read = READ_SIZE
+        self.received_from_upstream += size
         self._last_activity = self._seconds()
         tls = self._tls
-        size = len(data)
         try:
             sent = tls.send(data)
             if sent < size:
