@@ -30,14 +30,6 @@ def unanswered_port(test: Any) -> int:
     A local port whose listener never answers a SYN: Linux drops SYNs while
     a listener's accept queue is full, so it is filled. Closed with ``test``.
     """
-    return full_listener(test).getsockname()[1]
-
-
-def full_listener(test: Any) -> socket.socket:
-    """
-    The listening socket of :func:`unanswered_port`: accepting on it
-    drains the queue, and the next SYN a client repeats is answered.
-    """
     listener = socket.socket()
     test.addCleanup(listener.close)
     listener.bind(("127.0.0.1", 0))
@@ -48,7 +40,7 @@ def full_listener(test: Any) -> socket.socket:
         test.addCleanup(filler.close)
         filler.setblocking(False)
         filler.connect_ex(("127.0.0.1", port))
-    return listener
+    return port
 
 
 @implementer(IConnectionInfo)

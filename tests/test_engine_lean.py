@@ -23,7 +23,9 @@ from zope.interface.verify import verifyObject
 from kongacme.connlimit import Budget, ConnectionLimiter
 from kongacme.engine.lean import LeanEngine, served_by_engine
 from kongacme.engine.loop import EventLoop
-from kongacme.engine.relay import MAX_PENDING, READ_SIZE, Relay
+from kongacme.engine.relay import MAX_PENDING, Relay
+from kongacme.engine.sockets import READ_SIZE
+from kongacme.engine import upstream as upstream_side
 from kongacme.proxy.forward import ProxyFactory
 from kongacme.proxy.routes import Route, RouteTable
 from kongacme.testing import TestCA
@@ -32,7 +34,7 @@ from kongacme.tls.context import ContextBuilder
 from kongacme.tls.fallback import generate_self_signed
 from kongacme.tls.protocol import TLSServerFactory
 from tests.clienthellos import client_hello_bytes
-from tests.proxyhelpers import ALPN, LogCapture, Peer, PeerFactory, TLSPeer, full_listener, unanswered_port
+from tests.proxyhelpers import ALPN, LogCapture, Peer, PeerFactory, TLSPeer, unanswered_port
 from tests.test_proxy_forward import IntegrationMixin, settled, wait_until, within
 from tests.tlsclients import client_context, half_close_blocking, handshake_blocking, memory_tls, read_until_end
 
@@ -389,31 +391,41 @@ class DeadlineTests(LeanMixin, unittest.TestCase):
 
     async def test_upstream_connects_later(self) -> None:
         """
-        An upstream whose three-way handshake ends only after ``connect()``
-        returned (its accept queue full at first: a remote upstream's case;
-        one on this host is connected at once) is waited for on
-        ``EPOLLOUT``. Meanwhile the client is read only up to
-        :data:`~kongacme.engine.relay.MAX_PENDING` (and one read); all it
-        sent reaches the upstream once connected, and the echo comes back.
+        An upstream whose three-way handshake is not over when ``connect()``
+        returns (a remote one; here ``_connected_now`` says so of a local
+        one) is waited for on ``EPOLLOUT``, then used: the echo of all the
+        client sent comes back, nothing is logged.
         """
-        full = full_listener(self)
-        port = self.listener(RouteTable([], Route("127.0.0.1", full.getsockname()[1])), connect_timeout=10)
+        self.patch(upstream_side, "_connected_now", lambda sock: False)
+        _, up_port = self.upstream(peer_class=Echo)
+        port = self.listener(RouteTable([], Route("127.0.0.1", up_port)), connect_timeout=10)
         payload = os.urandom(MAX_PENDING * 4)
-        pending = deferToThread(handshake_blocking, port, "app.example.com", client_context(), payload)
-        await wait_until(lambda: self.engine.connections()["lean"] == 1)
-        await task.deferLater(reactor, 0.3, lambda: None)  # the SYN is dropped; sent again about 1 s later
-        self.assertFalse(pending.called)
-        (relay,) = {h for h in self.engine.loop.handlers.values() if isinstance(h, Relay)}
-        self.assertGreater(relay._pending_size, 0)
-        self.assertLessEqual(relay._pending_size, MAX_PENDING + READ_SIZE)
-        # Now accept on the full listener: the queue drains and the repeated SYN is answered.
-        full.setblocking(False)  # the reactor's copy shares the flag: accept must not block
-        listening = reactor.adoptStreamPort(full.fileno(), socket.AF_INET, PeerFactory(Echo))
-        self.addCleanup(listening.stopListening)
-        result = await within(pending, 10)
+        result = await deferToThread(handshake_blocking, port, "app.example.com", client_context(), payload)
         self.assertEqual(result["echo"], payload)
         self.assertEqual(self.engine.handed_over, 0)
         self.assertEqual(self.engine_logs.events, [])
+
+    async def test_pending_bounded_while_connecting(self) -> None:
+        """
+        While the upstream does not answer (its accept queue full: SYNs
+        dropped), the client is read only up to
+        :data:`~kongacme.engine.relay.MAX_PENDING` and one read more.
+        """
+        full = unanswered_port(self)
+        port = self.listener(RouteTable([], Route("127.0.0.1", full)), connect_timeout=30)
+        payload = os.urandom(MAX_PENDING * 4)
+        sending = deferToThread(handshake_blocking, port, "app.example.com", client_context(), payload, timeout=20)
+        sending.addErrback(lambda failure: None)  # it ends when the engine drops it, below
+
+        def relays() -> list[Relay]:
+            return [h for h in dict.fromkeys(self.engine.loop.handlers.values()) if isinstance(h, Relay)]
+
+        await wait_until(lambda: any(r._pending_size >= MAX_PENDING for r in relays()), timeout=20)
+        await task.deferLater(reactor, 0.3, lambda: None)  # the client goes on sending meanwhile
+        (relay,) = relays()
+        self.assertLessEqual(relay._pending_size, MAX_PENDING + READ_SIZE)
+        relay.abort()
+        await within(sending, 30)
 
     async def test_refused(self) -> None:
         """An upstream that refuses gets the client closed with close_notify and one log line."""

@@ -33,8 +33,8 @@ from zope.interface.verify import verifyObject
 
 from kongacme.connlimit import Budget, ConnectionLimiter
 from kongacme.engine.lean import LeanEngine
-from kongacme.engine.relay import MAX_PENDING, READ_SIZE, Relay, reset_on_close
-from kongacme.engine.sockets import BULK_READ_SIZE
+from kongacme.engine.relay import MAX_PENDING, Relay
+from kongacme.engine.sockets import BULK_READ_SIZE, READ_SIZE, reset_on_close
 from kongacme.proxy.routes import Route, RouteTable
 from kongacme.testing import TestCA
 from kongacme.tls.cache import CertificateCache

@@ -25,7 +25,8 @@ from kongacme.proxy.connect import family_of
 from kongacme.timers import Deadline
 from kongacme.tls.alpn_challenge import is_challenge_hello
 from kongacme.tls.clienthello import MAX_CLIENT_HELLO, ClientHello, parse_client_hello
-from kongacme.engine.relay import READ_SIZE, Relay, reset_on_close
+from kongacme.engine.relay import Relay
+from kongacme.engine.sockets import READ_SIZE, reset_on_close
 
 if TYPE_CHECKING:
     from kongacme.engine.lean import LeanEngine

@@ -56,9 +56,6 @@ _GONE = EPOLLHUP | EPOLLERR
 #: The mask of a socket taken out of the epoll for now (see ``Relay._park``).
 _PARKED = -1
 
-#: What other modules take from here.
-__all__ = ["MAX_PENDING", "PLAIN_SIZE", "READ_SIZE", "Relay", "reset_on_close"]
-
 
 @implementer(IPollHandler)
 class Relay(UpstreamSide):
