@@ -4,11 +4,20 @@ Tests for kongacme.tls.records.
 
 from __future__ import annotations
 
-from hypothesis import given
+import ssl
+
+from hypothesis import given, settings
 from hypothesis import strategies as st
+from OpenSSL import SSL
+from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
-from kongacme.tls.records import count_records
+from kongacme.testing import TestCA
+from kongacme.tls.context import ContextBuilder
+from kongacme.tls.records import count_records, seal
+from tests.tlsclients import memory_client
+
+_CERTIFIED = TestCA.create().issue("app.example.com")
 
 
 def record(length: int) -> bytes:
@@ -43,3 +52,60 @@ class CountRecordsTests(SynchronousTestCase):
             complete, need, header = count_records(need, header, stream[start:end])
             total += complete
         self.assertEqual((total, need, header), (len(lengths), 0, b""))
+
+
+
+def connected_pair() -> tuple[SSL.Connection, ssl.SSLObject, ssl.MemoryBIO]:
+    """A kongacme server connection and a client, both over memory BIOs, handshake done."""
+    server = ContextBuilder(Clock()).connection_for(_CERTIFIED)
+    server.set_accept_state()
+    client, incoming, outgoing = memory_client("app.example.com")
+    for _ in range(10):
+        try:
+            client.do_handshake()
+        except ssl.SSLWantReadError:
+            pass
+        else:
+            break
+        server.bio_write(outgoing.read())
+        try:
+            server.do_handshake()
+        except SSL.WantReadError:
+            pass
+        incoming.write(server.bio_read(1 << 16))
+    server.bio_write(outgoing.read())  # the client's Finished
+    server.do_handshake()
+    try:
+        while True:  # the session tickets
+            incoming.write(server.bio_read(1 << 16))
+    except SSL.WantReadError:
+        pass
+    return server, client, incoming
+
+
+class SealTests(SynchronousTestCase):
+    """Tests for seal: plaintext into records, out of the BIO in one read."""
+
+    @settings(max_examples=30, deadline=None)
+    @given(size=st.integers(1, 200_000))
+    def test_records_decrypt_to_the_data(self, size: int) -> None:
+        """
+        Any amount of plaintext comes out as records in one read (nothing
+        left in the BIO, ``more`` false), and they decrypt to it.
+        """
+        server, client, incoming = connected_pair()
+        data = bytes(range(256)) * (size // 256) + b"x" * (size % 256)
+        records, more = seal(server, data)
+        self.assertFalse(more)
+        self.assertRaises(SSL.WantReadError, server.bio_read, 1)
+        incoming.write(records)
+        received = b""
+        while len(received) < size:
+            received += client.read(1 << 17)
+        self.assertEqual(received, data)
+
+    def test_send_error_raised(self) -> None:
+        """A connection that cannot send (no handshake yet) raises OpenSSL's error."""
+        server = ContextBuilder(Clock()).connection_for(_CERTIFIED)
+        server.set_accept_state()
+        self.assertRaises(SSL.Error, seal, server, b"data")

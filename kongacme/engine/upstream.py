@@ -18,7 +18,7 @@ import socket
 from select import EPOLLIN, EPOLLOUT
 from typing import TYPE_CHECKING
 
-from OpenSSL.SSL import Error, WantReadError
+from OpenSSL.SSL import Error
 from twisted.internet.error import TimeoutError as ConnectTimeout
 from twisted.internet.error import getConnectError
 from twisted.logger import Logger
@@ -29,6 +29,7 @@ from kongacme.failures import describe_failure
 from kongacme.net import peer_name
 from kongacme.proxy.proxyproto import v1_header, v2_header
 from kongacme.proxy.routes import route_name
+from kongacme.tls.records import seal
 
 if TYPE_CHECKING:
     from kongacme.engine.relay import Relay
@@ -185,24 +186,15 @@ class UpstreamSide:
             self._upstream_read = READ_SIZE
         self.received_from_upstream += size
         self._last_activity = self._seconds()
-        tls = self._tls
         try:
-            sent = tls.send(data)
-            if sent < size:
-                view = memoryview(data)
-                while sent < size:
-                    sent += tls.send(view[sent:])
+            records, more = seal(self._tls, data)
         except Error as e:
             self._client_lost(e)
             return
-        # One read takes every record (22 bytes each over 16 KiB of plaintext).
-        room = size + (size >> 9) + 256
-        try:
-            records = tls.bio_read(room)
-        except WantReadError:
+        if not records:
             return
         self._send_client(records)
-        if len(records) == room:
+        if more:
             self._drain()
 
     def _upstream_ended(self: "Relay") -> None:

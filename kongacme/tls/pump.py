@@ -38,7 +38,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from kongacme.sockwrite import SocketWriter
-from kongacme.tls.records import count_records
+from kongacme.tls.records import count_records, seal
 
 #: Plaintext read per ``recv``: more than a TLS record's (16 KiB), so one
 #: call takes a whole record (OpenSSL returns one record per call).
@@ -260,28 +260,17 @@ class TLSPump(Protocol):
         if not size:
             return
         try:
-            sent = tls.send(data)
-            if sent < size:
-                # Partial writes are one record each: walk the buffer
-                # without copying it.
-                view = memoryview(data)
-                while sent < size:
-                    sent += tls.send(view[sent:])
+            records, more = seal(tls, data)
         except Error:
             self._fail(Failure())
             return
-        # Records add 22 bytes each (TLS 1.3, 16 KiB of plaintext at most):
-        # one read of this size takes everything (the loop of _drain, inline).
-        room = size + (size >> 9) + 256
-        try:
-            records = tls.bio_read(room)
-        except WantReadError:
+        if not records:
             return
         writer = self._writer
         assert writer is not None
         writer.write(records)
-        if len(records) == room:
-            self._drain(room)
+        if more:
+            self._drain(len(records))
 
     def writeSequence(self, data: list[bytes]) -> None:
         """Send each of ``data`` in turn."""
