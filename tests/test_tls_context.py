@@ -18,7 +18,8 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
 from kongacme.errors import CertificateError
-from kongacme.tls.context import ContextBuilder, Intermediates, ServedCertificate, chain_key
+from kongacme.tls import context as context_module
+from kongacme.tls.context import PROMOTE_AFTER, ContextBuilder, Intermediates, ServedCertificate, chain_key
 
 
 def pump(server: SSL.Connection, client_step, client_in, client_out) -> None:
@@ -203,6 +204,124 @@ class ContextBuilderTests(SynchronousTestCase):
         server.set_app_data(Route())
         client = python_handshake(server, "a.test", self.root.ca_pem(), alpn=["h2", "http/1.1"])
         self.assertEqual(client.selected_alpn_protocol(), "http/1.1")
+
+    def test_hot_after_promotion(self):
+        """
+        A certificate's first PROMOTE_AFTER - 1 connections start from the
+        shared context; from then on they start from one context of its
+        own, which presents the leaf and the full chain and answers ALPN.
+        """
+        certified = self.intermediate.issue(["a.test"], include_ca=True)
+        shared = self.builder.context_for(certified)
+        for _ in range(PROMOTE_AFTER - 1):
+            self.assertIs(self.builder.connection_for(certified).get_context(), shared)
+        self.assertEqual(self.builder.hot_contexts(), 0)
+        own = self.builder.connection_for(certified).get_context()
+        self.assertIsNot(own, shared)
+        self.assertIs(self.builder.connection_for(certified).get_context(), own)
+        self.assertEqual(self.builder.hot_contexts(), 1)
+        self.assertEqual(self.builder.contexts(), 1)
+        self.assertEqual(sent_chain(self.builder.connection_for(certified), "a.test"), list(certified.chain))
+
+        class Route:
+            alpn_allowed = (b"http/1.1",)
+
+        server = self.builder.connection_for(certified)
+        self.assertIs(server.get_context(), own)
+        server.set_app_data(Route())
+        client = python_handshake(server, "a.test", self.root.ca_pem(), alpn=["h2", "http/1.1"])
+        self.assertEqual(client.selected_alpn_protocol(), "http/1.1")
+        self.assertIn(("DNS", "a.test"), client.getpeercert()["subjectAltName"])
+
+    def test_hot_without_intermediates(self):
+        """A certificate with no intermediates gets its own context too, sending its leaf alone."""
+        self.builder.promote_after = 1
+        bare = self.root.issue(["c.test"])
+        server = self.builder.connection_for(bare)
+        self.assertEqual(self.builder.hot_contexts(), 1)
+        self.assertEqual(sent_chain(server, "c.test"), [bare.leaf])
+
+    def test_hot_rotated(self):
+        """A certificate's own context is rebuilt after ticket_key_rotation seconds, on its next connection."""
+        self.builder.promote_after = 1
+        certified = self.intermediate.issue(["a.test"], include_ca=True)
+        first = self.builder.connection_for(certified).get_context()
+        self.clock.advance(3599)
+        self.assertIs(self.builder.connection_for(certified).get_context(), first)
+        self.clock.advance(1)
+        second = self.builder.connection_for(certified).get_context()
+        self.assertIsNot(second, first)
+        self.assertIs(self.builder.connection_for(certified).get_context(), second)
+        self.assertEqual(self.builder.hot_contexts(), 1)
+
+    def test_hot_least_recently_used_out(self):
+        """
+        Past hot_limit certificates the least recently used loses its own
+        context, and counts its connections from the start again.
+        """
+        self.builder.hot_limit = 2
+        self.builder.promote_after = 2
+        a, b, c = (self.intermediate.issue([n], include_ca=True) for n in ("a.test", "b.test", "c.test"))
+        shared = self.builder.context_for(a)
+        own = {}
+        for certified in (a, b):
+            self.builder.connection_for(certified)
+            own[certified] = self.builder.connection_for(certified).get_context()
+        self.builder.connection_for(a)  # a used last: b is the least recently used
+        self.builder.connection_for(c)
+        self.builder.connection_for(c)
+        self.assertEqual(self.builder.hot_contexts(), 2)
+        self.assertIs(self.builder.connection_for(a).get_context(), own[a])
+        self.assertIs(self.builder.connection_for(b).get_context(), shared)
+        again = self.builder.connection_for(b).get_context()
+        self.assertIsNot(again, shared)
+        self.assertIsNot(again, own[b])
+
+    def test_counts_start_over(self):
+        """Past _COUNTED certificates counted, the counts start over (they only hint)."""
+        self.patch(context_module, "_COUNTED", 2)
+        self.builder.promote_after = 2
+        a, b, c = (self.intermediate.issue([n], include_ca=True) for n in ("a.test", "b.test", "c.test"))
+        for certified in (a, b, c):
+            self.builder.connection_for(certified)
+        self.assertEqual(self.builder.hot_contexts(), 0)
+        self.builder.connection_for(a)  # its first count was dropped with the others
+        self.assertEqual(self.builder.hot_contexts(), 0)
+        self.builder.connection_for(c)
+        self.assertEqual(self.builder.hot_contexts(), 1)
+
+    def test_hot_gone_with_certificate(self):
+        """A certificate's own context goes when the certificate does."""
+        self.builder.promote_after = 1
+        certified = self.intermediate.issue(["a.test"], include_ca=True)
+        self.builder.connection_for(certified)
+        self.assertEqual(self.builder.hot_contexts(), 1)
+        del certified
+        gc.collect()
+        self.assertEqual(self.builder.hot_contexts(), 0)
+        self.assertEqual(len(self.builder), 0)
+
+    def test_hot_forgotten(self):
+        """forget_all drops the certificates' own contexts and counts too."""
+        self.builder.promote_after = 2
+        certified = self.intermediate.issue(["a.test"], include_ca=True)
+        self.builder.connection_for(certified)
+        self.builder.connection_for(certified)
+        own = self.builder.connection_for(certified).get_context()
+        self.builder.forget_all()
+        self.assertEqual(self.builder.hot_contexts(), 0)
+        after = self.builder.connection_for(certified).get_context()
+        self.assertIsNot(after, own)
+        self.assertIs(after, self.builder.context_for(certified))
+
+    def test_hot_key_not_matching(self):
+        """A key that is not the leaf's is refused when its own context is built too, and nothing is kept."""
+        self.builder.promote_after = 1
+        a = self.intermediate.issue(["a.test"], include_ca=True)
+        b = self.intermediate.issue(["b.test"], include_ca=True)
+        mixed = CertifiedKey(chain=a.chain, key=b.key, source="mixed")
+        self.assertRaises(SSL.Error, self.builder.connection_for, mixed)
+        self.assertEqual(self.builder.hot_contexts(), 0)
 
     def test_no_tickets(self):
         """With session_tickets off the context carries OP_NO_TICKET."""

@@ -1,11 +1,13 @@
 """
 OpenSSL server contexts, shared by every certificate with the same
 intermediates, with Mozilla's "intermediate" profile, rebuilt when their
-ticket keys are due for rotation; each connection gets its own leaf and key.
+ticket keys are due for rotation; each connection gets its own leaf and key,
+except on the busiest certificates, which get a context of their own.
 """
 
 from __future__ import annotations
 
+import collections
 import datetime
 import hashlib
 import re
@@ -175,6 +177,19 @@ class ServedCertificate:
         return "<ServedCertificate %s until %s>" % (",".join(self.names) or "?", self.not_after.isoformat())
 
 
+#: The most certificates with a context of their own (least recently used
+#: first out): about 15 KB each.
+HOT_CONTEXTS = 64
+
+#: Connections a certificate serves from its chain's shared context before
+#: it gets a context of its own: one visit does not pay for a context
+#: (~120 us to build), a busy name does within a few connections.
+PROMOTE_AFTER = 8
+
+#: Certificates whose connections are counted for promotion at most; the
+#: counts start over past it (they are only a hint).
+_COUNTED = 4096
+
 #: What :meth:`ContextBuilder.connection_for` serves.
 Servable = Union[CertifiedKey, ServedCertificate]
 
@@ -193,6 +208,13 @@ class ContextBuilder:
     A context costs ~15-26 KB of OpenSSL memory, a leaf and key as OpenSSL
     objects ~8 KB: sharing contexts halves what each name held costs a
     worker (bench/tls_memory.py).
+
+    Giving each connection its leaf and key costs ~20 us of a ~650 us
+    handshake, though (bench/hot_contexts.py): a certificate that has served
+    :data:`PROMOTE_AFTER` connections gets a context of its own carrying
+    them, for its later connections, for up to :data:`HOT_CONTEXTS`
+    certificates (the least recently used goes first). Such a context is
+    rotated like the shared ones, and goes with its certificate.
 
     OpenSSL keeps session-ticket keys per context, so rebuilding a context
     is how its ticket keys rotate: a context older than
@@ -219,6 +241,13 @@ class ContextBuilder:
         self._contexts: dict[bytes, tuple[SSL.Context, float]] = {}
         #: CertifiedKey → its served form, held as long as the certificate.
         self._served: "weakref.WeakKeyDictionary[CertifiedKey, ServedCertificate]" = weakref.WeakKeyDictionary()
+        #: id(ServedCertificate) → (a weak reference to it, its own context,
+        #: built at), least recently used first.
+        self._hot: "collections.OrderedDict[int, tuple[weakref.ref, SSL.Context, float]]" = collections.OrderedDict()
+        #: id(ServedCertificate) → connections served from a shared context.
+        self._uses: dict[int, int] = {}
+        self.hot_limit = HOT_CONTEXTS
+        self.promote_after = PROMOTE_AFTER
 
     def served(self, certified: Servable) -> ServedCertificate:
         """``certified``'s served form (a :class:`CertifiedKey` is converted once, and kept as long as it is)."""
@@ -260,23 +289,60 @@ class ContextBuilder:
             checks it as it takes the key).
         """
         served = self.served(certified)
+        key = id(served)
+        hot = self._hot.get(key)
+        if hot is not None and hot[0]() is served:
+            if self._clock.seconds() - hot[2] < self.ticket_key_rotation:
+                self._hot.move_to_end(key)
+                return SSL.Connection(hot[1], None)
+            return SSL.Connection(self._promote(served, key), None)  # its ticket keys rotate
+        uses = self._uses.pop(key, 0) + 1
+        if uses >= self.promote_after and self.hot_limit:
+            return SSL.Connection(self._promote(served, key), None)
+        if len(self._uses) >= _COUNTED:
+            self._uses.clear()
+        self._uses[key] = uses
         connection = SSL.Connection(self._context(served.chain), None)
         # The leaf first: OpenSSL checks the key against it.
         connection.use_certificate(served.leaf)
         connection.use_privatekey(served.key)
         return connection
 
+    def _promote(self, served: ServedCertificate, key: int) -> SSL.Context:
+        """A context of ``served``'s own (new, or rotated), carrying its leaf and key."""
+        context = self.build(served.chain.certificates)
+        context.use_certificate(served.leaf)
+        context.use_privatekey(served.key)
+        hot = self._hot
+
+        def gone(_ref: weakref.ref, key: int = key) -> None:
+            entry = hot.get(key)
+            if entry is not None and entry[0] is _ref:
+                del hot[key]
+
+        hot[key] = (weakref.ref(served, gone), context, self._clock.seconds())
+        hot.move_to_end(key)
+        while len(hot) > self.hot_limit:
+            hot.popitem(last=False)
+        return context
+
     def forget_all(self) -> None:
         """Drop every context (settings changed); the next connection builds anew."""
         self._contexts.clear()
+        self._hot.clear()
+        self._uses.clear()
 
     def __len__(self) -> int:
         """The :class:`CertifiedKey` objects held converted (as long as something else holds them)."""
         return len(self._served)
 
     def contexts(self) -> int:
-        """How many contexts are memoised."""
+        """How many shared contexts are memoised."""
         return len(self._contexts)
+
+    def hot_contexts(self) -> int:
+        """How many certificates have a context of their own."""
+        return len(self._hot)
 
     def build(self, intermediates: Sequence[x509.Certificate] = ()) -> SSL.Context:
         """
