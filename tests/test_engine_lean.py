@@ -21,6 +21,7 @@ from twisted.trial import unittest
 from zope.interface.verify import verifyObject
 
 from kongacme.connlimit import Budget, ConnectionLimiter
+from kongacme.engine.connection import HelloReader
 from kongacme.engine.lean import LeanEngine, served_by_engine
 from kongacme.engine.loop import EventLoop
 from kongacme.engine.relay import MAX_PENDING, Relay
@@ -555,6 +556,22 @@ def _send_and_read_after_fin(port: int, data: bytes) -> bytes:
             received += chunk
 
 
+def _accepted() -> tuple[socket.socket, Any, socket.socket]:
+    """A TCP connection on loopback: the accepted socket, its peer address, and the client's socket."""
+    with socket.socket() as listening:
+        listening.bind(("127.0.0.1", 0))
+        listening.listen(1)
+        client = socket.create_connection(listening.getsockname())
+        accepted, peer = listening.accept()
+    return accepted, peer, client
+
+
+async def _arrived(sock: socket.socket, size: int = 1) -> None:
+    """Until ``size`` bytes sent to ``sock`` can be read from it (peeked, not taken)."""
+    await wait_until(lambda: len(sock.recv(65536, socket.MSG_PEEK | socket.MSG_DONTWAIT)) >= size
+                     if select.select([sock], [], [], 0)[0] else False)
+
+
 class Exploding:
     """A poll handler whose ``on_events`` raises; records ``abort``."""
 
@@ -589,6 +606,69 @@ class LoopTests(LeanMixin, unittest.TestCase):
         self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
         result = await deferToThread(handshake_blocking, port, "app.example.com", client_context(), b"still")
         self.assertEqual(result["echo"], b"still")
+
+    async def test_new_connection_error_contained(self) -> None:
+        """
+        An error while a new connection whose ClientHello is already there
+        starts (read at once, before it is in the epoll) ends that
+        connection only: it is logged once, the socket closed, its place in
+        the limit given back, and the next connection is served.
+        """
+        _, up_port = self.upstream(peer_class=Echo)
+        port = self.listener(RouteTable([], Route("127.0.0.1", up_port)))
+        builder = self.tls_factory.builder
+        real = builder.connection_for
+        calls = []
+
+        def exploding(certified: Any) -> Any:
+            calls.append(certified)
+            raise RuntimeError("boom")
+
+        builder.connection_for = exploding  # type: ignore[method-assign]
+        left, peer, right = _accepted()
+        self.addCleanup(right.close)
+        right.sendall(client_hello_bytes("app.example.com"))
+        await _arrived(left)
+        self.assertTrue(self.limit.take())
+        self.engine.serve(left, peer, self.lean_port)
+        self.assertEqual(len(calls), 1)
+        self.assertEqual(left.fileno(), -1)
+        self.assertEqual(self.limit.in_use, 0)
+        self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
+        self.assertNotIn(left, list(self.engine.loop.handlers.values()))
+        builder.connection_for = real  # type: ignore[method-assign]
+        result = await deferToThread(handshake_blocking, port, "app.example.com", client_context(), b"still")
+        self.assertEqual(result["echo"], b"still")
+
+    async def test_hello_read_at_once(self) -> None:
+        """
+        A ClientHello already there when the connection is accepted is read
+        at once: the relay holds the connection as soon as it is served. A
+        hello still to come is waited for on the epoll.
+        """
+        _, up_port = self.upstream(peer_class=Echo)
+        self.listener(RouteTable([], Route("127.0.0.1", up_port)))
+        handlers = self.engine.loop.handlers
+        hello = client_hello_bytes("app.example.com")
+        left, peer, right = _accepted()
+        self.addCleanup(right.close)
+        right.sendall(hello)
+        await _arrived(left, len(hello))
+        self.assertTrue(self.limit.take())
+        self.engine.serve(left, peer, self.lean_port)
+        self.assertIsInstance(handlers.get(left.fileno()), Relay)
+        left2, peer2, right2 = _accepted()
+        self.addCleanup(right2.close)
+        right2.sendall(hello[:20])
+        await _arrived(left2, 20)
+        self.assertTrue(self.limit.take())
+        self.engine.serve(left2, peer2, self.lean_port)
+        self.assertIsInstance(handlers.get(left2.fileno()), HelloReader)
+        right2.sendall(hello[20:])
+        await wait_until(lambda: isinstance(handlers.get(left2.fileno()), Relay))
+        for relay in {id(h): h for h in handlers.values() if isinstance(h, Relay)}.values():
+            relay.abort()
+        await wait_until(lambda: self.limit.in_use == 0)
 
     def test_interfaces(self) -> None:
         """The loop is a reactor reader; handlers and the port provide IPollHandler."""

@@ -75,6 +75,10 @@ class HelloReader:
     Edge-triggered: a peek leaves the bytes in the socket, so level
     triggering would report them again at once; each new segment (or the
     FIN) is a new edge.
+
+    The ClientHello has usually arrived by the time the connection is
+    accepted, so :meth:`start` reads it at once and the connection enters
+    the epoll only if it has not (or only in part).
     """
 
     def __init__(self, engine: "LeanEngine", sock: socket.socket, peer: Any, origin: "LeanPort"):
@@ -87,33 +91,44 @@ class HelloReader:
         tls = engine.tls_factory
         self._deadline: Deadline | None = tls.wheel.call_later(tls.handshake_timeout, self._timed_out)
         self._done = False
+        self._registered = False
         self._relay: Relay | None = None
-        # Registering reports the data already there (the usual case) at once.
-        engine.loop.register(self._fd, EPOLLIN | EPOLLRDHUP | EPOLLET, self)
+
+    def start(self) -> None:
+        """Read the ClientHello if it is there; else wait for it on the epoll."""
+        if not self._read_hello(0) and not self._done:
+            self._registered = True
+            # Registering reports what came since the peek at once.
+            self._engine.loop.register(self._fd, EPOLLIN | EPOLLRDHUP | EPOLLET, self)
 
     def on_events(self, fd: int, events: int) -> None:
-        engine = self._engine
-        buffer = engine.peek_buffer
+        self._read_hello(events)
+
+    def _read_hello(self, events: int) -> bool:
+        """Peek at what the client sent: ``False`` while the ClientHello is not whole yet."""
+        buffer = self._engine.peek_buffer
         try:
             size = self._sock.recv_into(buffer, PEEK_SIZE, socket.MSG_PEEK)
         except BlockingIOError:
-            return
+            return False
         except OSError:
             self._hand_over()  # the Twisted path sees the error and reports it
-            return
+            return True
         if not size:
             self._hand_over()  # closed before a ClientHello: "abandoned" there
-            return
+            return True
         try:
             hello = parse_client_hello(bytes(buffer[:size]))
         except ClientHelloError:
             self._hand_over()
-            return
+            return True
         if hello is None:
             if events & (EPOLLRDHUP | EPOLLHUP):
                 self._hand_over()
-            return
+                return True
+            return False
         self._decide(hello)
+        return True
 
     def _decide(self, hello: ClientHello) -> None:
         """Serve ``hello`` here if it is the common case, else hand it over."""
@@ -153,13 +168,14 @@ class HelloReader:
         if not first:
             self._hand_over()
             return
-        # The handshake deadline goes on with the relay (the same time).
+        # The handshake deadline goes on with the relay (the same time),
+        # once there is one: if making it fails, abort() still cancels it.
         self._done = True
-        deadline, self._deadline = self._deadline, None
         relay = self._relay = Relay(
             engine, self._sock, self._addresses, name, certified, fallback, route, upstreams, self._limit,
-            deadline,
+            self._deadline, self._registered,
         )
+        self._deadline = None
         engine.relayed += 1
         relay.start(first)
 

@@ -84,7 +84,14 @@ class LeanEngine:
     def serve(self, sock: socket.socket, peer: Any, origin: LeanPort) -> None:
         """A connection ``origin`` accepted (counted in its limit already)."""
         sock.setblocking(False)
-        HelloReader(self, sock, peer, origin)
+        reader = HelloReader(self, sock, peer, origin)
+        try:
+            reader.start()
+        except Exception:
+            # As the loop does for an error in a handler: this connection
+            # ends, the listener goes on accepting.
+            log.failure("engine: unexpected error on a new connection, closing it")
+            reader.abort()
 
     def hand_over(self, sock: socket.socket, origin: LeanPort) -> None:
         """

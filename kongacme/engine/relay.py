@@ -81,6 +81,7 @@ class Relay(UpstreamSide):
         upstreams: list[tuple[int, tuple]],
         limit: Any,
         handshake_deadline: Deadline | None,
+        registered: bool = True,
     ):
         self._engine = engine
         self._loop = engine.loop
@@ -132,7 +133,10 @@ class Relay(UpstreamSide):
         self._deadline: Deadline | None = handshake_deadline
         if handshake_deadline is not None:
             handshake_deadline.redirect(self._handshake_timed_out)
-        self._loop.replace(self._cfd, EPOLLIN, self)
+        if registered:
+            self._loop.replace(self._cfd, EPOLLIN, self)
+        else:
+            self._loop.register(self._cfd, EPOLLIN, self)
 
     # -- events ---------------------------------------------------------------
 
