@@ -41,10 +41,11 @@ from kongacme.tls.cache import CertificateCache
 from kongacme.tls.context import ContextBuilder
 from kongacme.tls.fallback import generate_self_signed
 from kongacme.tls.protocol import TLSServerFactory
+from kongacme.tls.records import count_records
 from kongacme.workers.worker import CountingProxyFactory
 from tests.proxyhelpers import LogCapture
 from tests.test_tls_pump import segments
-from tests.tlsclients import bare_eof, memory_client
+from tests.tlsclients import bare_eof, client_context, memory_client
 
 SERVER_NAME = "app.example.com"
 
@@ -672,6 +673,64 @@ class RelayEdgeTests(HarnessMixin, SynchronousTestCase):
         upstream.fin()
         harness.spin(lambda: client.eof, "the upstream's end at the client")
         self.assertEqual((bytes(client.received), client.close_notify, client.reset), (reply, True, False))
+
+    def test_tickets_with_the_first_records(self) -> None:
+        """
+        TLS 1.3: the session tickets OpenSSL makes as the handshake ends
+        are not sent on their own; they go with the first records to the
+        client (here the upstream's answer), and the client can resume with
+        them.
+        """
+        harness = self.harness
+        with harness.connection() as start:
+            client, flight = harness.handshake([])
+            client.reading = False  # what arrives stays in the socket
+            harness.send(client, flight, [])
+            upstream = harness.accept_upstream()
+            harness.run_ready()
+            self.assertEqual(select.select([client.sock], [], [], 0)[0], [])
+            harness.send(upstream, b"answer", [])
+            harness.run_ready()
+            raw = client.sock.recv(65536)
+            self.assertGreaterEqual(count_records(0, b"", raw)[0], 2)
+            client.incoming.write(raw)
+            client.reading = True
+            client.pump()
+            self.assertEqual(bytes(client.received), b"answer")
+            self.assertTrue(client.tls.session.has_ticket)
+            harness.send(client, client.close_notify_record(), [])
+            client.fin()
+            harness.spin(lambda: upstream.eof, "the client's half-close upstream")
+            upstream.fin()
+            harness.spin(lambda: client.eof, "the upstream's half-close at the client")
+            harness.assert_clean_end(self, start)
+
+    def test_tls12_finished_at_once(self) -> None:
+        """
+        TLS 1.2: the server's last flight (ticket, Finished) goes out as the
+        handshake ends — the client waits for it before sending anything.
+        """
+        harness = self.harness
+        with harness.connection() as start:
+            client = Client(socket.create_connection(("127.0.0.1", harness.port)))
+            context = client_context()
+            context.maximum_version = ssl.TLSVersion.TLSv1_2
+            client.incoming, client.outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+            client.tls = context.wrap_bio(client.incoming, client.outgoing, server_hostname=SERVER_NAME)
+            harness.ends.append(client)
+            harness.send(client, client.handshake_step(), [])
+            harness.spin(lambda: client.incoming.pending > 0, "the server's first flight")
+            second = client.handshake_step()
+            self.assertFalse(client.handshake_done)
+            harness.send(client, second, [])
+            harness.spin(lambda: not client.handshake_step() and client.handshake_done, "the server's Finished")
+            self.assertEqual(client.tls.version(), "TLSv1.2")
+            upstream = harness.accept_upstream()
+            harness.send(client, client.close_notify_record(), [])
+            client.fin()
+            harness.spin(lambda: upstream.eof, "the client's half-close upstream")
+            self.finish(client, upstream, b"answer")
+            harness.assert_clean_end(self, start)
 
     def test_everything_at_once(self) -> None:
         """

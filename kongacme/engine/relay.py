@@ -56,6 +56,9 @@ _GONE = EPOLLHUP | EPOLLERR
 #: The mask of a socket taken out of the epoll for now (see ``Relay._park``).
 _PARKED = -1
 
+#: ``SSL_version`` of a TLS 1.3 connection.
+_TLS1_3 = 0x0304
+
 
 @implementer(IPollHandler)
 class Relay(UpstreamSide):
@@ -102,6 +105,9 @@ class Relay(UpstreamSide):
         self._handshake_done = False
         #: What a short ``send`` left, per destination (None: nothing).
         self._to_client: bytes | memoryview | None = None
+        #: Records made at the end of a TLS 1.3 handshake (the session
+        #: tickets), sent ahead of the next bytes to the client.
+        self._held: bytes | None = None
         self._to_upstream: list[bytes] = []
         self._pending_size = 0
         self._upstream_backlog: bytes | memoryview | None = None
@@ -273,7 +279,10 @@ class Relay(UpstreamSide):
         self._handshake_done = True
         self._cancel_deadline()
         self._engine.tls_factory.handshakes["fallback" if self._fallback else "cached"] += 1
-        self._drain()
+        if tls.get_protocol_version() == _TLS1_3:
+            self._hold()
+        else:
+            self._drain()  # TLS 1.2: the server's Finished, which the client waits for
         if self._done:
             return
         self._dial()
@@ -332,7 +341,30 @@ class Relay(UpstreamSide):
             if len(data) < DRAIN_SIZE:
                 return
 
+    def _hold(self) -> None:
+        """
+        Keep what OpenSSL wrote as a TLS 1.3 handshake ended — its session
+        tickets, which a server may send at any time after the client's
+        Finished (RFC 8446 §4.6.1) and which no client waits for — to go out
+        in the same ``send`` as the first records to the client (the
+        response, or close_notify) instead of one of their own: one system
+        call and one TCP segment fewer per connection.
+        """
+        try:
+            data = self._tls.bio_read(DRAIN_SIZE)
+        except WantReadError:
+            return
+        if len(data) == DRAIN_SIZE:  # not tickets alone: no reason to wait
+            self._send_client(data)
+            self._drain()
+            return
+        self._held = data
+
     def _send_client(self, data: bytes | memoryview) -> None:
+        held = self._held
+        if held is not None:
+            self._held = None
+            data = held + data
         if self._to_client is not None:
             self._to_client = bytes(self._to_client) + bytes(data)
             return
