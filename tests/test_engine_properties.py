@@ -833,10 +833,37 @@ class RelayEdgeTests(HarnessMixin, SynchronousTestCase):
                 harness.run_ready()
             relay = harness.relay()
             self.assertLessEqual(len(relay._upstream_backlog or b""), READ_SIZE)
+            self.assertEqual(harness.engine.parked, {relay})
             upstream.reading = True
             harness.spin(lambda: upstream.eof, "the client's end upstream")
             self.assertEqual((sent, bytes(upstream.received)), (len(records), payload))
             harness.assert_clean_end(self, start)
+            self.assertEqual(harness.engine.parked, set())
+
+    def test_parked_relay_stopped(self) -> None:
+        """
+        ``LeanEngine.stop()`` aborts a relay whose client socket is out of
+        the epoll (parked on a hang-up) even when the loop has no other
+        socket of it: its upstream's entry is taken out here by hand, as
+        no path of the relay is known to leave it so.
+        """
+        harness = self.harness
+        client, upstream = harness.connect([], [])
+        upstream.fin()
+        harness.spin(lambda: client.eof, "the upstream's half-close at the client")
+        upstream.reading = False
+        harness.send_what_fits(client, client.encrypt(random.Random(6).randbytes(4 * 1024 * 1024)))
+        client.fin()
+        for _ in range(20):
+            harness.run_ready()
+        relay = harness.relay()
+        self.assertEqual(harness.engine.parked, {relay})
+        harness.engine.loop.unregister(relay._ufd)
+        self.assertNotIn(relay, harness.engine.loop.handlers.values())
+        harness.engine.stop()
+        self.assertTrue(relay._done)
+        self.assertEqual(harness.engine.parked, set())
+        self.assertEqual(harness.limit.in_use, 0)
 
 
     def test_upstream_read_size_follows_the_traffic(self) -> None:

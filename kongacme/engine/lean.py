@@ -61,6 +61,9 @@ class LeanEngine:
     relayed: int = attrs.field(init=False, default=0)
     handed_over: int = attrs.field(init=False, default=0)
     served: int = attrs.field(init=False, default=0)
+    #: Relays with a socket taken out of the epoll (``Relay._park``): the
+    #: loop's handlers may not show them.
+    parked: set = attrs.field(init=False, factory=set)
 
     @loop.default
     def _make_loop(self) -> EventLoop:
@@ -117,7 +120,7 @@ class LeanEngine:
         copies, hellos, relays: their ``abort``) and take the epoll off the
         reactor, so nothing of it outlives the service.
         """
-        for handler in list(dict.fromkeys(self.loop.handlers.values())):
+        for handler in list(dict.fromkeys([*self.loop.handlers.values(), *self.parked])):
             try:
                 handler.abort()
             except Exception:

@@ -216,6 +216,7 @@ class Relay(UpstreamSide):
         cannot be masked, so it would be reported on every poll.
         """
         self._loop.unregister(fd)
+        self._engine.parked.add(self)  # found by LeanEngine.stop() all the same
         return _PARKED
 
     # -- the client -------------------------------------------------------------
@@ -493,6 +494,7 @@ class Relay(UpstreamSide):
         self._done = True
         self._cancel_deadline()
         self._drop_upstream()
+        self._engine.parked.discard(self)
         self._loop.forget(self._cfd)
         self._sock.close()
         self._tls.set_app_data(None)
