@@ -248,6 +248,12 @@ class Client(End):
         return self.outgoing.read()
 
 
+def segments_in(sock: socket.socket) -> int:
+    """TCP segments ``sock`` has received (Linux ``tcp_info.tcpi_segs_in``)."""
+    info = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 256)
+    return int.from_bytes(info[140:144], "little")
+
+
 @attrs.frozen
 class Snapshot:
     """What the process and the engine held before a connection."""
@@ -703,6 +709,27 @@ class RelayEdgeTests(HarnessMixin, SynchronousTestCase):
             harness.spin(lambda: upstream.eof, "the client's half-close upstream")
             upstream.fin()
             harness.spin(lambda: client.eof, "the upstream's half-close at the client")
+            harness.assert_clean_end(self, start)
+
+    def test_close_notify_and_fin_in_one_segment(self) -> None:
+        """
+        The upstream's FIN becomes the client's close_notify and FIN in one
+        TCP segment (``MSG_MORE`` on the close_notify, the shutdown right
+        after): the client's socket counts one segment in for both.
+        """
+        harness = self.harness
+        with harness.connection() as start:
+            client, upstream = harness.connect([], [])
+            harness.send(upstream, b"answer", [])
+            harness.spin(lambda: bytes(client.received) == b"answer", "the answer at the client")
+            harness.send(client, client.close_notify_record(), [])
+            client.fin()
+            harness.spin(lambda: upstream.eof, "the client's half-close upstream")
+            before = segments_in(client.sock)
+            upstream.fin()
+            harness.spin(lambda: client.eof, "the upstream's half-close at the client")
+            self.assertTrue(client.close_notify)
+            self.assertEqual(segments_in(client.sock) - before, 1)
             harness.assert_clean_end(self, start)
 
     def test_tls12_finished_at_once(self) -> None:

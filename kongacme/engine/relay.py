@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import socket
 from select import EPOLLERR, EPOLLHUP, EPOLLIN, EPOLLOUT
+from socket import MSG_MORE
 from typing import TYPE_CHECKING, Any, Callable
 
 from OpenSSL.SSL import Connection, Error, WantReadError, ZeroReturnError
@@ -330,15 +331,15 @@ class Relay(UpstreamSide):
             return
         self._release()
 
-    def _drain(self) -> None:
-        """Send what OpenSSL has produced to the client."""
+    def _drain(self, flags: int = 0) -> None:
+        """Send what OpenSSL has produced to the client (``flags``: of each ``send``)."""
         tls = self._tls
         while True:
             try:
                 data = tls.bio_read(DRAIN_SIZE)
             except WantReadError:
                 return
-            self._send_client(data)
+            self._send_client(data, flags)
             if len(data) < DRAIN_SIZE:
                 return
 
@@ -361,7 +362,7 @@ class Relay(UpstreamSide):
             return
         self._held = data
 
-    def _send_client(self, data: bytes | memoryview) -> None:
+    def _send_client(self, data: bytes | memoryview, flags: int = 0) -> None:
         held = self._held
         if held is not None:
             self._held = None
@@ -370,7 +371,7 @@ class Relay(UpstreamSide):
             self._to_client = bytes(self._to_client) + bytes(data)
             return
         try:
-            sent = send_now(self._sock, data)
+            sent = send_now(self._sock, data, flags)
         except OSError as e:
             self._client_lost(e)
             return
@@ -397,7 +398,10 @@ class Relay(UpstreamSide):
             self._tls.shutdown()
         except Error:
             pass
-        self._drain()
+        # The FIN follows at once: with MSG_MORE the kernel holds the
+        # close_notify back for it, and both go in one segment. (Were the
+        # send cut short, what is left goes, without MSG_MORE, on EPOLLOUT.)
+        self._drain(MSG_MORE)
         if self._to_client is None and not self._client_shut and not self._done:
             self._shut_client()
 

@@ -24,10 +24,10 @@ NONBLOCKING_STREAM = socket.SOCK_STREAM | socket.SOCK_NONBLOCK
 _RESET = struct.pack("ii", 1, 0)
 
 
-def send_now(sock: socket.socket, data: bytes | memoryview) -> int:
+def send_now(sock: socket.socket, data: bytes | memoryview, flags: int = 0) -> int:
     """Bytes of ``data`` the kernel takes now (0 with its buffer full); ``OSError`` if the socket is dead."""
     try:
-        return sock.send(data)
+        return sock.send(data, flags)
     except BlockingIOError:
         return 0
 
