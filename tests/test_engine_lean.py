@@ -22,7 +22,7 @@ from zope.interface.verify import verifyObject
 
 from kongacme.connlimit import Budget, ConnectionLimiter
 from kongacme.engine.connection import HelloReader
-from kongacme.engine.lean import LeanEngine, served_by_engine
+from kongacme.engine.lean import EARLY_HELLO_CREDIT, EARLY_HELLO_PROBE, LeanEngine, served_by_engine
 from kongacme.engine.loop import EventLoop
 from kongacme.engine.relay import MAX_PENDING, Relay
 from kongacme.engine.sockets import READ_SIZE
@@ -668,6 +668,44 @@ class LoopTests(LeanMixin, unittest.TestCase):
         await wait_until(lambda: isinstance(handlers.get(left2.fileno()), Relay))
         for relay in {id(h): h for h in handlers.values() if isinstance(h, Relay)}.values():
             relay.abort()
+        await wait_until(lambda: self.limit.in_use == 0)
+
+    async def test_looks_at_once_while_it_pays(self) -> None:
+        """
+        After EARLY_HELLO_CREDIT new connections in a row without their
+        ClientHello yet, the engine looks at only one in
+        EARLY_HELLO_PROBE as they are accepted (the others wait on the
+        epoll, hello or not); one found there gives the credit back.
+        """
+        _, up_port = self.upstream(peer_class=Echo)
+        self.listener(RouteTable([], Route("127.0.0.1", up_port)))
+        engine = self.engine
+        handlers = engine.loop.handlers
+        hello = client_hello_bytes("app.example.com")
+        engine.early_hellos = 1
+
+        async def serve(send_first: bool) -> socket.socket:
+            sock, peer, client = _accepted()
+            self.addCleanup(client.close)
+            if send_first:
+                client.sendall(hello)
+                await _arrived(sock, len(hello))
+            self.assertTrue(self.limit.take())
+            engine.serve(sock, peer, self.lean_port)
+            return sock
+
+        silent = await serve(False)
+        self.assertIsInstance(handlers.get(silent.fileno()), HelloReader)
+        self.assertEqual(engine.early_hellos, 0)
+        waited = await serve(True)
+        self.assertIsInstance(handlers.get(waited.fileno()), HelloReader)  # not looked at
+        engine.since_look = EARLY_HELLO_PROBE - 1
+        probed = await serve(True)
+        self.assertIsInstance(handlers.get(probed.fileno()), Relay)
+        self.assertEqual(engine.early_hellos, EARLY_HELLO_CREDIT)
+        await wait_until(lambda: isinstance(handlers.get(waited.fileno()), Relay))
+        for handler in {id(h): h for h in handlers.values() if h is not self.lean_port}.values():
+            handler.abort()
         await wait_until(lambda: self.limit.in_use == 0)
 
     def test_interfaces(self) -> None:

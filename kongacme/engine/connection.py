@@ -78,7 +78,8 @@ class HelloReader:
 
     The ClientHello has usually arrived by the time the connection is
     accepted, so :meth:`start` reads it at once and the connection enters
-    the epoll only if it has not (or only in part).
+    the epoll only if it has not (or only in part); when it mostly has not,
+    the engine stops looking at once (:meth:`LeanEngine.look_at_once`).
     """
 
     def __init__(self, engine: "LeanEngine", sock: socket.socket, peer: Any, origin: "LeanPort"):
@@ -95,11 +96,16 @@ class HelloReader:
         self._relay: Relay | None = None
 
     def start(self) -> None:
-        """Read the ClientHello if it is there; else wait for it on the epoll."""
-        if not self._read_hello(0) and not self._done:
-            self._registered = True
-            # Registering reports what came since the peek at once.
-            self._engine.loop.register(self._fd, EPOLLIN | EPOLLRDHUP | EPOLLET, self)
+        """Read the ClientHello if it is there (and worth looking); else wait for it on the epoll."""
+        engine = self._engine
+        if engine.look_at_once():
+            found = self._read_hello(0)
+            engine.looked(found)
+            if found or self._done:
+                return
+        self._registered = True
+        # Registering reports what is there already (or came since the peek) at once.
+        engine.loop.register(self._fd, EPOLLIN | EPOLLRDHUP | EPOLLET, self)
 
     def on_events(self, fd: int, events: int) -> None:
         self._read_hello(events)

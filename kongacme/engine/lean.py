@@ -17,6 +17,13 @@ from kongacme.engine.loop import EventLoop
 
 log = Logger()
 
+#: Misses in a row after which new connections are no longer all looked at
+#: for a ClientHello as they are accepted (:meth:`LeanEngine.look_at_once`).
+EARLY_HELLO_CREDIT = 16
+
+#: Without credit, one new connection in this many is looked at all the same.
+EARLY_HELLO_PROBE = 16
+
 #: The Twisted listening ports the engine can take over (plain TCP).
 LEAN_KINDS = ("tcp", "tcp6")
 
@@ -61,6 +68,11 @@ class LeanEngine:
     relayed: int = attrs.field(init=False, default=0)
     handed_over: int = attrs.field(init=False, default=0)
     served: int = attrs.field(init=False, default=0)
+    #: New connections that may still be looked at for a ClientHello at
+    #: accept (see :meth:`look_at_once`).
+    early_hellos: int = attrs.field(init=False, default=EARLY_HELLO_CREDIT)
+    #: Connections accepted since the last look at once without credit.
+    since_look: int = attrs.field(init=False, default=0)
     #: Relays with a socket taken out of the epoll (``Relay._park``): the
     #: loop's handlers may not show them.
     parked: set = attrs.field(init=False, factory=set)
@@ -95,6 +107,31 @@ class LeanEngine:
             # ends, the listener goes on accepting.
             log.failure("engine: unexpected error on a new connection, closing it")
             reader.abort()
+
+    def look_at_once(self) -> bool:
+        """
+        Whether to look for a new connection's ClientHello as it is
+        accepted. It is usually there already (it saves an epoll round), but
+        not when clients are slower to send it than the engine is to accept
+        (a load generator opening thousands at once): after
+        :data:`EARLY_HELLO_CREDIT` misses in a row, only every
+        :data:`EARLY_HELLO_PROBE`-th connection is looked at, until one has
+        it again.
+        """
+        if self.early_hellos > 0:
+            return True
+        self.since_look += 1
+        if self.since_look < EARLY_HELLO_PROBE:
+            return False
+        self.since_look = 0
+        return True
+
+    def looked(self, found: bool) -> None:
+        """What a look at once found (see :meth:`look_at_once`)."""
+        if found:
+            self.early_hellos = EARLY_HELLO_CREDIT
+        elif self.early_hellos > 0:
+            self.early_hellos -= 1
 
     def hand_over(self, sock: socket.socket, origin: LeanPort) -> None:
         """
