@@ -2,6 +2,8 @@
 Tests for kongacme.tls.clienthello.
 """
 
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from twisted.trial.unittest import SynchronousTestCase
 
 from kongacme.errors import ClientHelloError
@@ -123,3 +125,44 @@ class NormalizeServerNameTests(SynchronousTestCase):
         for raw in (b"", b".", b"a..b", b"-a.test", b"a-.test", b"a b.test", b"a\x00.test",
                     b"a" * 64 + b".test", (b"a" * 63 + b".") * 4 + b"test", b"\xff.test"):
             self.assertIsNone(normalize_server_name(raw), raw)
+
+
+_HELLO = client_hello_bytes("Any.Split.test", ["h2", "http/1.1"])
+
+
+def _records(message: bytes, cuts: list[int]) -> bytes:
+    """``message`` (a handshake message) as TLS handshake records cut at ``cuts``."""
+    points = sorted({0, len(message), *(c % len(message) for c in cuts)})
+    return b"".join(
+        b"\x16\x03\x01" + (end - start).to_bytes(2, "big") + message[start:end]
+        for start, end in zip(points, points[1:])
+    )
+
+
+class ParseClientHelloPropertyTests(SynchronousTestCase):
+    """
+    Properties of parse_client_hello: its one-record shortcut and the
+    record-by-record reassembly agree, and no input breaks it.
+    """
+
+    @settings(max_examples=300, deadline=None)
+    @given(cuts=st.lists(st.integers(min_value=1, max_value=4096), max_size=6), extra=st.binary(max_size=64))
+    def test_any_fragmentation(self, cuts, extra):
+        """However the ClientHello is cut into records (and whatever follows it), it parses the same."""
+        whole = parse_client_hello(_HELLO)
+        self.assertEqual(parse_client_hello(_records(_HELLO[5:], cuts) + extra), whole)
+        self.assertEqual(whole.server_name, "any.split.test")
+
+    @settings(max_examples=500, deadline=None)
+    @given(changes=st.lists(st.tuples(st.integers(min_value=0, max_value=len(_HELLO) - 1), st.integers(0, 255)),
+                            min_size=1, max_size=4),
+           cut=st.integers(min_value=0, max_value=len(_HELLO)))
+    def test_mangled(self, changes, cut):
+        """Bytes changed anywhere, and cut anywhere: a hello, a wait for more, or ClientHelloError; nothing else."""
+        data = bytearray(_HELLO)
+        for position, value in changes:
+            data[position] = value
+        try:
+            parse_client_hello(bytes(data[:cut]))
+        except ClientHelloError:
+            pass

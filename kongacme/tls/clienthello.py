@@ -11,7 +11,9 @@ ALPN: RFC 7301 §3.1.
 
 from __future__ import annotations
 
+import functools
 import re
+import struct
 
 import attrs
 from zope.interface import implementer
@@ -32,6 +34,9 @@ _LABEL = re.compile(r"^(?!-)[a-z0-9_-]{1,63}(?<!-)$")
 
 #: RFC 6066 §3: a HostName is at most 255 bytes (the TLS engine enforces it).
 MAX_SNI_BYTES = 255
+
+#: An extension's type and length (RFC 8446 §4.2), in one call.
+_EXTENSION_HEAD = struct.Struct(">HH").unpack_from
 
 
 @implementer(IConnectionInfo)
@@ -60,11 +65,15 @@ class ClientHello:
     unservable: str | None = None
 
 
+@functools.lru_cache(maxsize=1024)
 def normalize_server_name(raw: bytes) -> str | None:
     """
     Validate and lower-case an SNI host name; one trailing dot (a fully
     qualified ``demo.test.``) is dropped, so it is looked up as
     ``demo.test``.
+
+    The same few names come in hello after hello: the answers for the last
+    1,024 are kept (a label regex per label costs more than the lookup).
 
     :return: the name, or ``None`` if it is not ASCII, is an empty label
         sequence, longer than 253 octets, or has an invalid label.
@@ -93,6 +102,12 @@ def _handshake_bytes(buffer: bytes) -> bytes | None:
         bytes are needed.
     :raises ClientHelloError: if the bytes are not TLS handshake records.
     """
+    if len(buffer) >= 9 and buffer[0] == _HANDSHAKE and buffer[1] == 3 and buffer[5] == _CLIENT_HELLO:
+        # The usual case: the first record holds the whole ClientHello.
+        record = buffer[3] << 8 | buffer[4]
+        whole = 4 + (buffer[6] << 16 | buffer[7] << 8 | buffer[8])
+        if whole <= record <= 16384 and len(buffer) >= 5 + record:
+            return buffer[5 : 5 + whole]
     message = b""
     pos = 0
     needed: int | None = None
@@ -179,9 +194,9 @@ def parse_client_hello(buffer: bytes) -> ClientHello | None:
         while pos < ext_end:
             if pos + 4 > ext_end:
                 raise ClientHelloError("truncated extension")
-            ext_type = (message[pos] << 8) | message[pos + 1]
-            end = pos + 4 + ((message[pos + 2] << 8) | message[pos + 3])
+            ext_type, size = _EXTENSION_HEAD(message, pos)
             pos += 4
+            end = pos + size
             if end > ext_end:
                 raise ClientHelloError("truncated extension")
             if ext_type in seen:
