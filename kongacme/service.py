@@ -37,6 +37,7 @@ from kongacme.tls.context import ContextBuilder
 from kongacme.tls.fallback import load_or_create_fallback
 from kongacme.tls.alpn_challenge import ChallengeResponder
 from kongacme.tls.protocol import TLSServerFactory
+from kongacme.tls.tickets import tickets_per_handshake
 from kongacme.storage import storage_from_config
 from kongacme.storage.instrumented import instrument
 from kongacme.storage.locks import node_owner
@@ -262,12 +263,42 @@ class DaemonService(MultiService):
         if self.propagator is not None:
             self.propagator.start(initial_sync=False)
         tune_gc()
+        self._report_tickets()
         self.log.info(
             "kongacme {version} started: {certs} static certificate name(s), {routes} route(s)",
             version=__version__,
             certs=len(self._static_names),
             routes=len(self.config.routes),
         )
+
+    def _report_tickets(self) -> None:
+        """
+        Say how many TLS 1.3 session tickets a full handshake sends (counted
+        on a context built now): OpenSSL's count is set for the whole process
+        by ``OPENSSL_CONF`` (``etc/openssl/*.cnf``), not by kongacme's
+        configuration, so ``tls.session_tickets: false`` with tickets still
+        sent is a warning.
+        """
+        if self.cache is None:
+            return
+        try:
+            count = tickets_per_handshake(self.builder, self.cache.fallback)
+        except Exception:
+            self.log.failure("could not count the session tickets a handshake sends")
+            return
+        if count and not self.builder.session_tickets:
+            self.log.warn(
+                "tls.session_tickets is false, yet each TLS 1.3 handshake sends {count} session ticket(s) "
+                "(stateful ones, which kongacme cannot resume): OpenSSL sends them unless its "
+                "configuration says NumTickets = 0 (OPENSSL_CONF=etc/openssl/no-tickets.cnf)",
+                count=count,
+            )
+        else:
+            self.log.info(
+                "TLS 1.3: {count} session ticket(s) per full handshake (OpenSSL's NumTickets; "
+                "OPENSSL_CONF=etc/openssl/one-ticket.cnf sends one)",
+                count=count,
+            )
 
     @inlineCallbacks
     def stopService(self):
@@ -591,6 +622,8 @@ class DaemonService(MultiService):
             self.builder.session_tickets = new.tls.session_tickets
             self.builder.ticket_key_rotation = new.tls.ticket_key_rotation
             self.builder.forget_all()
+            if new.tls.session_tickets != old.tls.session_tickets:
+                self._report_tickets()
         if self.cache is not None:
             if fallback is not None:
                 self.cache.fallback = fallback

@@ -172,6 +172,8 @@ class Daemon:
         self.path = os.path.join(directory, "kongacme.yaml")
         self.collector: _Collector | None = None
         self.transport = None
+        #: More environment for the process (on top of :func:`child_env`).
+        self.env: dict[str, str] = {}
         for made in _watching:
             made.append(self)
 
@@ -187,7 +189,7 @@ class Daemon:
             self.collector,
             sys.executable,
             [sys.executable, "-c", TWISTD, "-n", "--pidfile=", "kongacme", "--config", self.path],
-            env=child_env(),
+            env=dict(child_env(), **self.env),
             path=REPO,
         )
         # Ready once the daemon process itself listens on wait_port: a
