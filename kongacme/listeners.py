@@ -27,6 +27,7 @@ from twisted.internet.interfaces import IListeningPort
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from kongacme.config.daemon import parse_endpoint_description
 from kongacme.connlimit import ListenerLimit
 
 
@@ -44,6 +45,29 @@ class ListenError(Exception):
         self.description = description
         self.reason = reason
         super().__init__("cannot listen on %s endpoint %r: %s" % (kind, description, reason))
+
+
+#: The listen backlog of a ``tcp:``/``tcp6:``/``unix:`` endpoint that does not set
+#: ``backlog=`` (Twisted's default is 50: past it the kernel drops SYNs,
+#: and a burst of new clients, or those the connection limits leave waiting,
+#: each lose a second or more to SYN retries). Linux caps it at
+#: ``net.core.somaxconn`` (4096 by default).
+DEFAULT_BACKLOG = 1024
+
+
+def with_default_backlog(description: str) -> str:
+    """``description`` with ``backlog=`` :data:`DEFAULT_BACKLOG` if it is a TCP or UNIX endpoint without one."""
+    try:
+        args, kwargs = parse_endpoint_description(description)
+    except Exception:
+        return description  # serverFromString says what is wrong
+    kind = str(args[0]).lower() if args else ""
+    if kind == "haproxy":
+        head, _, wrapped = description.partition(":")
+        return head + ":" + with_default_backlog(wrapped)
+    if kind in ("tcp", "tcp6", "unix") and "backlog" not in kwargs:
+        return description + ":backlog=%d" % (DEFAULT_BACKLOG,)
+    return description
 
 
 class ListenerSet:
@@ -162,7 +186,7 @@ class ListenerSet:
             self._revived.add(description)
             return succeed(None)
         try:
-            endpoint = serverFromString(self._reactor, description)
+            endpoint = serverFromString(self._reactor, with_default_backlog(description))
         except Exception as e:
             return succeed(ListenError(self.kind, description, str(e)))
 

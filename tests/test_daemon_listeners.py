@@ -65,22 +65,12 @@ class DaemonFixture:
     workers = 1
 
     @inlineCallbacks
-    def start_daemon(self, limits: dict | None = None, extra: dict | None = None, backlog: int | None = None):
-        """
-        :param backlog: the listen backlog of every listener (Twisted's
-            default is 50: beyond it the kernel drops SYNs, and a flood's
-            connections then arrive over seconds of SYN retries).
-        """
+    def start_daemon(self, limits: dict | None = None, extra: dict | None = None):
         config: dict = {"tls": {"handshake_timeout": 30}, "workers": self.workers}
         if limits is not None:
             config["limits"] = limits
         config.update(extra or {})
-        daemon = static_daemon(self, **config)
-        if backlog is not None:
-            listen = daemon.config["listen"]
-            for kind in ("tls", "http", "admin"):
-                listen[kind] = ["%s:backlog=%d" % (description, backlog) for description in listen[kind]]
-        yield daemon.start(self.tls_port)
+        yield static_daemon(self, **config).start(self.tls_port)
         if self.workers > 1:
             yield self.daemon.wait_for("accepting:", count=self.workers)
 
@@ -221,10 +211,7 @@ class OpenFileLimitTests(DaemonFixture, ShowsDaemonOutput, TestCase):
         # (synchronously, inside start()).
         resource.setrlimit(resource.RLIMIT_NOFILE, (256, hard))
         try:
-            # Every connection of the flood in the accept queues at once, so
-            # the limits are reached without waiting for SYN retries (under
-            # load those took longer than the wait below).
-            started = self.start_daemon({"raise_nofile": False}, backlog=1024)
+            started = self.start_daemon({"raise_nofile": False})
         finally:
             resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
         yield started

@@ -6,7 +6,9 @@ open one of them keeps every listener it had.
 
 from __future__ import annotations
 
+import select
 import socket
+from typing import Any
 
 from twisted.internet import reactor
 from twisted.internet.defer import inlineCallbacks
@@ -14,7 +16,7 @@ from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.task import deferLater
 from twisted.trial.unittest import TestCase
 
-from kongacme.listeners import ListenError, ListenerSet, update_listeners
+from kongacme.listeners import DEFAULT_BACKLOG, ListenError, ListenerSet, update_listeners, with_default_backlog
 from tests.daemonproc import free_port
 
 
@@ -172,6 +174,39 @@ class HandedOverTests(TestCase):
         self.assertEqual(factory.built, 0)
 
     @inlineCallbacks
+    def completed(self, description: str, port: int, attempts: int) -> Any:
+        """Of ``attempts`` connects to a listener that does not accept, how many the kernel completes."""
+        listeners = self.make(Counting())
+        self.assertEqual((yield listeners.update([description])), [])
+        clients = []
+        for _ in range(attempts):
+            client = socket.socket()
+            client.setblocking(False)
+            self.addCleanup(client.close)
+            client.connect_ex(("127.0.0.1", port))
+            clients.append(client)
+        done = 0
+        for _ in range(50):
+            yield deferLater(reactor, 0.02, lambda: None)
+            done = len(select.select([], clients, [], 0)[1])
+            if done == attempts:
+                break
+        return done
+
+    @inlineCallbacks
+    def test_default_backlog(self):
+        """
+        A tcp: endpoint without backlog= listens with DEFAULT_BACKLOG, not
+        Twisted's 50: 200 clients the set does not accept yet all get
+        connected (with 50 the kernel would drop the SYNs of ~150); one that
+        sets backlog= keeps it.
+        """
+        port = free_port()
+        self.assertEqual((yield self.completed(endpoint(port), port, 200)), 200)
+        other = free_port()
+        self.assertLess((yield self.completed(endpoint(other) + ":backlog=10", other, 200)), 50)
+
+    @inlineCallbacks
     def test_removed_kept_until_closed(self):
         """
         A reload's removed endpoint leaves the set but stays open in
@@ -210,3 +245,21 @@ class HandedOverTests(TestCase):
         self.assertEqual(listeners.unlisted, {})
         self.assertIn(first, listeners.ports())
         self.assertTrue(accepts(old))
+
+
+class DefaultBacklogTests(TestCase):
+    """Tests for with_default_backlog."""
+
+    def test_descriptions(self):
+        """TCP and UNIX endpoints without backlog= get DEFAULT_BACKLOG (also behind haproxy:); others stay."""
+        b = ":backlog=%d" % DEFAULT_BACKLOG
+        for given, expected in [
+            ("tcp:443", "tcp:443" + b),
+            ("tcp6:443:interface=\\:\\:1", "tcp6:443:interface=\\:\\:1" + b),
+            ("tcp:port=443", "tcp:port=443" + b),
+            ("haproxy:tcp:443", "haproxy:tcp:443" + b),
+            ("unix:/run/kongacme.sock", "unix:/run/kongacme.sock" + b),
+            ("tcp:443:backlog=10", "tcp:443:backlog=10"),
+            ("systemd:domain=INET:index=0", "systemd:domain=INET:index=0"),
+        ]:
+            self.assertEqual(with_default_backlog(given), expected)
