@@ -210,7 +210,8 @@ class ContextBuilder:
     worker (bench/tls_memory.py).
 
     Giving each connection its leaf and key costs ~20 us of a ~650 us
-    handshake, though (bench/hot_contexts.py): a certificate that has served
+    handshake, though (in memory: bench/RESULTS.md, "Fewer segments, hot
+    contexts"): a certificate that has served
     :data:`PROMOTE_AFTER` connections gets a context of its own carrying
     them, for its later connections, for up to :data:`HOT_CONTEXTS`
     certificates (the least recently used goes first). Such a context is
@@ -308,11 +309,23 @@ class ContextBuilder:
         connection.use_privatekey(served.key)
         return connection
 
-    def _promote(self, served: ServedCertificate, key: int) -> SSL.Context:
-        """A context of ``served``'s own (new, or rotated), carrying its leaf and key."""
+    def own_context(self, certified: Servable) -> SSL.Context:
+        """
+        A fresh context of ``certified``'s own, carrying its leaf and key
+        and sending its intermediates (not memoised).
+
+        :raises SSL.Error: if the key does not belong to the leaf.
+        """
+        served = self.served(certified)
         context = self.build(served.chain.certificates)
+        # The leaf first: OpenSSL checks the key against it.
         context.use_certificate(served.leaf)
         context.use_privatekey(served.key)
+        return context
+
+    def _promote(self, served: ServedCertificate, key: int) -> SSL.Context:
+        """A context of ``served``'s own (new, or rotated), memoised among the hot ones."""
+        context = self.own_context(served)
         hot = self._hot
 
         def gone(_ref: weakref.ref, key: int = key) -> None:

@@ -16,6 +16,7 @@ from __future__ import annotations
 from OpenSSL import SSL
 
 from kongacme.tls.context import ContextBuilder, Servable
+from kongacme.tls.records import count_records
 
 #: Handshake rounds before giving up (a TLS 1.3 handshake needs two).
 _ROUNDS = 8
@@ -44,11 +45,7 @@ def tickets_per_handshake(builder: ContextBuilder, certified: Servable) -> int:
 
     :raises RuntimeError: if the in-memory handshake does not finish.
     """
-    served = builder.served(certified)
-    context = builder.build(served.chain.certificates)
-    context.use_certificate(served.leaf)
-    context.use_privatekey(served.key)
-    server = SSL.Connection(context, None)
+    server = SSL.Connection(builder.own_context(certified), None)
     server.set_accept_state()
     client_context = SSL.Context(SSL.TLS_CLIENT_METHOD)
     client_context.set_min_proto_version(SSL.TLS1_3_VERSION)
@@ -68,9 +65,5 @@ def tickets_per_handshake(builder: ContextBuilder, certified: Servable) -> int:
         client.bio_write(_output(server))
     if not server_done:
         raise RuntimeError("the in-memory TLS 1.3 handshake did not finish")
-    after = _output(server)
-    count, position = 0, 0
-    while position + 5 <= len(after):
-        count += 1
-        position += 5 + (after[position + 3] << 8 | after[position + 4])
-    return count
+    complete, _, _ = count_records(0, b"", _output(server))
+    return complete
