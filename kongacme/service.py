@@ -286,18 +286,27 @@ class DaemonService(MultiService):
         except Exception:
             self.log.failure("could not count the session tickets a handshake sends")
             return
+        # The lean engine's busy certificates are on the standard
+        # library's ssl, whose count kongacme sets (kongacme.tls.stdlib).
+        busy = (
+            "; a busy certificate's on the lean engine: %d" % (1 if self.builder.session_tickets else 0)
+            if self.config.listen.engine == "lean" and self.builder.std.limit
+            else ""
+        )
         if count and not self.builder.session_tickets:
             self.log.warn(
                 "tls.session_tickets is false, yet each TLS 1.3 handshake sends {count} session ticket(s) "
                 "(stateful ones, which kongacme cannot resume): OpenSSL sends them unless its "
-                "configuration says NumTickets = 0 (OPENSSL_CONF=etc/openssl/no-tickets.cnf)",
+                "configuration says NumTickets = 0 (OPENSSL_CONF=etc/openssl/no-tickets.cnf){busy}",
                 count=count,
+                busy=busy,
             )
         else:
             self.log.info(
                 "TLS 1.3: {count} session ticket(s) per full handshake (OpenSSL's NumTickets; "
-                "OPENSSL_CONF=etc/openssl/one-ticket.cnf sends one)",
+                "OPENSSL_CONF=etc/openssl/one-ticket.cnf sends one){busy}",
                 count=count,
+                busy=busy,
             )
 
     @inlineCallbacks

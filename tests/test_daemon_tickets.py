@@ -2,13 +2,16 @@
 Tests for how many TLS 1.3 session tickets a running daemon sends, and
 what it says about it at start: OpenSSL's default (two), and the
 ``etc/openssl/*.cnf`` files named by ``OPENSSL_CONF`` (one, none), counted
-by a real client (``openssl s_client``) through the lean engine.
+by a real client (``openssl s_client``) through the lean engine; and a busy
+certificate's (on the standard library's ssl, kongacme.tls.stdlib): one,
+or none with ``session_tickets: false``, without any OpenSSL configuration.
 """
 
 from __future__ import annotations
 
 import os
 import select
+import ssl
 import subprocess
 import time
 
@@ -16,8 +19,10 @@ from twisted.internet.defer import inlineCallbacks
 from twisted.internet.threads import deferToThread
 from twisted.trial.unittest import TestCase
 
+from kongacme.tls.context import PROMOTE_AFTER
 from tests.daemonproc import REPO, ShowsDaemonOutput
 from tests.test_daemon import static_daemon
+from tests.tlsclients import handshake_blocking
 
 
 def tickets_received(port: int) -> int:
@@ -60,6 +65,15 @@ def tickets_received(port: int) -> int:
     finally:
         client.kill()
         client.wait()
+
+
+def make_busy(port: int) -> None:
+    """Enough connections for ``static.test`` to be a busy certificate (its own standard-library context)."""
+    context = ssl.create_default_context()
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    for _ in range(PROMOTE_AFTER):
+        handshake_blocking(port, "static.test", context, b"x")
 
 
 class SessionTicketCountTests(ShowsDaemonOutput, TestCase):
@@ -110,4 +124,25 @@ class SessionTicketCountTests(ShowsDaemonOutput, TestCase):
         daemon = yield self.start(session_tickets=False, openssl_conf="no-tickets.cnf")
         self.assertIn("TLS 1.3: 0 session ticket(s) per full handshake", daemon.output)
         self.assertNotIn("tls.session_tickets is false, yet", daemon.output)
+        self.assertEqual((yield deferToThread(tickets_received, self.tls_port)), 0)
+
+    @inlineCallbacks
+    def test_busy_certificate_one(self):
+        """
+        A busy certificate's handshakes send one ticket, with no OpenSSL
+        configuration: its context is the standard library's, which sets
+        the count.
+        """
+        daemon = yield self.start()
+        self.assertIn("per full handshake (OpenSSL's NumTickets; OPENSSL_CONF=etc/openssl/one-ticket.cnf sends one); "
+                      "a busy certificate's on the lean engine: 1", daemon.output)
+        yield deferToThread(make_busy, self.tls_port)
+        self.assertEqual((yield deferToThread(tickets_received, self.tls_port)), 1)
+
+    @inlineCallbacks
+    def test_busy_certificate_off(self):
+        """With tls.session_tickets: false, a busy certificate's handshakes send no ticket at all."""
+        daemon = yield self.start(session_tickets=False)
+        self.assertIn("(OPENSSL_CONF=etc/openssl/no-tickets.cnf); a busy certificate's on the lean engine: 0", daemon.output)
+        yield deferToThread(make_busy, self.tls_port)
         self.assertEqual((yield deferToThread(tickets_received, self.tls_port)), 0)

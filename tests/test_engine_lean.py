@@ -34,9 +34,11 @@ from kongacme.tls.cache import CertificateCache
 from kongacme.tls.context import ContextBuilder
 from kongacme.tls.fallback import generate_self_signed
 from kongacme.tls.protocol import TLSServerFactory
+from kongacme.tls.session import PyOpenSSLSession, StdSession
 from tests.clienthellos import client_hello_bytes
 from tests.proxyhelpers import ALPN, LogCapture, Peer, PeerFactory, TLSPeer, unanswered_port
 from tests.test_proxy_forward import IntegrationMixin, settled, wait_until, within
+from tests.tlsbinding import use_binding
 from tests.tlsclients import client_context, half_close_blocking, handshake_blocking, memory_tls, read_until_end
 
 MB = 1024 * 1024
@@ -90,7 +92,13 @@ class Refusing:
 
 
 class LeanMixin(IntegrationMixin):
-    """A TLS listener served by the lean engine, upstreams and clients; all closed after each test."""
+    """
+    A TLS listener served by the lean engine, upstreams and clients; all
+    closed after each test. ``binding``: the TLS binding of every
+    connection's session.
+    """
+
+    binding = "pyopenssl"
 
     def setUp(self) -> None:
         super().setUp()
@@ -116,8 +124,10 @@ class LeanMixin(IntegrationMixin):
         cache.put(_CERT)
         self.cache = cache
         self.proxy_factory = ProxyFactory(table, reactor, **kwargs)
+        builder = ContextBuilder(reactor)
+        use_binding(builder, self.binding)
         self.tls_factory = TLSServerFactory(
-            cache, ContextBuilder(reactor), self.proxy_factory, reactor,
+            cache, builder, self.proxy_factory, reactor,
             alpn_for=self.proxy_factory.alpn_for, gate=gate, handshake_timeout=handshake_timeout,
         )
         budget = Budget(1024, 64, 100, {"tls": cap, "http": 10, "admin": 10}, {"tls": 2, "http": 1, "admin": 1})
@@ -162,6 +172,31 @@ class FastPathTests(LeanMixin, unittest.TestCase):
         self.assertEqual(self.tls_factory.handshakes["cached"], 1)
         self.assertEqual(self.engine.handed_over, 0)
         self.assertEqual(self.limit.in_use, 0)
+
+    async def test_session_binding(self) -> None:
+        """
+        The relay's TLS session is of the binding the test class chose
+        (so each class's tests run the one they name).
+        """
+        upstreams, up_port = self.upstream()
+        port = self.listener(RouteTable([], Route("127.0.0.1", up_port)))
+        client = await self.client(port)
+        await within(upstreams.connected.get())
+        relays = list({id(h): h for h in self.engine.loop.handlers.values() if isinstance(h, Relay)}.values())
+        self.assertEqual(len(relays), 1)
+        expected = StdSession if self.binding == "stdlib" else PyOpenSSLSession
+        self.assertIs(type(relays[0]._tls), expected)
+        client.transport.abortConnection()
+        await wait_until(lambda: self.engine.served == 1)
+
+    async def test_resumed(self) -> None:
+        """A client's TLS 1.3 session ticket resumes its next connection."""
+        _, up_port = self.upstream(peer_class=Echo)
+        port = self.listener(RouteTable([], Route("127.0.0.1", up_port)))
+        context = client_context()
+        first = await deferToThread(handshake_blocking, port, "app.example.com", context, b"one")
+        second = await deferToThread(handshake_blocking, port, "app.example.com", context, b"two", first["session"])
+        self.assertEqual((first["reused"], second["reused"], second["echo"]), (False, True, b"two"))
 
     async def test_counted_when_relay_starts(self) -> None:
         """
@@ -617,14 +652,14 @@ class LoopTests(LeanMixin, unittest.TestCase):
         _, up_port = self.upstream(peer_class=Echo)
         port = self.listener(RouteTable([], Route("127.0.0.1", up_port)))
         builder = self.tls_factory.builder
-        real = builder.connection_for
+        real = builder.session_for
         calls = []
 
-        def exploding(certified: Any) -> Any:
+        def exploding(certified: Any, alpn: Any, owner: Any) -> Any:
             calls.append(certified)
             raise RuntimeError("boom")
 
-        builder.connection_for = exploding  # type: ignore[method-assign]
+        builder.session_for = exploding  # type: ignore[method-assign]
         left, peer, right = _accepted()
         self.addCleanup(right.close)
         right.sendall(client_hello_bytes("app.example.com"))
@@ -636,7 +671,7 @@ class LoopTests(LeanMixin, unittest.TestCase):
         self.assertEqual(self.limit.in_use, 0)
         self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
         self.assertNotIn(left, list(self.engine.loop.handlers.values()))
-        builder.connection_for = real  # type: ignore[method-assign]
+        builder.session_for = real  # type: ignore[method-assign]
         result = await deferToThread(handshake_blocking, port, "app.example.com", client_context(), b"still")
         self.assertEqual(result["echo"], b"still")
 
@@ -722,3 +757,19 @@ class LoopTests(LeanMixin, unittest.TestCase):
             [True, True, False, False, False],
         )
 
+
+
+# The same connections with every session on the standard library's ssl (a
+# busy certificate's, kongacme.tls.stdlib) instead of pyOpenSSL.
+
+
+class FastPathStdlibTests(FastPathTests):
+    binding = "stdlib"
+
+
+class DeadlineStdlibTests(DeadlineTests):
+    binding = "stdlib"
+
+
+class LoopStdlibTests(LoopTests):
+    binding = "stdlib"

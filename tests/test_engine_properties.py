@@ -22,7 +22,7 @@ from typing import Any, Callable, Iterator, Sequence
 
 import attrs
 
-from hypothesis import given, settings
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from twisted.internet import tcp
 from twisted.internet.interfaces import IReactorFDSet, IReactorTime
@@ -39,6 +39,7 @@ from kongacme.proxy.routes import Route, RouteTable
 from kongacme.testing import TestCA
 from kongacme.tls.cache import CertificateCache
 from kongacme.tls.context import ContextBuilder
+from tests.tlsbinding import use_binding
 from kongacme.tls.fallback import generate_self_signed
 from kongacme.tls.protocol import TLSServerFactory
 from kongacme.tls.records import count_records
@@ -270,7 +271,7 @@ class Harness:
     test (so what one example leaves behind fails the next).
     """
 
-    def __init__(self) -> None:
+    def __init__(self, binding: str = "pyopenssl") -> None:
         self.reactor = FakeReactor()
         cache = CertificateCache(_FALLBACK)
         cache.put(_CERT)
@@ -282,8 +283,10 @@ class Harness:
         self.proxy_factory = CountingProxyFactory(
             RouteTable([], Route("127.0.0.1", up_port)), self.reactor, direct_connect=True
         )
+        builder = ContextBuilder(self.reactor)
+        use_binding(builder, binding)
         self.tls_factory = TLSServerFactory(
-            cache, ContextBuilder(self.reactor), self.proxy_factory, self.reactor,
+            cache, builder, self.proxy_factory, self.reactor,
             alpn_for=self.proxy_factory.alpn_for,
         )
         budget = Budget(1024, 64, 100, {"tls": 100, "http": 10, "admin": 10}, {"tls": 2, "http": 1, "admin": 1})
@@ -463,12 +466,17 @@ class Harness:
 
 
 class HarnessMixin:
-    """A :class:`Harness` for each test, closed after it; the relay's log lines."""
+    """
+    A :class:`Harness` for each test, closed after it; the relay's log
+    lines. ``binding``: the TLS binding of every connection's session.
+    """
+
+    binding = "pyopenssl"
 
     def setUp(self) -> None:
         super().setUp()  # type: ignore[misc]
         self.relay_logs = LogCapture("kongacme.engine.relay").start(self)
-        self.harness = Harness()
+        self.harness = Harness(self.binding)
         self.addCleanup(self.close_harness)  # type: ignore[attr-defined]
 
     def close_harness(self) -> None:
@@ -484,6 +492,11 @@ def sized_bytes(max_size: int) -> st.SearchStrategy[bytes]:
     return st.builds(lambda size, seed: random.Random(seed).randbytes(size), st.integers(0, max_size), st.integers(0, 2**16))
 
 
+#: The property tests run once per TLS binding (the *StdlibTests classes at
+#: the end): the same test method from two classes, which hypothesis would
+#: otherwise flag.
+ONE_TEST_TWO_BINDINGS = [HealthCheck.differing_executors]
+
 cut_lists = st.lists(st.integers(min_value=0, max_value=60000), max_size=10)
 hello_cut_lists = st.lists(st.integers(min_value=0, max_value=2000), max_size=8)
 
@@ -494,7 +507,7 @@ class SplitPropertyTests(HarnessMixin, SynchronousTestCase):
     the upstream's bytes are cut into segments.
     """
 
-    @settings(max_examples=200, deadline=None)
+    @settings(max_examples=200, deadline=None, suppress_health_check=ONE_TEST_TWO_BINDINGS)
     @given(
         payload=sized_bytes(40000),
         reply=sized_bytes(40000),
@@ -563,7 +576,7 @@ class EndingPropertyTests(HarnessMixin, SynchronousTestCase):
         else:
             upstream.rst()
 
-    @settings(max_examples=400, deadline=None)
+    @settings(max_examples=400, deadline=None, suppress_health_check=ONE_TEST_TWO_BINDINGS)
     @given(
         client_end=st.sampled_from(CLIENT_ENDS),
         upstream_end=st.sampled_from(UPSTREAM_ENDS),
@@ -938,7 +951,7 @@ class IdlePropertyTests(HarnessMixin, SynchronousTestCase):
     pass in no time, and exactly when the test says.
     """
 
-    @settings(max_examples=40, deadline=None)
+    @settings(max_examples=40, deadline=None, suppress_health_check=ONE_TEST_TWO_BINDINGS)
     @given(steps=st.lists(st.tuples(st.integers(0, IDLE - 1), st.booleans()), max_size=5))
     def test_idle_deadline_follows_the_last_byte(self, steps) -> None:
         """
@@ -973,3 +986,23 @@ class IdlePropertyTests(HarnessMixin, SynchronousTestCase):
             self.assertEqual((client.reset, upstream.reset), (True, True))
             self.assertEqual(len(idle_lines()), 1)
             harness.assert_clean_end(self, start)
+
+
+# The same properties with every session on the standard library's ssl
+# (a busy certificate's, kongacme.tls.stdlib) instead of pyOpenSSL.
+
+
+class SplitPropertyStdlibTests(SplitPropertyTests):
+    binding = "stdlib"
+
+
+class EndingPropertyStdlibTests(EndingPropertyTests):
+    binding = "stdlib"
+
+
+class RelayEdgeStdlibTests(RelayEdgeTests):
+    binding = "stdlib"
+
+
+class IdlePropertyStdlibTests(IdlePropertyTests):
+    binding = "stdlib"

@@ -1,12 +1,16 @@
 """
 One fast-path connection after its ClientHello: the TLS handshake over
-pyOpenSSL's memory BIOs, a non-blocking connect to the upstream, then the
-relay both ways — all on the engine's epoll, no Twisted transport.
+memory BIOs, a non-blocking connect to the upstream, then the relay both
+ways — all on the engine's epoll, no Twisted transport.
+
+The TLS session comes from ``ContextBuilder.session_for``
+(:mod:`kongacme.tls.session`): pyOpenSSL for a certificate's first
+connections (the route's ALPN through the context's select callback, this
+object the app data), the standard library's ``ssl`` on a context of its
+own (carrying the route's ALPN) once the certificate is busy.
 
 What it keeps of the Twisted path (:mod:`kongacme.tls.pump`,
-:mod:`kongacme.proxy.forward`): the ``SSL.Connection`` from
-``ContextBuilder.connection_for`` with the route's ALPN through the
-context's select callback (this object is the app data), the upstream
+:mod:`kongacme.proxy.forward`): the upstream
 dialled after the handshake, the PROXY header first, flow control both ways
 (a side is not read while the other side's socket buffer is full: what is
 left of a ``send`` waits for ``EPOLLOUT``), half-close both ways (RFC 8446
@@ -24,7 +28,7 @@ from select import EPOLLERR, EPOLLHUP, EPOLLIN, EPOLLOUT
 from socket import MSG_MORE
 from typing import TYPE_CHECKING, Any, Callable
 
-from OpenSSL.SSL import Connection, Error, WantReadError, ZeroReturnError
+from OpenSSL.SSL import Error
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
@@ -38,6 +42,7 @@ from kongacme.timers import Deadline
 from kongacme.tls.pump import DRAIN_SIZE, represents_eof
 from kongacme.tls.records import count_records
 from kongacme.tls.protocol import describe_tls_failure
+from kongacme.tls.session import CLOSED, TLS_ERROR, WANT_READ
 
 if TYPE_CHECKING:
     from kongacme.engine.connection import SocketAddresses
@@ -56,9 +61,6 @@ _GONE = EPOLLHUP | EPOLLERR
 
 #: The mask of a socket taken out of the epoll for now (see ``Relay._park``).
 _PARKED = -1
-
-#: ``SSL_version`` of a TLS 1.3 connection.
-_TLS1_3 = 0x0304
 
 
 @implementer(IPollHandler)
@@ -132,10 +134,7 @@ class Relay(UpstreamSide):
         self._seconds: Callable[[], float] = engine.reactor.seconds
         self._last_activity = 0.0
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        tls: Connection = engine.tls_factory.builder.connection_for(certified)
-        self._tls = tls
-        tls.set_app_data(self)
-        tls.set_accept_state()
+        self._tls = engine.tls_factory.builder.session_for(certified, route.alpn_bytes, self)
         # The hello's deadline, now this relay's (the handshake's end).
         self._deadline: Deadline | None = handshake_deadline
         if handshake_deadline is not None:
@@ -225,7 +224,7 @@ class Relay(UpstreamSide):
     def start(self, first: bytes) -> None:
         """Feed the ClientHello (read just now) and run the first handshake step."""
         _, self._need, self._header = count_records(0, b"", first)
-        self._tls.bio_write(first)
+        self._tls.feed(first)
         self._handshake()
         if not self._done:
             self._rearm()
@@ -242,7 +241,7 @@ class Relay(UpstreamSide):
         if not data:
             # A TCP FIN: end of stream for OpenSSL (the context ignores a
             # missing close_notify), a half-close once the handshake is done.
-            tls.bio_shutdown()
+            tls.feed_eof()
             if not self._handshake_done:
                 self._handshake()
                 if not self._done and not self._handshake_done:
@@ -262,7 +261,7 @@ class Relay(UpstreamSide):
             complete, self._need, self._header = count_records(self._need, self._header, data)
             if self._complete is not None:
                 self._complete += complete
-        tls.bio_write(data)
+        tls.feed(data)
         if self._handshake_done:
             self._read_plaintext()
         else:
@@ -272,16 +271,16 @@ class Relay(UpstreamSide):
         tls = self._tls
         try:
             tls.do_handshake()
-        except WantReadError:
+        except WANT_READ:
             self._drain()
             return
-        except Error:
+        except TLS_ERROR:
             self._handshake_failed(Failure())
             return
         self._handshake_done = True
         self._cancel_deadline()
         self._engine.tls_factory.handshakes["fallback" if self._fallback else "cached"] += 1
-        if tls.get_protocol_version() == _TLS1_3:
+        if tls.is_tls13():
             self._hold()
         else:
             self._drain()  # TLS 1.2: the server's Finished, which the client waits for
@@ -292,22 +291,25 @@ class Relay(UpstreamSide):
         self._read_plaintext()
 
     def _read_plaintext(self) -> None:
-        recv = self._tls.recv
+        read = self._tls.read
         while not self._client_eof and not self._done and self._complete != 0:
             try:
-                data = recv(PLAIN_SIZE)
-            except WantReadError:
+                data = read(PLAIN_SIZE)
+            except WANT_READ:
                 # No whole record left: from here on, count them.
                 self._complete = 0
                 return
-            except ZeroReturnError:
+            except CLOSED:
                 self._client_ended()
                 return
-            except Error as e:
+            except TLS_ERROR as e:
                 if represents_eof(e):
                     self._client_ended()
                 else:
                     self._client_lost(e)
+                return
+            if not data:  # the standard library's close_notify (or FIN)
+                self._client_ended()
                 return
             if self._complete:
                 self._complete -= 1
@@ -333,11 +335,13 @@ class Relay(UpstreamSide):
 
     def _drain(self, flags: int = 0) -> None:
         """Send what OpenSSL has produced to the client (``flags``: of each ``send``)."""
-        tls = self._tls
+        take = self._tls.take
         while True:
             try:
-                data = tls.bio_read(DRAIN_SIZE)
-            except WantReadError:
+                data = take(DRAIN_SIZE)
+            except WANT_READ:
+                return
+            if not data:
                 return
             self._send_client(data, flags)
             if len(data) < DRAIN_SIZE:
@@ -353,8 +357,10 @@ class Relay(UpstreamSide):
         call and one TCP segment fewer per connection.
         """
         try:
-            data = self._tls.bio_read(DRAIN_SIZE)
-        except WantReadError:
+            data = self._tls.take(DRAIN_SIZE)
+        except WANT_READ:
+            return
+        if not data:
             return
         if len(data) == DRAIN_SIZE:  # not tickets alone: no reason to wait
             self._send_client(data)
@@ -394,10 +400,7 @@ class Relay(UpstreamSide):
             pass
 
     def _send_close_notify(self) -> None:
-        try:
-            self._tls.shutdown()
-        except Error:
-            pass
+        self._tls.close_notify()
         # The FIN follows at once: with MSG_MORE the kernel holds the
         # close_notify back for it, and both go in one segment. (Were the
         # send cut short, what is left goes, without MSG_MORE, on EPOLLOUT.)
@@ -417,7 +420,7 @@ class Relay(UpstreamSide):
         self._to_client = None
         try:
             self._drain()
-        except Error:
+        except TLS_ERROR:
             pass
         self._release()
 
@@ -501,7 +504,7 @@ class Relay(UpstreamSide):
         self._engine.parked.discard(self)
         self._loop.forget(self._cfd)
         self._sock.close()
-        self._tls.set_app_data(None)
+        self._tls.release()
         engine = self._engine
         engine.finished(self.received_from_client, self.received_from_upstream)
         if self._limit is not None:

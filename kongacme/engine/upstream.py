@@ -18,7 +18,6 @@ import socket
 from select import EPOLLIN, EPOLLOUT
 from typing import TYPE_CHECKING
 
-from OpenSSL.SSL import Error
 from twisted.internet.error import TimeoutError as ConnectTimeout
 from twisted.internet.error import getConnectError
 from twisted.logger import Logger
@@ -29,7 +28,7 @@ from kongacme.failures import describe_failure
 from kongacme.net import peer_name
 from kongacme.proxy.proxyproto import v1_header, v2_header
 from kongacme.proxy.routes import route_name
-from kongacme.tls.records import seal
+from kongacme.tls.session import TLS_ERROR
 
 if TYPE_CHECKING:
     from kongacme.engine.relay import Relay
@@ -187,8 +186,8 @@ class UpstreamSide:
         self.received_from_upstream += size
         self._last_activity = self._seconds()
         try:
-            records, more = seal(self._tls, data)
-        except Error as e:
+            records, more = self._tls.seal(data)
+        except TLS_ERROR as e:
             self._client_lost(e)
             return
         if not records:
@@ -220,7 +219,7 @@ class UpstreamSide:
         source, destination = self._addresses.getPeer(), self._addresses.getHost()
         if kind == "v1":
             return v1_header(source, destination)
-        alpn = self._tls.get_alpn_proto_negotiated() or None
+        alpn = self._tls.alpn()
         return v2_header(source, destination, server_name=self.server_name, alpn=alpn)
 
 

@@ -7,7 +7,6 @@ except on the busiest certificates, which get a context of their own.
 
 from __future__ import annotations
 
-import collections
 import datetime
 import hashlib
 import re
@@ -25,6 +24,9 @@ from twisted.logger import Logger
 
 from kongacme.errors import CertificateError
 from kongacme.tls.certs import CertifiedKey, certificate_names
+from kongacme.tls.owned import OwnedCache
+from kongacme.tls.session import PyOpenSSLSession, StdSession
+from kongacme.tls.stdlib import StdContexts
 
 # Mozilla server-side TLS guidelines, "intermediate" (v5.7): TLS 1.2 and
 # 1.3, forward-secret AEAD suites only, client's cipher preference.
@@ -193,6 +195,9 @@ _COUNTED = 4096
 #: What :meth:`ContextBuilder.connection_for` serves.
 Servable = Union[CertifiedKey, ServedCertificate]
 
+#: What :meth:`ContextBuilder.session_for` gives.
+TLSSession = Union[PyOpenSSLSession, StdSession]
+
 
 class ContextBuilder:
     """
@@ -242,13 +247,13 @@ class ContextBuilder:
         self._contexts: dict[bytes, tuple[SSL.Context, float]] = {}
         #: CertifiedKey → its served form, held as long as the certificate.
         self._served: "weakref.WeakKeyDictionary[CertifiedKey, ServedCertificate]" = weakref.WeakKeyDictionary()
-        #: id(ServedCertificate) → (a weak reference to it, its own context,
-        #: built at), least recently used first.
-        self._hot: "collections.OrderedDict[int, tuple[weakref.ref, SSL.Context, float]]" = collections.OrderedDict()
+        #: id(ServedCertificate) → its own context, while it lives.
+        self._hot: OwnedCache[SSL.Context] = OwnedCache(HOT_CONTEXTS)
         #: id(ServedCertificate) → connections served from a shared context.
         self._uses: dict[int, int] = {}
-        self.hot_limit = HOT_CONTEXTS
         self.promote_after = PROMOTE_AFTER
+        #: The lean engine's busy certificates on the standard library's ssl.
+        self.std = StdContexts(clock.seconds, PROMOTE_AFTER)
 
     def served(self, certified: Servable) -> ServedCertificate:
         """``certified``'s served form (a :class:`CertifiedKey` is converted once, and kept as long as it is)."""
@@ -291,11 +296,10 @@ class ContextBuilder:
         """
         served = self.served(certified)
         key = id(served)
-        hot = self._hot.get(key)
-        if hot is not None and hot[0]() is served:
-            if self._clock.seconds() - hot[2] < self.ticket_key_rotation:
-                self._hot.move_to_end(key)
-                return SSL.Connection(hot[1], None)
+        hot, found = self._hot.get(key, served, self._clock.seconds(), self.ticket_key_rotation)
+        if hot is not None:
+            return SSL.Connection(hot, None)
+        if found:
             return SSL.Connection(self._promote(served, key), None)  # its ticket keys rotate
         uses = self._uses.pop(key, 0) + 1
         if uses >= self.promote_after and self.hot_limit:
@@ -303,11 +307,30 @@ class ContextBuilder:
         if len(self._uses) >= _COUNTED:
             self._uses.clear()
         self._uses[key] = uses
+        return self._shared_connection(served)
+
+    def _shared_connection(self, served: ServedCertificate) -> SSL.Connection:
+        """A connection on ``served``'s chain's shared context, given its leaf and key."""
         connection = SSL.Connection(self._context(served.chain), None)
         # The leaf first: OpenSSL checks the key against it.
         connection.use_certificate(served.leaf)
         connection.use_privatekey(served.key)
         return connection
+
+    def session_for(self, certified: Servable, alpn: tuple[bytes, ...], owner: object) -> TLSSession:
+        """
+        The lean engine's session presenting ``certified`` with the route's
+        ``alpn``: on the standard library's ssl once the certificate is busy
+        (:class:`~kongacme.tls.stdlib.StdContexts`), else a pyOpenSSL
+        connection on the shared context with ``owner`` as its app data.
+
+        :raises SSL.Error: if the key does not belong to the leaf.
+        """
+        served = self.served(certified)
+        session = self.std.session_for(served, alpn, self.session_tickets, self.ticket_key_rotation)
+        if session is not None:
+            return session
+        return PyOpenSSLSession(self._shared_connection(served), owner)
 
     def own_context(self, certified: Servable) -> SSL.Context:
         """
@@ -326,24 +349,24 @@ class ContextBuilder:
     def _promote(self, served: ServedCertificate, key: int) -> SSL.Context:
         """A context of ``served``'s own (new, or rotated), memoised among the hot ones."""
         context = self.own_context(served)
-        hot = self._hot
-
-        def gone(_ref: weakref.ref, key: int = key) -> None:
-            entry = hot.get(key)
-            if entry is not None and entry[0] is _ref:
-                del hot[key]
-
-        hot[key] = (weakref.ref(served, gone), context, self._clock.seconds())
-        hot.move_to_end(key)
-        while len(hot) > self.hot_limit:
-            hot.popitem(last=False)
+        self._hot.put(key, served, context, self._clock.seconds())
         return context
+
+    @property
+    def hot_limit(self) -> int:
+        """The most certificates with a pyOpenSSL context of their own (0: none)."""
+        return self._hot.limit
+
+    @hot_limit.setter
+    def hot_limit(self, limit: int) -> None:
+        self._hot.limit = limit
 
     def forget_all(self) -> None:
         """Drop every context (settings changed); the next connection builds anew."""
         self._contexts.clear()
         self._hot.clear()
         self._uses.clear()
+        self.std.clear()
 
     def __len__(self) -> int:
         """The :class:`CertifiedKey` objects held converted (as long as something else holds them)."""

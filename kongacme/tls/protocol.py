@@ -24,6 +24,7 @@ from kongacme.tls.alpn_challenge import NO_APPLICATION_PROTOCOL_ALERT, CloseAfte
 from kongacme.tls.clienthello import ClientHello, parse_client_hello
 from kongacme.tls.context import ContextBuilder
 from kongacme.tls.pump import TLSPump
+from kongacme.tls.session import tls_failure_reason
 
 log = Logger()
 
@@ -348,4 +349,7 @@ def describe_tls_failure(reason: Failure) -> str:
     value = reason.value
     if isinstance(value, Error) and value.args and isinstance(value.args[0], list):
         return "; ".join(str(item[2]) for item in value.args[0] if len(item) > 2) or repr(value)
+    from_stdlib = tls_failure_reason(value)
+    if from_stdlib is not None:
+        return from_stdlib
     return str(value) or value.__class__.__name__

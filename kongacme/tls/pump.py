@@ -23,6 +23,7 @@ after the handshake: OpenSSL turns every ``send`` into records at once
 
 from __future__ import annotations
 
+import ssl
 from typing import Any
 
 from OpenSSL.SSL import Connection, Error, SysCallError, WantReadError, ZeroReturnError
@@ -57,6 +58,8 @@ def represents_eof(error: Exception) -> bool:
     """
     if isinstance(error, SysCallError):
         return error.args[:1] == (-1,)
+    if isinstance(error, ssl.SSLEOFError):  # the standard library's (kongacme.tls.session)
+        return True
     return any("unexpected eof" in str(item).lower() for item in error.args[0:1] if item)
 
 

@@ -1,0 +1,63 @@
+"""
+Contexts owned by a certificate, kept while it is and while recently used:
+what the hot pyOpenSSL contexts (:mod:`kongacme.tls.context`) and the
+standard library's (:mod:`kongacme.tls.stdlib`) are both kept in.
+"""
+
+from __future__ import annotations
+
+import collections
+import weakref
+from typing import Any, Generic, Hashable, Optional, TypeVar
+
+Value = TypeVar("Value")
+
+
+class OwnedCache(Generic[Value]):
+    """
+    Values by key, each with its owner (held weakly: the owner's end drops
+    the value) and the time it was made; at most ``limit``, the least
+    recently used out first.
+    """
+
+    def __init__(self, limit: int):
+        self.limit = limit
+        #: key → (weak reference to the owner, value, made at); least recently used first.
+        self._entries: "collections.OrderedDict[Hashable, tuple[weakref.ref, Value, float]]" = collections.OrderedDict()
+
+    def get(self, key: Hashable, owner: Any, now: float, max_age: float) -> tuple[Optional[Value], bool]:
+        """
+        ``(value, found)``: the value kept for ``key`` if it is ``owner``'s
+        and younger than ``max_age`` seconds (then it becomes the most
+        recently used); ``found`` also when it is ``owner``'s but too old.
+        """
+        entry = self._entries.get(key)
+        if entry is None or entry[0]() is not owner:
+            return None, False
+        if now - entry[2] >= max_age:
+            return None, True
+        self._entries.move_to_end(key)
+        return entry[1], True
+
+    def put(self, key: Hashable, owner: Any, value: Value, now: float) -> None:
+        """Keep ``value`` for ``key`` while ``owner`` lives (and it is not pushed out)."""
+        entries = self._entries
+
+        def gone(ref: weakref.ref, key: Hashable = key) -> None:
+            entry = entries.get(key)
+            if entry is not None and entry[0] is ref:
+                del entries[key]
+
+        entries[key] = (weakref.ref(owner, gone), value, now)
+        entries.move_to_end(key)
+        while len(entries) > self.limit:
+            entries.popitem(last=False)
+
+    def discard(self, key: Hashable) -> None:
+        self._entries.pop(key, None)
+
+    def clear(self) -> None:
+        self._entries.clear()
+
+    def __len__(self) -> int:
+        return len(self._entries)

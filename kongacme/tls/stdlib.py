@@ -1,0 +1,183 @@
+"""
+Contexts of the standard library's ``ssl`` for the lean engine's busiest
+certificates: one per certificate and route ALPN list, carrying the leaf,
+its intermediates and the key, with the same profile as the pyOpenSSL
+contexts (:mod:`kongacme.tls.context`).
+
+Why a second binding: per kept-alive request a relay makes four TLS calls,
+and the standard library's are C methods where pyOpenSSL's are Python over
+cffi; the bare relay loop did 0.78× HAProxy's requests per CPU-second on
+pyOpenSSL and 0.96× on the standard library, with handshakes a little
+ahead too (bench/RESULTS.md, "The standard library's ssl for busy
+certificates"). Its contexts cost ~1 ms to build and ~25 KB each, and
+cannot take a leaf per connection, so only certificates that have served
+:data:`~kongacme.tls.context.PROMOTE_AFTER` connections get one, at most
+:data:`STD_CONTEXTS` (least recently used out); the others stay on
+pyOpenSSL's shared contexts.
+
+What the profile keeps and what differs, as the standard library allows:
+
+- TLS 1.2 and 1.3, the same TLS 1.2 suites (Mozilla "intermediate"), the
+  client's preference (the standard library's default is the server's),
+  no compression, no renegotiation, a FIN without close_notify read as end
+  of stream;
+- session tickets as ``session_tickets`` says: **one** per TLS 1.3
+  handshake, or none at all (``num_tickets``, which pyOpenSSL cannot set);
+  keys rotated by rebuilding the context, as the shared contexts are;
+- the TLS 1.3 suites and key-exchange groups are OpenSSL's defaults (the
+  standard library has no call to set them): the same three TLS 1.3
+  suites, and X25519, P-256, P-384 among more groups (X448, P-521, and the
+  finite-field ones for clients that ask only for those).
+"""
+
+from __future__ import annotations
+
+import os
+import ssl
+import weakref
+from typing import TYPE_CHECKING, Callable, Optional
+
+from cryptography.hazmat.primitives.serialization import Encoding
+from OpenSSL import crypto
+from twisted.logger import Logger
+
+from kongacme.tls.owned import OwnedCache
+from kongacme.tls.session import StdSession
+
+if TYPE_CHECKING:
+    from kongacme.tls.context import ServedCertificate
+
+log = Logger()
+
+#: Most certificate/ALPN pairs with a standard-library context (least
+#: recently used first out): about 25 KB each.
+STD_CONTEXTS = 64
+
+
+def _pem(served: "ServedCertificate") -> bytes:
+    """The leaf, its intermediates and the key, as one PEM file."""
+    parts = [crypto.dump_certificate(crypto.FILETYPE_PEM, served.leaf)]
+    parts.extend(certificate.public_bytes(Encoding.PEM) for certificate in served.chain.certificates)
+    parts.append(crypto.dump_privatekey(crypto.FILETYPE_PEM, served.key))
+    return b"".join(parts)
+
+
+def std_context(served: "ServedCertificate", alpn: tuple[bytes, ...], session_tickets: bool) -> ssl.SSLContext:
+    """
+    A standard-library server context presenting ``served`` and choosing
+    among ``alpn`` (server's order, no ALPN on no overlap, as
+    :func:`kongacme.tls.context._select_alpn`).
+
+    The key goes to OpenSSL through an anonymous memory file
+    (``memfd_create``): ``load_cert_chain`` reads only from a path, and the
+    key is never written to disk.
+
+    :raises ssl.SSLError: if OpenSSL refuses the chain or key.
+    :raises UnicodeError: for an ALPN protocol that is not ASCII.
+    """
+    from kongacme.tls.context import INTERMEDIATE_TLS12_CIPHERS
+
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    context.maximum_version = ssl.TLSVersion.TLSv1_3
+    context.set_ciphers(INTERMEDIATE_TLS12_CIPHERS.decode("ascii"))
+    options = context.options | ssl.OP_NO_COMPRESSION | ssl.OP_NO_RENEGOTIATION | ssl.OP_IGNORE_UNEXPECTED_EOF
+    options &= ~ssl.OP_CIPHER_SERVER_PREFERENCE
+    if not session_tickets:
+        options |= ssl.OP_NO_TICKET
+    context.options = options
+    context.num_tickets = 1 if session_tickets else 0
+    if alpn:
+        context.set_alpn_protocols([protocol.decode("ascii") for protocol in alpn])
+    fd = os.memfd_create("kongacme-certificate", os.MFD_CLOEXEC)
+    try:
+        os.write(fd, _pem(served))
+        context.load_cert_chain("/proc/self/fd/%d" % (fd,))
+    finally:
+        os.close(fd)
+    return context
+
+
+class StdContexts:
+    """
+    The standard-library contexts of busy certificates, by certificate and
+    ALPN list. A certificate is counted per connection
+    (:meth:`session_for` gives None until it has served ``promote_after``);
+    its contexts go with it (weakly held), and are rebuilt after the ticket
+    key rotation (new ticket keys).
+
+    :param seconds: the clock.
+    :ivar limit: the most contexts kept (0: none, every connection stays on
+        pyOpenSSL).
+    """
+
+    def __init__(self, seconds: Callable[[], float], promote_after: int, limit: int = STD_CONTEXTS):
+        self._seconds = seconds
+        self.promote_after = promote_after
+        #: (id(served), alpn) → its context, while served lives.
+        self._contexts: OwnedCache[ssl.SSLContext] = OwnedCache(limit)
+        #: (id(served), alpn) → connections counted (a hint: cleared past 4,096 entries).
+        self._uses: dict[tuple[int, tuple[bytes, ...]], int] = {}
+        #: Certificates OpenSSL refused here: they stay on pyOpenSSL.
+        self._refused: "weakref.WeakSet[ServedCertificate]" = weakref.WeakSet()
+
+    def session_for(
+        self, served: "ServedCertificate", alpn: tuple[bytes, ...], session_tickets: bool, rotation: float
+    ) -> Optional[StdSession]:
+        """
+        A session on ``served``'s own context for ``alpn``, or None while
+        it is not busy (yet).
+
+        :param session_tickets: :attr:`ContextBuilder.session_tickets`.
+        :param rotation: seconds a context (its ticket keys) is used.
+        """
+        key = (id(served), alpn)
+        context, found = self._contexts.get(key, served, self._seconds(), rotation)
+        if context is not None:
+            return StdSession(context)
+        if found:  # its ticket keys rotate
+            context = self._build(served, alpn, key, session_tickets)
+            return StdSession(context) if context is not None else None
+        if not self.limit:
+            return None
+        uses = self._uses.pop(key, 0) + 1
+        if uses < self.promote_after:
+            if len(self._uses) >= 4096:
+                self._uses.clear()
+            self._uses[key] = uses
+            return None
+        context = self._build(served, alpn, key, session_tickets)
+        return StdSession(context) if context is not None else None
+
+    def _build(
+        self, served: "ServedCertificate", alpn: tuple[bytes, ...], key: tuple[int, tuple[bytes, ...]],
+        session_tickets: bool,
+    ) -> Optional[ssl.SSLContext]:
+        if served in self._refused:
+            return None
+        try:
+            context = std_context(served, alpn, session_tickets)
+        except (ssl.SSLError, OSError, UnicodeError, ValueError) as e:
+            self._refused.add(served)
+            self._contexts.discard(key)
+            log.warn("TLS: {served!r} stays on pyOpenSSL: the standard library's ssl refused it ({error})",
+                     served=served, error=e)
+            return None
+        self._contexts.put(key, served, context, self._seconds())
+        return context
+
+    @property
+    def limit(self) -> int:
+        return self._contexts.limit
+
+    @limit.setter
+    def limit(self, limit: int) -> None:
+        self._contexts.limit = limit
+
+    def clear(self) -> None:
+        """Drop every context (settings changed)."""
+        self._contexts.clear()
+        self._uses.clear()
+
+    def __len__(self) -> int:
+        return len(self._contexts)
