@@ -30,7 +30,12 @@ def client_hello_bytes(server_name=None, alpn=None, max_version=None) -> bytes:
 def append_sni_extension(hello: bytes, raw: bytes) -> bytes:
     """``hello`` with one more server_name extension carrying ``raw``."""
     entry = b"\x00" + len(raw).to_bytes(2, "big") + raw
-    ext = (0).to_bytes(2, "big") + (len(entry) + 2).to_bytes(2, "big") + len(entry).to_bytes(2, "big") + entry
+    return append_extension(hello, 0, len(entry).to_bytes(2, "big") + entry)
+
+
+def append_extension(hello: bytes, ext_type: int, data: bytes) -> bytes:
+    """``hello`` with one more extension, of type ``ext_type``, carrying ``data``."""
+    ext = ext_type.to_bytes(2, "big") + len(data).to_bytes(2, "big") + data
     body = bytearray(hello[9:])
     # Walk to the extensions block: version+random, session id, suites, compression.
     pos = 34

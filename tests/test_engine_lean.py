@@ -189,6 +189,33 @@ class FastPathTests(LeanMixin, unittest.TestCase):
         client.transport.abortConnection()
         await wait_until(lambda: self.engine.served == 1)
 
+    async def test_tls12_on_pyopenssl(self) -> None:
+        """
+        A client capped at TLS 1.2 is served on pyOpenSSL whatever the
+        binding of busy certificates (kongacme.tls.context.session_for);
+        the next, offering TLS 1.3, on the class's binding.
+        """
+        _, up_port = self.upstream(peer_class=Echo)
+        port = self.listener(RouteTable([], Route("127.0.0.1", up_port)))
+        builder = self.tls_factory.builder
+        real = builder.session_for
+        made = []
+
+        def recording(*args: Any) -> Any:
+            session = real(*args)
+            made.append(type(session))
+            return session
+
+        builder.session_for = recording  # type: ignore[method-assign]
+        context = client_context()
+        context.maximum_version = stdlib_ssl.TLSVersion.TLSv1_2
+        result = await deferToThread(handshake_blocking, port, "app.example.com", context, b"twelve")
+        self.assertEqual((result["version"], result["echo"]), ("TLSv1.2", b"twelve"))
+        result = await deferToThread(handshake_blocking, port, "app.example.com", client_context(), b"thirteen")
+        self.assertEqual((result["version"], result["echo"]), ("TLSv1.3", b"thirteen"))
+        expected = StdSession if self.binding == "stdlib" else PyOpenSSLSession
+        self.assertEqual(made, [PyOpenSSLSession, expected])
+
     async def test_resumed(self) -> None:
         """A client's TLS 1.3 session ticket resumes its next connection."""
         _, up_port = self.upstream(peer_class=Echo)
@@ -655,7 +682,7 @@ class LoopTests(LeanMixin, unittest.TestCase):
         real = builder.session_for
         calls = []
 
-        def exploding(certified: Any, alpn: Any, owner: Any) -> Any:
+        def exploding(certified: Any, alpn: Any, owner: Any, tls13: bool = True) -> Any:
             calls.append(certified)
             raise RuntimeError("boom")
 

@@ -2,6 +2,8 @@
 Tests for kongacme.tls.clienthello.
 """
 
+import ssl
+
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from twisted.trial.unittest import SynchronousTestCase
@@ -9,7 +11,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from kongacme.errors import ClientHelloError
 from kongacme.tls.clienthello import normalize_server_name, parse_client_hello
 
-from tests.clienthellos import append_sni_extension, client_hello_bytes, with_raw_sni
+from tests.clienthellos import append_extension, append_sni_extension, client_hello_bytes, with_raw_sni
 
 
 class ParseClientHelloTests(SynchronousTestCase):
@@ -23,6 +25,22 @@ class ParseClientHelloTests(SynchronousTestCase):
         self.assertEqual(hello.server_name, "demo.example.com")
         self.assertEqual(hello.alpn_offered, (b"h2", b"http/1.1"))
         self.assertIsNone(hello.raw_server_name)
+
+    def test_offers_tls13(self):
+        """
+        ``offers_tls13`` is read from supported_versions: a default client
+        offers TLS 1.3, one capped at TLS 1.2 sends no such extension.
+        """
+        self.assertTrue(parse_client_hello(client_hello_bytes("a.test")).offers_tls13)
+        self.assertFalse(parse_client_hello(client_hello_bytes("a.test", max_version=ssl.TLSVersion.TLSv1_2)).offers_tls13)
+
+    def test_supported_versions_without_tls13(self):
+        """A supported_versions extension that lists only TLS 1.2, or is cut short, offers no TLS 1.3."""
+        for body in (b"\x02\x03\x03", b"\x04\x03\x03\x03", b"\x00", b"\x08\x03"):
+            hello = parse_client_hello(append_extension(client_hello_bytes("a.test", max_version=ssl.TLSVersion.TLSv1_2), 43, body))
+            self.assertFalse(hello.offers_tls13, body)
+        hello = parse_client_hello(append_extension(client_hello_bytes("a.test", max_version=ssl.TLSVersion.TLSv1_2), 43, b"\x04\x03\x03\x03\x04"))
+        self.assertTrue(hello.offers_tls13)
 
     def test_no_sni(self):
         """A hello without SNI parses with server_name None."""

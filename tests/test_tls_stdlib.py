@@ -104,6 +104,20 @@ class SessionForTests(SynchronousTestCase):
         # The pyOpenSSL ones did not make a hot pyOpenSSL context of their own.
         self.assertEqual(self.builder.hot_contexts(), 0)
 
+    def test_tls12_stays_on_pyopenssl(self) -> None:
+        """
+        A client not offering TLS 1.3 gets pyOpenSSL even for a busy
+        certificate (the standard library's contexts would cache its
+        session), and is not counted towards the promotion.
+        """
+        self.builder.std.promote_after = 2
+        kinds = [type(self.builder.session_for(CERTIFIED, H2, Owner(), tls13=False)) for _ in range(4)]
+        self.assertEqual(kinds, [PyOpenSSLSession] * 4)
+        self.assertEqual(len(self.builder.std), 0)
+        self.builder.session_for(CERTIFIED, H2, Owner())
+        self.assertIsInstance(self.builder.session_for(CERTIFIED, H2, Owner()), StdSession)
+        self.assertIsInstance(self.builder.session_for(CERTIFIED, H2, Owner(), tls13=False), PyOpenSSLSession)
+
     def test_alpn_lists_apart(self) -> None:
         """Each ALPN list of a certificate has its own count and context."""
         self.builder.std.promote_after = 2
@@ -214,6 +228,26 @@ class StdSessionTests(SynchronousTestCase):
         obj, incoming, outgoing = client()
         after = handshake(self.session(session_tickets=False), obj, incoming, outgoing)
         self.assertEqual(after, b"")
+
+    def test_tls13_sessions_not_cached(self) -> None:
+        """
+        OpenSSL's server session cache (on in every standard-library
+        context) keeps no TLS 1.3 session, with tickets on or off, even for
+        connections closed cleanly: why only TLS 1.3 clients come here. (A
+        TLS 1.2 session without a ticket would be kept: shown last.)
+        """
+        for tickets, version, kept in ((True, ssl.TLSVersion.TLSv1_3, 0), (False, ssl.TLSVersion.TLSv1_3, 0),
+                                       (False, ssl.TLSVersion.TLSv1_2, 5)):
+            builder = ContextBuilder(Clock(), session_tickets=tickets)
+            context = std_context(builder.served(CERTIFIED), H2, tickets)
+            sessions = []
+            for _ in range(5):
+                session = StdSession(context)
+                obj, incoming, outgoing = client(maximum=version)
+                handshake(session, obj, incoming, outgoing)
+                session.close_notify()
+                sessions.append(session)
+            self.assertEqual(context.session_stats()["number"], kept, (tickets, version))
 
     def test_alpn_server_order(self) -> None:
         """The route's first protocol the client offers; none (no alert) when they share none."""

@@ -179,7 +179,7 @@ class HelloReader:
         self._done = True
         relay = self._relay = Relay(
             engine, self._sock, self._addresses, name, certified, fallback, route, upstreams, self._limit,
-            self._deadline, self._registered,
+            self._deadline, self._registered, hello.offers_tls13,
         )
         self._deadline = None
         engine.relayed += 1

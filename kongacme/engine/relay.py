@@ -88,6 +88,7 @@ class Relay(UpstreamSide):
         limit: Any,
         handshake_deadline: Deadline | None,
         registered: bool = True,
+        tls13: bool = True,
     ):
         self._engine = engine
         self._loop = engine.loop
@@ -134,7 +135,7 @@ class Relay(UpstreamSide):
         self._seconds: Callable[[], float] = engine.reactor.seconds
         self._last_activity = 0.0
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        self._tls = engine.tls_factory.builder.session_for(certified, route.alpn_bytes, self)
+        self._tls = engine.tls_factory.builder.session_for(certified, route.alpn_bytes, self, tls13)
         # The hello's deadline, now this relay's (the handshake's end).
         self._deadline: Deadline | None = handshake_deadline
         if handshake_deadline is not None:

@@ -29,6 +29,7 @@ _HANDSHAKE = 0x16
 _CLIENT_HELLO = 0x01
 _EXT_SERVER_NAME = 0
 _EXT_ALPN = 16
+_EXT_SUPPORTED_VERSIONS = 43
 
 _LABEL = re.compile(r"^(?!-)[a-z0-9_-]{1,63}(?<!-)$")
 
@@ -50,6 +51,8 @@ class ClientHello:
     :ivar alpn_offered: ALPN protocol names offered, in the client's order.
     :ivar raw_server_name: the SNI bytes as sent when they were rejected
         (for the log line), else ``None``.
+    :ivar offers_tls13: the client offers TLS 1.3 (``supported_versions``,
+        RFC 8446 §4.2.1, holds 0x0304).
     :ivar unservable: why no certificate at all can be served for this
         hello, or ``None``. OpenSSL ends the handshake with an
         ``unrecognized_name`` alert while reading a host_name that holds a
@@ -63,6 +66,7 @@ class ClientHello:
     alpn_offered: tuple[bytes, ...] = ()
     raw_server_name: bytes | None = None
     unservable: str | None = None
+    offers_tls13: bool = False
 
 
 @functools.lru_cache(maxsize=1024)
@@ -183,6 +187,7 @@ def parse_client_hello(buffer: bytes) -> ClientHello | None:
         raise ClientHelloError("truncated ClientHello")
     raw_name: bytes | None = None
     alpn: list[bytes] = []
+    tls13 = False
     if pos < n:
         if pos + 2 > n:
             raise ClientHelloError("truncated ClientHello")
@@ -207,6 +212,8 @@ def parse_client_hello(buffer: bytes) -> ClientHello | None:
                 raw_name = _first_host_name(message, pos, end)
             elif ext_type == _EXT_ALPN:
                 _alpn_names(message, pos, end, alpn)
+            elif ext_type == _EXT_SUPPORTED_VERSIONS:
+                tls13 = _offers_tls13(message, pos, end)
             pos = end
     server_name = normalize_server_name(raw_name) if raw_name is not None else None
     return ClientHello(
@@ -214,7 +221,19 @@ def parse_client_hello(buffer: bytes) -> ClientHello | None:
         alpn_offered=tuple(alpn),
         raw_server_name=raw_name if (raw_name is not None and server_name is None) else None,
         unservable=_unservable(raw_name) if (raw_name is not None and server_name is None) else None,
+        offers_tls13=tls13,
     )
+
+
+def _offers_tls13(message: bytes, pos: int, end: int) -> bool:
+    """Whether a ``supported_versions`` body (a 1-byte length, then 2-byte versions) lists TLS 1.3."""
+    if pos >= end:
+        return False
+    last = min(end, pos + 1 + message[pos])
+    for at in range(pos + 1, last - 1, 2):
+        if message[at] == 3 and message[at + 1] == 4:
+            return True
+    return False
 
 
 def _unservable(raw: bytes) -> str | None:

@@ -317,19 +317,26 @@ class ContextBuilder:
         connection.use_privatekey(served.key)
         return connection
 
-    def session_for(self, certified: Servable, alpn: tuple[bytes, ...], owner: object) -> TLSSession:
+    def session_for(self, certified: Servable, alpn: tuple[bytes, ...], owner: object, tls13: bool = True) -> TLSSession:
         """
         The lean engine's session presenting ``certified`` with the route's
         ``alpn``: on the standard library's ssl once the certificate is busy
-        (:class:`~kongacme.tls.stdlib.StdContexts`), else a pyOpenSSL
-        connection on the shared context with ``owner`` as its app data.
+        (:class:`~kongacme.tls.stdlib.StdContexts`), for a client offering
+        TLS 1.3 (``tls13``); else a pyOpenSSL connection on the shared
+        context with ``owner`` as its app data.
+
+        Only TLS 1.3 goes to the standard library: its contexts keep
+        OpenSSL's server session cache, which the standard library cannot
+        turn off, and a TLS 1.2 session without a ticket would be kept there
+        (~1.5 KB each, up to 20,480 per context); a TLS 1.3 session never is.
 
         :raises SSL.Error: if the key does not belong to the leaf.
         """
         served = self.served(certified)
-        session = self.std.session_for(served, alpn, self.session_tickets, self.ticket_key_rotation)
-        if session is not None:
-            return session
+        if tls13:
+            session = self.std.session_for(served, alpn, self.session_tickets, self.ticket_key_rotation)
+            if session is not None:
+                return session
         return PyOpenSSLSession(self._shared_connection(served), owner)
 
     def own_context(self, certified: Servable) -> SSL.Context:

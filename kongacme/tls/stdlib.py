@@ -13,7 +13,10 @@ certificates"). Its contexts cost ~1 ms to build and ~25 KB each, and
 cannot take a leaf per connection, so only certificates that have served
 :data:`~kongacme.tls.context.PROMOTE_AFTER` connections get one, at most
 :data:`STD_CONTEXTS` (least recently used out); the others stay on
-pyOpenSSL's shared contexts.
+pyOpenSSL's shared contexts. Only clients offering TLS 1.3 come here
+(:meth:`~kongacme.tls.context.ContextBuilder.session_for`): the standard
+library cannot turn off OpenSSL's server session cache, which keeps no
+TLS 1.3 session but would keep every TLS 1.2 one without a ticket.
 
 What the profile keeps and what differs, as the standard library allows:
 
