@@ -160,7 +160,8 @@ class StdContexts:
             return None
         try:
             context = std_context(served, alpn, session_tickets)
-        except (ssl.SSLError, OSError, UnicodeError, ValueError) as e:
+        except (ssl.SSLError, OSError, UnicodeError, ValueError, AttributeError) as e:
+            # (AttributeError: an os without memfd_create, which is Linux's.)
             self._refused.add(served)
             self._contexts.discard(key)
             log.warn("TLS: {served!r} stays on pyOpenSSL: the standard library's ssl refused it ({error})",
