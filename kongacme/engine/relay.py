@@ -7,7 +7,8 @@ The TLS session comes from ``ContextBuilder.session_for``
 (:mod:`kongacme.tls.session`): pyOpenSSL for a certificate's first
 connections (the route's ALPN through the context's select callback, this
 object the app data), the standard library's ``ssl`` on a context of its
-own (carrying the route's ALPN) once the certificate is busy.
+own (carrying the route's ALPN) once the certificate is busy and for a
+client offering TLS 1.3.
 
 What it keeps of the Twisted path (:mod:`kongacme.tls.pump`,
 :mod:`kongacme.proxy.forward`): the upstream
@@ -69,6 +70,8 @@ class Relay(UpstreamSide):
     A client whose ClientHello is already read (peeked) and accepted for
     the fast path, and later its upstream.
 
+    :param tls13: the ClientHello offers TLS 1.3 (only then may the session
+        be the standard library's: ``ContextBuilder.session_for``).
     :ivar alpn_allowed: the route's ALPN protocols, read by the context's
         ALPN select callback through the connection's app data.
     :ivar received_from_client: plaintext bytes from the client.
