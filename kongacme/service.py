@@ -286,11 +286,11 @@ class DaemonService(MultiService):
         except Exception:
             self.log.failure("could not count the session tickets a handshake sends")
             return
-        # The lean engine's busy certificates are on the standard
-        # library's ssl, whose count kongacme sets (kongacme.tls.stdlib).
+        # Busy certificates are on the standard library's ssl, whose count
+        # kongacme sets (kongacme.tls.stdlib).
         busy = (
-            "; a busy certificate's on the lean engine: %d" % (1 if self.builder.session_tickets else 0)
-            if self.config.listen.engine == "lean" and self.builder.std.limit
+            "; a busy certificate's: %d" % (1 if self.builder.session_tickets else 0)
+            if self.builder.std.limit
             else ""
         )
         if count and not self.builder.session_tickets:

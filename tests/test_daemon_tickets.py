@@ -4,7 +4,8 @@ what it says about it at start: OpenSSL's default (two), and the
 ``etc/openssl/*.cnf`` files named by ``OPENSSL_CONF`` (one, none), counted
 by a real client (``openssl s_client``) through the lean engine; and a busy
 certificate's (on the standard library's ssl, kongacme.tls.stdlib): one,
-or none with ``session_tickets: false``, without any OpenSSL configuration.
+or none with ``session_tickets: false``, without any OpenSSL configuration,
+on either engine.
 """
 
 from __future__ import annotations
@@ -85,8 +86,8 @@ class SessionTicketCountTests(ShowsDaemonOutput, TestCase):
     timeout = 120
 
     @inlineCallbacks
-    def start(self, session_tickets: bool = True, openssl_conf: str | None = None):
-        daemon = static_daemon(self, engine="lean", tls={"session_tickets": session_tickets})
+    def start(self, session_tickets: bool = True, openssl_conf: str | None = None, engine: str = "lean"):
+        daemon = static_daemon(self, engine=engine, tls={"session_tickets": session_tickets})
         if openssl_conf is not None:
             daemon.env["OPENSSL_CONF"] = os.path.join(REPO, "etc", "openssl", openssl_conf)
         yield daemon.start(self.tls_port)
@@ -135,7 +136,7 @@ class SessionTicketCountTests(ShowsDaemonOutput, TestCase):
         """
         daemon = yield self.start()
         self.assertIn("per full handshake (OpenSSL's NumTickets; OPENSSL_CONF=etc/openssl/one-ticket.cnf sends one); "
-                      "a busy certificate's on the lean engine: 1", daemon.output)
+                      "a busy certificate's: 1", daemon.output)
         yield deferToThread(make_busy, self.tls_port)
         self.assertEqual((yield deferToThread(tickets_received, self.tls_port)), 1)
 
@@ -143,6 +144,13 @@ class SessionTicketCountTests(ShowsDaemonOutput, TestCase):
     def test_busy_certificate_off(self):
         """With tls.session_tickets: false, a busy certificate's handshakes send no ticket at all."""
         daemon = yield self.start(session_tickets=False)
-        self.assertIn("(OPENSSL_CONF=etc/openssl/no-tickets.cnf); a busy certificate's on the lean engine: 0", daemon.output)
+        self.assertIn("(OPENSSL_CONF=etc/openssl/no-tickets.cnf); a busy certificate's: 0", daemon.output)
         yield deferToThread(make_busy, self.tls_port)
         self.assertEqual((yield deferToThread(tickets_received, self.tls_port)), 0)
+
+    @inlineCallbacks
+    def test_busy_certificate_one_twisted_engine(self):
+        """The same on the Twisted path (listen.engine: twisted): one ticket for a busy certificate."""
+        yield self.start(engine="twisted")
+        yield deferToThread(make_busy, self.tls_port)
+        self.assertEqual((yield deferToThread(tickets_received, self.tls_port)), 1)

@@ -24,6 +24,7 @@ from kongacme.tls.context import ContextBuilder
 from kongacme.tls.fallback import FALLBACK_NAME, generate_self_signed
 from kongacme.tls.protocol import SNITLSProtocol, TLSServerFactory
 
+from tests.tlsbinding import use_binding
 from tests import tlsclients
 from tests.clienthellos import append_sni_extension, client_hello_bytes, with_raw_sni
 from tests.test_tls_upstream_close import BODY as HTTP10_BODY, fetch_until_close_blocking
@@ -59,10 +60,14 @@ class EchoOrHTTP(Protocol):
 
 
 class TLSTestMixin:
-    """Starts a TLS listener with a test CA and a few certificates."""
+    """
+    Starts a TLS listener with a test CA and a few certificates.
+    ``binding``: the TLS binding of every connection's session.
+    """
 
     handshake_timeout = 10.0
     alpn = (b"h2", b"http/1.1")
+    binding = "pyopenssl"
 
     def setUp(self):
         self.ca = TestCA.create()
@@ -76,9 +81,11 @@ class TLSTestMixin:
         self.cache.put(self.ca.issue(["*.wild.test"]))
         self.wrapped = Factory.forProtocol(EchoOrHTTP)
         self.wrapped.hellos = []
+        builder = ContextBuilder(reactor)
+        use_binding(builder, self.binding)
         self.factory = TLSServerFactory(
             self.cache,
-            ContextBuilder(reactor),
+            builder,
             self.wrapped,
             reactor,
             alpn_for=lambda name: self.alpn,
@@ -459,3 +466,23 @@ class HandshakeGateTimeoutTests(TLSTestMixin, TestCase):
         self.factory.gate_timeout = 0.2
         result = yield tlsclients.handshake(self.portno, "unknown.test", tlsclients.client_context())
         self.assertEqual(result["names"], [FALLBACK_NAME])
+
+
+# The same listener with every session on the standard library's ssl (a busy
+# certificate's, for a client offering TLS 1.3) instead of pyOpenSSL.
+
+
+class CertificateSelectionStdlibTests(CertificateSelectionTests):
+    binding = "stdlib"
+
+
+class ProtocolPolicyStdlibTests(ProtocolPolicyTests):
+    binding = "stdlib"
+
+
+class HostileInputStdlibTests(HostileInputTests):
+    binding = "stdlib"
+
+
+class HalfCloseStdlibTests(HalfCloseTests):
+    binding = "stdlib"

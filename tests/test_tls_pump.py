@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from hypothesis import given, settings
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from OpenSSL import SSL
 from twisted.internet.address import IPv4Address
@@ -25,9 +25,11 @@ from zope.interface import implementer
 from kongacme.testing import TestCA
 from kongacme.tls.cache import CertificateCache
 from kongacme.tls.context import ContextBuilder
+from kongacme.tls.session import PyOpenSSLSession, StdSession
 from kongacme.tls.fallback import generate_self_signed
 from kongacme.tls.protocol import TLSServerFactory
 from kongacme.tls.pump import represents_eof
+from tests.tlsbinding import use_binding
 
 PEER = IPv4Address("TCP", "198.51.100.7", 50000)
 HOST = IPv4Address("TCP", "192.0.2.1", 443)
@@ -91,12 +93,14 @@ def segments(data: bytes, cuts: list[int]) -> list[bytes]:
 class Pair:
     """A client ``SSL.Connection`` and a server protocol joined in memory."""
 
-    def __init__(self, response: bytes = b""):
+    def __init__(self, response: bytes = b"", binding: str = "pyopenssl"):
         self.clock = Clock()
         cache = CertificateCache(_FALLBACK)
         cache.put(_CERT)
         wrapped = Factory.forProtocol(Recorder)
-        self.factory = TLSServerFactory(cache, ContextBuilder(self.clock), wrapped, self.clock)
+        builder = ContextBuilder(self.clock)
+        use_binding(builder, binding)
+        self.factory = TLSServerFactory(cache, builder, wrapped, self.clock)
         self.server = self.factory.buildProtocol(PEER)
         self.recorder: Recorder = self.server.wrappedProtocol
         self.recorder.response = response
@@ -181,10 +185,12 @@ SERVER_ENDS = ("loseWriteConnection", "loseConnection", "abortConnection")
 class PumpPropertyTests(SynchronousTestCase):
     """
     Tests for the pump's byte stream and its ends, over every split and
-    order hypothesis tries.
+    order hypothesis tries. ``binding``: the TLS binding of the session.
     """
 
-    @settings(max_examples=150, deadline=None)
+    binding = "pyopenssl"
+
+    @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.differing_executors])
     @given(
         payload=st.binary(min_size=0, max_size=40000),
         response=st.binary(min_size=0, max_size=40000),
@@ -205,7 +211,7 @@ class PumpPropertyTests(SynchronousTestCase):
         connection is closed in the end and the wrapped protocol hears of
         it once.
         """
-        pair = Pair(response)
+        pair = Pair(response, self.binding)
         pair.handshake(hello_cuts)
         self.assertEqual((pair.recorder.handshakes, pair.factory.handshakes["cached"]), (1, 1))
         if payload:
@@ -252,12 +258,22 @@ class PumpTests(SynchronousTestCase):
     Tests for the pump's edges that a real client rarely reaches.
     """
 
+    binding = "pyopenssl"
+
+    def test_session_binding(self) -> None:
+        """The pump's session is of the binding the test class chose."""
+        pair = Pair(binding=self.binding)
+        pair.server.dataReceived(pair.client_hello())
+        pair.handshake([])
+        expected = StdSession if self.binding == "stdlib" else PyOpenSSLSession
+        self.assertIs(type(pair.server._tls), expected)
+
     def test_write_before_handshake_is_sent_after(self) -> None:
         """
         Bytes the wrapped protocol writes before the handshake finishes
         are sent, in order, once it has.
         """
-        pair = Pair()
+        pair = Pair(binding=self.binding)
         pair.server.dataReceived(b"")
         pair.server.dataReceived(pair.client_hello())
         pair.recorder.transport.write(b"early ")
@@ -270,7 +286,7 @@ class PumpTests(SynchronousTestCase):
         A record OpenSSL cannot parse after a good ClientHello fails the
         handshake: counted, logged, the TCP connection closed.
         """
-        pair = Pair()
+        pair = Pair(binding=self.binding)
         pair.server.dataReceived(pair.client_hello())
         pair.server.dataReceived(b"\x17\x03\x03\x00\x05garbage")
         self.assertTrue(pair.tcp.disconnecting)
@@ -281,7 +297,7 @@ class PumpTests(SynchronousTestCase):
 
     def test_fin_mid_handshake_fails(self) -> None:
         """A TCP FIN before the handshake completes fails it and closes TCP."""
-        pair = Pair()
+        pair = Pair(binding=self.binding)
         pair.server.dataReceived(pair.client_hello())
         pair.server.readConnectionLost()
         self.assertTrue(pair.tcp.disconnecting)
@@ -293,7 +309,7 @@ class PumpTests(SynchronousTestCase):
         The wrapped protocol's transport reports the peer, the host, no
         client certificate and the negotiated ALPN (none offered: None).
         """
-        pair = Pair()
+        pair = Pair(binding=self.binding)
         pair.handshake([])
         transport: Any = pair.recorder.transport
         self.assertEqual((transport.getPeer(), transport.getHost()), (PEER, HOST))
@@ -305,7 +321,7 @@ class PumpTests(SynchronousTestCase):
         The wrapped protocol's producer is registered on TCP itself, and
         dropped when the pump sends close_notify and half-closes.
         """
-        pair = Pair()
+        pair = Pair(binding=self.binding)
         pair.handshake([])
         producer = object()
         pair.recorder.transport.registerProducer(producer, True)
@@ -320,3 +336,15 @@ class PumpTests(SynchronousTestCase):
         self.assertTrue(represents_eof(SSL.Error([("SSL routines", "", "unexpected eof while reading")])))
         self.assertFalse(represents_eof(SSL.Error([("SSL routines", "", "bad record mac")])))
         self.assertFalse(represents_eof(SSL.SysCallError(104, "ECONNRESET")))
+
+
+# The same pump with its session on the standard library's ssl (a busy
+# certificate's, for a client offering TLS 1.3) instead of pyOpenSSL.
+
+
+class PumpPropertyStdlibTests(PumpPropertyTests):
+    binding = "stdlib"
+
+
+class PumpStdlibTests(PumpTests):
+    binding = "stdlib"

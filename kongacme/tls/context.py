@@ -25,7 +25,7 @@ from twisted.logger import Logger
 from kongacme.errors import CertificateError
 from kongacme.tls.certs import CertifiedKey, certificate_names
 from kongacme.tls.owned import OwnedCache
-from kongacme.tls.session import PyOpenSSLSession, StdSession
+from kongacme.tls.session import PyOpenSSLSession, TLSSession
 from kongacme.tls.stdlib import StdContexts
 
 # Mozilla server-side TLS guidelines, "intermediate" (v5.7): TLS 1.2 and
@@ -195,9 +195,6 @@ _COUNTED = 4096
 #: What :meth:`ContextBuilder.connection_for` serves.
 Servable = Union[CertifiedKey, ServedCertificate]
 
-#: What :meth:`ContextBuilder.session_for` gives.
-TLSSession = Union[PyOpenSSLSession, StdSession]
-
 
 class ContextBuilder:
     """
@@ -252,7 +249,7 @@ class ContextBuilder:
         #: id(ServedCertificate) → connections served from a shared context.
         self._uses: dict[int, int] = {}
         self.promote_after = PROMOTE_AFTER
-        #: The lean engine's busy certificates on the standard library's ssl.
+        #: Busy certificates on the standard library's ssl (session_for).
         self.std = StdContexts(clock.seconds, PROMOTE_AFTER)
 
     def served(self, certified: Servable) -> ServedCertificate:
@@ -319,11 +316,13 @@ class ContextBuilder:
 
     def session_for(self, certified: Servable, alpn: tuple[bytes, ...], owner: object, tls13: bool = True) -> TLSSession:
         """
-        The lean engine's session presenting ``certified`` with the route's
-        ``alpn``: on the standard library's ssl once the certificate is busy
+        A session presenting ``certified`` with the route's ``alpn`` (for
+        the lean engine's relay and the Twisted path's pump alike): on the
+        standard library's ssl once the certificate is busy
         (:class:`~kongacme.tls.stdlib.StdContexts`), for a client offering
-        TLS 1.3 (``tls13``); else a pyOpenSSL connection on the shared
-        context with ``owner`` as its app data.
+        TLS 1.3 (``tls13``); else a pyOpenSSL connection
+        (:meth:`connection_for`: the shared context, or the certificate's
+        own hot one) with ``owner`` as its app data.
 
         Only TLS 1.3 goes to the standard library: its contexts keep
         OpenSSL's server session cache, which the standard library cannot
@@ -337,7 +336,7 @@ class ContextBuilder:
             session = self.std.session_for(served, alpn, self.session_tickets, self.ticket_key_rotation)
             if session is not None:
                 return session
-        return PyOpenSSLSession(self._shared_connection(served), owner)
+        return PyOpenSSLSession(self.connection_for(served), owner)
 
     def own_context(self, certified: Servable) -> SSL.Context:
         """

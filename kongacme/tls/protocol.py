@@ -24,7 +24,7 @@ from kongacme.tls.alpn_challenge import NO_APPLICATION_PROTOCOL_ALERT, CloseAfte
 from kongacme.tls.clienthello import ClientHello, parse_client_hello
 from kongacme.tls.context import ContextBuilder
 from kongacme.tls.pump import TLSPump
-from kongacme.tls.session import tls_failure_reason
+from kongacme.tls.session import PyOpenSSLSession, tls_failure_reason
 
 log = Logger()
 
@@ -186,10 +186,11 @@ class SNITLSProtocol(TLSPump):
         buffered, self._hello_buffer = self._hello_buffer, None
         certified = factory.cache.lookup(hello.server_name)
         self.served_fallback = certified is factory.cache.fallback
-        # The one place a connection gets its certificate (context.py).
-        tls = factory.builder.connection_for(certified)
-        # Read by the ALPN select callback (context._select_alpn).
-        tls.set_app_data(self)
+        # The one place a connection gets its certificate (context.py): on
+        # pyOpenSSL (this protocol its app data, for the ALPN select
+        # callback, context._select_alpn), or the standard library's ssl
+        # for a busy certificate and a client offering TLS 1.3.
+        tls = factory.builder.session_for(certified, self.alpn_allowed, self, hello.offers_tls13)
         self.start_tls(tls, buffered or b"")
 
     def _challenge_ready(self, tls: Any) -> None:
@@ -205,7 +206,7 @@ class SNITLSProtocol(TLSPump):
             return
         self._count("acme_tls_alpn")
         self.wrappedProtocol = CloseAfterHandshake()
-        self.start_tls(tls, buffered)
+        self.start_tls(PyOpenSSLSession(tls, self), buffered)
 
     def _handshake_timed_out(self) -> None:
         self._deadline = None

@@ -1,13 +1,15 @@
 """
-The TLS record pump: server-side TLS over pyOpenSSL's memory BIOs, with
-Twisted's public transport and producer interfaces on both sides.
+The TLS record pump: server-side TLS over memory BIOs (a session of
+:mod:`kongacme.tls.session`: pyOpenSSL's, or the standard library's for a
+busy certificate), with Twisted's public transport and producer interfaces
+on both sides.
 
 :class:`TLSPump` sits between a TCP transport and the protocol it wraps
-(the proxy). Ciphertext read from TCP goes into the engine with
-``bio_write``; plaintext comes out with ``recv`` and goes to the wrapped
-protocol; the wrapped protocol's writes go in with ``send`` and the records
-OpenSSL makes come out with ``bio_read`` to the TCP transport. No private
-member of Twisted or pyOpenSSL is used, so either can be upgraded freely.
+(the proxy). Ciphertext read from TCP goes into the session with
+``feed``; plaintext comes out with ``read`` and goes to the wrapped
+protocol; the wrapped protocol's writes go in with ``seal``, and the records
+OpenSSL makes come out to the TCP transport. No private member of Twisted,
+pyOpenSSL or the ``ssl`` module is used, so each can be upgraded freely.
 
 Half-close (RFC 8446 §6.1): a client's close_notify or TCP FIN becomes the
 wrapped protocol's ``readConnectionLost``; its ``loseWriteConnection``
@@ -26,7 +28,7 @@ from __future__ import annotations
 import ssl
 from typing import Any
 
-from OpenSSL.SSL import Connection, Error, SysCallError, WantReadError, ZeroReturnError
+from OpenSSL.SSL import Error, SysCallError
 from twisted.internet.interfaces import (
     IHalfCloseableProtocol,
     IHandshakeListener,
@@ -39,7 +41,8 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from kongacme.sockwrite import SocketWriter
-from kongacme.tls.records import count_records, seal
+from kongacme.tls.records import count_records
+from kongacme.tls.session import CLOSED, TLS_ERROR, WANT_READ, TLSSession
 
 #: Plaintext read per ``recv``: more than a TLS record's (16 KiB), so one
 #: call takes a whole record (OpenSSL returns one record per call).
@@ -69,8 +72,9 @@ class TLSPump(Protocol):
     Server-side TLS for one TCP connection, and the transport of the
     protocol it wraps.
 
-    A subclass calls :meth:`start_tls` with the ``SSL.Connection`` (and the
-    ClientHello bytes already read) and may override :meth:`before_tls`,
+    A subclass calls :meth:`start_tls` with the TLS session
+    (:mod:`kongacme.tls.session`: pyOpenSSL's, or the standard library's
+    for a busy certificate) and the ClientHello bytes already read, and may override :meth:`before_tls`,
     :meth:`handshake_finished` and :meth:`tls_failed`.
 
     :ivar wrappedProtocol: the protocol getting the plaintext.
@@ -83,7 +87,7 @@ class TLSPump(Protocol):
     negotiatedProtocol: bytes | None = None
     TLS = True
 
-    _tls: Connection | None = None
+    _tls: TLSSession | None = None
     _writer: SocketWriter | None = None
     _pre_handshake: list[bytes] | None = None
     _producer: Any = None
@@ -106,14 +110,13 @@ class TLSPump(Protocol):
 
     # -- starting -------------------------------------------------------------
 
-    def start_tls(self, tls: Connection, buffered: bytes) -> None:
+    def start_tls(self, tls: TLSSession, buffered: bytes) -> None:
         """
         Connect the wrapped protocol to this transport, feed ``buffered``
         (the ClientHello) to ``tls`` and run the first handshake step: one
         ``do_handshake`` that reads the whole hello and writes the server's
         flight, rather than one on an empty BIO first.
         """
-        tls.set_accept_state()
         self._tls = tls
         self._writer = SocketWriter(self.transport)
         self.wrappedProtocol.makeConnection(self)
@@ -121,7 +124,7 @@ class TLSPump(Protocol):
             return
         if buffered:
             self._count_records(buffered)
-            tls.bio_write(buffered)
+            tls.feed(buffered)
         self._handshake()
 
     def handshake_finished(self) -> None:
@@ -153,7 +156,7 @@ class TLSPump(Protocol):
                 self._complete += 1
         else:
             self._count_records(data)
-        tls.bio_write(data)
+        tls.feed(data)
         if self.handshake_done:
             self._read_plaintext(tls)
         else:
@@ -169,14 +172,14 @@ class TLSPump(Protocol):
         assert tls is not None
         try:
             tls.do_handshake()
-        except WantReadError:
+        except WANT_READ:
             self._drain(DRAIN_SIZE)
             return
-        except Error:
+        except TLS_ERROR:
             self._fail(Failure())
             return
         self.handshake_done = True
-        self.negotiatedProtocol = tls.get_alpn_proto_negotiated() or None
+        self.negotiatedProtocol = tls.alpn()
         self.handshake_finished()
         # The server's last flight and the TLS 1.3 session tickets.
         self._drain(DRAIN_SIZE)
@@ -195,24 +198,27 @@ class TLSPump(Protocol):
         # Application data that came in the same segment as the Finished.
         self._read_plaintext(tls)
 
-    def _read_plaintext(self, tls: Connection) -> None:
+    def _read_plaintext(self, tls: TLSSession) -> None:
         deliver = self.wrappedProtocol.dataReceived
-        recv = tls.recv
+        read = tls.read
         while not self._read_closed and self._complete != 0:
             try:
-                data = recv(RECV_SIZE)
-            except WantReadError:
+                data = read(RECV_SIZE)
+            except WANT_READ:
                 # No complete record left: from here on, count them.
                 self._complete = 0
                 return
-            except ZeroReturnError:
+            except CLOSED:
                 self._peer_closed_write()
                 return
-            except Error as e:
+            except TLS_ERROR as e:
                 if represents_eof(e):
                     self._peer_closed_write()
                 else:
                     self._fail(Failure())
+                return
+            if not data:  # the standard library's close_notify (or FIN)
+                self._peer_closed_write()
                 return
             if self._complete:
                 self._complete -= 1
@@ -239,10 +245,13 @@ class TLSPump(Protocol):
         if tls is None or self._writer is None:
             return
         write = self._writer.write
+        take = tls.take
         while True:
             try:
-                data = tls.bio_read(size)
-            except WantReadError:
+                data = take(size)
+            except WANT_READ:
+                return
+            if not data:
                 return
             write(data)
             if len(data) < size:
@@ -263,8 +272,8 @@ class TLSPump(Protocol):
         if not size:
             return
         try:
-            records, more = seal(tls, data)
-        except Error:
+            records, more = tls.seal(data)
+        except TLS_ERROR:
             self._fail(Failure())
             return
         if not records:
@@ -313,10 +322,7 @@ class TLSPump(Protocol):
         tls = self._tls
         if tls is None:
             return
-        try:
-            tls.shutdown()
-        except Error:
-            pass  # not after a handshake, or already sent
+        tls.close_notify()  # (nothing before a handshake, or when already sent)
         self._drain(DRAIN_SIZE)
 
     def _send_close_notify(self) -> None:
@@ -347,7 +353,7 @@ class TLSPump(Protocol):
             if self._write_closed or self._tls_over:
                 self.transport.loseConnection()
             return
-        tls.bio_shutdown()
+        tls.feed_eof()
         if not self.handshake_done:
             self._handshake()
             if not self._tls_over and not self.handshake_done:

@@ -1,11 +1,11 @@
 """
 One server-side TLS session over memory BIOs, as the lean engine's relay
-drives it, from either TLS binding kongacme has:
+and the Twisted path's pump drive it, from either TLS binding kongacme has:
 
 - :class:`PyOpenSSLSession`: pyOpenSSL's ``SSL.Connection`` (OpenSSL in
-  cryptography's wheel), a connection's leaf and key set on its chain's
-  shared context: what a certificate's first connections get, and what the
-  Twisted path always uses;
+  cryptography's wheel) on its chain's shared context or the certificate's
+  own: what a certificate's first connections get, and clients not
+  offering TLS 1.3;
 - :class:`StdSession`: the standard library's ``ssl.SSLObject`` with two
   ``ssl.MemoryBIO`` objects (the system's OpenSSL), on a context of the
   certificate's own (:mod:`kongacme.tls.stdlib`): what a busy certificate's
@@ -28,7 +28,7 @@ below, which hold both bindings' classes.
 from __future__ import annotations
 
 import ssl
-from typing import Any
+from typing import Any, Union
 
 from OpenSSL import SSL
 
@@ -133,6 +133,10 @@ class StdSession:
 
     def release(self) -> None:
         pass
+
+
+#: A session of either binding (what ``ContextBuilder.session_for`` gives).
+TLSSession = Union[PyOpenSSLSession, StdSession]
 
 
 def tls_failure_reason(error: BaseException) -> str | None:

@@ -1,5 +1,5 @@
 """
-Contexts of the standard library's ``ssl`` for the lean engine's busiest
+Contexts of the standard library's ``ssl`` for the busiest
 certificates: one per certificate and route ALPN list, carrying the leaf,
 its intermediates and the key, with the same profile as the pyOpenSSL
 contexts (:mod:`kongacme.tls.context`).
