@@ -109,12 +109,17 @@ class Connection:
         self.floor, self.state = floor, 0
         self.up: socket.socket | None = None
         self.ufd = -1
+        #: Where ciphertext read from the socket goes (None: OpenSSL reads the socket).
+        self.feed: Callable[[bytes], Any] | None = None
         if floor.variant == "stdbio":
             self.sock = sock
             self.incoming, self.outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
             self.tls = floor.std.wrap_bio(self.incoming, self.outgoing, server_side=True)
             self.want_read = ssl.SSLWantReadError
             self.closed = (ssl.SSLError, OSError)
+            self.feed = self.incoming.write
+            self.flush = self.std_flush  # type: ignore[method-assign]
+            self.relay = self.std_relay  # type: ignore[method-assign]
         elif floor.variant == "std":
             self.sock = self.tls = floor.std.wrap_socket(sock, server_side=True, do_handshake_on_connect=False)
             self.want_read: Any = ssl.SSLWantReadError
@@ -129,6 +134,8 @@ class Connection:
             self.tls.set_accept_state()
             self.want_read = SSL.WantReadError
             self.closed = (SSL.Error, OSError)
+            if floor.variant == "bio":
+                self.feed = self.tls.bio_write
         self.alpn_allowed = (b"http/1.1",)
         self.cfd = self.sock.fileno()
         floor.handlers[self.cfd] = self.client_event
@@ -136,16 +143,14 @@ class Connection:
 
     def client_event(self, events: int) -> None:
         tls = self.tls
-        if self.floor.variant == "stdbio":
-            return self.std_client_event()
-        if self.floor.variant == "bio":
+        if self.feed is not None:
             try:
                 data = self.sock.recv(65536)
             except OSError:
                 return self.close()
             if not data:
                 return self.close()
-            tls.bio_write(data)
+            self.feed(data)
         if self.state == 0:
             try:
                 tls.do_handshake()
@@ -168,27 +173,6 @@ class Connection:
         self.ufd = up.fileno()
         self.floor.handlers[self.ufd] = self.upstream_event
         self.floor.poll.register(self.ufd, OUT)
-
-    def std_client_event(self) -> None:
-        try:
-            data = self.sock.recv(65536)
-        except OSError:
-            return self.close()
-        if not data:
-            return self.close()
-        incoming = self.incoming
-        incoming.write(data)
-        if self.state == 0:
-            try:
-                self.tls.do_handshake()
-            except self.want_read:
-                return self.std_flush()
-            except self.closed:
-                return self.close()
-            self.std_flush()
-            self.dial()
-        elif self.state == 2:
-            self.std_relay()
 
     def std_relay(self) -> None:
         assert self.up is not None
@@ -229,8 +213,6 @@ class Connection:
         if self.state == 1:
             self.floor.poll.modify(self.ufd, IN)
             self.state = 2
-            if self.floor.variant == "stdbio":
-                return self.std_relay()
             return self.relay()
         try:
             data = self.up.recv(65536)
@@ -240,7 +222,7 @@ class Connection:
             return self.close()
         if self.floor.variant == "stdbio":
             self.tls.write(data)
-            return self.std_flush()
+            return self.flush()
         self.tls.sendall(data) if self.floor.variant != "bio" else self.tls.send(data)
         self.flush()
 

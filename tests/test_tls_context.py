@@ -18,7 +18,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
 from kongacme.errors import CertificateError
-from kongacme.tls import context as context_module
+from kongacme.tls import owned as owned_module
 from kongacme.tls.context import PROMOTE_AFTER, ContextBuilder, Intermediates, ServedCertificate, chain_key
 
 
@@ -278,8 +278,8 @@ class ContextBuilderTests(SynchronousTestCase):
         self.assertIsNot(again, own[b])
 
     def test_counts_start_over(self):
-        """Past _COUNTED certificates counted, the counts start over (they only hint)."""
-        self.patch(context_module, "_COUNTED", 2)
+        """Past COUNTED certificates counted, the counts start over (they only hint)."""
+        self.patch(owned_module, "COUNTED", 2)
         self.builder.promote_after = 2
         a, b, c = (self.intermediate.issue([n], include_ca=True) for n in ("a.test", "b.test", "c.test"))
         for certified in (a, b, c):

@@ -49,10 +49,7 @@ def client(alpn: list[str] | None = None, maximum: ssl.TLSVersion = ssl.TLSVersi
 
 
 def take_all(session: StdSession | PyOpenSSLSession) -> bytes:
-    try:
-        return session.take(1 << 20)
-    except WANT_READ:
-        return b""
+    return session.take(1 << 20)
 
 
 def handshake(session: StdSession | PyOpenSSLSession, obj: ssl.SSLObject, incoming: ssl.MemoryBIO,

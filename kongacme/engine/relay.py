@@ -341,10 +341,7 @@ class Relay(UpstreamSide):
         """Send what OpenSSL has produced to the client (``flags``: of each ``send``)."""
         take = self._tls.take
         while True:
-            try:
-                data = take(DRAIN_SIZE)
-            except WANT_READ:
-                return
+            data = take(DRAIN_SIZE)
             if not data:
                 return
             self._send_client(data, flags)
@@ -360,10 +357,7 @@ class Relay(UpstreamSide):
         response, or close_notify) instead of one of their own: one system
         call and one TCP segment fewer per connection.
         """
-        try:
-            data = self._tls.take(DRAIN_SIZE)
-        except WANT_READ:
-            return
+        data = self._tls.take(DRAIN_SIZE)
         if not data:
             return
         if len(data) == DRAIN_SIZE:  # not tickets alone: no reason to wait

@@ -188,10 +188,6 @@ HOT_CONTEXTS = 64
 #: (~120 us to build), a busy name does within a few connections.
 PROMOTE_AFTER = 8
 
-#: Certificates whose connections are counted for promotion at most; the
-#: counts start over past it (they are only a hint).
-_COUNTED = 4096
-
 #: What :meth:`ContextBuilder.connection_for` serves.
 Servable = Union[CertifiedKey, ServedCertificate]
 
@@ -244,10 +240,9 @@ class ContextBuilder:
         self._contexts: dict[bytes, tuple[SSL.Context, float]] = {}
         #: CertifiedKey → its served form, held as long as the certificate.
         self._served: "weakref.WeakKeyDictionary[CertifiedKey, ServedCertificate]" = weakref.WeakKeyDictionary()
-        #: id(ServedCertificate) → its own context, while it lives.
+        #: id(ServedCertificate) → its own context, while it lives (and the
+        #: connections served from a shared context, until it has one).
         self._hot: OwnedCache[SSL.Context] = OwnedCache(HOT_CONTEXTS)
-        #: id(ServedCertificate) → connections served from a shared context.
-        self._uses: dict[int, int] = {}
         self.promote_after = PROMOTE_AFTER
         #: Busy certificates on the standard library's ssl (session_for).
         self.std = StdContexts(clock.seconds, PROMOTE_AFTER)
@@ -298,16 +293,8 @@ class ContextBuilder:
             return SSL.Connection(hot, None)
         if found:
             return SSL.Connection(self._promote(served, key), None)  # its ticket keys rotate
-        uses = self._uses.pop(key, 0) + 1
-        if uses >= self.promote_after and self.hot_limit:
+        if self.hot_limit and self._hot.busy(key, self.promote_after):
             return SSL.Connection(self._promote(served, key), None)
-        if len(self._uses) >= _COUNTED:
-            self._uses.clear()
-        self._uses[key] = uses
-        return self._shared_connection(served)
-
-    def _shared_connection(self, served: ServedCertificate) -> SSL.Connection:
-        """A connection on ``served``'s chain's shared context, given its leaf and key."""
         connection = SSL.Connection(self._context(served.chain), None)
         # The leaf first: OpenSSL checks the key against it.
         connection.use_certificate(served.leaf)
@@ -371,7 +358,6 @@ class ContextBuilder:
         """Drop every context (settings changed); the next connection builds anew."""
         self._contexts.clear()
         self._hot.clear()
-        self._uses.clear()
         self.std.clear()
 
     def __len__(self) -> int:

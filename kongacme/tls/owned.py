@@ -1,7 +1,8 @@
 """
-Contexts owned by a certificate, kept while it is and while recently used:
-what the hot pyOpenSSL contexts (:mod:`kongacme.tls.context`) and the
-standard library's (:mod:`kongacme.tls.stdlib`) are both kept in.
+Contexts owned by a certificate, kept while it is and while recently used,
+and the count of uses that earns one: what the hot pyOpenSSL contexts
+(:mod:`kongacme.tls.context`) and the standard library's
+(:mod:`kongacme.tls.stdlib`) are both kept in.
 """
 
 from __future__ import annotations
@@ -12,18 +13,25 @@ from typing import Any, Generic, Hashable, Optional, TypeVar
 
 Value = TypeVar("Value")
 
+#: Keys whose uses are counted at most; the counts start over past it
+#: (they are only a hint).
+COUNTED = 4096
+
 
 class OwnedCache(Generic[Value]):
     """
     Values by key, each with its owner (held weakly: the owner's end drops
     the value) and the time it was made; at most ``limit``, the least
-    recently used out first.
+    recently used out first. Keys not kept yet have their uses counted
+    (:meth:`busy`).
     """
 
     def __init__(self, limit: int):
         self.limit = limit
         #: key → (weak reference to the owner, value, made at); least recently used first.
         self._entries: "collections.OrderedDict[Hashable, tuple[weakref.ref, Value, float]]" = collections.OrderedDict()
+        #: key → uses counted (at most COUNTED keys).
+        self._uses: dict[Hashable, int] = {}
 
     def get(self, key: Hashable, owner: Any, now: float, max_age: float) -> tuple[Optional[Value], bool]:
         """
@@ -53,11 +61,27 @@ class OwnedCache(Generic[Value]):
         while len(entries) > self.limit:
             entries.popitem(last=False)
 
+    def busy(self, key: Hashable, promote_after: int) -> bool:
+        """
+        Count one more use of ``key``: whether it has now been used
+        ``promote_after`` times (then its count is dropped: the value is
+        about to be :meth:`put`).
+        """
+        uses = self._uses.pop(key, 0) + 1
+        if uses >= promote_after:
+            return True
+        if len(self._uses) >= COUNTED:
+            self._uses.clear()
+        self._uses[key] = uses
+        return False
+
     def discard(self, key: Hashable) -> None:
         self._entries.pop(key, None)
 
     def clear(self) -> None:
+        """Drop every value and every count."""
         self._entries.clear()
+        self._uses.clear()
 
     def __len__(self) -> int:
         return len(self._entries)

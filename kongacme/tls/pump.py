@@ -247,10 +247,7 @@ class TLSPump(Protocol):
         write = self._writer.write
         take = tls.take
         while True:
-            try:
-                data = take(size)
-            except WANT_READ:
-                return
+            data = take(size)
             if not data:
                 return
             write(data)

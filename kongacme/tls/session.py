@@ -19,8 +19,7 @@ method of the binding, looked up once here, not a wrapper of ours):
 ``feed(data)`` puts ciphertext in, ``feed_eof()`` ends it, ``do_handshake()``,
 ``read(size)`` gives plaintext (``b""`` or an exception in
 :data:`CLOSED` at the client's close_notify or FIN), ``take(size)`` gives
-ciphertext to send (``b""`` or an exception in :data:`WANT_READ` when there
-is none); and :meth:`seal`, :meth:`close_notify`, :meth:`is_tls13`,
+ciphertext to send (``b""`` when there is none); and :meth:`seal`, :meth:`close_notify`, :meth:`is_tls13`,
 :meth:`alpn` and :meth:`release`. Their exceptions are caught as the tuples
 below, which hold both bindings' classes.
 """
@@ -34,7 +33,7 @@ from OpenSSL import SSL
 
 from kongacme.tls.records import seal
 
-#: "No whole record yet" (reading) or "nothing to send" (``take``).
+#: "No whole record yet" (``read``, ``do_handshake``).
 WANT_READ = (SSL.WantReadError, ssl.SSLWantReadError)
 
 #: The client's close_notify, once read (the standard library raises it
@@ -55,7 +54,7 @@ class PyOpenSSLSession:
     ``alpn_allowed`` (:func:`kongacme.tls.context._select_alpn`).
     """
 
-    __slots__ = ("connection", "feed", "feed_eof", "do_handshake", "read", "take")
+    __slots__ = ("connection", "feed", "feed_eof", "do_handshake", "read")
 
     def __init__(self, connection: SSL.Connection, owner: Any):
         self.connection = connection
@@ -65,7 +64,13 @@ class PyOpenSSLSession:
         self.feed_eof = connection.bio_shutdown
         self.do_handshake = connection.do_handshake
         self.read = connection.recv
-        self.take = connection.bio_read
+
+    def take(self, size: int) -> bytes:
+        """Up to ``size`` bytes of ciphertext OpenSSL wrote; ``b""`` when there is none."""
+        try:
+            return self.connection.bio_read(size)
+        except SSL.WantReadError:
+            return b""
 
     def seal(self, data: bytes) -> tuple[bytes, bool]:
         """:func:`kongacme.tls.records.seal`: ``data`` as records, and whether more are left to ``take``."""

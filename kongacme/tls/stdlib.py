@@ -117,10 +117,9 @@ class StdContexts:
     def __init__(self, seconds: Callable[[], float], promote_after: int, limit: int = STD_CONTEXTS):
         self._seconds = seconds
         self.promote_after = promote_after
-        #: (id(served), alpn) → its context, while served lives.
+        #: (id(served), alpn) → its context, while served lives (and the
+        #: connections counted, until it has one).
         self._contexts: OwnedCache[ssl.SSLContext] = OwnedCache(limit)
-        #: (id(served), alpn) → connections counted (a hint: cleared past 4,096 entries).
-        self._uses: dict[tuple[int, tuple[bytes, ...]], int] = {}
         #: Certificates OpenSSL refused here: they stay on pyOpenSSL.
         self._refused: "weakref.WeakSet[ServedCertificate]" = weakref.WeakSet()
 
@@ -141,13 +140,7 @@ class StdContexts:
         if found:  # its ticket keys rotate
             context = self._build(served, alpn, key, session_tickets)
             return StdSession(context) if context is not None else None
-        if not self.limit:
-            return None
-        uses = self._uses.pop(key, 0) + 1
-        if uses < self.promote_after:
-            if len(self._uses) >= 4096:
-                self._uses.clear()
-            self._uses[key] = uses
+        if not self.limit or not self._contexts.busy(key, self.promote_after):
             return None
         context = self._build(served, alpn, key, session_tickets)
         return StdSession(context) if context is not None else None
@@ -181,7 +174,6 @@ class StdContexts:
     def clear(self) -> None:
         """Drop every context (settings changed)."""
         self._contexts.clear()
-        self._uses.clear()
 
     def __len__(self) -> int:
         return len(self._contexts)
