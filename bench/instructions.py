@@ -22,6 +22,11 @@ than on the real CPU. Use it for A/B of user-space changes, not for
 ratios against other servers.
 
     python3 bench/instructions.py --tree /tmp/before --tree . -n 600
+
+With ``-n`` larger than ``-c`` each connection carries ``-n``/``-c``
+requests (h2load keeps them alive), and the count is per kept-alive request
+(the ``-c`` handshakes spread over them): the keep-alive measure, e.g.
+``-n 20000 -c 100``.
 """
 
 from __future__ import annotations
@@ -145,6 +150,9 @@ def main(argv=None) -> int:
     host = "bench.test"
     leaf = B.issue_files(ca, work, "leaf", [host])
     results: dict = {"args": vars(args), "machine": B.machine_info(), "trees": {}}
+    # -n == -c: one request per connection, each a full handshake; else kept alive.
+    unit = "handshake" if args.handshakes <= args.concurrency else "request"
+    results["unit"] = unit
     with B.Processes() as procs:
         up_port = B.free_port()
         B.start_haproxy(procs, "instr-upstream", B.haproxy_upstream_config(up_port), up_port, B.CLIENT_CPU)
@@ -175,11 +183,11 @@ def main(argv=None) -> int:
                 ok = res["succeeded"]
                 per_round.append({"handshakes": ok, "ir_per_handshake": total / ok,
                                   "groups": {k: v / ok for k, v in groups.items()}})
-                B.log("%s round %d: %d handshakes, %.0f instructions per handshake" % (tree, r, ok, total / ok))
+                B.log("%s round %d: %d %ss, %.0f instructions per %s" % (tree, r, ok, unit, total / ok, unit))
             procs.stop(proc)
             results["trees"][tree] = per_round
     first = None
-    print("\ninstructions per handshake (callgrind; median of rounds)")
+    print("\ninstructions per %s (callgrind; median of rounds)" % unit)
     for tree, rounds in results["trees"].items():
         ir = B.median(r["ir_per_handshake"] for r in rounds)
         first = first or ir

@@ -906,6 +906,54 @@ class RelayEdgeTests(HarnessMixin, SynchronousTestCase):
         self.assertEqual(harness.limit.in_use, 0)
 
 
+    def test_steady_state_left_and_taken_again(self) -> None:
+        """
+        Once both sides have exchanged a record the relay is in the steady
+        state (its short path); a client that stops reading takes it out
+        (records wait for ``EPOLLOUT``, the upstream is not read), and once
+        the client has read everything, the next exchange puts it back.
+        Every byte arrives, and the counters count each of them once.
+        """
+        harness = self.harness
+        with harness.connection() as start:
+            client, upstream = harness.connect([], [])
+            relay = harness.relay()
+
+            def exchange(request: bytes, reply: bytes) -> None:
+                harness.send(client, client.encrypt(request), [])
+                harness.spin(lambda: bytes(upstream.received).endswith(request), "the request upstream")
+                harness.send(upstream, reply, [])
+                harness.spin(lambda: bytes(client.received).endswith(reply), "the reply at the client")
+
+            exchange(b"GET / 1", b"reply 1")
+            self.assertTrue(relay._steady)
+            client.reading = False
+            download = random.Random(7).randbytes(4 * 1024 * 1024)
+            sent = harness.send_what_fits(upstream, download)
+            for _ in range(5):
+                harness.run_ready()
+            self.assertIsNotNone(relay._to_client)
+            self.assertFalse(relay._steady)
+            client.reading = True
+            harness.send(upstream, download[sent:], [])
+            harness.spin(lambda: len(client.received) == len(b"reply 1") + len(download), "the download")
+            exchange(b"GET / 2", b"reply 2")
+            self.assertTrue(relay._steady)
+            self.assertEqual(bytes(upstream.received), b"GET / 1GET / 2")
+            self.assertEqual(bytes(client.received), b"reply 1" + download + b"reply 2")
+            self.assertEqual(
+                (relay.received_from_client, relay.received_from_upstream),
+                (len(upstream.received), len(client.received)),
+            )
+            harness.send(client, client.close_notify_record(), [])
+            client.fin()
+            harness.spin(lambda: upstream.eof, "the client's half-close upstream")
+            self.assertFalse(relay._steady)
+            upstream.fin()
+            harness.spin(lambda: client.eof, "the upstream's end at the client")
+            self.assertEqual((client.close_notify, client.reset), (True, False))
+            harness.assert_clean_end(self, start)
+
     def test_upstream_read_size_follows_the_traffic(self) -> None:
         """
         A read from the upstream that comes back full (a download) makes

@@ -162,6 +162,13 @@ class UpstreamSide:
             self._drop_upstream()
 
     def _read_upstream(self: "Relay") -> None:
+        """
+        The upstream is readable: what it sent becomes records to the
+        client. In the steady state (as
+        :meth:`~kongacme.engine.relay.Relay._read_client`) they are sent
+        here, not through ``_send_client``'s checks; a short ``send`` ends
+        the steady state.
+        """
         up = self._up
         assert up is not None
         asked = self._upstream_read
@@ -171,10 +178,10 @@ class UpstreamSide:
             return
         except OSError as e:
             self._upstream_lost(e)
-            return
+            return self._settle()
         if not data:
             self._upstream_ended()
-            return
+            return self._settle()
         size = len(data)
         # A full read is a bulk transfer: read more at a time (fewer
         # interpreter rounds per byte); a short one, back to the small size
@@ -189,12 +196,26 @@ class UpstreamSide:
             records, more = self._tls.seal(data)
         except TLS_ERROR as e:
             self._client_lost(e)
-            return
+            return self._settle()
         if not records:
             return
-        self._send_client(records)
+        if not self._steady:
+            self._send_client(records)
+        else:
+            # _send_client's checks (tickets held, records waiting) hold.
+            try:
+                sent = self._sock.send(records)
+            except BlockingIOError:
+                sent = 0
+            except OSError as e:
+                self._client_lost(e)
+                return self._settle()
+            if sent < len(records):
+                self._to_client = memoryview(records)[sent:]
+                more = True  # the steady state is over: look again below
         if more:
             self._drain()
+            self._settle()
 
     def _upstream_ended(self: "Relay") -> None:
         """The upstream's FIN: close_notify, then a FIN once the client has every record."""
