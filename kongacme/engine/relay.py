@@ -292,7 +292,10 @@ class Relay(UpstreamSide):
         tls = self._tls
         tls.feed(data)
         try:
-            plain = tls.read(PLAIN_SIZE)
+            # A record's plaintext is shorter than the record: asking for
+            # no more than that is a small allocation, not PLAIN_SIZE's
+            # 32 KiB shrunk to what came.
+            plain = tls.read(size)
         except WANT_READ:
             return  # a record with no application data in it (a KeyUpdate)
         except CLOSED:
