@@ -954,6 +954,47 @@ class RelayEdgeTests(HarnessMixin, SynchronousTestCase):
             self.assertEqual((client.close_notify, client.reset), (True, False))
             harness.assert_clean_end(self, start)
 
+    def test_steady_state_largest_records(self) -> None:
+        """
+        In the steady state a segment that is one whole record is read
+        asking OpenSSL for no more than the record's length: records of
+        the largest plaintext (16 KiB) and of one byte, each alone in its
+        segment, arrive whole.
+        """
+        harness = self.harness
+        with harness.connection() as start:
+            client, upstream = harness.connect([], [])
+            relay = harness.relay()
+            harness.send(client, client.encrypt(b"hello"), [])
+            harness.spin(lambda: bytes(upstream.received) == b"hello", "the first record upstream")
+            harness.send(upstream, b"ok", [])
+            harness.spin(lambda: bytes(client.received) == b"ok", "the reply at the client")
+            payload = random.Random(8).randbytes(16384)
+            expected = b"hello"
+            general: list[int] = []  # segments that went the general way
+            general_path = relay._client_data
+
+            def client_data(data: bytes) -> None:
+                general.append(len(data))
+                general_path(data)
+
+            relay._client_data = client_data  # type: ignore[method-assign]
+            for piece in (payload, b"x", payload[::-1]):
+                self.assertTrue(relay._steady)
+                record = client.encrypt(piece)
+                self.assertEqual(count_records(0, b"", record)[:2], (1, 0))
+                harness.send(client, record, [])
+                expected += piece
+                harness.spin(lambda: bytes(upstream.received) == expected, "the record upstream")
+            self.assertEqual(general, [])
+            self.assertEqual(relay.received_from_client, len(expected))
+            harness.send(client, client.close_notify_record(), [])
+            client.fin()
+            harness.spin(lambda: upstream.eof, "the client's half-close upstream")
+            upstream.fin()
+            harness.spin(lambda: client.eof, "the upstream's end at the client")
+            harness.assert_clean_end(self, start)
+
     def test_upstream_read_size_follows_the_traffic(self) -> None:
         """
         A read from the upstream that comes back full (a download) makes

@@ -169,6 +169,9 @@ class Relay(UpstreamSide):
                 self._read_client()
             else:
                 self._read_upstream()
+            # A read that left the steady state says so: look again.
+            if not (self._steady or self._done):
+                self._rearm()
             return
         if fd == self._cfd:
             if events & EPOLLOUT and self._to_client is not None:
@@ -232,11 +235,6 @@ class Relay(UpstreamSide):
             if self._upstream_backlog is None:
                 self._release()
 
-    def _settle(self) -> None:
-        """After the short path left the steady state: watch what each side can do now."""
-        if not self._done:
-            self._rearm()
-
     def _watch(self, fd: int, watched: int, wanted: int) -> int:
         """Watch ``wanted`` on ``fd`` instead of ``watched`` (:data:`_PARKED`: not in the epoll); what is watched now."""
         if watched == _PARKED:
@@ -276,7 +274,8 @@ class Relay(UpstreamSide):
         connected, nothing pending, no record cut); anything else — a FIN,
         a cut or several records, a close_notify, an error, a short
         ``send``, any segment outside the steady state — goes the general
-        way, and :meth:`_settle` looks again.
+        way and leaves the steady state (``_steady`` false), so that
+        ``on_events`` looks again (:meth:`_rearm`).
         """
         try:
             data = self._sock.recv(READ_SIZE)
@@ -284,11 +283,13 @@ class Relay(UpstreamSide):
             return
         except OSError as e:
             self._client_lost(e)
-            return self._settle()
+            self._steady = False
+            return
         size = len(data)
         if not self._steady or size <= 5 or size != 5 + (data[3] << 8 | data[4]):
             self._client_data(data)
-            return self._settle()
+            self._steady = False
+            return
         tls = self._tls
         tls.feed(data)
         try:
@@ -300,13 +301,16 @@ class Relay(UpstreamSide):
             return  # a record with no application data in it (a KeyUpdate)
         except CLOSED:
             self._client_ended()
-            return self._settle()
+            self._steady = False
+            return
         except TLS_ERROR as e:
             self._read_failed(e)
-            return self._settle()
+            self._steady = False
+            return
         if not plain:
             self._client_ended()
-            return self._settle()
+            self._steady = False
+            return
         size = len(plain)
         self.received_from_client += size
         self._last_activity = self._seconds()
@@ -317,10 +321,11 @@ class Relay(UpstreamSide):
             sent = 0
         except OSError as e:
             self._upstream_lost(e)
-            return self._settle()
+            self._steady = False
+            return
         if sent < size:
             self._upstream_backlog = memoryview(plain)[sent:]
-            self._settle()
+            self._steady = False
 
     def _client_data(self, data: bytes) -> None:
         """What one ``recv`` from the client gave (``b""``: its FIN)."""

@@ -178,10 +178,12 @@ class UpstreamSide:
             return
         except OSError as e:
             self._upstream_lost(e)
-            return self._settle()
+            self._steady = False
+            return
         if not data:
             self._upstream_ended()
-            return self._settle()
+            self._steady = False
+            return
         size = len(data)
         # A full read is a bulk transfer: read more at a time (fewer
         # interpreter rounds per byte); a short one, back to the small size
@@ -196,7 +198,8 @@ class UpstreamSide:
             records, more = self._tls.seal(data)
         except TLS_ERROR as e:
             self._client_lost(e)
-            return self._settle()
+            self._steady = False
+            return
         if not records:
             return
         if not self._steady:
@@ -209,13 +212,14 @@ class UpstreamSide:
                 sent = 0
             except OSError as e:
                 self._client_lost(e)
-                return self._settle()
+                self._steady = False
+                return
             if sent < len(records):
                 self._to_client = memoryview(records)[sent:]
                 more = True  # the steady state is over: look again below
         if more:
             self._drain()
-            self._settle()
+            self._steady = False
 
     def _upstream_ended(self: "Relay") -> None:
         """The upstream's FIN: close_notify, then a FIN once the client has every record."""
