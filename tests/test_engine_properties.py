@@ -693,6 +693,16 @@ class RelayEdgeTests(HarnessMixin, SynchronousTestCase):
         harness.spin(lambda: client.eof, "the upstream's end at the client")
         self.assertEqual((bytes(client.received), client.close_notify, client.reset), (reply, True, False))
 
+    def end_both(self, client: Client, upstream: End) -> None:
+        """The client's close_notify and FIN reach the upstream, then the upstream's FIN the client (with close_notify)."""
+        harness = self.harness
+        harness.send(client, client.close_notify_record(), [])
+        client.fin()
+        harness.spin(lambda: upstream.eof, "the client's half-close upstream")
+        upstream.fin()
+        harness.spin(lambda: client.eof, "the upstream's half-close at the client")
+        self.assertEqual((client.close_notify, client.reset), (True, False))
+
     def test_tickets_with_the_first_records(self) -> None:
         """
         TLS 1.3: the session tickets OpenSSL makes as the handshake ends
@@ -717,11 +727,7 @@ class RelayEdgeTests(HarnessMixin, SynchronousTestCase):
             client.pump()
             self.assertEqual(bytes(client.received), b"answer")
             self.assertTrue(client.tls.session.has_ticket)
-            harness.send(client, client.close_notify_record(), [])
-            client.fin()
-            harness.spin(lambda: upstream.eof, "the client's half-close upstream")
-            upstream.fin()
-            harness.spin(lambda: client.eof, "the upstream's half-close at the client")
+            self.end_both(client, upstream)
             harness.assert_clean_end(self, start)
 
     def test_close_notify_and_fin_in_one_segment(self) -> None:
@@ -988,11 +994,7 @@ class RelayEdgeTests(HarnessMixin, SynchronousTestCase):
                 harness.spin(lambda: bytes(upstream.received) == expected, "the record upstream")
             self.assertEqual(general, [])
             self.assertEqual(relay.received_from_client, len(expected))
-            harness.send(client, client.close_notify_record(), [])
-            client.fin()
-            harness.spin(lambda: upstream.eof, "the client's half-close upstream")
-            upstream.fin()
-            harness.spin(lambda: client.eof, "the upstream's end at the client")
+            self.end_both(client, upstream)
             harness.assert_clean_end(self, start)
 
     def test_upstream_read_size_follows_the_traffic(self) -> None:
