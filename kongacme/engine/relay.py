@@ -143,7 +143,7 @@ class Relay(UpstreamSide):
         self._upstream_mask = 0
         #: The steady state (see :meth:`_rearm`): both sides read, nothing
         #: pending, held or ending, so an ``EPOLLIN`` alone takes the short
-        #: path (:meth:`_client_steady`, :meth:`_upstream_steady`).
+        #: path in :meth:`_read_client` and ``_read_upstream``.
         self._steady = False
         #: Bytes asked of the upstream per ``recv`` (grows for a download).
         self._upstream_read: int = READ_SIZE
