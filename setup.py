@@ -2,7 +2,7 @@
 
 import re
 
-from setuptools import find_packages, setup
+from setuptools import Extension, find_packages, setup
 
 
 def read(path: str) -> str:
@@ -70,6 +70,11 @@ setup(
             "types-PyYAML",
         ]
     },
+    # The lean engine's dispatch and the relay's steady state, compiled
+    # (kongacme/engine/_steady.c; Python's headers and a C compiler, which
+    # scripts/bootstrap installs). Optional: where it cannot be built, the
+    # same work is done in Python (kongacme.engine.loop.COMPILED is None).
+    ext_modules=[Extension("kongacme.engine._steady", ["kongacme/engine/_steady.c"], optional=True)],
     entry_points={"console_scripts": ["kongacme = kongacme.cli:main"]},
     zip_safe=False,
 )

@@ -23,7 +23,7 @@ from zope.interface.verify import verifyObject
 from kongacme.connlimit import Budget, ConnectionLimiter
 from kongacme.engine.connection import HelloReader
 from kongacme.engine.lean import EARLY_HELLO_CREDIT, EARLY_HELLO_PROBE, LeanEngine, served_by_engine
-from kongacme.engine.loop import EventLoop
+from kongacme.engine.loop import COMPILED, EventLoop
 from kongacme.engine.relay import MAX_PENDING, Relay
 from kongacme.engine.sockets import READ_SIZE
 from kongacme.engine import upstream as upstream_side
@@ -99,6 +99,7 @@ class LeanMixin(IntegrationMixin):
     """
 
     binding = "pyopenssl"
+    compiled: Any = COMPILED
 
     def setUp(self) -> None:
         super().setUp()
@@ -136,7 +137,7 @@ class LeanMixin(IntegrationMixin):
         self.limit = self.limiter.listener("tls")
         serving = self.limit.wrap(self.tls_factory)
         port = reactor.listenTCP(0, serving, interface="127.0.0.1")
-        self.engine = LeanEngine(reactor, self.tls_factory, self.proxy_factory)
+        self.engine = LeanEngine(reactor, self.tls_factory, self.proxy_factory, compiled=self.compiled)
         self.lean_port = self.engine.take("tcp:0", port, serving, self.limit)
         self.limit.track(self.lean_port)
         return port.getHost().port
@@ -800,3 +801,22 @@ class DeadlineStdlibTests(DeadlineTests):
 
 class LoopStdlibTests(LoopTests):
     binding = "stdlib"
+
+
+# The standard library's ssl again, without the compiled dispatch
+# (kongacme.engine._steady): the Python loop and steady state.
+
+
+class FastPathPythonTests(FastPathTests):
+    binding = "stdlib"
+    compiled = None
+
+
+class DeadlinePythonTests(DeadlineTests):
+    binding = "stdlib"
+    compiled = None
+
+
+class LoopPythonTests(LoopTests):
+    binding = "stdlib"
+    compiled = None

@@ -33,6 +33,7 @@ from zope.interface.verify import verifyObject
 
 from kongacme.connlimit import Budget, ConnectionLimiter
 from kongacme.engine.lean import LeanEngine
+from kongacme.engine.loop import COMPILED
 from kongacme.engine.relay import MAX_PENDING, Relay
 from kongacme.engine.sockets import BULK_READ_SIZE, READ_SIZE, reset_on_close
 from kongacme.proxy.routes import Route, RouteTable
@@ -271,7 +272,7 @@ class Harness:
     test (so what one example leaves behind fails the next).
     """
 
-    def __init__(self, binding: str = "pyopenssl") -> None:
+    def __init__(self, binding: str = "pyopenssl", compiled: Any = COMPILED) -> None:
         self.reactor = FakeReactor()
         cache = CertificateCache(_FALLBACK)
         cache.put(_CERT)
@@ -296,7 +297,7 @@ class Harness:
         self.twisted_port = tcp.Port(0, serving, interface="127.0.0.1", reactor=self.reactor)
         self.twisted_port.startListening()
         self.port = self.twisted_port.getHost().port
-        self.engine = LeanEngine(self.reactor, self.tls_factory, self.proxy_factory)
+        self.engine = LeanEngine(self.reactor, self.tls_factory, self.proxy_factory, compiled=compiled)
         lean_port = self.engine.take("tcp:0", self.twisted_port, serving, self.limit)
         assert lean_port is not None, "the engine refused a plain TCP port"
         self.lean_port = lean_port
@@ -468,15 +469,17 @@ class Harness:
 class HarnessMixin:
     """
     A :class:`Harness` for each test, closed after it; the relay's log
-    lines. ``binding``: the TLS binding of every connection's session.
+    lines. ``binding``: the TLS binding of every connection's session;
+    ``compiled``: the engine's compiled dispatch (None: Python's).
     """
 
     binding = "pyopenssl"
+    compiled: Any = COMPILED
 
     def setUp(self) -> None:
         super().setUp()  # type: ignore[misc]
         self.relay_logs = LogCapture("kongacme.engine.relay").start(self)
-        self.harness = Harness(self.binding)
+        self.harness = Harness(self.binding, self.compiled)
         self.addCleanup(self.close_harness)  # type: ignore[attr-defined]
 
     def close_harness(self) -> None:
@@ -932,19 +935,19 @@ class RelayEdgeTests(HarnessMixin, SynchronousTestCase):
                 harness.spin(lambda: bytes(client.received).endswith(reply), "the reply at the client")
 
             exchange(b"GET / 1", b"reply 1")
-            self.assertTrue(relay._steady)
+            self.assertTrue(relay.in_steady_state())
             client.reading = False
             download = random.Random(7).randbytes(4 * 1024 * 1024)
             sent = harness.send_what_fits(upstream, download)
             for _ in range(5):
                 harness.run_ready()
             self.assertIsNotNone(relay._to_client)
-            self.assertFalse(relay._steady)
+            self.assertFalse(relay.in_steady_state())
             client.reading = True
             harness.send(upstream, download[sent:], [])
             harness.spin(lambda: len(client.received) == len(b"reply 1") + len(download), "the download")
             exchange(b"GET / 2", b"reply 2")
-            self.assertTrue(relay._steady)
+            self.assertTrue(relay.in_steady_state())
             self.assertEqual(bytes(upstream.received), b"GET / 1GET / 2")
             self.assertEqual(bytes(client.received), b"reply 1" + download + b"reply 2")
             self.assertEqual(
@@ -954,7 +957,7 @@ class RelayEdgeTests(HarnessMixin, SynchronousTestCase):
             harness.send(client, client.close_notify_record(), [])
             client.fin()
             harness.spin(lambda: upstream.eof, "the client's half-close upstream")
-            self.assertFalse(relay._steady)
+            self.assertFalse(relay.in_steady_state())
             upstream.fin()
             harness.spin(lambda: client.eof, "the upstream's end at the client")
             self.assertEqual((client.close_notify, client.reset), (True, False))
@@ -986,7 +989,7 @@ class RelayEdgeTests(HarnessMixin, SynchronousTestCase):
 
             relay._client_data = client_data  # type: ignore[method-assign]
             for piece in (payload, b"x", payload[::-1]):
-                self.assertTrue(relay._steady)
+                self.assertTrue(relay.in_steady_state())
                 record = client.encrypt(piece)
                 self.assertEqual(count_records(0, b"", record)[:2], (1, 0))
                 harness.send(client, record, [])
@@ -1097,3 +1100,28 @@ class RelayEdgeStdlibTests(RelayEdgeTests):
 
 class IdlePropertyStdlibTests(IdlePropertyTests):
     binding = "stdlib"
+
+
+# The same properties on the standard library's ssl without the compiled
+# dispatch (kongacme.engine._steady): the Python loop and the relay's Python
+# steady state, what runs where the module is not built.
+
+
+class SplitPropertyPythonTests(SplitPropertyTests):
+    binding = "stdlib"
+    compiled = None
+
+
+class EndingPropertyPythonTests(EndingPropertyTests):
+    binding = "stdlib"
+    compiled = None
+
+
+class RelayEdgePythonTests(RelayEdgeTests):
+    binding = "stdlib"
+    compiled = None
+
+
+class IdlePropertyPythonTests(IdlePropertyTests):
+    binding = "stdlib"
+    compiled = None

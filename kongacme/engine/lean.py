@@ -13,7 +13,7 @@ from twisted.logger import Logger
 
 from kongacme.engine.connection import PEEK_SIZE, HelloReader
 from kongacme.engine.listener import LeanPort
-from kongacme.engine.loop import EventLoop
+from kongacme.engine.loop import COMPILED, EventLoop
 
 log = Logger()
 
@@ -53,6 +53,8 @@ class LeanEngine:
     :param proxy_factory: the Twisted path's
         :class:`~kongacme.proxy.forward.ProxyFactory` (router, connect and
         idle timeouts, upstream name cache).
+    :param compiled: the loop's compiled dispatch
+        (:attr:`kongacme.engine.loop.EventLoop.compiled`; None: Python's).
 
     :ivar relayed: connections served here, counted when their relay
         starts (the decision, as ``handed_over`` is).
@@ -63,6 +65,7 @@ class LeanEngine:
     reactor: Any
     tls_factory: Any
     proxy_factory: Any
+    compiled: Any = attrs.field(default=COMPILED, kw_only=True)
     loop: EventLoop = attrs.field(init=False)
     peek_buffer: bytearray = attrs.field(init=False, factory=lambda: bytearray(PEEK_SIZE))
     relayed: int = attrs.field(init=False, default=0)
@@ -79,7 +82,7 @@ class LeanEngine:
 
     @loop.default
     def _make_loop(self) -> EventLoop:
-        return EventLoop(self.reactor)
+        return EventLoop(self.reactor, self.compiled)
 
     def take(self, description: str, port: Any, serving: Any, limit: Any) -> LeanPort | None:
         """

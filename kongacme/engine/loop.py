@@ -7,6 +7,11 @@ its transport objects for each readable socket; here the reactor sees one
 descriptor (the epoll's), and :meth:`EventLoop.doRead` polls it without
 waiting and calls each ready socket's :class:`~kongacme.interfaces.IPollHandler`
 itself. Timers, Deferreds and every other socket stay the reactor's.
+
+Where the compiled module :mod:`kongacme.engine._steady` is built (the
+default install builds it; it is optional), its ``dispatch`` does that loop
+in C, and serves the relays in the steady state there (their sockets in
+:attr:`EventLoop.steady`): see :mod:`kongacme.engine.relay`.
 """
 
 from __future__ import annotations
@@ -20,7 +25,15 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from kongacme.interfaces import IPollHandler
+from kongacme.engine.sockets import BULK_READ_SIZE, READ_SIZE
+from kongacme.tls.session import CLOSED, TLS_ERROR, WANT_READ
+
+try:
+    from kongacme.engine import _steady as COMPILED
+except ImportError:  # not built (no compiler or headers): all of it in Python
+    COMPILED = None
+else:
+    COMPILED.configure(WANT_READ, CLOSED, TLS_ERROR, READ_SIZE, BULK_READ_SIZE)
 
 log = Logger()
 
@@ -36,13 +49,19 @@ class EventLoop:
     The lean engine's sockets, polled as one reader of ``reactor``.
 
     :param reactor: ``IReactorFDSet``; :meth:`start` adds the loop as a reader.
+    :param compiled: :mod:`kongacme.engine._steady` (the default, where it is
+        built) to dispatch in C, or None for the Python loop.
 
     :ivar handlers: file descriptor → its :class:`IPollHandler`.
+    :ivar steady: file descriptor → the ``_steady.Pair`` of a relay in the
+        steady state, served by ``compiled`` (empty without it).
     """
 
     _reactor: Any
+    compiled: Any = COMPILED
     _epoll: Any = attrs.field(factory=select.epoll, init=False)
     handlers: dict[int, Any] = attrs.field(factory=dict, init=False)
+    steady: dict[int, Any] = attrs.field(factory=dict, init=False)
     _running: bool = attrs.field(default=False, init=False)
 
     def start(self) -> None:
@@ -77,6 +96,7 @@ class EventLoop:
         long as its open file description, which a duplicate (one handed to
         the reactor) keeps open.
         """
+        self.steady.pop(fd, None)
         if self.handlers.pop(fd, None) is not None:
             try:
                 self._epoll.unregister(fd)
@@ -88,6 +108,7 @@ class EventLoop:
         Forget ``fd`` that is about to be closed and has no duplicate: the
         close takes it out of the epoll, so no ``epoll_ctl`` is spent on it.
         """
+        self.steady.pop(fd, None)
         self.handlers.pop(fd, None)
 
     # -- IReadDescriptor ------------------------------------------------------
@@ -100,6 +121,10 @@ class EventLoop:
 
     def doRead(self) -> None:
         """Dispatch every ready event; one handler's error ends its connection only."""
+        compiled = self.compiled
+        if compiled is not None:
+            compiled.dispatch(self._epoll.fileno(), self.handlers, self.steady, MAX_EVENTS, self.failed)
+            return
         handlers = self.handlers
         for fd, events in self._epoll.poll(0, MAX_EVENTS):
             handler = handlers.get(fd)
@@ -107,12 +132,20 @@ class EventLoop:
                 continue  # closed earlier in this batch
             try:
                 handler.on_events(fd, events)
-            except Exception:
-                log.failure("engine: unexpected error on descriptor {fd}, closing its connection", fd=fd)
-                try:
-                    handler.abort()
-                except Exception:
-                    log.failure("engine: error while aborting descriptor {fd}", fd=fd)
+            except Exception as e:
+                self.failed(handler, fd, e)
+
+    def failed(self, handler: Any, fd: int, error: Exception) -> None:
+        """An event for ``handler`` raised ``error``: log it, and end that connection."""
+        log.failure(
+            "engine: unexpected error on descriptor {fd}, closing its connection",
+            Failure(error, type(error), error.__traceback__),
+            fd=fd,
+        )
+        try:
+            handler.abort()
+        except Exception:
+            log.failure("engine: error while aborting descriptor {fd}", fd=fd)
 
     def connectionLost(self, reason: Failure) -> None:
         """The reactor dropped the loop (shutdown)."""

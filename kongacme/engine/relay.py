@@ -72,6 +72,23 @@ _GONE = EPOLLHUP | EPOLLERR
 #: The mask of a socket taken out of the epoll for now (see ``Relay._park``).
 _PARKED = -1
 
+#: Why the compiled steady state handed an event to :meth:`Relay._left_steady`
+#: (the codes of kongacme/engine/_steady.c): what ``recv`` gave the client
+#: was not one whole record (``b""``: a FIN); the client's socket failed;
+#: its close_notify; TLS ``read`` failed; the upstream's socket failed; the
+#: upstream took part of the plaintext; the upstream's FIN; the client took
+#: part of the records.
+(
+    LEFT_CLIENT_DATA,
+    LEFT_CLIENT_LOST,
+    LEFT_CLIENT_ENDED,
+    LEFT_READ_FAILED,
+    LEFT_UPSTREAM_LOST,
+    LEFT_UPSTREAM_SHORT,
+    LEFT_UPSTREAM_ENDED,
+    LEFT_CLIENT_SHORT,
+) = range(8)
+
 
 @implementer(IPollHandler)
 class Relay(UpstreamSide):
@@ -152,6 +169,10 @@ class Relay(UpstreamSide):
         self._last_activity = 0.0
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self._tls = engine.tls_factory.builder.session_for(certified, route.alpn_bytes, self, tls13)
+        #: :mod:`kongacme.engine._steady` when it serves this relay's steady
+        #: state (built, and a session whose writes are whole), else None.
+        self._compiled: Any = self._loop.compiled if self._tls.whole_writes else None
+        self._pair: Any = None
         # The hello's deadline, now this relay's (the handshake's end).
         self._deadline: Deadline | None = handshake_deadline
         if handshake_deadline is not None:
@@ -220,7 +241,7 @@ class Relay(UpstreamSide):
                     upstream |= EPOLLOUT
             if upstream != self._upstream_mask:
                 self._upstream_mask = self._watch(self._ufd, self._upstream_mask, upstream)
-        self._steady = (
+        steady = (
             client == EPOLLIN
             and self._upstream_mask == EPOLLIN
             and self._connected
@@ -231,9 +252,70 @@ class Relay(UpstreamSide):
             and not self._need
             and not self._header
         )
+        if self._compiled is None:
+            self._steady = steady
+        else:
+            self._serve_compiled(steady)
         if self._client_eof and (self._upstream_eof or self._closing) and self._to_client is None:
             if self._upstream_backlog is None:
                 self._release()
+
+    def _serve_compiled(self, steady: bool) -> None:
+        """
+        In the steady state, both sockets are the compiled dispatch's
+        (``loop.steady``, :mod:`kongacme.engine._steady`) until it leaves
+        it (:meth:`_left_steady`); out of it, they are not.
+        """
+        table = self._loop.steady
+        if steady:
+            if table.get(self._cfd) is None:
+                pair = self._pair
+                if pair is None or pair.ufd != self._ufd:
+                    if pair is not None:
+                        pair.close()
+                    tls = self._tls
+                    pair = self._pair = self._compiled.Pair(
+                        self, self._cfd, self._ufd, tls.feed, tls.read, tls.write, tls.take, self._seconds
+                    )
+                table[self._cfd] = table[self._ufd] = pair
+        elif self._cfd in table:
+            del table[self._cfd]
+            table.pop(self._ufd, None)
+
+    def in_steady_state(self) -> bool:
+        """Whether the steady state's short path serves this relay now (Python's or the compiled one)."""
+        if self._compiled is None:
+            return self._steady
+        return self._pair is not None and self._loop.steady.get(self._cfd) is self._pair
+
+    def _left_steady(self, what: int, arg: Any, sent: int) -> None:
+        """
+        The compiled steady state met an event it leaves to Python (``what``,
+        one of the ``LEFT_*`` codes, with what it read or the error): it is
+        done here as ``_read_client`` / ``_read_upstream`` do it outside the
+        steady state, and the state is worked out again.
+        """
+        if what == LEFT_CLIENT_DATA:
+            self._client_data(arg)
+        elif what == LEFT_CLIENT_LOST:
+            self._client_lost(arg)
+        elif what == LEFT_CLIENT_ENDED:
+            self._client_ended()
+        elif what == LEFT_READ_FAILED:
+            self._read_failed(arg)
+        elif what == LEFT_UPSTREAM_LOST:
+            self._upstream_lost(arg)
+        elif what == LEFT_UPSTREAM_SHORT:
+            self._upstream_backlog = memoryview(arg)[sent:]
+        elif what == LEFT_UPSTREAM_ENDED:
+            self._upstream_ended()
+        elif what == LEFT_CLIENT_SHORT:
+            self._to_client = memoryview(arg)[sent:]
+            self._drain()
+        else:
+            raise ValueError("unknown departure from the steady state: %r" % (what,))
+        if not self._done:
+            self._rearm()
 
     def _watch(self, fd: int, watched: int, wanted: int) -> int:
         """Watch ``wanted`` on ``fd`` instead of ``watched`` (:data:`_PARKED`: not in the epoll); what is watched now."""
@@ -596,6 +678,9 @@ class Relay(UpstreamSide):
         self._engine.parked.discard(self)
         self._loop.forget(self._cfd)
         self._sock.close()
+        if self._pair is not None:
+            self._pair.close()  # its references to this relay and the session
+            self._pair = None
         self._tls.release()
         engine = self._engine
         engine.finished(self.received_from_client, self.received_from_upstream)

@@ -56,6 +56,10 @@ class PyOpenSSLSession:
 
     __slots__ = ("connection", "feed", "feed_eof", "do_handshake", "read")
 
+    #: ``send`` may take part of the plaintext (one record at a time): the
+    #: relay's steady state stays in Python for this binding.
+    whole_writes = False
+
     def __init__(self, connection: SSL.Connection, owner: Any):
         self.connection = connection
         connection.set_app_data(owner)
@@ -102,7 +106,12 @@ class StdSession:
     per connection.
     """
 
-    __slots__ = ("tls", "feed", "feed_eof", "do_handshake", "read", "take", "_write")
+    __slots__ = ("tls", "feed", "feed_eof", "do_handshake", "read", "take", "write")
+
+    #: ``write`` takes all of the plaintext and ``take()`` with no size
+    #: empties the BIO: what the compiled steady state
+    #: (:mod:`kongacme.engine._steady`) needs of a session.
+    whole_writes = True
 
     def __init__(self, context: ssl.SSLContext):
         incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
@@ -112,7 +121,7 @@ class StdSession:
         self.do_handshake = tls.do_handshake
         self.read = tls.read
         self.take = outgoing.read
-        self._write = tls.write
+        self.write = tls.write
 
     def seal(self, data: bytes) -> tuple[bytes, bool]:
         """
@@ -120,7 +129,7 @@ class StdSession:
         partial writes), and ``take`` with no size empties the BIO, so
         nothing is ever left.
         """
-        self._write(data)
+        self.write(data)
         return self.take(), False
 
     def close_notify(self) -> None:
