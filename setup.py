@@ -38,7 +38,7 @@ setup(
     ],
     python_requires=">=3.11",
     packages=find_packages(exclude=["tests", "tests.*", "bench", "bench.*"]) + ["twisted.plugins"],
-    package_data={"kongacme": ["py.typed"]},
+    package_data={"kongacme": ["py.typed"], "kongacme.engine": ["_steady.pyi"]},
     include_package_data=True,
     # True floors: the lowest versions CI installs (.ci/run, uv's
     # --resolution lowest-direct) and runs tests against. Twisted and

@@ -6,7 +6,8 @@ Starts the same upstream (HAProxy ``http-request return``, core 1), kongacme
 (this tree) and HAProxy ``nbthread 1`` on core 0 as ``bench/pump.py`` does,
 then for a keep-alive h2load run (``-c`` connections, ``-n`` requests):
 
-- ``cpu``: server CPU per request (utime+stime, read once idle), 3 runs each;
+- ``cpu``: server CPU per request (utime+stime, read once idle, and each of
+  them: user space and the kernel), 3 runs each;
 - ``strace``: ``strace -f -c -w`` of each server during one run (system calls
   per request: divide the counts by ``-n``);
 - ``pyspy``: ``py-spy record --native -r 1000 -f raw`` of kongacme, then a
@@ -74,6 +75,13 @@ def split(path: str, us: float) -> list[tuple[str, float]]:
     return [(what, us * n / total) for what, n in counts.most_common()]
 
 
+def user_system(pid: int) -> tuple[float, float]:
+    """utime and stime of a process, in seconds (``/proc/<pid>/stat``, in ticks)."""
+    with open("/proc/%d/stat" % pid) as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return int(fields[11]) / B.CLK_TCK, int(fields[12]) / B.CLK_TCK
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("mode", choices=("cpu", "strace", "pyspy"))
@@ -101,10 +109,14 @@ def main(argv=None) -> int:
             if args.mode == "cpu":
                 for _ in range(3):
                     c0, _ = B.cpu_when_idle(proc.pid)
+                    u0, s0 = user_system(proc.pid)
                     r = B.run_h2load(host, port, args.n, args.c)
                     c1, _ = B.cpu_when_idle(proc.pid)
-                    print("%-9s %.1f µs per request (%d requests, load %.2f)"
-                          % (name, (c1 - c0) / r["succeeded"] * 1e6, r["succeeded"], B.loadavg()), flush=True)
+                    u1, s1 = user_system(proc.pid)
+                    per = 1e6 / r["succeeded"]
+                    print("%-9s %.1f µs per request: user %.1f, system %.1f (%d requests, load %.2f)"
+                          % (name, (c1 - c0) * per, (u1 - u0) * per, (s1 - s0) * per, r["succeeded"], B.loadavg()),
+                          flush=True)
                 continue
             out = os.path.join(work, "%s-%s.txt" % (args.mode, name))
             if args.mode == "strace":

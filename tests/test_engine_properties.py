@@ -486,6 +486,43 @@ class HarnessMixin:
         self.harness.close()
         del self.harness  # trial keeps the test case: let the engine's epoll go now
 
+    def exchange(self, client: Client, upstream: End, request: bytes, reply: bytes) -> None:
+        """``request`` from the client reaches the upstream, then ``reply`` the client."""
+        harness = self.harness
+        harness.send(client, client.encrypt(request), [])
+        harness.spin(lambda: bytes(upstream.received).endswith(request), "the request upstream")
+        harness.send(upstream, reply, [])
+        harness.spin(lambda: bytes(client.received).endswith(reply), "the reply at the client")
+
+    def download_not_read_at_first(self, client: Client, upstream: End, relay: Relay, download: bytes) -> None:
+        """
+        ``download`` from the upstream while the client does not read: the
+        records wait (``_to_client``) and the relay is out of the steady
+        state; then the client reads, and all of it arrives.
+        """
+        harness = self.harness
+        test: Any = self
+        client.reading = False
+        sent = harness.send_what_fits(upstream, download)
+        for _ in range(5):
+            harness.run_ready()
+        test.assertIsNotNone(relay._to_client)
+        test.assertFalse(relay.in_steady_state())
+        client.reading = True
+        harness.send(upstream, download[sent:], [])
+        harness.spin(lambda: bytes(client.received).endswith(download), "the download")
+
+    def end_both(self, client: Client, upstream: End) -> None:
+        """The client's close_notify and FIN reach the upstream, then the upstream's FIN the client (with close_notify)."""
+        harness = self.harness
+        harness.send(client, client.close_notify_record(), [])
+        client.fin()
+        harness.spin(lambda: upstream.eof, "the client's half-close upstream")
+        upstream.fin()
+        harness.spin(lambda: client.eof, "the upstream's half-close at the client")
+        test: Any = self
+        test.assertEqual((client.close_notify, client.reset), (True, False))
+
 
 def sized_bytes(max_size: int) -> st.SearchStrategy[bytes]:
     """
@@ -695,16 +732,6 @@ class RelayEdgeTests(HarnessMixin, SynchronousTestCase):
         upstream.fin()
         harness.spin(lambda: client.eof, "the upstream's end at the client")
         self.assertEqual((bytes(client.received), client.close_notify, client.reset), (reply, True, False))
-
-    def end_both(self, client: Client, upstream: End) -> None:
-        """The client's close_notify and FIN reach the upstream, then the upstream's FIN the client (with close_notify)."""
-        harness = self.harness
-        harness.send(client, client.close_notify_record(), [])
-        client.fin()
-        harness.spin(lambda: upstream.eof, "the client's half-close upstream")
-        upstream.fin()
-        harness.spin(lambda: client.eof, "the upstream's half-close at the client")
-        self.assertEqual((client.close_notify, client.reset), (True, False))
 
     def test_tickets_with_the_first_records(self) -> None:
         """
@@ -927,31 +954,16 @@ class RelayEdgeTests(HarnessMixin, SynchronousTestCase):
         with harness.connection() as start:
             client, upstream = harness.connect([], [])
             relay = harness.relay()
-
-            def exchange(request: bytes, reply: bytes) -> None:
-                harness.send(client, client.encrypt(request), [])
-                harness.spin(lambda: bytes(upstream.received).endswith(request), "the request upstream")
-                harness.send(upstream, reply, [])
-                harness.spin(lambda: bytes(client.received).endswith(reply), "the reply at the client")
-
-            exchange(b"GET / 1", b"reply 1")
+            self.exchange(client, upstream, b"GET / 1", b"reply 1")
             self.assertTrue(relay.in_steady_state())
-            client.reading = False
             download = random.Random(7).randbytes(4 * 1024 * 1024)
-            sent = harness.send_what_fits(upstream, download)
-            for _ in range(5):
-                harness.run_ready()
-            self.assertIsNotNone(relay._to_client)
-            self.assertFalse(relay.in_steady_state())
-            client.reading = True
-            harness.send(upstream, download[sent:], [])
-            harness.spin(lambda: len(client.received) == len(b"reply 1") + len(download), "the download")
-            exchange(b"GET / 2", b"reply 2")
+            self.download_not_read_at_first(client, upstream, relay, download)
+            self.exchange(client, upstream, b"GET / 2", b"reply 2")
             self.assertTrue(relay.in_steady_state())
             self.assertEqual(bytes(upstream.received), b"GET / 1GET / 2")
             self.assertEqual(bytes(client.received), b"reply 1" + download + b"reply 2")
             self.assertEqual(
-                (relay.received_from_client, relay.received_from_upstream),
+                relay.relayed(),
                 (len(upstream.received), len(client.received)),
             )
             harness.send(client, client.close_notify_record(), [])
@@ -996,7 +1008,7 @@ class RelayEdgeTests(HarnessMixin, SynchronousTestCase):
                 expected += piece
                 harness.spin(lambda: bytes(upstream.received) == expected, "the record upstream")
             self.assertEqual(general, [])
-            self.assertEqual(relay.received_from_client, len(expected))
+            self.assertEqual(relay.relayed()[0], len(expected))
             self.end_both(client, upstream)
             harness.assert_clean_end(self, start)
 

@@ -52,8 +52,22 @@ static PyObject *tls_error_exc = NULL;
 static Py_ssize_t read_size = 1 << 16;
 static Py_ssize_t bulk_read_size = 1 << 18;
 
-static PyObject *str_on_events, *str_left_steady, *str_from_client, *str_from_upstream,
-    *str_last_activity, *str_upstream_read;
+/* What recv() gives at the usual read size, and the plaintext OpenSSL gives
+   of one record, are read into these (read_size bytes each, from
+   configure()) and lent to the session's methods as memoryviews for the
+   length of one call: no bytes object is made for them (what goes to the
+   relay's Python is copied). The GIL is held throughout, and dispatch()
+   is never entered again from inside it. */
+static char *received = NULL;
+static char *plaintext = NULL;
+/* A writable memoryview of all of `plaintext`, made once: read(size, view). */
+static PyObject *plaintext_view = NULL;
+
+/* Up to this many bytes a copy (a bytes object from Python's small-object
+   allocator) costs less than a memoryview (a tracked object) would. */
+#define SMALL_COPY 512
+
+static PyObject *str_on_events, *str_left_steady, *str_upstream_read;
 
 /* -- Pair: one relay's two descriptors and its session's methods ----------- */
 
@@ -70,6 +84,12 @@ typedef struct {
     unsigned long long client_steps;
     unsigned long long upstream_steps;
     unsigned long long departures;
+    /* Relayed here and not yet taken by the relay (Pair.take): plaintext
+       bytes from the client and bytes from the upstream, and the clock's
+       time of the last of them (0: none). */
+    unsigned long long client_bytes;
+    unsigned long long upstream_bytes;
+    double last_activity;
 } Pair;
 
 static int
@@ -137,6 +157,17 @@ Pair_close(Pair *self, PyObject *Py_UNUSED(ignored))
 }
 
 static PyObject *
+Pair_take(Pair *self, PyObject *Py_UNUSED(ignored))
+{
+    PyObject *counts = Py_BuildValue("(KKd)", self->client_bytes, self->upstream_bytes, self->last_activity);
+    if (counts != NULL) {
+        self->client_bytes = self->upstream_bytes = 0;
+        self->last_activity = 0.0;
+    }
+    return counts;
+}
+
+static PyObject *
 Pair_get_live(Pair *self, void *Py_UNUSED(closure))
 {
     return PyBool_FromLong(self->relay != NULL);
@@ -145,6 +176,9 @@ Pair_get_live(Pair *self, void *Py_UNUSED(closure))
 static PyMethodDef Pair_methods[] = {
     {"close", (PyCFunction)Pair_close, METH_NOARGS,
      "Forget the relay and the session (the relay is done): never used again."},
+    {"take", (PyCFunction)Pair_take, METH_NOARGS,
+     "take() -> (client_bytes, upstream_bytes, last_activity): what was relayed here since the last "
+     "take, and when the last of it was (0.0: nothing); the counts start again from zero."},
     {NULL},
 };
 
@@ -157,6 +191,8 @@ static PyMemberDef Pair_members[] = {
      "upstream replies relayed here whole"},
     {"departures", T_ULONGLONG, offsetof(Pair, departures), READONLY,
      "events handed to the relay's Python (Relay._left_steady)"},
+    {"last_activity", T_DOUBLE, offsetof(Pair, last_activity), READONLY,
+     "the clock's time of the last bytes relayed here, not yet taken (0.0: none)"},
     {NULL},
 };
 
@@ -254,36 +290,65 @@ depart(PyObject *steady, Pair *p, int what, PyObject *arg, Py_ssize_t sent)
     return status;
 }
 
-/* relay.<name> += n, and relay._last_activity = seconds(). */
+/* n more bytes relayed one way (*counter), now (the relay's clock). */
 static int
-count(Pair *p, PyObject *name, Py_ssize_t n)
+count(Pair *p, unsigned long long *counter, Py_ssize_t n)
 {
-    PyObject *relay = p->relay;
-    if (relay == NULL)
+    if (p->seconds == NULL)
         return 0; /* closed meanwhile: nothing to count on */
-    PyObject *old = PyObject_GetAttr(relay, name);
-    if (old == NULL)
-        return -1;
-    PyObject *add = PyLong_FromSsize_t(n);
-    if (add == NULL) {
-        Py_DECREF(old);
-        return -1;
-    }
-    PyObject *sum = PyNumber_Add(old, add);
-    Py_DECREF(old);
-    Py_DECREF(add);
-    if (sum == NULL)
-        return -1;
-    int rc = PyObject_SetAttr(relay, name, sum);
-    Py_DECREF(sum);
-    if (rc < 0)
-        return -1;
+    *counter += (unsigned long long)n;
     PyObject *now = PyObject_CallNoArgs(p->seconds);
     if (now == NULL)
         return -1;
-    rc = PyObject_SetAttr(relay, str_last_activity, now);
+    double seconds = PyFloat_AsDouble(now);
     Py_DECREF(now);
-    return rc;
+    if (seconds == -1.0 && PyErr_Occurred())
+        return -1;
+    p->last_activity = seconds;
+    return 0;
+}
+
+/* recv() into `into` (at most `size` bytes): the length, 0 at EOF, -1 with errno. */
+static Py_ssize_t
+receive_into(int fd, char *into, Py_ssize_t size)
+{
+    ssize_t n;
+    do {
+        n = recv(fd, into, (size_t)size, 0);
+    } while (n < 0 && errno == EINTR);
+    return n;
+}
+
+/* send() of what the socket takes now of `size` bytes at `data`: how much, or -1 with errno. */
+static Py_ssize_t
+send_buffer(int fd, const char *data, Py_ssize_t size)
+{
+    ssize_t n;
+    do {
+        n = send(fd, data, (size_t)size, MSG_NOSIGNAL);
+    } while (n < 0 && errno == EINTR);
+    if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK))
+        return 0;
+    return n;
+}
+
+/*
+ * Call `method(data)`, data: the `size` bytes at `mem`, as a copy when
+ * small, else lent as a read-only memoryview for this call only. (A callee
+ * that kept the view, which none of the sessions' methods does, would see
+ * later bytes in it, never freed memory: the buffers live as long as the
+ * process.)
+ */
+static PyObject *
+call_with_bytes(PyObject *method, char *mem, Py_ssize_t size)
+{
+    PyObject *data = size <= SMALL_COPY ? PyBytes_FromStringAndSize(mem, size)
+                                        : PyMemoryView_FromMemory(mem, size, PyBUF_READ);
+    if (data == NULL)
+        return NULL;
+    PyObject *r = PyObject_CallOneArg(method, data);
+    Py_DECREF(data);
+    return r;
 }
 
 /* recv() into a new bytes object of `size`: its length, 0 at EOF, -1 with errno. */
@@ -308,50 +373,36 @@ receive(int fd, PyObject **data, Py_ssize_t size)
     return n;
 }
 
-/* send() of all of `data` that the socket takes now: how much, or -1 with errno. */
-static Py_ssize_t
-send_some(int fd, PyObject *data)
-{
-    ssize_t n;
-    do {
-        n = send(fd, PyBytes_AS_STRING(data), (size_t)PyBytes_GET_SIZE(data), MSG_NOSIGNAL);
-    } while (n < 0 && errno == EINTR);
-    if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK))
-        return 0;
-    return n;
-}
-
 /* -- the steady state's two steps ------------------------------------------ */
 
 /* The client is readable: one whole record becomes plaintext upstream. */
 static int
 client_step(PyObject *steady, Pair *p)
 {
-    PyObject *data;
-    Py_ssize_t n = receive(p->cfd, &data, read_size);
-    if (n == -2)
-        return -1;
-    if (n == -1) {
+    Py_ssize_t n = receive_into(p->cfd, received, read_size);
+    if (n < 0) {
         if (errno == EAGAIN || errno == EWOULDBLOCK)
             return 0;
         PyObject *error = os_error(errno);
         return error == NULL ? -1 : depart(steady, p, CLIENT_LOST, error, 0);
     }
-    const unsigned char *b = (const unsigned char *)PyBytes_AS_STRING(data);
-    if (n <= 5 || n != 5 + ((Py_ssize_t)b[3] << 8 | b[4]))
-        return depart(steady, p, CLIENT_DATA, data, 0);
-    PyObject *r = PyObject_CallOneArg(p->feed, data);
-    Py_DECREF(data);
+    const unsigned char *b = (const unsigned char *)received;
+    if (n <= 5 || n != 5 + ((Py_ssize_t)b[3] << 8 | b[4])) {
+        PyObject *data = PyBytes_FromStringAndSize(received, n);
+        return data == NULL ? -1 : depart(steady, p, CLIENT_DATA, data, 0);
+    }
+    PyObject *r = call_with_bytes(p->feed, received, n);
     if (r == NULL)
         return -1;
     Py_DECREF(r);
-    /* A record's plaintext is shorter than the record. */
+    /* A record's plaintext is shorter than the record: n bytes of room. */
     PyObject *size = PyLong_FromSsize_t(n);
     if (size == NULL)
         return -1;
-    PyObject *plain = PyObject_CallOneArg(p->read, size);
+    PyObject *args[2] = {size, plaintext_view};
+    PyObject *got = PyObject_Vectorcall(p->read, args, 2, NULL);
     Py_DECREF(size);
-    if (plain == NULL) {
+    if (got == NULL) {
         if (PyErr_ExceptionMatches(want_read_exc)) {
             PyErr_Clear(); /* a record with no application data in it (a KeyUpdate) */
             p->client_steps++;
@@ -365,30 +416,27 @@ client_step(PyObject *steady, Pair *p)
             return depart(steady, p, READ_FAILED, take_exception(), 0);
         return -1;
     }
-    if (!PyBytes_Check(plain)) {
-        PyErr_Format(PyExc_TypeError, "read gave %.100s, not bytes", Py_TYPE(plain)->tp_name);
-        Py_DECREF(plain);
+    Py_ssize_t length = PyLong_AsSsize_t(got);
+    Py_DECREF(got);
+    if (length < 0 || length > n) {
+        if (!PyErr_Occurred())
+            PyErr_Format(PyExc_ValueError, "read into a buffer of %zd gave %zd", n, length);
         return -1;
     }
-    Py_ssize_t length = PyBytes_GET_SIZE(plain);
-    if (length == 0) {
-        Py_DECREF(plain);
+    if (length == 0)
         return depart(steady, p, CLIENT_ENDED, NULL, 0);
-    }
-    if (count(p, str_from_client, length) < 0) {
-        Py_DECREF(plain);
+    if (count(p, &p->client_bytes, length) < 0)
         return -1;
-    }
     p->client_steps++;
-    Py_ssize_t sent = send_some(p->ufd, plain);
+    Py_ssize_t sent = send_buffer(p->ufd, plaintext, length);
     if (sent < 0) {
-        Py_DECREF(plain);
         PyObject *error = os_error(errno);
         return error == NULL ? -1 : depart(steady, p, UPSTREAM_LOST, error, 0);
     }
-    if (sent < length)
-        return depart(steady, p, UPSTREAM_SHORT, plain, sent);
-    Py_DECREF(plain);
+    if (sent < length) {
+        PyObject *plain = PyBytes_FromStringAndSize(plaintext, length);
+        return plain == NULL ? -1 : depart(steady, p, UPSTREAM_SHORT, plain, sent);
+    }
     return 0;
 }
 
@@ -407,8 +455,11 @@ upstream_step(PyObject *steady, Pair *p)
             PyErr_SetString(PyExc_ValueError, "_upstream_read must be positive");
         return -1;
     }
-    PyObject *data;
-    Py_ssize_t n = receive(p->ufd, &data, asked);
+    /* The usual size into the static buffer; a bulk read into a bytes
+       object of its own (a copy of 256 KiB would cost more than the
+       allocation it saves). */
+    PyObject *data = NULL;
+    Py_ssize_t n = asked <= read_size ? receive_into(p->ufd, received, asked) : receive(p->ufd, &data, asked);
     if (n == -2)
         return -1;
     if (n == -1) {
@@ -418,7 +469,7 @@ upstream_step(PyObject *steady, Pair *p)
         return error == NULL ? -1 : depart(steady, p, UPSTREAM_LOST, error, 0);
     }
     if (n == 0) {
-        Py_DECREF(data);
+        Py_XDECREF(data);
         return depart(steady, p, UPSTREAM_ENDED, NULL, 0);
     }
     /* A full read is a bulk transfer: read more at a time; a short one,
@@ -428,17 +479,22 @@ upstream_step(PyObject *steady, Pair *p)
         PyObject *v = PyLong_FromSsize_t(next);
         if (v == NULL || PyObject_SetAttr(relay, str_upstream_read, v) < 0) {
             Py_XDECREF(v);
-            Py_DECREF(data);
+            Py_XDECREF(data);
             return -1;
         }
         Py_DECREF(v);
     }
-    if (count(p, str_from_upstream, n) < 0) {
-        Py_DECREF(data);
+    if (count(p, &p->upstream_bytes, n) < 0) {
+        Py_XDECREF(data);
         return -1;
     }
-    PyObject *r = PyObject_CallOneArg(p->write, data);
-    Py_DECREF(data);
+    PyObject *r;
+    if (data == NULL) {
+        r = call_with_bytes(p->write, received, n);
+    } else {
+        r = PyObject_CallOneArg(p->write, data);
+        Py_DECREF(data);
+    }
     if (r == NULL) {
         if (PyErr_ExceptionMatches(tls_error_exc))
             return depart(steady, p, CLIENT_LOST, take_exception(), 0);
@@ -459,7 +515,7 @@ upstream_step(PyObject *steady, Pair *p)
         Py_DECREF(records);
         return 0;
     }
-    Py_ssize_t sent = send_some(p->cfd, records);
+    Py_ssize_t sent = send_buffer(p->cfd, PyBytes_AS_STRING(records), length);
     if (sent < 0) {
         Py_DECREF(records);
         PyObject *error = os_error(errno);
@@ -483,6 +539,19 @@ configure(PyObject *Py_UNUSED(module), PyObject *args)
     if (small <= 5 || bulk < small) {
         PyErr_SetString(PyExc_ValueError, "configure: read sizes must be > 5, bulk >= small");
         return NULL;
+    }
+    if (small != read_size || received == NULL) {
+        char *in = PyMem_RawRealloc(received, (size_t)small);
+        if (in == NULL)
+            return PyErr_NoMemory();
+        received = in;
+        char *out = PyMem_RawRealloc(plaintext, (size_t)small);
+        if (out == NULL)
+            return PyErr_NoMemory();
+        plaintext = out;
+        Py_XSETREF(plaintext_view, PyMemoryView_FromMemory(plaintext, small, PyBUF_WRITE));
+        if (plaintext_view == NULL)
+            return NULL;
     }
     Py_XSETREF(want_read_exc, Py_NewRef(want_read));
     Py_XSETREF(closed_exc, Py_NewRef(closed));
@@ -618,9 +687,6 @@ PyInit__steady(void)
         return NULL;
     INTERN(str_on_events, "on_events");
     INTERN(str_left_steady, "_left_steady");
-    INTERN(str_from_client, "received_from_client");
-    INTERN(str_from_upstream, "received_from_upstream");
-    INTERN(str_last_activity, "_last_activity");
     INTERN(str_upstream_read, "_upstream_read");
 #undef INTERN
     PyObject *m = PyModule_Create(&module_def);

@@ -100,8 +100,10 @@ class Relay(UpstreamSide):
         be the standard library's: ``ContextBuilder.session_for``).
     :ivar alpn_allowed: the route's ALPN protocols, read by the context's
         ALPN select callback through the connection's app data.
-    :ivar received_from_client: plaintext bytes from the client.
-    :ivar received_from_upstream: bytes from the upstream.
+    :ivar received_from_client: plaintext bytes from the client (not
+        counting what the compiled steady state relayed since it last
+        handed the relay back: :meth:`relayed` counts all).
+    :ivar received_from_upstream: bytes from the upstream (the same).
     """
 
     def __init__(
@@ -281,6 +283,23 @@ class Relay(UpstreamSide):
         elif self._cfd in table:
             del table[self._cfd]
             table.pop(self._ufd, None)
+            self._fold()
+
+    def _fold(self) -> None:
+        """Add what the compiled steady state relayed, and when, to this relay's counters."""
+        pair = self._pair
+        if pair is not None:
+            from_client, from_upstream, last = pair.take()
+            if from_client or from_upstream:
+                self.received_from_client += from_client
+                self.received_from_upstream += from_upstream
+                if last > self._last_activity:
+                    self._last_activity = last
+
+    def relayed(self) -> tuple[int, int]:
+        """Plaintext bytes from the client and bytes from the upstream so far."""
+        self._fold()
+        return self.received_from_client, self.received_from_upstream
 
     def in_steady_state(self) -> bool:
         """Whether the steady state's short path serves this relay now (Python's or the compiled one)."""
@@ -295,6 +314,7 @@ class Relay(UpstreamSide):
         done here as ``_read_client`` / ``_read_upstream`` do it outside the
         steady state, and the state is worked out again.
         """
+        self._fold()
         if what == LEFT_CLIENT_DATA:
             self._client_data(arg)
         elif what == LEFT_CLIENT_LOST:
@@ -610,6 +630,7 @@ class Relay(UpstreamSide):
         self._deadline = None
         if self._done:
             return
+        self._fold()
         idle_for = self._seconds() - self._last_activity
         if idle_for < self._idle_timeout:
             self._deadline = self._engine.proxy_factory.wheel.call_later(self._idle_timeout - idle_for, self._check_idle)
@@ -679,6 +700,7 @@ class Relay(UpstreamSide):
         self._loop.forget(self._cfd)
         self._sock.close()
         if self._pair is not None:
+            self._fold()
             self._pair.close()  # its references to this relay and the session
             self._pair = None
         self._tls.release()

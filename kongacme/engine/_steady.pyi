@@ -1,0 +1,48 @@
+# The types of kongacme/engine/_steady.c (the compiled dispatch and steady state).
+from typing import Any, Callable
+
+CLIENT_DATA: int
+CLIENT_LOST: int
+CLIENT_ENDED: int
+READ_FAILED: int
+UPSTREAM_LOST: int
+UPSTREAM_SHORT: int
+UPSTREAM_ENDED: int
+CLIENT_SHORT: int
+
+class Pair:
+    cfd: int
+    ufd: int
+    client_steps: int
+    upstream_steps: int
+    departures: int
+    last_activity: float
+    live: bool
+    def __init__(
+        self,
+        relay: Any,
+        cfd: int,
+        ufd: int,
+        feed: Callable[[bytes], Any],
+        read: Callable[[int], bytes],
+        write: Callable[[bytes], Any],
+        take: Callable[[], bytes],
+        seconds: Callable[[], float],
+    ) -> None: ...
+    def close(self) -> None: ...
+    def take(self) -> tuple[int, int, float]: ...
+
+def configure(
+    want_read: type[BaseException] | tuple[type[BaseException], ...],
+    closed: type[BaseException] | tuple[type[BaseException], ...],
+    tls_error: type[BaseException] | tuple[type[BaseException], ...],
+    read_size: int,
+    bulk_read_size: int,
+) -> None: ...
+def dispatch(
+    epfd: int,
+    handlers: dict[int, Any],
+    steady: dict[int, Pair],
+    max_events: int,
+    failed: Callable[[Any, int, Exception], None],
+) -> int: ...

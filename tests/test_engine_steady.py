@@ -1,0 +1,347 @@
+"""
+Tests for kongacme.engine._steady, the compiled dispatch and steady state,
+on the harness of tests.test_engine_properties (a fake reactor whose loop
+the test runs, a real client and upstream): which events it serves itself,
+that each way out of the steady state reaches the relay's Python with what
+was read, and that an unexpected error ends one connection only.
+
+The property tests there (any split, any order of endings, the idle
+deadline) run on it too: their *StdlibTests classes use the compiled
+dispatch, their *PythonTests classes the Python one.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import random
+import select
+from typing import Any, Callable
+
+from twisted.trial.unittest import SynchronousTestCase
+
+from kongacme.engine import relay as relay_module
+from kongacme.engine.loop import COMPILED
+from kongacme.engine.relay import Relay
+from tests.test_engine_properties import Client, End, HarnessMixin
+
+#: The relay's names of the codes, and the module's (kongacme/engine/_steady.c).
+CODES = [
+    "CLIENT_DATA",
+    "CLIENT_LOST",
+    "CLIENT_ENDED",
+    "READ_FAILED",
+    "UPSTREAM_LOST",
+    "UPSTREAM_SHORT",
+    "UPSTREAM_ENDED",
+    "CLIENT_SHORT",
+]
+
+
+class CompiledSteadyTests(HarnessMixin, SynchronousTestCase):
+    """The compiled steady state, on the standard library's ssl (the binding it serves)."""
+
+    binding = "stdlib"
+    compiled = COMPILED
+
+    if COMPILED is None:
+        skip = "kongacme.engine._steady is not built (no C compiler or Python headers at install)"
+
+    def steady_connection(self) -> tuple[Client, End, Relay, list[str]]:
+        """
+        A connection after one exchange (the first reply carries the
+        session tickets, then the relay is steady), its relay, and the list
+        the names of its departures from the steady state go to.
+        """
+        harness = self.harness
+        client, upstream = harness.connect([], [])
+        relay = harness.relay()
+        self.exchange(client, upstream, b"GET / 0", b"reply 0")
+        self.assertTrue(relay.in_steady_state())
+        departures: list[str] = []
+        left = relay._left_steady
+
+        def recorded(what: int, arg: Any, sent: int) -> None:
+            departures.append(CODES[what])
+            left(what, arg, sent)
+
+        relay._left_steady = recorded  # type: ignore[method-assign]
+        return client, upstream, relay, departures
+
+    def test_codes(self) -> None:
+        """The relay's LEFT_* codes are the module's."""
+        self.assertEqual([getattr(relay_module, "LEFT_" + name) for name in CODES], [getattr(COMPILED, name) for name in CODES])
+
+    def test_pair_arguments(self) -> None:
+        """A Pair refuses a negative descriptor; a closed one is no longer live."""
+        self.assertRaises(ValueError, COMPILED.Pair, object(), -1, 3, len, len, len, len, len)
+        pair = COMPILED.Pair(object(), 3, 4, len, len, len, len, len)
+        self.assertEqual((pair.live, pair.cfd, pair.ufd, pair.take()), (True, 3, 4, (0, 0, 0.0)))
+        pair.close()
+        self.assertFalse(pair.live)
+
+    def test_exchanges_served_compiled(self) -> None:
+        """
+        Kept-alive exchanges in the steady state are served by the compiled
+        module, each request and reply in one step, with no departure: both
+        sockets are in the loop's ``steady`` table, the counters count every
+        byte once, and the last activity is the reactor's time. When the
+        connection ends, the pair is closed and the table is empty.
+        """
+        harness = self.harness
+        clock = harness.reactor.clock
+        with harness.connection() as start:
+            client, upstream, relay, departures = self.steady_connection()
+            pair = relay._pair
+            self.assertEqual(harness.engine.loop.steady, {relay._cfd: pair, relay._ufd: pair})
+            for i in range(1, 6):
+                clock.advance(7)
+                self.exchange(client, upstream, b"GET / %d" % i, b"reply %d" % i)
+                self.assertEqual(relay._pair.last_activity, clock.seconds())
+            self.assertEqual((pair.client_steps, pair.upstream_steps, pair.departures), (5, 5, 0))
+            self.assertEqual(departures, [])
+            self.assertEqual(
+                relay.relayed(),
+                (len(upstream.received), len(client.received)),
+            )
+            self.assertFalse(relay._steady)  # the Python short path is not used beside it
+            self.end_both(client, upstream)
+            harness.assert_clean_end(self, start)
+            self.assertEqual((pair.live, relay._pair, harness.engine.loop.steady), (False, None, {}))
+            self.assertEqual(departures, ["CLIENT_ENDED"])
+
+    def departure(
+        self, act: Callable[[Client, End, Relay], None], expected: list[str], ending: Callable[[Client, End], None]
+    ) -> Relay:
+        """
+        In one steady connection, ``act`` leaves the steady state as
+        ``expected`` names; ``ending`` ends the connection, which must end
+        cleanly.
+        """
+        harness = self.harness
+        with harness.connection() as start:
+            client, upstream, relay, departures = self.steady_connection()
+            act(client, upstream, relay)
+            self.assertEqual(departures[: len(expected)], expected)
+            ending(client, upstream)
+            harness.assert_clean_end(self, start)
+        return relay
+
+    def test_record_cut_across_segments(self) -> None:
+        """
+        A record in two segments goes to the general path (with the first
+        segment); the request arrives whole, and the next exchange is served
+        compiled again.
+        """
+        harness = self.harness
+
+        def act(client: Client, upstream: End, relay: Relay) -> None:
+            record = client.encrypt(b"cut request")
+            harness.send(client, record, [3])
+            harness.spin(lambda: bytes(upstream.received).endswith(b"cut request"), "the cut record")
+            steps = relay._pair.client_steps
+            self.exchange(client, upstream, b"GET / again", b"reply again")
+            self.assertEqual(relay._pair.client_steps, steps + 1)
+
+        self.departure(act, ["CLIENT_DATA"], self.end_both)
+
+    def test_two_records_in_one_segment(self) -> None:
+        """Two records in one segment: the general path, both arrive in order."""
+        harness = self.harness
+
+        def act(client: Client, upstream: End, relay: Relay) -> None:
+            harness.send(client, client.encrypt(b"one,") + client.encrypt(b"two"), [])
+            harness.spin(lambda: bytes(upstream.received).endswith(b"one,two"), "both records")
+
+        self.departure(act, ["CLIENT_DATA"], self.end_both)
+
+    def test_client_fin(self) -> None:
+        """The client's FIN alone (no close_notify) is read here and handed over as empty data."""
+        harness = self.harness
+
+        def act(client: Client, upstream: End, relay: Relay) -> None:
+            client.fin()
+            harness.spin(lambda: upstream.eof, "the client's half-close upstream")
+
+        def ending(client: Client, upstream: End) -> None:
+            upstream.fin()
+            harness.spin(lambda: client.eof, "the upstream's half-close at the client")
+
+        self.departure(act, ["CLIENT_DATA"], ending)
+
+    def test_upstream_fin(self) -> None:
+        """The upstream's FIN becomes close_notify and a FIN to the client."""
+        harness = self.harness
+
+        def act(client: Client, upstream: End, relay: Relay) -> None:
+            upstream.fin()
+            harness.spin(lambda: client.eof, "the upstream's half-close at the client")
+            self.assertEqual(client.close_notify, True)
+
+        def ending(client: Client, upstream: End) -> None:
+            harness.send(client, client.close_notify_record(), [])
+            client.fin()
+            harness.spin(lambda: upstream.eof, "the client's half-close upstream")
+
+        self.departure(act, ["UPSTREAM_ENDED"], ending)
+
+    def test_client_not_reading(self) -> None:
+        """
+        A download the client does not read: the short send is handed over
+        with the records it did not take, which reach the client whole once
+        it reads.
+        """
+        download = random.Random(11).randbytes(4 * 1024 * 1024)
+
+        def act(client: Client, upstream: End, relay: Relay) -> None:
+            self.download_not_read_at_first(client, upstream, relay, download)
+
+        self.departure(act, ["CLIENT_SHORT"], self.end_both)
+
+    def test_upstream_not_reading(self) -> None:
+        """
+        An upload the upstream does not read, one record per segment: the
+        short send upstream is handed over with the plaintext it did not
+        take; every byte arrives once the upstream reads.
+        """
+        harness = self.harness
+        upload = random.Random(12).randbytes(16384 * 256)
+
+        def act(client: Client, upstream: End, relay: Relay) -> None:
+            upstream.reading = False
+            offset = 0
+            while relay._upstream_backlog is None:
+                self.assertLess(offset, len(upload), "the upstream's socket never filled")
+                harness.send(client, client.encrypt(upload[offset : offset + 16384]), [])
+                offset += 16384
+            self.assertFalse(relay.in_steady_state())
+            upstream.reading = True
+            harness.send(client, client.encrypt(upload[offset:]), [])
+            harness.spin(lambda: bytes(upstream.received).endswith(upload), "the upload")
+
+        self.departure(act, ["UPSTREAM_SHORT"], self.end_both)
+
+    def test_resets_go_to_python(self) -> None:
+        """
+        A reset from either side comes with ``EPOLLHUP``/``EPOLLERR``, not
+        ``EPOLLIN`` alone: the relay's Python takes it (no departure from the
+        compiled step), and the table forgets the relay as it ends.
+        """
+        harness = self.harness
+
+        def client_resets(client: Client, upstream: End, relay: Relay) -> None:
+            client.rst()
+            harness.spin(lambda: upstream.eof, "the upstream's end")
+
+        def upstream_resets(client: Client, upstream: End, relay: Relay) -> None:
+            upstream.rst()
+            harness.spin(lambda: client.eof, "the client's end")
+            self.assertEqual(client.close_notify, True)
+
+        def client_ends(client: Client, upstream: End) -> None:
+            harness.send(client, client.close_notify_record(), [])
+            client.fin()
+
+        for act, ending in [(client_resets, lambda client, upstream: None), (upstream_resets, client_ends)]:
+            relay = self.departure(act, [], ending)
+            self.assertEqual((relay._pair, harness.engine.loop.steady), (None, {}))
+
+    def test_corrupt_record(self) -> None:
+        """
+        A whole record whose ciphertext was tampered with: OpenSSL's error
+        goes to the relay's Python, which ends the connection (the upstream
+        gets a FIN, nothing of the record passes).
+        """
+        harness = self.harness
+
+        def act(client: Client, upstream: End, relay: Relay) -> None:
+            record = bytearray(client.encrypt(b"tampered"))
+            record[-1] ^= 0xFF
+            before = bytes(upstream.received)
+            harness.send(client, bytes(record), [])
+            harness.spin(lambda: upstream.eof, "the upstream's end")
+            self.assertEqual(bytes(upstream.received), before)
+
+        self.departure(act, ["READ_FAILED"], lambda client, upstream: None)
+
+    def test_unexpected_error_contained(self) -> None:
+        """
+        An exception no path expects, raised by a session method the
+        compiled step calls, is logged once and ends that connection only
+        (as the Python loop does): both sides reset, the engine holds
+        nothing, and the next connection is served.
+        """
+        harness = self.harness
+        with harness.connection() as start:
+            client, upstream, relay, departures = self.steady_connection()
+            tls = relay._tls
+
+            def boom(size: int, buffer: Any = None) -> bytes:
+                raise RuntimeError("boom")
+
+            relay._pair.close()
+            pair = relay._pair = COMPILED.Pair(relay, relay._cfd, relay._ufd, tls.feed, boom, tls.write, tls.take, relay._seconds)
+            harness.engine.loop.steady.update({relay._cfd: pair, relay._ufd: pair})
+            harness.send(client, client.encrypt(b"GET / 1"), [])
+            harness.spin(lambda: relay._done, "the connection to be aborted")
+            self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
+            self.assertEqual(departures, [])
+            harness.spin(lambda: not (client.pending() or upstream.pending()), "both sides reset")
+            self.assertEqual((client.reset, upstream.reset), (True, True))
+            harness.assert_clean_end(self, start)
+        with harness.connection() as start:
+            client, upstream, relay, departures = self.steady_connection()
+            self.exchange(client, upstream, b"GET / next", b"reply next")
+            self.assertEqual(relay._pair.client_steps, 1)
+            self.end_both(client, upstream)
+            harness.assert_clean_end(self, start)
+
+
+class FakeRelay:
+    """What the compiled steps call back on a relay: its departures, recorded."""
+
+    def __init__(self) -> None:
+        self._upstream_read = 1 << 16
+        self.departures: list[tuple[str, Any, int]] = []
+
+    def _left_steady(self, what: int, arg: Any, sent: int) -> None:
+        self.departures.append((CODES[what], arg, sent))
+
+
+class CompiledStepErrorTests(SynchronousTestCase):
+    """
+    The compiled steps' socket errors, on a descriptor that is not a socket
+    (a pipe: ``recv`` fails with ``ENOTSOCK`` where a socket's reset would
+    come with ``EPOLLERR`` and go to Python): handed to the relay as the
+    ``OSError`` that ``socket.recv`` would raise, and the pair taken out of
+    the table.
+    """
+
+    if COMPILED is None:
+        skip = "kongacme.engine._steady is not built (no C compiler or Python headers at install)"
+
+    def lost(self, side: str) -> list[tuple[str, Any, int]]:
+        epoll = select.epoll()
+        self.addCleanup(epoll.close)
+        read_end, write_end = os.pipe()
+        self.addCleanup(os.close, read_end)
+        self.addCleanup(os.close, write_end)
+        other = 1000 + read_end  # never reached
+        relay = FakeRelay()
+        cfd, ufd = (read_end, other) if side == "client" else (other, read_end)
+        pair = COMPILED.Pair(relay, cfd, ufd, len, len, len, bytes, lambda: 1.0)
+        steady = {cfd: pair, ufd: pair}
+        failures: list[Any] = []
+        epoll.register(read_end, select.EPOLLIN)
+        os.write(write_end, b"x")
+        self.assertEqual(COMPILED.dispatch(epoll.fileno(), {}, steady, 8, lambda *a: failures.append(a)), 1)
+        self.assertEqual((failures, steady, pair.departures), ([], {}, 1))
+        return relay.departures
+
+    def test_client_lost(self) -> None:
+        [(what, error, sent)] = self.lost("client")
+        self.assertEqual((what, type(error), error.errno, sent), ("CLIENT_LOST", OSError, errno.ENOTSOCK, 0))
+
+    def test_upstream_lost(self) -> None:
+        [(what, error, sent)] = self.lost("upstream")
+        self.assertEqual((what, type(error), error.errno, sent), ("UPSTREAM_LOST", OSError, errno.ENOTSOCK, 0))
