@@ -1022,7 +1022,7 @@ class RelayEdgeTests(HarnessMixin, SynchronousTestCase):
         with harness.connection() as start:
             client, upstream = harness.connect([], [])
             relay = harness.relay()
-            self.assertEqual(relay._upstream_read, READ_SIZE)
+            self.assertEqual(relay.upstream_read_size(), READ_SIZE)
             download = random.Random(5).randbytes(BULK_READ_SIZE * 2)
             client.reading = False  # let it pile up in the upstream's socket
             upstream.sock.setblocking(True)
@@ -1030,9 +1030,9 @@ class RelayEdgeTests(HarnessMixin, SynchronousTestCase):
             upstream.sock.setblocking(False)
             select.select([harness.engine.loop], [], [], WAIT)
             harness.engine.loop.doRead()  # one read: 64 KiB of the 192 there, full
-            self.assertEqual(relay._upstream_read, BULK_READ_SIZE)
+            self.assertEqual(relay.upstream_read_size(), BULK_READ_SIZE)
             harness.run_ready()  # the next asks 256 KiB and gets the 128 left: short
-            self.assertEqual(relay._upstream_read, READ_SIZE)
+            self.assertEqual(relay.upstream_read_size(), READ_SIZE)
             client.reading = True
             harness.send(upstream, download[READ_SIZE * 3 :], [])
             harness.send(upstream, b"small reply", [])

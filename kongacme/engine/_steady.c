@@ -67,7 +67,7 @@ static PyObject *plaintext_view = NULL;
    allocator) costs less than a memoryview (a tracked object) would. */
 #define SMALL_COPY 512
 
-static PyObject *str_on_events, *str_left_steady, *str_upstream_read;
+static PyObject *str_on_events, *str_left_steady;
 
 /* -- Pair: one relay's two descriptors and its session's methods ----------- */
 
@@ -90,6 +90,9 @@ typedef struct {
     unsigned long long client_bytes;
     unsigned long long upstream_bytes;
     double last_activity;
+    /* Bytes asked of the upstream per recv (the relay's _upstream_read while
+       the pair serves it: Relay._serve_compiled and _left_steady copy it). */
+    Py_ssize_t upstream_read;
 } Pair;
 
 static int
@@ -140,6 +143,7 @@ Pair_init(Pair *self, PyObject *args, PyObject *kwds)
     Pair_clear(self);
     self->cfd = cfd;
     self->ufd = ufd;
+    self->upstream_read = read_size;
     self->relay = Py_NewRef(relay);
     self->feed = Py_NewRef(feed);
     self->read = Py_NewRef(read);
@@ -191,6 +195,8 @@ static PyMemberDef Pair_members[] = {
      "upstream replies relayed here whole"},
     {"departures", T_ULONGLONG, offsetof(Pair, departures), READONLY,
      "events handed to the relay's Python (Relay._left_steady)"},
+    {"upstream_read", T_PYSSIZET, offsetof(Pair, upstream_read), 0,
+     "bytes asked of the upstream per recv (grows for a download, as the relay's _upstream_read)"},
     {"last_activity", T_DOUBLE, offsetof(Pair, last_activity), READONLY,
      "the clock's time of the last bytes relayed here, not yet taken (0.0: none)"},
     {NULL},
@@ -444,17 +450,7 @@ client_step(PyObject *steady, Pair *p)
 static int
 upstream_step(PyObject *steady, Pair *p)
 {
-    PyObject *relay = p->relay;
-    PyObject *asked_obj = PyObject_GetAttr(relay, str_upstream_read);
-    if (asked_obj == NULL)
-        return -1;
-    Py_ssize_t asked = PyLong_AsSsize_t(asked_obj);
-    Py_DECREF(asked_obj);
-    if (asked <= 0) {
-        if (!PyErr_Occurred())
-            PyErr_SetString(PyExc_ValueError, "_upstream_read must be positive");
-        return -1;
-    }
+    Py_ssize_t asked = p->upstream_read > 0 ? p->upstream_read : read_size;
     /* The usual size into the static buffer; a bulk read into a bytes
        object of its own (a copy of 256 KiB would cost more than the
        allocation it saves). */
@@ -474,16 +470,7 @@ upstream_step(PyObject *steady, Pair *p)
     }
     /* A full read is a bulk transfer: read more at a time; a short one,
        back to the small size (as UpstreamSide._read_upstream). */
-    Py_ssize_t next = n == asked ? bulk_read_size : read_size;
-    if (next != asked) {
-        PyObject *v = PyLong_FromSsize_t(next);
-        if (v == NULL || PyObject_SetAttr(relay, str_upstream_read, v) < 0) {
-            Py_XDECREF(v);
-            Py_XDECREF(data);
-            return -1;
-        }
-        Py_DECREF(v);
-    }
+    p->upstream_read = n == asked ? bulk_read_size : read_size;
     if (count(p, &p->upstream_bytes, n) < 0) {
         Py_XDECREF(data);
         return -1;
@@ -687,7 +674,6 @@ PyInit__steady(void)
         return NULL;
     INTERN(str_on_events, "on_events");
     INTERN(str_left_steady, "_left_steady");
-    INTERN(str_upstream_read, "_upstream_read");
 #undef INTERN
     PyObject *m = PyModule_Create(&module_def);
     if (m == NULL)

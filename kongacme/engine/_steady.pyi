@@ -17,6 +17,7 @@ class Pair:
     upstream_steps: int
     departures: int
     last_activity: float
+    upstream_read: int
     live: bool
     def __init__(
         self,

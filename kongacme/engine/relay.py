@@ -279,11 +279,13 @@ class Relay(UpstreamSide):
                     pair = self._pair = self._compiled.Pair(
                         self, self._cfd, self._ufd, tls.feed, tls.read, tls.write, tls.take, self._seconds
                     )
+                pair.upstream_read = self._upstream_read
                 table[self._cfd] = table[self._ufd] = pair
         elif self._cfd in table:
             del table[self._cfd]
             table.pop(self._ufd, None)
             self._fold()
+            self._upstream_read = self._pair.upstream_read
 
     def _fold(self) -> None:
         """Add what the compiled steady state relayed, and when, to this relay's counters."""
@@ -301,6 +303,12 @@ class Relay(UpstreamSide):
         self._fold()
         return self.received_from_client, self.received_from_upstream
 
+    def upstream_read_size(self) -> int:
+        """Bytes asked of the upstream per ``recv`` now (the compiled steady state keeps its own while it serves)."""
+        if self._compiled is not None and self.in_steady_state():
+            return int(self._pair.upstream_read)
+        return self._upstream_read
+
     def in_steady_state(self) -> bool:
         """Whether the steady state's short path serves this relay now (Python's or the compiled one)."""
         if self._compiled is None:
@@ -315,6 +323,7 @@ class Relay(UpstreamSide):
         steady state, and the state is worked out again.
         """
         self._fold()
+        self._upstream_read = self._pair.upstream_read
         if what == LEFT_CLIENT_DATA:
             self._client_data(arg)
         elif what == LEFT_CLIENT_LOST:
