@@ -82,7 +82,10 @@ def makeService(options: Options):
     """
     from twisted.internet import reactor
 
+    from kongacme.allocator import tune_allocator
     from kongacme.service import DaemonService
+
+    tune_allocator()  # before the listeners, the workers and any relayed byte
 
     service = DaemonService(reactor, options["loaded"], config_path=options["config"])
 

@@ -11,5 +11,7 @@ untouched, to the Twisted path (:mod:`kongacme.tls.protocol`).
 - :mod:`kongacme.engine.relay`: TLS with the client, and the relay's life;
 - :mod:`kongacme.engine.upstream`: the upstream side of the relay;
 - :mod:`kongacme.engine.sockets`: socket helpers (non-blocking, reset on close);
+- ``kongacme/engine/_steady.c`` (:mod:`kongacme.engine._steady`, optional):
+  the loop's dispatch and the relay's steady state, compiled;
 - :mod:`kongacme.engine.lean`: what they share, and the hand-over.
 """

@@ -29,6 +29,15 @@ general path's checks, and only a departure from it — a short ``send``, a
 record cut across segments, a FIN, close_notify, an error — goes the
 general way (about a third fewer interpreter instructions per kept-alive
 request: bench/RESULTS.md).
+
+Where the compiled module :mod:`kongacme.engine._steady` is built and the
+session is the standard library's (``whole_writes``), the steady state is
+served in C instead: :meth:`Relay._serve_compiled` puts both sockets in the
+loop's ``steady`` table while the state holds, the module's dispatch reads,
+calls the session's own ``feed``/``read``/``write``/``take`` and sends, and
+any departure comes back here as :meth:`Relay._left_steady` with what was
+read, to go the general way. Counts and the last activity are kept in the
+``Pair`` meanwhile and folded in (:meth:`Relay._fold`).
 """
 
 from __future__ import annotations

@@ -43,6 +43,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from kongacme.connlimit import ConnectionLimiter, derive_budget, open_file_limit
+from kongacme.allocator import tune_allocator
 from kongacme.engine.lean import LeanEngine
 from kongacme.proxy.forward import ProxyFactory, ProxyServerProtocol
 from kongacme.proxy.routes import RouteTable
@@ -412,6 +413,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     global _writer
     options = parse_arguments(sys.argv[1:] if argv is None else argv)
     die_with_parent(options.master_pid)
+    tune_allocator()  # as the master did (kongacme.tap): an exec'd worker starts with glibc's defaults
     _writer = LineWriter(sys.stdout)
     globalLogBeginner.beginLoggingTo([_writer], redirectStandardIO=False)
 
