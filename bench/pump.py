@@ -32,6 +32,8 @@ from __future__ import annotations
 
 import argparse
 import os
+import socket
+import ssl
 import sys
 
 import benchlib as B
@@ -51,6 +53,10 @@ def parse_args(argv=None):
     p.add_argument("--before-tree", default="", help="a kongacme source tree to run as 'before' (omit: no 'before')")
     p.add_argument("--before-engine", default="", help="listen.engine for 'before' (e.g. lean; omit: the default)")
     p.add_argument("--no-hitch", action="store_true")
+    p.add_argument("--busy-bulk", action="store_true",
+                   help="20 TLS handshakes (no request) to each bulk server first: kongacme's certificate is "
+                        "then busy, its bulk connection on the standard library's ssl (by default it is the "
+                        "certificate's first connection, on pyOpenSSL)")
     p.add_argument("--also-engine", action="append", default=[], choices=("twisted", "lean"),
                    help="also run this tree with this listen.engine (as a server of that name), same leaf and "
                         "routes; repeatable")
@@ -158,11 +164,13 @@ def main(argv=None) -> int:
                 B.wait_port(eport, proc)
                 group[name] = (proc, eport)
             servers[label or "main"] = group
-        for group in servers.values():
+        for label, group in servers.items():
             for name, (proc, port) in group.items():
-                if "main" in servers and group is servers["main"]:
+                if label == "main":
                     B.run_h2load(host, port, 500, 500)  # warm-up
                     results.setdefault("tickets", {})[name] = B.tls13_tickets(host, port)
+                elif args.busy_bulk:
+                    handshakes_only(host, port, 20)  # no request: the bulk upstream would send it all
         for rnd in range(args.rounds):
             for kind in measures:
                 group = servers["-bulk" if kind == "bulk" else "main"]
@@ -189,6 +197,17 @@ def main(argv=None) -> int:
     print("TLS 1.3 tickets per handshake:", results.get("tickets"))
     print("raw results:", path)
     return 0
+
+
+def handshakes_only(host: str, port: int, count: int) -> None:
+    """``count`` TLS handshakes with ``port`` for ``host``, each closed without a request."""
+    context = ssl.create_default_context()
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    for _ in range(count):
+        with socket.create_connection(("127.0.0.1", port)) as sock:
+            with context.wrap_socket(sock, server_hostname=host):
+                pass
 
 
 def summarize(runs: list[dict]) -> dict:
