@@ -16,6 +16,7 @@ import errno
 import os
 import random
 import select
+import socket
 from typing import Any, Callable
 
 from twisted.trial.unittest import SynchronousTestCase
@@ -345,3 +346,57 @@ class CompiledStepErrorTests(SynchronousTestCase):
     def test_upstream_lost(self) -> None:
         [(what, error, sent)] = self.lost("upstream")
         self.assertEqual((what, type(error), error.errno, sent), ("UPSTREAM_LOST", OSError, errno.ENOTSOCK, 0))
+
+
+class CompiledStepSessionTests(SynchronousTestCase):
+    """
+    The client's step on a fake session (what the step asks of one: ``feed``
+    takes the record, ``read(size, view)`` writes plaintext into the view
+    and says how much) and a socket pair on each side.
+    """
+
+    if COMPILED is None:
+        skip = "kongacme.engine._steady is not built (no C compiler or Python headers at install)"
+
+    def step(self, seconds: Callable[[], float]) -> tuple[Any, socket.socket, list[bytes]]:
+        """One record from the client through a pair whose clock is ``seconds``; the pair, the upstream's end, what was fed."""
+        epoll = select.epoll()
+        self.addCleanup(epoll.close)
+        client, client_end = socket.socketpair()
+        upstream, upstream_end = socket.socketpair()
+        for sock in (client, client_end, upstream, upstream_end):
+            self.addCleanup(sock.close)
+        upstream_end.setblocking(False)
+        fed: list[bytes] = []
+
+        def read(size: int, view: Any) -> int:
+            view[:2] = b"hi"
+            return 2
+
+        relay = FakeRelay()
+        pair = COMPILED.Pair(relay, client_end.fileno(), upstream.fileno(), fed.append, read, len, bytes, seconds)
+        self.pair = pair
+        steady = {client_end.fileno(): pair, upstream.fileno(): pair}
+        epoll.register(client_end.fileno(), select.EPOLLIN)
+        client.send(b"\x17\x03\x03\x00\x03abc")  # one whole record, as far as the step can tell
+        failures: list[Any] = []
+        self.assertEqual(COMPILED.dispatch(epoll.fileno(), {}, steady, 8, lambda *a: failures.append(a)), 1)
+        self.assertEqual((failures, relay.departures), ([], []))
+        return pair, upstream_end, fed
+
+    def test_record_relayed(self) -> None:
+        """The record is fed whole, its plaintext sent upstream, counted with the clock's time."""
+        pair, upstream_end, fed = self.step(lambda: 5.0)
+        self.assertEqual((fed, upstream_end.recv(100)), ([b"\x17\x03\x03\x00\x03abc"], b"hi"))
+        self.assertEqual((pair.client_steps, pair.take()), (1, (2, 0, 5.0)))
+
+    def test_closed_meanwhile(self) -> None:
+        """A pair closed by a call the step made sends nothing more: its descriptors may be gone."""
+
+        def closing() -> float:
+            self.pair.close()
+            return 5.0
+
+        pair, upstream_end, fed = self.step(closing)
+        self.assertFalse(pair.live)
+        self.assertRaises(BlockingIOError, upstream_end.recv, 100)

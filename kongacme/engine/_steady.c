@@ -296,6 +296,11 @@ depart(PyObject *steady, Pair *p, int what, PyObject *arg, Py_ssize_t sent)
     return status;
 }
 
+/* The relay closed its pair during a call of this step (Pair.close(), from
+   Python the step called): the step ends there, the relay having dealt with
+   the connection. */
+#define CLOSED_MEANWHILE(p) ((p)->relay == NULL)
+
 /* n more bytes relayed one way (*counter), now (the relay's clock). */
 static int
 count(Pair *p, unsigned long long *counter, Py_ssize_t n)
@@ -405,6 +410,10 @@ client_step(PyObject *steady, Pair *p)
     PyObject *size = PyLong_FromSsize_t(n);
     if (size == NULL)
         return -1;
+    if (CLOSED_MEANWHILE(p)) {
+        Py_DECREF(size);
+        return 0;
+    }
     PyObject *args[2] = {size, plaintext_view};
     PyObject *got = PyObject_Vectorcall(p->read, args, 2, NULL);
     Py_DECREF(size);
@@ -434,6 +443,8 @@ client_step(PyObject *steady, Pair *p)
     if (count(p, &p->client_bytes, length) < 0)
         return -1;
     p->client_steps++;
+    if (CLOSED_MEANWHILE(p))
+        return 0; /* its descriptors may be closed, even reused */
     Py_ssize_t sent = send_buffer(p->ufd, plaintext, length);
     if (sent < 0) {
         PyObject *error = os_error(errno);
@@ -475,6 +486,10 @@ upstream_step(PyObject *steady, Pair *p)
         Py_XDECREF(data);
         return -1;
     }
+    if (CLOSED_MEANWHILE(p)) {
+        Py_XDECREF(data);
+        return 0;
+    }
     PyObject *r;
     if (data == NULL) {
         r = call_with_bytes(p->write, received, n);
@@ -488,6 +503,8 @@ upstream_step(PyObject *steady, Pair *p)
         return -1;
     }
     Py_DECREF(r);
+    if (CLOSED_MEANWHILE(p))
+        return 0;
     PyObject *records = PyObject_CallNoArgs(p->take);
     if (records == NULL)
         return -1;
@@ -501,6 +518,10 @@ upstream_step(PyObject *steady, Pair *p)
     if (length == 0) {
         Py_DECREF(records);
         return 0;
+    }
+    if (CLOSED_MEANWHILE(p)) {
+        Py_DECREF(records);
+        return 0; /* its descriptors may be closed, even reused */
     }
     Py_ssize_t sent = send_buffer(p->cfd, PyBytes_AS_STRING(records), length);
     if (sent < 0) {
