@@ -302,7 +302,6 @@ class FakeRelay:
     """What the compiled steps call back on a relay: its departures, recorded."""
 
     def __init__(self) -> None:
-        self._upstream_read = 1 << 16
         self.departures: list[tuple[str, Any, int]] = []
 
     def _left_steady(self, what: int, arg: Any, sent: int) -> None:

@@ -330,6 +330,25 @@ receive_into(int fd, char *into, Py_ssize_t size)
     return n;
 }
 
+/* recv() into a new bytes object of `size`: its length, 0 at EOF, -1 with errno, -2 with an exception. */
+static Py_ssize_t
+receive(int fd, PyObject **data, Py_ssize_t size)
+{
+    *data = PyBytes_FromStringAndSize(NULL, size);
+    if (*data == NULL)
+        return -2;
+    Py_ssize_t n = receive_into(fd, PyBytes_AS_STRING(*data), size);
+    if (n < 0) {
+        int code = errno;
+        Py_CLEAR(*data);
+        errno = code;
+        return -1;
+    }
+    if (n != size && _PyBytes_Resize(data, n) < 0)
+        return -2;
+    return n;
+}
+
 /* send() of what the socket takes now of `size` bytes at `data`: how much, or -1 with errno. */
 static Py_ssize_t
 send_buffer(int fd, const char *data, Py_ssize_t size)
@@ -362,26 +381,13 @@ call_with_bytes(PyObject *method, char *mem, Py_ssize_t size)
     return r;
 }
 
-/* recv() into a new bytes object of `size`: its length, 0 at EOF, -1 with errno. */
-static Py_ssize_t
-receive(int fd, PyObject **data, Py_ssize_t size)
+/* A socket of the pair failed with errno `code`: `what` (CLIENT_LOST or
+   UPSTREAM_LOST) with the OSError socket methods raise for it. */
+static int
+lost(PyObject *steady, Pair *p, int what, int code)
 {
-    *data = PyBytes_FromStringAndSize(NULL, size);
-    if (*data == NULL)
-        return -2;
-    ssize_t n;
-    do {
-        n = recv(fd, PyBytes_AS_STRING(*data), (size_t)size, 0);
-    } while (n < 0 && errno == EINTR);
-    if (n < 0) {
-        int code = errno;
-        Py_CLEAR(*data);
-        errno = code;
-        return -1;
-    }
-    if (n != size && _PyBytes_Resize(data, n) < 0)
-        return -2;
-    return n;
+    PyObject *error = os_error(code);
+    return error == NULL ? -1 : depart(steady, p, what, error, 0);
 }
 
 /* -- the steady state's two steps ------------------------------------------ */
@@ -394,8 +400,7 @@ client_step(PyObject *steady, Pair *p)
     if (n < 0) {
         if (errno == EAGAIN || errno == EWOULDBLOCK)
             return 0;
-        PyObject *error = os_error(errno);
-        return error == NULL ? -1 : depart(steady, p, CLIENT_LOST, error, 0);
+        return lost(steady, p, CLIENT_LOST, errno);
     }
     const unsigned char *b = (const unsigned char *)received;
     if (n <= 5 || n != 5 + ((Py_ssize_t)b[3] << 8 | b[4])) {
@@ -446,10 +451,8 @@ client_step(PyObject *steady, Pair *p)
     if (CLOSED_MEANWHILE(p))
         return 0; /* its descriptors may be closed, even reused */
     Py_ssize_t sent = send_buffer(p->ufd, plaintext, length);
-    if (sent < 0) {
-        PyObject *error = os_error(errno);
-        return error == NULL ? -1 : depart(steady, p, UPSTREAM_LOST, error, 0);
-    }
+    if (sent < 0)
+        return lost(steady, p, UPSTREAM_LOST, errno);
     if (sent < length) {
         PyObject *plain = PyBytes_FromStringAndSize(plaintext, length);
         return plain == NULL ? -1 : depart(steady, p, UPSTREAM_SHORT, plain, sent);
@@ -472,8 +475,7 @@ upstream_step(PyObject *steady, Pair *p)
     if (n == -1) {
         if (errno == EAGAIN || errno == EWOULDBLOCK)
             return 0;
-        PyObject *error = os_error(errno);
-        return error == NULL ? -1 : depart(steady, p, UPSTREAM_LOST, error, 0);
+        return lost(steady, p, UPSTREAM_LOST, errno);
     }
     if (n == 0) {
         Py_XDECREF(data);
@@ -525,9 +527,9 @@ upstream_step(PyObject *steady, Pair *p)
     }
     Py_ssize_t sent = send_buffer(p->cfd, PyBytes_AS_STRING(records), length);
     if (sent < 0) {
+        int code = errno; /* before the DECREF, whose free() may change it */
         Py_DECREF(records);
-        PyObject *error = os_error(errno);
-        return error == NULL ? -1 : depart(steady, p, CLIENT_LOST, error, 0);
+        return lost(steady, p, CLIENT_LOST, code);
     }
     if (sent < length)
         return depart(steady, p, CLIENT_SHORT, records, sent);

@@ -281,9 +281,9 @@ class Relay(UpstreamSide):
         if steady:
             if table.get(self._cfd) is None:
                 pair = self._pair
-                if pair is None or pair.ufd != self._ufd:
-                    if pair is not None:
-                        pair.close()
+                if pair is None:
+                    # Once per connection: the steady state needs the upstream
+                    # connected, and a connected upstream is never replaced.
                     tls = self._tls
                     pair = self._pair = self._compiled.Pair(
                         self, self._cfd, self._ufd, tls.feed, tls.read, tls.write, tls.take, self._seconds
@@ -293,8 +293,12 @@ class Relay(UpstreamSide):
         elif self._cfd in table:
             del table[self._cfd]
             table.pop(self._ufd, None)
-            self._fold()
-            self._upstream_read = self._pair.upstream_read
+            self._taken_back()
+
+    def _taken_back(self) -> None:
+        """The compiled steady state no longer serves this relay: what it kept comes back here."""
+        self._fold()
+        self._upstream_read = self._pair.upstream_read
 
     def _fold(self) -> None:
         """Add what the compiled steady state relayed, and when, to this relay's counters."""
@@ -331,8 +335,7 @@ class Relay(UpstreamSide):
         done here as ``_read_client`` / ``_read_upstream`` do it outside the
         steady state, and the state is worked out again.
         """
-        self._fold()
-        self._upstream_read = self._pair.upstream_read
+        self._taken_back()
         if what == LEFT_CLIENT_DATA:
             self._client_data(arg)
         elif what == LEFT_CLIENT_LOST:
