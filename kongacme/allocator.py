@@ -7,8 +7,9 @@ With glibc's defaults, whether such a buffer comes from ``mmap`` or the
 heap, and whether the heap's top is given back to the kernel after it is
 freed, moves with the sizes seen so far (the thresholds are dynamic): a
 daemon then relays bulk bytes in one of two modes, one of them about a
-third slower per CPU-second, spending it on page faults (bench/RESULTS.md,
-"The compiled steady state", "Bulk: two modes"). Fixing both thresholds keeps every
+third slower per CPU-second, spending it on page faults (seen on
+pyOpenSSL sessions, whose reads make the larger copies: bench/RESULTS.md,
+"The compiled steady state", and ``bench/bulk_faults.py --cold``). Fixing both thresholds keeps every
 such buffer on the heap and the heap's top in place up to
 :data:`TRIM_THRESHOLD`: the slow mode is gone, for at most that much memory
 kept free at the heap's top.
