@@ -38,7 +38,9 @@ setup(
     ],
     python_requires=">=3.11",
     packages=find_packages(exclude=["tests", "tests.*", "bench", "bench.*"]) + ["twisted.plugins"],
-    package_data={"kongacme": ["py.typed"], "kongacme.engine": ["_steady.pyi"]},
+    package_data={
+        "kongacme": ["py.typed"], "kongacme.engine": ["_steady.pyi"], "kongacme.tls": ["_openssl.pyi", "_openssl.h"],
+    },
     include_package_data=True,
     # True floors: the lowest versions CI installs (.ci/run, uv's
     # --resolution lowest-direct) and runs tests against. Twisted and
@@ -74,7 +76,21 @@ setup(
     # (kongacme/engine/_steady.c; Python's headers and a C compiler, which
     # scripts/bootstrap installs). Optional: where it cannot be built, the
     # same work is done in Python (kongacme.engine.loop.COMPILED is None).
-    ext_modules=[Extension("kongacme.engine._steady", ["kongacme/engine/_steady.c"], optional=True)],
+    #
+    # kongacme's own binding of OpenSSL's server side (kongacme/tls/_openssl.c:
+    # the system's libssl, the one the standard library's ssl uses; Debian's
+    # libssl-dev, which scripts/bootstrap installs). Optional too: without
+    # it busy certificates stay on the standard library's ssl.
+    ext_modules=[
+        Extension(
+            "kongacme.engine._steady", ["kongacme/engine/_steady.c"], include_dirs=["kongacme/tls"],
+            depends=["kongacme/tls/_openssl.h"], optional=True,
+        ),
+        Extension(
+            "kongacme.tls._openssl", ["kongacme/tls/_openssl.c"], depends=["kongacme/tls/_openssl.h"],
+            libraries=["ssl", "crypto"], optional=True,
+        ),
+    ],
     entry_points={"console_scripts": ["kongacme = kongacme.cli:main"]},
     zip_safe=False,
 )

@@ -34,11 +34,11 @@ from kongacme.tls.cache import CertificateCache
 from kongacme.tls.context import ContextBuilder
 from kongacme.tls.fallback import generate_self_signed
 from kongacme.tls.protocol import TLSServerFactory
-from kongacme.tls.session import PyOpenSSLSession, StdSession
+from kongacme.tls.session import PyOpenSSLSession
 from tests.clienthellos import client_hello_bytes
 from tests.proxyhelpers import ALPN, LogCapture, Peer, PeerFactory, TLSPeer, unanswered_port
 from tests.test_proxy_forward import IntegrationMixin, settled, wait_until, within
-from tests.tlsbinding import use_binding
+from tests.tlsbinding import session_class, use_binding
 from tests.tlsclients import client_context, half_close_blocking, handshake_blocking, memory_tls, read_until_end
 
 MB = 1024 * 1024
@@ -185,16 +185,16 @@ class FastPathTests(LeanMixin, unittest.TestCase):
         await within(upstreams.connected.get())
         relays = list({id(h): h for h in self.engine.loop.handlers.values() if isinstance(h, Relay)}.values())
         self.assertEqual(len(relays), 1)
-        expected = StdSession if self.binding == "stdlib" else PyOpenSSLSession
-        self.assertIs(type(relays[0]._tls), expected)
+        self.assertIs(type(relays[0]._tls), session_class(self.binding))
         client.transport.abortConnection()
         await wait_until(lambda: self.engine.served == 1)
 
-    async def test_tls12_on_pyopenssl(self) -> None:
+    async def test_tls12_binding(self) -> None:
         """
-        A client capped at TLS 1.2 is served on pyOpenSSL whatever the
-        binding of busy certificates (kongacme.tls.context.session_for);
-        the next, offering TLS 1.3, on the class's binding.
+        A client capped at TLS 1.2 is served on pyOpenSSL unless busy
+        certificates are on the own binding, whose contexts keep no session
+        cache (kongacme.tls.context.session_for); the next, offering TLS
+        1.3, on the class's binding.
         """
         _, up_port = self.upstream(peer_class=Echo)
         port = self.listener(RouteTable([], Route("127.0.0.1", up_port)))
@@ -214,8 +214,8 @@ class FastPathTests(LeanMixin, unittest.TestCase):
         self.assertEqual((result["version"], result["echo"]), ("TLSv1.2", b"twelve"))
         result = await deferToThread(handshake_blocking, port, "app.example.com", client_context(), b"thirteen")
         self.assertEqual((result["version"], result["echo"]), ("TLSv1.3", b"thirteen"))
-        expected = StdSession if self.binding == "stdlib" else PyOpenSSLSession
-        self.assertEqual(made, [PyOpenSSLSession, expected])
+        expected = session_class(self.binding)
+        self.assertEqual(made, [expected if self.binding == "openssl" else PyOpenSSLSession, expected])
 
     async def test_resumed(self) -> None:
         """A client's TLS 1.3 session ticket resumes its next connection."""
@@ -819,4 +819,25 @@ class DeadlinePythonTests(DeadlineTests):
 
 class LoopPythonTests(LoopTests):
     binding = "stdlib"
+    compiled = None
+
+
+# Kongacme's own OpenSSL binding (kongacme.tls._openssl, where it is built):
+# what busy certificates get by default.
+
+
+class FastPathOpenSSLTests(FastPathTests):
+    binding = "openssl"
+
+
+class DeadlineOpenSSLTests(DeadlineTests):
+    binding = "openssl"
+
+
+class LoopOpenSSLTests(LoopTests):
+    binding = "openssl"
+
+
+class FastPathOpenSSLPythonTests(FastPathTests):
+    binding = "openssl"
     compiled = None

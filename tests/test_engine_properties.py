@@ -1137,3 +1137,35 @@ class RelayEdgePythonTests(RelayEdgeTests):
 class IdlePropertyPythonTests(IdlePropertyTests):
     binding = "stdlib"
     compiled = None
+
+
+# The same properties on kongacme's own OpenSSL binding (kongacme.tls._openssl,
+# where it is built), which busy certificates get by default: with the
+# compiled steady state calling it through its C API, and with the Python
+# loop and steady state calling its methods.
+
+
+class SplitPropertyOpenSSLTests(SplitPropertyTests):
+    binding = "openssl"
+
+
+class EndingPropertyOpenSSLTests(EndingPropertyTests):
+    binding = "openssl"
+
+
+class RelayEdgeOpenSSLTests(RelayEdgeTests):
+    binding = "openssl"
+
+
+class IdlePropertyOpenSSLTests(IdlePropertyTests):
+    binding = "openssl"
+
+
+class SplitPropertyOpenSSLPythonTests(SplitPropertyTests):
+    binding = "openssl"
+    compiled = None
+
+
+class EndingPropertyOpenSSLPythonTests(EndingPropertyTests):
+    binding = "openssl"
+    compiled = None

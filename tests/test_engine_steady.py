@@ -6,8 +6,9 @@ that each way out of the steady state reaches the relay's Python with what
 was read, and that an unexpected error ends one connection only.
 
 The property tests there (any split, any order of endings, the idle
-deadline) run on it too: their *StdlibTests classes use the compiled
-dispatch, their *PythonTests classes the Python one.
+deadline) run on it too: their *StdlibTests and *OpenSSLTests classes use
+the compiled dispatch (the latter with kongacme's own binding, called
+through its C API), their *PythonTests classes the Python one.
 """
 
 from __future__ import annotations
@@ -40,7 +41,10 @@ CODES = [
 
 
 class CompiledSteadyTests(HarnessMixin, SynchronousTestCase):
-    """The compiled steady state, on the standard library's ssl (the binding it serves)."""
+    """
+    The compiled steady state, on the standard library's ssl (its sessions
+    called through their Python methods).
+    """
 
     binding = "stdlib"
     compiled = COMPILED
@@ -95,6 +99,8 @@ class CompiledSteadyTests(HarnessMixin, SynchronousTestCase):
             client, upstream, relay, departures = self.steady_connection()
             pair = relay._pair
             self.assertEqual(harness.engine.loop.steady, {relay._cfd: pair, relay._ufd: pair})
+            # The own binding's session is called through its C API, the standard library's through its methods.
+            self.assertEqual(pair.native, self.binding == "openssl")
             for i in range(1, 6):
                 clock.advance(7)
                 self.exchange(client, upstream, b"GET / %d" % i, b"reply %d" % i)
@@ -296,6 +302,12 @@ class CompiledSteadyTests(HarnessMixin, SynchronousTestCase):
             self.assertEqual(relay._pair.client_steps, 1)
             self.end_both(client, upstream)
             harness.assert_clean_end(self, start)
+
+
+class CompiledSteadyOpenSSLTests(CompiledSteadyTests):
+    """The same, on kongacme's own binding (kongacme.tls._openssl), called through its C API."""
+
+    binding = "openssl"
 
 
 class FakeRelay:

@@ -486,3 +486,23 @@ class HostileInputStdlibTests(HostileInputTests):
 
 class HalfCloseStdlibTests(HalfCloseTests):
     binding = "stdlib"
+
+
+# The same listener on kongacme's own OpenSSL binding (kongacme.tls._openssl),
+# a busy certificate's where it is built, TLS 1.2 clients included.
+
+
+class CertificateSelectionOpenSSLTests(CertificateSelectionTests):
+    binding = "openssl"
+
+
+class ProtocolPolicyOpenSSLTests(ProtocolPolicyTests):
+    binding = "openssl"
+
+
+class HostileInputOpenSSLTests(HostileInputTests):
+    binding = "openssl"
+
+
+class HalfCloseOpenSSLTests(HalfCloseTests):
+    binding = "openssl"

@@ -25,11 +25,10 @@ from zope.interface import implementer
 from kongacme.testing import TestCA
 from kongacme.tls.cache import CertificateCache
 from kongacme.tls.context import ContextBuilder
-from kongacme.tls.session import PyOpenSSLSession, StdSession
 from kongacme.tls.fallback import generate_self_signed
 from kongacme.tls.protocol import TLSServerFactory
 from kongacme.tls.pump import represents_eof
-from tests.tlsbinding import use_binding
+from tests.tlsbinding import session_class, use_binding
 
 PEER = IPv4Address("TCP", "198.51.100.7", 50000)
 HOST = IPv4Address("TCP", "192.0.2.1", 443)
@@ -265,8 +264,7 @@ class PumpTests(SynchronousTestCase):
         pair = Pair(binding=self.binding)
         pair.server.dataReceived(pair.client_hello())
         pair.handshake([])
-        expected = StdSession if self.binding == "stdlib" else PyOpenSSLSession
-        self.assertIs(type(pair.server._tls), expected)
+        self.assertIs(type(pair.server._tls), session_class(self.binding))
 
     def test_write_before_handshake_is_sent_after(self) -> None:
         """
@@ -348,3 +346,15 @@ class PumpPropertyStdlibTests(PumpPropertyTests):
 
 class PumpStdlibTests(PumpTests):
     binding = "stdlib"
+
+
+# The same pump on kongacme's own OpenSSL binding (kongacme.tls._openssl),
+# a busy certificate's where it is built, TLS 1.2 clients included.
+
+
+class PumpPropertyOpenSSLTests(PumpPropertyTests):
+    binding = "openssl"
+
+
+class PumpOpenSSLTests(PumpTests):
+    binding = "openssl"

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import gc
 import ssl
+from typing import Any
 
 from twisted.internet.task import Clock
 from twisted.logger import LogLevel
@@ -80,12 +81,24 @@ def handshake(session: StdSession | PyOpenSSLSession, obj: ssl.SSLObject, incomi
     raise AssertionError("the handshake did not finish")
 
 
+def context_of(session: object) -> object:
+    """The context a busy certificate's session is on (either binding)."""
+    return session.tls.context if isinstance(session, StdSession) else session.context  # type: ignore[attr-defined]
+
+
 class SessionForTests(SynchronousTestCase):
-    """Tests for ContextBuilder.session_for and StdContexts."""
+    """
+    Tests for ContextBuilder.session_for and StdContexts, on the standard
+    library's binding (tests/test_tls_openssl.py runs them on the own one).
+    """
+
+    binding = "stdlib"
+    busy: type = StdSession
 
     def setUp(self) -> None:
         self.clock = Clock()
         self.builder = ContextBuilder(self.clock)
+        self.builder.std.binding = self.binding
 
     def test_promoted_after_its_connections(self) -> None:
         """
@@ -94,9 +107,9 @@ class SessionForTests(SynchronousTestCase):
         one context of its own.
         """
         kinds = [type(self.builder.session_for(CERTIFIED, H2, Owner())) for _ in range(PROMOTE_AFTER + 2)]
-        self.assertEqual(kinds, [PyOpenSSLSession] * (PROMOTE_AFTER - 1) + [StdSession] * 3)
+        self.assertEqual(kinds, [PyOpenSSLSession] * (PROMOTE_AFTER - 1) + [self.busy] * 3)
         self.assertEqual(len(self.builder.std), 1)
-        contexts = {self.builder.session_for(CERTIFIED, H2, None).tls.context for _ in range(3)}  # type: ignore[union-attr]
+        contexts = {context_of(self.builder.session_for(CERTIFIED, H2, None)) for _ in range(3)}
         self.assertEqual(len(contexts), 1)
         # The pyOpenSSL ones did not make a hot pyOpenSSL context of their own.
         self.assertEqual(self.builder.hot_contexts(), 0)
@@ -112,25 +125,25 @@ class SessionForTests(SynchronousTestCase):
         self.assertEqual(kinds, [PyOpenSSLSession] * 4)
         self.assertEqual(len(self.builder.std), 0)
         self.builder.session_for(CERTIFIED, H2, Owner())
-        self.assertIsInstance(self.builder.session_for(CERTIFIED, H2, Owner()), StdSession)
+        self.assertIsInstance(self.builder.session_for(CERTIFIED, H2, Owner()), self.busy)
         self.assertIsInstance(self.builder.session_for(CERTIFIED, H2, Owner(), tls13=False), PyOpenSSLSession)
 
     def test_alpn_lists_apart(self) -> None:
         """Each ALPN list of a certificate has its own count and context."""
         self.builder.std.promote_after = 2
         sessions = [self.builder.session_for(CERTIFIED, alpn, Owner()) for alpn in (H2, (), H2, ())]
-        self.assertEqual([type(s) for s in sessions], [PyOpenSSLSession, PyOpenSSLSession, StdSession, StdSession])
-        self.assertIsNot(sessions[2].tls.context, sessions[3].tls.context)  # type: ignore[union-attr]
+        self.assertEqual([type(s) for s in sessions], [PyOpenSSLSession, PyOpenSSLSession, self.busy, self.busy])
+        self.assertIsNot(context_of(sessions[2]), context_of(sessions[3]))
         self.assertEqual(len(self.builder.std), 2)
 
     def test_rotated(self) -> None:
         """A context older than ticket_key_rotation is built anew (new ticket keys)."""
         self.builder.std.promote_after = 1
-        first = self.builder.session_for(CERTIFIED, H2, None).tls.context  # type: ignore[union-attr]
+        first = context_of(self.builder.session_for(CERTIFIED, H2, None))
         self.clock.advance(self.builder.ticket_key_rotation - 1)
-        self.assertIs(self.builder.session_for(CERTIFIED, H2, None).tls.context, first)  # type: ignore[union-attr]
+        self.assertIs(context_of(self.builder.session_for(CERTIFIED, H2, None)), first)
         self.clock.advance(2)
-        self.assertIsNot(self.builder.session_for(CERTIFIED, H2, None).tls.context, first)  # type: ignore[union-attr]
+        self.assertIsNot(context_of(self.builder.session_for(CERTIFIED, H2, None)), first)
         self.assertEqual(len(self.builder.std), 1)
 
     def test_least_recently_used_out(self) -> None:
@@ -138,12 +151,12 @@ class SessionForTests(SynchronousTestCase):
         self.builder.std.promote_after = 1
         self.builder.std.limit = 2
         certs = [CA.issue(["%s.test" % n], include_ca=True) for n in "xyz"]
-        first = self.builder.session_for(certs[0], H2, None).tls.context  # type: ignore[union-attr]
+        first = context_of(self.builder.session_for(certs[0], H2, None))
         self.builder.session_for(certs[1], H2, None)
         self.builder.session_for(certs[0], H2, None)  # x used last: y goes
         self.builder.session_for(certs[2], H2, None)
         self.assertEqual(len(self.builder.std), 2)
-        self.assertIs(self.builder.session_for(certs[0], H2, None).tls.context, first)  # type: ignore[union-attr]
+        self.assertIs(context_of(self.builder.session_for(certs[0], H2, None)), first)
 
     def test_gone_with_its_certificate(self) -> None:
         """A certificate no longer held takes its context with it."""
@@ -172,24 +185,33 @@ class SessionForTests(SynchronousTestCase):
 
     def test_refused_stays_on_pyopenssl(self) -> None:
         """
-        A certificate the standard library refuses (here: an ALPN name
-        that is not ASCII) stays on pyOpenSSL, with one warning, and is not
-        tried again.
+        A certificate the binding refuses (here: an ALPN name longer than
+        255 bytes) stays on pyOpenSSL, with one warning, and is not tried
+        again.
         """
         logs = LogCapture("kongacme.tls.stdlib").start(self)
         self.builder.std.promote_after = 1
-        odd = (b"\xffodd",)
+        odd = (b"x" * 256,)
         kinds = [type(self.builder.session_for(CERTIFIED, odd, Owner())) for _ in range(3)]
         self.assertEqual(kinds, [PyOpenSSLSession] * 3)
         warnings = [e["log_format"] for e in logs.events if e["log_level"] == LogLevel.warn]
         self.assertEqual(len(warnings), 1)
         self.assertIn("stays on pyOpenSSL", warnings[0])
 
+    def test_not_ascii_alpn(self) -> None:
+        """The standard library refuses an ALPN name that is not ASCII (the own binding takes any bytes)."""
+        self.builder.std.promote_after = 1
+        kinds = {type(self.builder.session_for(CERTIFIED, (b"\xffodd",), Owner())) for _ in range(2)}
+        self.assertEqual(kinds, {PyOpenSSLSession})
+
 
 class StdSessionTests(SynchronousTestCase):
-    """Handshakes with a standard-library session, in memory."""
+    """
+    Handshakes with a standard-library session, in memory
+    (tests/test_tls_openssl.py runs them on the own binding's).
+    """
 
-    def session(self, session_tickets: bool = True, alpn: tuple[bytes, ...] = H2) -> StdSession:
+    def session(self, session_tickets: bool = True, alpn: tuple[bytes, ...] = H2) -> Any:
         builder = ContextBuilder(Clock(), session_tickets=session_tickets)
         return StdSession(std_context(builder.served(CERTIFIED), alpn, session_tickets))
 

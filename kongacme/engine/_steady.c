@@ -18,7 +18,10 @@
  *
  * Nothing here reaches into Python's, OpenSSL's or Twisted's internals: the
  * TLS objects are called through their public Python methods, and the
- * sockets are the kernel's. One process, one thread: the engine runs on
+ * sockets are the kernel's. A session of kongacme's own binding
+ * (kongacme.tls._openssl) is called through that module's C API instead
+ * (its capsule, _openssl.h): OpenSSL straight from here, with no Python
+ * object made per record. One process, one thread: the engine runs on
  * the reactor's thread with the GIL held (no wait, so it is never released).
  */
 
@@ -27,9 +30,12 @@
 #include <structmember.h>
 
 #include <errno.h>
+#include <string.h>
 #include <sys/epoll.h>
 #include <sys/socket.h>
 #include <sys/types.h>
+
+#include "_openssl.h" /* kongacme/tls: the own binding's C API (no OpenSSL header) */
 
 /* What Relay._left_steady is told (kongacme/engine/relay.py, the same names). */
 enum {
@@ -69,6 +75,10 @@ static PyObject *plaintext_view = NULL;
 
 static PyObject *str_on_events, *str_left_steady;
 
+/* kongacme.tls._openssl's C API, once a Pair is given one of its sessions
+   (imported then: NULL where it is not built). */
+static const KongacmeOpenSSL_API *openssl_api = NULL;
+
 /* -- Pair: one relay's two descriptors and its session's methods ----------- */
 
 typedef struct {
@@ -81,6 +91,9 @@ typedef struct {
     PyObject *write;   /* plaintext in: write(data), all of it */
     PyObject *take;    /* ciphertext out: take(), all of it */
     PyObject *seconds; /* the reactor's clock */
+    /* The session when it is kongacme.tls._openssl's: called through
+       openssl_api instead of feed/read/write/take. */
+    PyObject *native;
     unsigned long long client_steps;
     unsigned long long upstream_steps;
     unsigned long long departures;
@@ -104,6 +117,7 @@ Pair_traverse(Pair *self, visitproc visit, void *arg)
     Py_VISIT(self->write);
     Py_VISIT(self->take);
     Py_VISIT(self->seconds);
+    Py_VISIT(self->native);
     return 0;
 }
 
@@ -116,6 +130,7 @@ Pair_clear(Pair *self)
     Py_CLEAR(self->write);
     Py_CLEAR(self->take);
     Py_CLEAR(self->seconds);
+    Py_CLEAR(self->native);
     return 0;
 }
 
@@ -127,14 +142,38 @@ Pair_dealloc(Pair *self)
     Py_TYPE(self)->tp_free((PyObject *)self);
 }
 
+/*
+ * Import kongacme.tls._openssl's C API when `session` may be one of its
+ * sessions (its type's module is that one) and it is not imported yet:
+ * 0, or -1 with an exception set (a capsule of another version).
+ */
+static int
+openssl_session(PyObject *session)
+{
+    if (openssl_api != NULL || strcmp(Py_TYPE(session)->tp_name, "kongacme.tls._openssl.Session") != 0)
+        return 0;
+    const KongacmeOpenSSL_API *api = PyCapsule_Import(KONGACME_OPENSSL_CAPSULE, 0);
+    if (api == NULL)
+        return -1;
+    if (api->version != KONGACME_OPENSSL_API_VERSION) {
+        PyErr_Format(PyExc_ImportError, "kongacme.tls._openssl's C API is version %d, not %d", api->version,
+                     KONGACME_OPENSSL_API_VERSION);
+        return -1;
+    }
+    openssl_api = api;
+    return 0;
+}
+
 static int
 Pair_init(Pair *self, PyObject *args, PyObject *kwds)
 {
-    static char *kwlist[] = {"relay", "cfd", "ufd", "feed", "read", "write", "take", "seconds", NULL};
-    PyObject *relay, *feed, *read, *write, *take, *seconds;
+    static char *kwlist[] = {"relay", "cfd", "ufd", "feed", "read", "write", "take", "seconds", "session", NULL};
+    PyObject *relay, *feed, *read, *write, *take, *seconds, *session = Py_None;
     int cfd, ufd;
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "OiiOOOOO:Pair", kwlist, &relay, &cfd, &ufd, &feed,
-                                     &read, &write, &take, &seconds))
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "OiiOOOOO|O:Pair", kwlist, &relay, &cfd, &ufd, &feed,
+                                     &read, &write, &take, &seconds, &session))
+        return -1;
+    if (session != Py_None && openssl_session(session) < 0)
         return -1;
     if (cfd < 0 || ufd < 0) {
         PyErr_SetString(PyExc_ValueError, "Pair: descriptors must not be negative");
@@ -150,6 +189,8 @@ Pair_init(Pair *self, PyObject *args, PyObject *kwds)
     self->write = Py_NewRef(write);
     self->take = Py_NewRef(take);
     self->seconds = Py_NewRef(seconds);
+    if (session != Py_None && openssl_api != NULL && Py_IS_TYPE(session, openssl_api->session_type))
+        self->native = Py_NewRef(session);
     return 0;
 }
 
@@ -175,6 +216,12 @@ static PyObject *
 Pair_get_live(Pair *self, void *Py_UNUSED(closure))
 {
     return PyBool_FromLong(self->relay != NULL);
+}
+
+static PyObject *
+Pair_get_native(Pair *self, void *Py_UNUSED(closure))
+{
+    return PyBool_FromLong(self->native != NULL);
 }
 
 static PyMethodDef Pair_methods[] = {
@@ -204,6 +251,8 @@ static PyMemberDef Pair_members[] = {
 
 static PyGetSetDef Pair_getset[] = {
     {"live", (getter)Pair_get_live, NULL, "not closed yet", NULL},
+    {"native", (getter)Pair_get_native, NULL,
+     "its session is kongacme.tls._openssl's, called through that module's C API", NULL},
     {NULL},
 };
 
@@ -392,6 +441,56 @@ lost(PyObject *steady, Pair *p, int what, int code)
 
 /* -- the steady state's two steps ------------------------------------------ */
 
+/*
+ * `length` bytes at `data` sent on `fd` (the end of a step); a socket error
+ * departs as `lost_code`, a short send as `short_code` with a copy of the
+ * bytes (rare: the socket's buffer was full).
+ */
+static int
+send_whole(PyObject *steady, Pair *p, int fd, const char *data, Py_ssize_t length, int lost_code, int short_code)
+{
+    Py_ssize_t sent = send_buffer(fd, data, length);
+    if (sent < 0)
+        return lost(steady, p, lost_code, errno);
+    if (sent < length) {
+        PyObject *copy = PyBytes_FromStringAndSize(data, length);
+        return copy == NULL ? -1 : depart(steady, p, short_code, copy, sent);
+    }
+    return 0;
+}
+
+/* `length` bytes of plaintext at `plaintext` go upstream (the end of the client's step). */
+static int
+send_upstream(PyObject *steady, Pair *p, Py_ssize_t length)
+{
+    if (count(p, &p->client_bytes, length) < 0)
+        return -1;
+    p->client_steps++;
+    if (CLOSED_MEANWHILE(p))
+        return 0; /* its descriptors may be closed, even reused */
+    return send_whole(steady, p, p->ufd, plaintext, length, UPSTREAM_LOST, UPSTREAM_SHORT);
+}
+
+/* The client's step for the own binding's session: the record (`n` bytes
+   in `received`) through OpenSSL with no Python object made. */
+static int
+client_step_native(PyObject *steady, Pair *p, Py_ssize_t n)
+{
+    /* A record's plaintext is shorter than the record: n bytes of room. */
+    Py_ssize_t length = openssl_api->open_record(p->native, received, n, plaintext, n);
+    if (length > 0)
+        return send_upstream(steady, p, length);
+    if (length == KONGACME_NO_DATA) {
+        p->client_steps++; /* a record with no application data in it (a KeyUpdate) */
+        return 0;
+    }
+    if (length == KONGACME_ENDED)
+        return depart(steady, p, CLIENT_ENDED, NULL, 0);
+    if (PyErr_ExceptionMatches(tls_error_exc))
+        return depart(steady, p, READ_FAILED, take_exception(), 0);
+    return -1;
+}
+
 /* The client is readable: one whole record becomes plaintext upstream. */
 static int
 client_step(PyObject *steady, Pair *p)
@@ -407,6 +506,8 @@ client_step(PyObject *steady, Pair *p)
         PyObject *data = PyBytes_FromStringAndSize(received, n);
         return data == NULL ? -1 : depart(steady, p, CLIENT_DATA, data, 0);
     }
+    if (p->native != NULL)
+        return client_step_native(steady, p, n);
     PyObject *r = call_with_bytes(p->feed, received, n);
     if (r == NULL)
         return -1;
@@ -445,19 +546,7 @@ client_step(PyObject *steady, Pair *p)
     }
     if (length == 0)
         return depart(steady, p, CLIENT_ENDED, NULL, 0);
-    if (count(p, &p->client_bytes, length) < 0)
-        return -1;
-    p->client_steps++;
-    if (CLOSED_MEANWHILE(p))
-        return 0; /* its descriptors may be closed, even reused */
-    Py_ssize_t sent = send_buffer(p->ufd, plaintext, length);
-    if (sent < 0)
-        return lost(steady, p, UPSTREAM_LOST, errno);
-    if (sent < length) {
-        PyObject *plain = PyBytes_FromStringAndSize(plaintext, length);
-        return plain == NULL ? -1 : depart(steady, p, UPSTREAM_SHORT, plain, sent);
-    }
-    return 0;
+    return send_upstream(steady, p, length);
 }
 
 /* The upstream is readable: its bytes become records to the client. */
@@ -492,6 +581,19 @@ upstream_step(PyObject *steady, Pair *p)
         Py_XDECREF(data);
         return 0;
     }
+    if (p->native != NULL) {
+        const char *records;
+        Py_ssize_t length = openssl_api->seal(p->native, data == NULL ? received : PyBytes_AS_STRING(data), n,
+                                              &records);
+        Py_XDECREF(data);
+        if (length < 0) {
+            if (PyErr_ExceptionMatches(tls_error_exc))
+                return depart(steady, p, CLIENT_LOST, take_exception(), 0);
+            return -1;
+        }
+        p->upstream_steps++;
+        return length == 0 ? 0 : send_whole(steady, p, p->cfd, records, length, CLIENT_LOST, CLIENT_SHORT);
+    }
     PyObject *r;
     if (data == NULL) {
         r = call_with_bytes(p->write, received, n);
@@ -525,16 +627,9 @@ upstream_step(PyObject *steady, Pair *p)
         Py_DECREF(records);
         return 0; /* its descriptors may be closed, even reused */
     }
-    Py_ssize_t sent = send_buffer(p->cfd, PyBytes_AS_STRING(records), length);
-    if (sent < 0) {
-        int code = errno; /* before the DECREF, whose free() may change it */
-        Py_DECREF(records);
-        return lost(steady, p, CLIENT_LOST, code);
-    }
-    if (sent < length)
-        return depart(steady, p, CLIENT_SHORT, records, sent);
+    int rc = send_whole(steady, p, p->cfd, PyBytes_AS_STRING(records), length, CLIENT_LOST, CLIENT_SHORT);
     Py_DECREF(records);
-    return 0;
+    return rc;
 }
 
 /* -- dispatch ------------------------------------------------------------ */

@@ -19,6 +19,7 @@ class Pair:
     last_activity: float
     upstream_read: int
     live: bool
+    native: bool
     def __init__(
         self,
         relay: Any,
@@ -29,6 +30,7 @@ class Pair:
         write: Callable[[bytes], Any],
         take: Callable[[], bytes],
         seconds: Callable[[], float],
+        session: Any = None,
     ) -> None: ...
     def close(self) -> None: ...
     def take(self) -> tuple[int, int, float]: ...

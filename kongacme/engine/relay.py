@@ -286,7 +286,7 @@ class Relay(UpstreamSide):
                     # connected, and a connected upstream is never replaced.
                     tls = self._tls
                     pair = self._pair = self._compiled.Pair(
-                        self, self._cfd, self._ufd, tls.feed, tls.read, tls.write, tls.take, self._seconds
+                        self, self._cfd, self._ufd, tls.feed, tls.read, tls.write, tls.take, self._seconds, tls
                     )
                 pair.upstream_read = self._upstream_read
                 table[self._cfd] = table[self._ufd] = pair

@@ -304,22 +304,24 @@ class ContextBuilder:
     def session_for(self, certified: Servable, alpn: tuple[bytes, ...], owner: object, tls13: bool = True) -> TLSSession:
         """
         A session presenting ``certified`` with the route's ``alpn`` (for
-        the lean engine's relay and the Twisted path's pump alike): on the
-        standard library's ssl once the certificate is busy
-        (:class:`~kongacme.tls.stdlib.StdContexts`), for a client offering
-        TLS 1.3 (``tls13``); else a pyOpenSSL connection
-        (:meth:`connection_for`: the shared context, or the certificate's
-        own hot one) with ``owner`` as its app data.
+        the lean engine's relay and the Twisted path's pump alike): once the
+        certificate is busy (:class:`~kongacme.tls.stdlib.StdContexts`), on
+        kongacme's own OpenSSL binding where it is built, else on the
+        standard library's ssl for a client offering TLS 1.3 (``tls13``);
+        otherwise a pyOpenSSL connection (:meth:`connection_for`: the shared
+        context, or the certificate's own hot one) with ``owner`` as its app
+        data.
 
         Only TLS 1.3 goes to the standard library: its contexts keep
         OpenSSL's server session cache, which the standard library cannot
         turn off, and a TLS 1.2 session without a ticket would be kept there
         (~1.5 KB each, up to 20,480 per context); a TLS 1.3 session never is.
+        The own binding's contexts have no cache, so both versions go there.
 
         :raises SSL.Error: if the key does not belong to the leaf.
         """
         served = self.served(certified)
-        if tls13:
+        if tls13 or self.std.tls12:
             session = self.std.session_for(served, alpn, self.session_tickets, self.ticket_key_rotation)
             if session is not None:
                 return session

@@ -14,24 +14,34 @@ and the Twisted path's pump drive it, from either TLS binding kongacme has:
   separates a Python relay from HAProxy (bench/RESULTS.md, "The standard
   library's ssl for busy certificates").
 
-Both have the same attributes, so the relay calls them alike (each a bound
-method of the binding, looked up once here, not a wrapper of ours):
+- :class:`kongacme.tls._openssl.Session`: kongacme's own binding of the
+  system's OpenSSL (:mod:`kongacme.tls.openssl`), where it is built: what a
+  busy certificate's connections get instead of :class:`StdSession`, TLS
+  1.2 clients included, and what the compiled steady state
+  (:mod:`kongacme.engine._steady`) calls with no Python in between.
+
+All three have the same attributes, so the relay calls them alike (each a
+bound method of the binding, looked up once here, not a wrapper of ours):
 ``feed(data)`` puts ciphertext in, ``feed_eof()`` ends it, ``do_handshake()``,
 ``read(size)`` gives plaintext (``b""`` or an exception in
 :data:`CLOSED` at the client's close_notify or FIN), ``take(size)`` gives
 ciphertext to send (``b""`` when there is none); and :meth:`seal`, :meth:`close_notify`, :meth:`is_tls13`,
 :meth:`alpn` and :meth:`release`. Their exceptions are caught as the tuples
-below, which hold both bindings' classes.
+below, which hold the classes of pyOpenSSL and of the standard library
+(whose exceptions the own binding raises).
 """
 
 from __future__ import annotations
 
 import ssl
-from typing import Any, Union
+from typing import TYPE_CHECKING, Any, Union
 
 from OpenSSL import SSL
 
 from kongacme.tls.records import seal
+
+if TYPE_CHECKING:
+    from kongacme.tls._openssl import Session as OpenSSLSession
 
 #: "No whole record yet" (``read``, ``do_handshake``).
 WANT_READ = (SSL.WantReadError, ssl.SSLWantReadError)
@@ -149,8 +159,11 @@ class StdSession:
         pass
 
 
-#: A session of either binding (what ``ContextBuilder.session_for`` gives).
-TLSSession = Union[PyOpenSSLSession, StdSession]
+#: A busy certificate's session (:class:`~kongacme.tls.stdlib.StdContexts`).
+BusySession = Union[StdSession, "OpenSSLSession"]
+
+#: A session of any binding (what ``ContextBuilder.session_for`` gives).
+TLSSession = Union[PyOpenSSLSession, StdSession, "OpenSSLSession"]
 
 
 def tls_failure_reason(error: BaseException) -> str | None:

@@ -38,14 +38,14 @@ from __future__ import annotations
 import os
 import ssl
 import weakref
-from typing import TYPE_CHECKING, Callable, Optional
+from typing import TYPE_CHECKING, Any, Callable, Optional
 
-from cryptography.hazmat.primitives.serialization import Encoding
-from OpenSSL import crypto
 from twisted.logger import Logger
 
+from kongacme.tls import openssl
+from kongacme.tls.openssl import openssl_context, pem
 from kongacme.tls.owned import OwnedCache
-from kongacme.tls.session import StdSession
+from kongacme.tls.session import BusySession, StdSession
 
 if TYPE_CHECKING:
     from kongacme.tls.context import ServedCertificate
@@ -59,10 +59,8 @@ STD_CONTEXTS = 64
 
 def _pem(served: "ServedCertificate") -> bytes:
     """The leaf, its intermediates and the key, as one PEM file."""
-    parts = [crypto.dump_certificate(crypto.FILETYPE_PEM, served.leaf)]
-    parts.extend(certificate.public_bytes(Encoding.PEM) for certificate in served.chain.certificates)
-    parts.append(crypto.dump_privatekey(crypto.FILETYPE_PEM, served.key))
-    return b"".join(parts)
+    chain, key = pem(served)
+    return chain + key
 
 
 def std_context(served: "ServedCertificate", alpn: tuple[bytes, ...], session_tickets: bool) -> ssl.SSLContext:
@@ -103,8 +101,10 @@ def std_context(served: "ServedCertificate", alpn: tuple[bytes, ...], session_ti
 
 class StdContexts:
     """
-    The standard-library contexts of busy certificates, by certificate and
-    ALPN list. A certificate is counted per connection
+    The contexts of busy certificates, by certificate and ALPN list, on
+    kongacme's own OpenSSL binding where it is built
+    (:mod:`kongacme.tls.openssl`), else on the standard library's ``ssl``
+    (:attr:`binding`). A certificate is counted per connection
     (:meth:`session_for` gives None until it has served ``promote_after``);
     its contexts go with it (weakly held), and are rebuilt after the ticket
     key rotation (new ticket keys).
@@ -119,13 +119,41 @@ class StdContexts:
         self.promote_after = promote_after
         #: (id(served), alpn) → its context, while served lives (and the
         #: connections counted, until it has one).
-        self._contexts: OwnedCache[ssl.SSLContext] = OwnedCache(limit)
+        self._contexts: OwnedCache[Any] = OwnedCache(limit)
         #: Certificates OpenSSL refused here: they stay on pyOpenSSL.
         self._refused: "weakref.WeakSet[ServedCertificate]" = weakref.WeakSet()
+        self._binding = "openssl" if openssl.compiled is not None else "stdlib"
+
+    @property
+    def binding(self) -> str:
+        """
+        ``"openssl"`` (:mod:`kongacme.tls._openssl`, the default where it is
+        built) or ``"stdlib"`` (the standard library's ``ssl``); setting it
+        drops the contexts built so far.
+        """
+        return self._binding
+
+    @binding.setter
+    def binding(self, binding: str) -> None:
+        if binding not in ("openssl", "stdlib"):
+            raise ValueError("no busy-certificate binding %r" % (binding,))
+        if binding == "openssl" and openssl.compiled is None:
+            raise ValueError("kongacme.tls._openssl is not built here")
+        if binding != self._binding:
+            self._binding = binding
+            self.clear()
+
+    @property
+    def tls12(self) -> bool:
+        """
+        Clients not offering TLS 1.3 may come here: only to the own
+        binding, whose contexts keep no server session cache.
+        """
+        return self._binding == "openssl"
 
     def session_for(
         self, served: "ServedCertificate", alpn: tuple[bytes, ...], session_tickets: bool, rotation: float
-    ) -> Optional[StdSession]:
+    ) -> Optional[BusySession]:
         """
         A session on ``served``'s own context for ``alpn``, or None while
         it is not busy (yet).
@@ -135,30 +163,32 @@ class StdContexts:
         """
         key = (id(served), alpn)
         context, found = self._contexts.get(key, served, self._seconds(), rotation)
-        if context is not None:
-            return StdSession(context)
-        if found:  # its ticket keys rotate
+        if context is None:
+            if not found and (not self.limit or not self._contexts.busy(key, self.promote_after)):
+                return None
+            # Busy now, or its ticket keys rotate.
             context = self._build(served, alpn, key, session_tickets)
-            return StdSession(context) if context is not None else None
-        if not self.limit or not self._contexts.busy(key, self.promote_after):
-            return None
-        context = self._build(served, alpn, key, session_tickets)
-        return StdSession(context) if context is not None else None
+            if context is None:
+                return None
+        if self._binding == "openssl":
+            return openssl.compiled.Session(context)  # type: ignore[union-attr]
+        return StdSession(context)
 
     def _build(
         self, served: "ServedCertificate", alpn: tuple[bytes, ...], key: tuple[int, tuple[bytes, ...]],
         session_tickets: bool,
-    ) -> Optional[ssl.SSLContext]:
+    ) -> Any:
         if served in self._refused:
             return None
+        build = openssl_context if self._binding == "openssl" else std_context
         try:
-            context = std_context(served, alpn, session_tickets)
+            context = build(served, alpn, session_tickets)
         except (ssl.SSLError, OSError, UnicodeError, ValueError, AttributeError) as e:
             # (AttributeError: an os without memfd_create, which is Linux's.)
             self._refused.add(served)
             self._contexts.discard(key)
-            log.warn("TLS: {served!r} stays on pyOpenSSL: the standard library's ssl refused it ({error})",
-                     served=served, error=e)
+            log.warn("TLS: {served!r} stays on pyOpenSSL: the {binding} binding refused it ({error})",
+                     served=served, binding=self._binding, error=e)
             return None
         self._contexts.put(key, served, context, self._seconds())
         return context

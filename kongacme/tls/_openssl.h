@@ -1,0 +1,34 @@
+/*
+ * The C side of kongacme.tls._openssl that kongacme.engine._steady calls
+ * (through the capsule below, so that _steady.c needs neither OpenSSL's
+ * headers nor its library): a session's record in, plaintext out, and
+ * plaintext in, records out, with no Python object made for either.
+ */
+#ifndef KONGACME_OPENSSL_H
+#define KONGACME_OPENSSL_H
+
+#include <Python.h>
+
+#define KONGACME_OPENSSL_CAPSULE "kongacme.tls._openssl._C_API"
+#define KONGACME_OPENSSL_API_VERSION 1
+
+/* What open_record gives besides a length of plaintext (> 0). */
+#define KONGACME_NO_DATA 0  /* a record with no application data (a KeyUpdate) */
+#define KONGACME_ENDED (-1) /* the client's close_notify (or FIN) */
+#define KONGACME_FAILED (-2) /* a Python exception is set (ssl.SSLError for TLS) */
+
+typedef struct {
+    int version; /* KONGACME_OPENSSL_API_VERSION */
+    /* kongacme.tls._openssl.Session: the functions take only this type. */
+    PyTypeObject *session_type;
+    /* `size` bytes of ciphertext in, the plaintext OpenSSL gives of them out
+       into `plain` (`room` bytes): its length, or one of the codes above. */
+    Py_ssize_t (*open_record)(PyObject *session, const char *ciphertext, Py_ssize_t size, char *plain,
+                              Py_ssize_t room);
+    /* `size` bytes of plaintext in (all of them), the records out: their
+       length, with *records pointing at them until the next call into this
+       module; -1 with a Python exception set. */
+    Py_ssize_t (*seal)(PyObject *session, const char *plain, Py_ssize_t size, const char **records);
+} KongacmeOpenSSL_API;
+
+#endif

@@ -1,0 +1,322 @@
+"""
+Tests for kongacme.tls.openssl and its compiled binding
+(kongacme/tls/_openssl.c): the standard library's session tests and
+ContextBuilder.session_for's, run again on the own binding, and what only
+it does (TLS 1.2 clients, the pyOpenSSL contexts' groups and suites, no
+session cache, its arguments and failures). The lean engine's and the TLS
+pump's tests run it over real sockets (*OpenSSLTests), with the compiled
+steady state calling it through its C API (tests/test_engine_steady.py).
+"""
+
+from __future__ import annotations
+
+import gc
+import ssl
+from typing import Any
+
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from twisted.internet.task import Clock
+from twisted.trial.unittest import SynchronousTestCase
+
+from kongacme.tls import openssl
+from kongacme.tls.context import (
+    INTERMEDIATE_CURVES,
+    INTERMEDIATE_TLS12_CIPHERS,
+    INTERMEDIATE_TLS13_CIPHERSUITES,
+    ContextBuilder,
+)
+from kongacme.tls.openssl import openssl_context, pem
+from kongacme.tls.session import CLOSED, TLS_ERROR, WANT_READ, PyOpenSSLSession, tls_failure_reason
+from tests import test_tls_stdlib as stdlib_tests
+from tests.test_tls_stdlib import CERTIFIED, H2, ROOT, Owner, client, handshake
+
+if openssl.compiled is None:
+    skip = "kongacme.tls._openssl is not built"
+    Session: Any = None
+    Context: Any = None
+else:
+    Session = openssl.compiled.Session
+    Context = openssl.compiled.Context
+
+
+def served() -> Any:
+    return ContextBuilder(Clock()).served(CERTIFIED)
+
+
+def context(alpn: tuple[bytes, ...] = H2, session_tickets: bool = True) -> Any:
+    return openssl_context(served(), alpn, session_tickets)
+
+
+def established(session: Any = None, **kwargs: Any) -> tuple[Any, ssl.SSLObject, ssl.MemoryBIO, ssl.MemoryBIO]:
+    """A session handshaken with a standard-library client, the tickets delivered."""
+    session = session if session is not None else Session(context())
+    obj, incoming, outgoing = client(**kwargs)
+    incoming.write(handshake(session, obj, incoming, outgoing))
+    return session, obj, incoming, outgoing
+
+
+class SessionForOpenSSLTests(stdlib_tests.SessionForTests):
+    """ContextBuilder.session_for and StdContexts on the own binding."""
+
+    binding = "openssl"
+    busy = Session
+
+    def test_tls12_stays_on_pyopenssl(self) -> None:
+        """
+        A client not offering TLS 1.3 comes to the own binding too (its
+        contexts keep no session cache), counted towards the promotion.
+        """
+        self.builder.std.promote_after = 2
+        kinds = [type(self.builder.session_for(CERTIFIED, H2, Owner(), tls13=False)) for _ in range(3)]
+        self.assertEqual(kinds, [PyOpenSSLSession, Session, Session])
+        self.assertTrue(self.builder.std.tls12)
+
+    def test_not_ascii_alpn(self) -> None:
+        """An ALPN name that is not ASCII is taken (ALPN names are bytes: RFC 7301 §3.1)."""
+        self.builder.std.promote_after = 1
+        session = self.builder.session_for(CERTIFIED, (b"\xffodd",), Owner())
+        self.assertIsInstance(session, Session)
+
+    def test_default_binding(self) -> None:
+        """Where it is built, the own binding is what busy certificates get, unless told otherwise."""
+        builder = ContextBuilder(Clock())
+        self.assertEqual(builder.std.binding, "openssl")
+        builder.std.promote_after = 1
+        self.assertIsInstance(builder.session_for(CERTIFIED, H2, Owner()), Session)
+        builder.std.binding = "stdlib"
+        self.assertEqual(len(builder.std), 0)  # its contexts went
+        self.assertFalse(builder.std.tls12)
+        self.assertRaises(ValueError, setattr, builder.std, "binding", "gnutls")
+
+
+class OpenSSLSessionTests(stdlib_tests.StdSessionTests):
+    """The standard library's session tests, and more, on the own binding's session."""
+
+    def session(self, session_tickets: bool = True, alpn: tuple[bytes, ...] = H2) -> Any:
+        return Session(context(alpn, session_tickets))
+
+    def test_tls13_sessions_not_cached(self) -> None:
+        """
+        No session is kept on the server, TLS 1.2 ones included (the
+        standard library's contexts keep those): stateless tickets only.
+        """
+        for tickets in (True, False):
+            for version in (ssl.TLSVersion.TLSv1_3, ssl.TLSVersion.TLSv1_2):
+                shared = context(session_tickets=tickets)
+                for _ in range(5):
+                    session = Session(shared)
+                    established(session, maximum=version)
+                    session.close_notify()
+                self.assertEqual(shared.sessions_cached(), 0, (tickets, version))
+
+    def test_resumed_with_ticket(self) -> None:
+        """A client's ticket resumes its session on the same context, TLS 1.3 and 1.2."""
+        for version in (ssl.TLSVersion.TLSv1_3, ssl.TLSVersion.TLSv1_2):
+            shared = context()
+            client_context = ssl.create_default_context(cadata=ROOT.ca_pem().decode("ascii"))
+            client_context.maximum_version = version
+            first = Session(shared)
+            incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+            obj = client_context.wrap_bio(incoming, outgoing, server_hostname="a.test")
+            incoming.write(handshake(first, obj, incoming, outgoing))
+            obj.write(b"x")  # reads the TLS 1.3 ticket
+            try:
+                obj.read(1)
+            except ssl.SSLWantReadError:
+                pass
+            ticket = obj.session
+            self.assertIsNotNone(ticket)
+            second = Session(shared)
+            incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+            obj = client_context.wrap_bio(incoming, outgoing, server_hostname="a.test", session=ticket)
+            handshake(second, obj, incoming, outgoing)
+            self.assertTrue(second.session_reused(), version)
+            self.assertTrue(obj.session_reused, version)
+            self.assertFalse(first.session_reused())
+
+    def test_pyopenssl_profile(self) -> None:
+        """
+        The pyOpenSSL contexts' profile, which the standard library's
+        cannot set: their TLS 1.3 suites and groups (X25519 first; a client
+        offering only X448 fails).
+        """
+        session, obj, _, _ = established()
+        self.assertEqual(session.version(), "TLSv1.3")
+        self.assertIn(session.cipher().encode("ascii"), INTERMEDIATE_TLS13_CIPHERSUITES.split(b":"))
+        self.assertEqual(obj.cipher()[0], session.cipher())
+        # A TLS 1.2 client gets one of the TLS 1.2 suites.
+        session, obj, _, _ = established(maximum=ssl.TLSVersion.TLSv1_2)
+        self.assertEqual(session.version(), "TLSv1.2")
+        self.assertIn(session.cipher().encode("ascii"), INTERMEDIATE_TLS12_CIPHERS.split(b":"))
+        self.assertIn(b"X25519", INTERMEDIATE_CURVES)
+        self.assertNotIn(b"X448", INTERMEDIATE_CURVES)
+
+    def test_data_in_every_shape(self) -> None:
+        """
+        feed takes bytes and memoryviews; read takes a size, or a buffer
+        (giving the count); take a size, or all; write and seal anything
+        with the buffer protocol; empty writes write nothing.
+        """
+        session, obj, incoming, outgoing = established()
+        obj.write(b"hello")
+        records = outgoing.read()
+        session.feed(memoryview(records)[:3])
+        self.assertRaises(ssl.SSLWantReadError, session.read, 100)
+        session.feed(memoryview(records)[3:])
+        buffer = bytearray(10)
+        self.assertEqual(session.read(100, memoryview(buffer)), 5)
+        self.assertEqual(bytes(buffer[:5]), b"hello")
+        self.assertEqual(session.write(b""), 0)
+        self.assertEqual(session.take(), b"")
+        self.assertEqual(session.write(bytearray(b"abc")), 3)
+        first = session.take(4)
+        self.assertEqual(len(first), 4)
+        incoming.write(first + session.take())
+        self.assertEqual(obj.read(10), b"abc")
+        records, more = session.seal(memoryview(b"x" * 100000))
+        self.assertFalse(more)
+        incoming.write(records)
+        got = b""
+        while len(got) < 100000:
+            got += obj.read(1 << 17)
+        self.assertEqual(got, b"x" * 100000)
+        self.assertEqual(session.read(0), b"")
+        self.assertRaises(ValueError, session.read, -1)
+        self.assertRaises(TypeError, session.read)
+        self.assertRaises(TypeError, session.feed, "text")
+        self.assertRaises(TypeError, session.take, 1, 2)
+        self.assertTrue(session.whole_writes)
+        self.assertIsNone(session.release())
+
+    def test_fin_is_the_end(self) -> None:
+        """A FIN without close_notify (feed_eof) reads as the end, as in every kongacme context."""
+        session, obj, incoming, outgoing = established()
+        session.feed_eof()
+        self.assertEqual(session.read(100), b"")
+        self.assertEqual(session.read(100), b"")  # and stays so
+
+    def test_garbage_is_a_tls_error(self) -> None:
+        """Bytes that are not TLS fail the handshake as an ssl.SSLError with OpenSSL's reason."""
+        session = self.session()
+        session.feed(b"GET / HTTP/1.1\r\nHost: a.test\r\n\r\n")
+        with self.assertRaises(ssl.SSLError) as caught:
+            session.do_handshake()
+        self.assertIsInstance(caught.exception, TLS_ERROR)
+        self.assertNotIsInstance(caught.exception, WANT_READ)
+        self.assertEqual(tls_failure_reason(caught.exception), "http request")
+        self.assertEqual(caught.exception.library, "SSL")
+        self.assertIn("[SSL: HTTP_REQUEST]", str(caught.exception))
+
+    def test_corrupt_record(self) -> None:
+        """A record altered on the way fails read with a TLS error (bad record MAC)."""
+        session, obj, incoming, outgoing = established()
+        obj.write(b"secret")
+        records = bytearray(outgoing.read())
+        records[-1] ^= 1
+        session.feed(bytes(records))
+        with self.assertRaises(ssl.SSLError) as caught:
+            session.read(100)
+        self.assertEqual(tls_failure_reason(caught.exception), "decryption failed or bad record mac")
+
+    def test_close_notify_before_the_handshake(self) -> None:
+        """close_notify on a session that never finished its handshake does nothing and raises nothing."""
+        session = self.session()
+        session.close_notify()
+        self.assertEqual(session.take(), b"")
+        self.assertIsNone(session.version())
+        self.assertIsNone(session.alpn())
+
+    def test_client_close_notify_then_ours(self) -> None:
+        """Ours after the client's: read gives b"" (the standard library would raise CLOSED)."""
+        session, obj, incoming, outgoing = established()
+        try:
+            obj.unwrap()
+        except ssl.SSLWantReadError:
+            pass
+        session.feed(outgoing.read())
+        session.close_notify()
+        self.assertEqual(session.read(100), b"")
+        self.assertTrue(issubclass(ssl.SSLZeroReturnError, CLOSED))
+
+
+class ContextTests(SynchronousTestCase):
+    """The own binding's contexts: what OpenSSL refuses, and the arguments."""
+
+    def arguments(self, **changes: Any) -> dict[str, Any]:
+        chain, key = pem(served())
+        arguments: dict[str, Any] = dict(
+            chain=chain, key=key, alpn=H2, session_tickets=True, tls12_ciphers=INTERMEDIATE_TLS12_CIPHERS,
+            tls13_suites=INTERMEDIATE_TLS13_CIPHERSUITES, groups=INTERMEDIATE_CURVES,
+        )
+        arguments.update(changes)
+        return arguments
+
+    def refused(self, **changes: Any) -> ssl.SSLError:
+        with self.assertRaises(ssl.SSLError) as caught:
+            Context(**self.arguments(**changes))
+        return caught.exception
+
+    def test_key_of_another_certificate(self) -> None:
+        """A key that is not the leaf's: OpenSSL's "key values mismatch"."""
+        other = ec.generate_private_key(ec.SECP256R1()).private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
+        self.assertEqual(tls_failure_reason(self.refused(key=other)), "key values mismatch")
+
+    def test_encrypted_key_refused(self) -> None:
+        """An encrypted key is refused, never asked for on a terminal."""
+        _, key = pem(served())
+        encrypted = serialization.load_pem_private_key(key, None).private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+            serialization.BestAvailableEncryption(b"secret"),
+        )
+        self.refused(key=encrypted)
+
+    def test_not_pem(self) -> None:
+        """Garbage for the chain or the key, and a chain with a broken intermediate."""
+        self.refused(chain=b"not a certificate")
+        self.refused(key=b"")
+        chain, _ = pem(served())
+        cut = chain[: chain.rindex(b"-----BEGIN CERTIFICATE-----") + 40] + b"\n-----END CERTIFICATE-----\n"
+        self.refused(chain=cut)
+
+    def test_profile_refused(self) -> None:
+        """A cipher list, suite list or group list OpenSSL does not know."""
+        self.refused(tls12_ciphers=b"NOT-A-CIPHER")
+        self.refused(tls13_suites=b"TLS_NOT_A_SUITE")
+        self.refused(groups=b"not-a-curve")
+
+    def test_alpn_arguments(self) -> None:
+        """The ALPN list is a tuple of 1 to 255-byte names, at most 65535 bytes in all."""
+        self.assertRaises(ValueError, Context, **self.arguments(alpn=(b"",)))
+        self.assertRaises(ValueError, Context, **self.arguments(alpn=(b"x" * 256,)))
+        self.assertRaises(ValueError, Context, **self.arguments(alpn=(b"x" * 255,) * 257))
+        self.assertRaises(TypeError, Context, **self.arguments(alpn=("h2",)))
+        self.assertRaises(TypeError, Context, **self.arguments(alpn=[b"h2"]))
+        Context(**self.arguments(alpn=()))
+
+    def test_initialised_once(self) -> None:
+        """A context cannot be initialised twice; a session needs an initialised one."""
+        shared = Context(**self.arguments())
+        self.assertRaises(TypeError, shared.__init__, **self.arguments())
+        self.assertRaises(ValueError, Session, Context.__new__(Context))
+        self.assertRaises(TypeError, Session, object())
+        self.assertRaises(TypeError, Session, shared, extra=1)
+
+    def test_no_alpn_when_the_route_has_none(self) -> None:
+        """A route with no ALPN list answers none, whatever the client offers."""
+        session, obj, _, _ = established(Session(context(alpn=())), alpn=["h2"])
+        self.assertIsNone(session.alpn())
+        self.assertIsNone(obj.selected_alpn_protocol())
+
+    def test_sessions_outlive_nothing(self) -> None:
+        """A session keeps its context alive; both go when dropped (no cycle, no leak of the context)."""
+        shared = context()
+        session = Session(shared)
+        self.assertIs(session.context, shared)
+        before = len(gc.get_objects())
+        for _ in range(200):
+            established(Session(shared))
+        gc.collect()
+        self.assertLess(len(gc.get_objects()) - before, 50)
