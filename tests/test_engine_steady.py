@@ -320,6 +320,80 @@ class FakeRelay:
         self.departures.append((CODES[what], arg, sent))
 
 
+class DispatchRoundsTests(SynchronousTestCase):
+    """
+    dispatch(..., rounds): it polls again while the last poll found events,
+    up to ``rounds`` polls, and stops at the first poll that finds none.
+    """
+
+    if COMPILED is None:
+        skip = "kongacme.engine._steady is not built (no C compiler or Python headers at install)"
+
+    def chain(self, links: int, rounds: int) -> tuple[int, list[int]]:
+        """
+        ``links`` pipes, each one's handler reading its byte and writing one
+        to the next: one dispatch with ``rounds``; what it returned, and the
+        links served in order.
+        """
+        epoll = select.epoll()
+        self.addCleanup(epoll.close)
+        pipes = []
+        for _ in range(links):
+            read_end, write_end = os.pipe()
+            self.addCleanup(os.close, read_end)
+            self.addCleanup(os.close, write_end)
+            pipes.append((read_end, write_end))
+        served: list[int] = []
+
+        class Link:
+            def __init__(self, index: int) -> None:
+                self.index = index
+
+            def on_events(self, fd: int, events: int) -> None:
+                os.read(fd, 1)
+                served.append(self.index)
+                if self.index + 1 < links:
+                    os.write(pipes[self.index + 1][1], b"x")
+
+        handlers = {read_end: Link(i) for i, (read_end, _) in enumerate(pipes)}
+        for read_end, _ in pipes:
+            epoll.register(read_end, select.EPOLLIN)
+        os.write(pipes[0][1], b"x")
+        failures: list[Any] = []
+        count = COMPILED.dispatch(epoll.fileno(), handlers, {}, 8, lambda *a: failures.append(a), rounds)
+        self.assertEqual(failures, [])
+        return count, served
+
+    def test_one_round(self) -> None:
+        """One poll: only what was ready at first (the default)."""
+        self.assertEqual(self.chain(5, 1), (1, [0]))
+
+    def test_polls_again(self) -> None:
+        """Each poll serves what the previous one made ready, up to ``rounds`` polls."""
+        self.assertEqual(self.chain(5, 3), (3, [0, 1, 2]))
+
+    def test_stops_when_nothing_comes(self) -> None:
+        """A poll that finds nothing ends it, whatever ``rounds`` allows."""
+        self.assertEqual(self.chain(2, 10), (2, [0, 1]))
+
+    def test_engine_polls_rounds(self) -> None:
+        """The lean engine's loop asks for POLL_ROUNDS polls per doRead."""
+        from kongacme.engine import loop
+
+        calls: list[tuple[Any, ...]] = []
+
+        class Recording:
+            def dispatch(self, *args: Any) -> int:
+                calls.append(args)
+                return 0
+
+        event_loop = loop.EventLoop(object(), compiled=Recording())
+        self.addCleanup(event_loop._epoll.close)
+        event_loop.doRead()
+        self.assertEqual(calls[0][-1], loop.POLL_ROUNDS)
+        self.assertGreater(loop.POLL_ROUNDS, 1)
+
+
 class CompiledStepErrorTests(SynchronousTestCase):
     """
     The compiled steps' socket errors, on a descriptor that is not a socket

@@ -48,4 +48,5 @@ def dispatch(
     steady: dict[int, Pair],
     max_events: int,
     failed: Callable[[Any, int, Exception], None],
+    rounds: int = 1,
 ) -> int: ...

@@ -41,6 +41,14 @@ log = Logger()
 #: are ready (its epoll is level-triggered on ours).
 MAX_EVENTS = 256
 
+#: Polls of the compiled dispatch per ``doRead``, while each finds events:
+#: under load, the reactor's iteration around ``doRead`` (its timers, its
+#: own ``epoll_wait``, the log context it calls each reader in) is paid once
+#: per several batches rather than once per batch (bench/RESULTS.md,
+#: session 21). The reactor's timers and other sockets wait at most this
+#: many batches.
+POLL_ROUNDS = 4
+
 
 @implementer(IReadDescriptor)
 @attrs.define(eq=False)
@@ -123,7 +131,7 @@ class EventLoop:
         """Dispatch every ready event; one handler's error ends its connection only."""
         compiled = self.compiled
         if compiled is not None:
-            compiled.dispatch(self._epoll.fileno(), self.handlers, self.steady, MAX_EVENTS, self.failed)
+            compiled.dispatch(self._epoll.fileno(), self.handlers, self.steady, MAX_EVENTS, self.failed, POLL_ROUNDS)
             return
         handlers = self.handlers
         for fd, events in self._epoll.poll(0, MAX_EVENTS):
