@@ -15,6 +15,8 @@ import ssl
 from typing import Any
 
 from cryptography.hazmat.primitives import serialization
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from cryptography.hazmat.primitives.asymmetric import ec
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
@@ -46,6 +48,10 @@ def served() -> Any:
 
 def context(alpn: tuple[bytes, ...] = H2, session_tickets: bool = True) -> Any:
     return openssl_context(served(), alpn, session_tickets)
+
+
+#: One context for the hypothesis tests (building one per example is slow).
+SHARED: Any = context() if Context is not None else None
 
 
 def established(session: Any = None, **kwargs: Any) -> tuple[Any, ssl.SSLObject, ssl.MemoryBIO, ssl.MemoryBIO]:
@@ -296,6 +302,12 @@ class ContextTests(SynchronousTestCase):
         self.assertRaises(TypeError, Context, **self.arguments(alpn=[b"h2"]))
         Context(**self.arguments(alpn=()))
 
+    def test_refused_context_keeps_nothing(self) -> None:
+        """A context OpenSSL refused keeps nothing half-made: no session can be made on it."""
+        refused = Context.__new__(Context)
+        self.assertRaises(ssl.SSLError, refused.__init__, **self.arguments(key=b"garbage"))
+        self.assertRaises(ValueError, Session, refused)
+
     def test_initialised_once(self) -> None:
         """A context cannot be initialised twice; a session needs an initialised one."""
         shared = Context(**self.arguments())
@@ -320,3 +332,45 @@ class ContextTests(SynchronousTestCase):
             established(Session(shared))
         gc.collect()
         self.assertLess(len(gc.get_objects()) - before, 50)
+
+
+class HostileBytesTests(SynchronousTestCase):
+    """
+    Any bytes from a client, in any segments, before or after the
+    handshake: the binding answers with a TLS error or "more, please"
+    (the exceptions the relay handles), never anything else, and never a
+    crash (the C code only moves bytes; OpenSSL parses them).
+    """
+
+    @given(st.lists(st.binary(max_size=600), max_size=6))
+    @settings(max_examples=150, deadline=None)
+    def test_before_the_handshake(self, segments: list[bytes]) -> None:
+        session = Session(SHARED)
+        for segment in segments:
+            session.feed(segment)
+            try:
+                session.do_handshake()
+            except WANT_READ:
+                continue
+            except TLS_ERROR:
+                break
+        session.take()
+        session.close_notify()
+
+    @given(st.lists(st.binary(max_size=600), min_size=1, max_size=4), st.booleans())
+    @settings(max_examples=100, deadline=None)
+    def test_after_the_handshake(self, segments: list[bytes], as_records: bool) -> None:
+        session, obj, incoming, outgoing = established(Session(SHARED))
+        for segment in segments:
+            if as_records:  # well-framed application-data records, garbage inside
+                segment = b"\x17\x03\x03" + len(segment).to_bytes(2, "big") + segment
+            session.feed(segment)
+            try:
+                while session.read(1 << 14):
+                    pass
+                break  # b"": the end
+            except WANT_READ:
+                continue
+            except TLS_ERROR:
+                break
+        session.take()

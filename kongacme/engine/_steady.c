@@ -144,24 +144,23 @@ Pair_dealloc(Pair *self)
 
 /*
  * Import kongacme.tls._openssl's C API when `session` may be one of its
- * sessions (its type's module is that one) and it is not imported yet:
- * 0, or -1 with an exception set (a capsule of another version).
+ * sessions (its type's module is that one) and it is not imported yet. A
+ * capsule that cannot be had, or of another version (a build out of step),
+ * leaves openssl_api NULL: such sessions are then called through their
+ * Python methods, as the standard library's are (tests check `native`).
  */
-static int
+static void
 openssl_session(PyObject *session)
 {
-    if (openssl_api != NULL || strcmp(Py_TYPE(session)->tp_name, "kongacme.tls._openssl.Session") != 0)
-        return 0;
+    static int tried = 0;
+    if (openssl_api != NULL || tried || strcmp(Py_TYPE(session)->tp_name, "kongacme.tls._openssl.Session") != 0)
+        return;
+    tried = 1;
     const KongacmeOpenSSL_API *api = PyCapsule_Import(KONGACME_OPENSSL_CAPSULE, 0);
     if (api == NULL)
-        return -1;
-    if (api->version != KONGACME_OPENSSL_API_VERSION) {
-        PyErr_Format(PyExc_ImportError, "kongacme.tls._openssl's C API is version %d, not %d", api->version,
-                     KONGACME_OPENSSL_API_VERSION);
-        return -1;
-    }
-    openssl_api = api;
-    return 0;
+        PyErr_Clear();
+    else if (api->version == KONGACME_OPENSSL_API_VERSION)
+        openssl_api = api;
 }
 
 static int
@@ -173,8 +172,8 @@ Pair_init(Pair *self, PyObject *args, PyObject *kwds)
     if (!PyArg_ParseTupleAndKeywords(args, kwds, "OiiOOOOO|O:Pair", kwlist, &relay, &cfd, &ufd, &feed,
                                      &read, &write, &take, &seconds, &session))
         return -1;
-    if (session != Py_None && openssl_session(session) < 0)
-        return -1;
+    if (session != Py_None)
+        openssl_session(session);
     if (cfd < 0 || ufd < 0) {
         PyErr_SetString(PyExc_ValueError, "Pair: descriptors must not be negative");
         return -1;

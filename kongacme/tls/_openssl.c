@@ -362,6 +362,13 @@ Context_init(Context *self, PyObject *args, PyObject *kwds)
         SSL_CTX_set_alpn_select_cb(ctx, select_alpn, self);
     rc = 0;
 done:
+    if (rc < 0) { /* nothing half-made is kept: a session cannot be made on it */
+        SSL_CTX_free(self->ctx);
+        self->ctx = NULL;
+        PyMem_Free(self->alpn);
+        self->alpn = NULL;
+        self->alpn_length = 0;
+    }
     PyBuffer_Release(&chain);
     PyBuffer_Release(&key);
     return rc;
