@@ -1024,6 +1024,7 @@ class RelayEdgeTests(HarnessMixin, SynchronousTestCase):
             relay = harness.relay()
             self.assertEqual(relay.upstream_read_size(), READ_SIZE)
             download = random.Random(5).randbytes(BULK_READ_SIZE * 2)
+            harness.engine.loop.poll_rounds = 1  # one read per doRead, to see each
             client.reading = False  # let it pile up in the upstream's socket
             upstream.sock.setblocking(True)
             upstream.sock.sendall(download[:READ_SIZE * 3])

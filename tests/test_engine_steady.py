@@ -392,6 +392,9 @@ class DispatchRoundsTests(SynchronousTestCase):
         event_loop.doRead()
         self.assertEqual(calls[0][-1], loop.POLL_ROUNDS)
         self.assertGreater(loop.POLL_ROUNDS, 1)
+        event_loop.poll_rounds = 1
+        event_loop.doRead()
+        self.assertEqual(calls[1][-1], 1)
 
 
 class CompiledStepErrorTests(SynchronousTestCase):

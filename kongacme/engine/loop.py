@@ -59,6 +59,8 @@ class EventLoop:
     :param reactor: ``IReactorFDSet``; :meth:`start` adds the loop as a reader.
     :param compiled: :mod:`kongacme.engine._steady` (the default, where it is
         built) to dispatch in C, or None for the Python loop.
+    :param poll_rounds: polls of the compiled dispatch per ``doRead``
+        (:data:`POLL_ROUNDS`; the Python loop polls once).
 
     :ivar handlers: file descriptor → its :class:`IPollHandler`.
     :ivar steady: file descriptor → the ``_steady.Pair`` of a relay in the
@@ -67,6 +69,7 @@ class EventLoop:
 
     _reactor: Any
     compiled: Any = COMPILED
+    poll_rounds: int = POLL_ROUNDS
     _epoll: Any = attrs.field(factory=select.epoll, init=False)
     handlers: dict[int, Any] = attrs.field(factory=dict, init=False)
     steady: dict[int, Any] = attrs.field(factory=dict, init=False)
@@ -131,7 +134,7 @@ class EventLoop:
         """Dispatch every ready event; one handler's error ends its connection only."""
         compiled = self.compiled
         if compiled is not None:
-            compiled.dispatch(self._epoll.fileno(), self.handlers, self.steady, MAX_EVENTS, self.failed, POLL_ROUNDS)
+            compiled.dispatch(self._epoll.fileno(), self.handlers, self.steady, MAX_EVENTS, self.failed, self.poll_rounds)
             return
         handlers = self.handlers
         for fd, events in self._epoll.poll(0, MAX_EVENTS):
