@@ -1,8 +1,10 @@
 """
-Contexts of the standard library's ``ssl`` for the busiest
-certificates: one per certificate and route ALPN list, carrying the leaf,
-its intermediates and the key, with the same profile as the pyOpenSSL
-contexts (:mod:`kongacme.tls.context`).
+Contexts for the busiest certificates (:class:`StdContexts`): one per
+certificate and route ALPN list, carrying the leaf, its intermediates and
+the key, with the same profile as the pyOpenSSL contexts
+(:mod:`kongacme.tls.context`). They are kongacme's own OpenSSL binding's
+where it is built (:mod:`kongacme.tls.openssl`, which also takes TLS 1.2
+clients), else the standard library's ``ssl``, described here.
 
 Why a second binding: per kept-alive request a relay makes four TLS calls,
 and the standard library's are C methods where pyOpenSSL's are Python over
