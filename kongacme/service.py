@@ -286,8 +286,8 @@ class DaemonService(MultiService):
         except Exception:
             self.log.failure("could not count the session tickets a handshake sends")
             return
-        # Busy certificates are on the standard library's ssl, whose count
-        # kongacme sets (kongacme.tls.stdlib).
+        # Busy certificates are on a binding whose count kongacme sets (its
+        # own OpenSSL binding, or the standard library's ssl: kongacme.tls.stdlib).
         busy = (
             "; a busy certificate's: %d" % (1 if self.builder.session_tickets else 0)
             if self.builder.std.limit
