@@ -443,11 +443,11 @@ Session_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
     self->in = BIO_new(BIO_s_mem());
     self->out = BIO_new(BIO_s_mem());
     if (self->ssl == NULL || self->in == NULL || self->out == NULL) {
+        set_ssl_error("a new session"); /* before SSL_free can touch the error queue */
         BIO_free(self->in);
         BIO_free(self->out);
         self->in = self->out = NULL;
         Py_DECREF(self);
-        set_ssl_error("a new session");
         return NULL;
     }
     /* An empty BIO is "no more yet" (retry), until feed_eof. */
