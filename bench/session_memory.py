@@ -31,13 +31,12 @@ import sys
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(HERE))
 
+import benchlib as B  # noqa: E402  (bench/, this script's own directory)
+
 
 def rss() -> int:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) * 1024
-    raise RuntimeError("no VmRSS")
+    """This process's VmRSS in bytes."""
+    return B.rss_kib(os.getpid()) * 1024
 
 
 def child(binding: str, count: int) -> dict[str, float]:

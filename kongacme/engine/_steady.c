@@ -30,7 +30,6 @@
 #include <structmember.h>
 
 #include <errno.h>
-#include <string.h>
 #include <sys/epoll.h>
 #include <sys/socket.h>
 #include <sys/types.h>
@@ -75,8 +74,10 @@ static PyObject *plaintext_view = NULL;
 
 static PyObject *str_on_events, *str_left_steady;
 
-/* kongacme.tls._openssl's C API, once a Pair is given one of its sessions
-   (imported then: NULL where it is not built). */
+/* kongacme.tls._openssl's C API, imported by configure() (NULL where it is
+   not built, or of another version: a build out of step; its sessions are
+   then called through their Python methods, as the standard library's are,
+   and tests check Pair.native). */
 static const KongacmeOpenSSL_API *openssl_api = NULL;
 
 /* -- Pair: one relay's two descriptors and its session's methods ----------- */
@@ -142,27 +143,6 @@ Pair_dealloc(Pair *self)
     Py_TYPE(self)->tp_free((PyObject *)self);
 }
 
-/*
- * Import kongacme.tls._openssl's C API when `session` may be one of its
- * sessions (its type's module is that one) and it is not imported yet. A
- * capsule that cannot be had, or of another version (a build out of step),
- * leaves openssl_api NULL: such sessions are then called through their
- * Python methods, as the standard library's are (tests check `native`).
- */
-static void
-openssl_session(PyObject *session)
-{
-    static int tried = 0;
-    if (openssl_api != NULL || tried || strcmp(Py_TYPE(session)->tp_name, "kongacme.tls._openssl.Session") != 0)
-        return;
-    tried = 1;
-    const KongacmeOpenSSL_API *api = PyCapsule_Import(KONGACME_OPENSSL_CAPSULE, 0);
-    if (api == NULL)
-        PyErr_Clear();
-    else if (api->version == KONGACME_OPENSSL_API_VERSION)
-        openssl_api = api;
-}
-
 static int
 Pair_init(Pair *self, PyObject *args, PyObject *kwds)
 {
@@ -172,8 +152,6 @@ Pair_init(Pair *self, PyObject *args, PyObject *kwds)
     if (!PyArg_ParseTupleAndKeywords(args, kwds, "OiiOOOOO|O:Pair", kwlist, &relay, &cfd, &ufd, &feed,
                                      &read, &write, &take, &seconds, &session))
         return -1;
-    if (session != Py_None)
-        openssl_session(session);
     if (cfd < 0 || ufd < 0) {
         PyErr_SetString(PyExc_ValueError, "Pair: descriptors must not be negative");
         return -1;
@@ -442,18 +420,20 @@ lost(PyObject *steady, Pair *p, int what, int code)
 
 /*
  * `length` bytes at `data` sent on `fd` (the end of a step); a socket error
- * departs as `lost_code`, a short send as `short_code` with a copy of the
- * bytes (rare: the socket's buffer was full).
+ * departs as `lost_code`, a short send as `short_code` with the bytes:
+ * `owner` (a bytes object holding them, handed on) or else a copy (of a
+ * static buffer: rare, the socket's buffer was full).
  */
 static int
-send_whole(PyObject *steady, Pair *p, int fd, const char *data, Py_ssize_t length, int lost_code, int short_code)
+send_whole(PyObject *steady, Pair *p, int fd, const char *data, Py_ssize_t length, PyObject *owner, int lost_code,
+           int short_code)
 {
     Py_ssize_t sent = send_buffer(fd, data, length);
     if (sent < 0)
         return lost(steady, p, lost_code, errno);
     if (sent < length) {
-        PyObject *copy = PyBytes_FromStringAndSize(data, length);
-        return copy == NULL ? -1 : depart(steady, p, short_code, copy, sent);
+        PyObject *rest = owner != NULL ? Py_NewRef(owner) : PyBytes_FromStringAndSize(data, length);
+        return rest == NULL ? -1 : depart(steady, p, short_code, rest, sent);
     }
     return 0;
 }
@@ -467,7 +447,7 @@ send_upstream(PyObject *steady, Pair *p, Py_ssize_t length)
     p->client_steps++;
     if (CLOSED_MEANWHILE(p))
         return 0; /* its descriptors may be closed, even reused */
-    return send_whole(steady, p, p->ufd, plaintext, length, UPSTREAM_LOST, UPSTREAM_SHORT);
+    return send_whole(steady, p, p->ufd, plaintext, length, NULL, UPSTREAM_LOST, UPSTREAM_SHORT);
 }
 
 /* The client's step for the own binding's session: the record (`n` bytes
@@ -591,7 +571,7 @@ upstream_step(PyObject *steady, Pair *p)
             return -1;
         }
         p->upstream_steps++;
-        return length == 0 ? 0 : send_whole(steady, p, p->cfd, records, length, CLIENT_LOST, CLIENT_SHORT);
+        return length == 0 ? 0 : send_whole(steady, p, p->cfd, records, length, NULL, CLIENT_LOST, CLIENT_SHORT);
     }
     PyObject *r;
     if (data == NULL) {
@@ -626,7 +606,7 @@ upstream_step(PyObject *steady, Pair *p)
         Py_DECREF(records);
         return 0; /* its descriptors may be closed, even reused */
     }
-    int rc = send_whole(steady, p, p->cfd, PyBytes_AS_STRING(records), length, CLIENT_LOST, CLIENT_SHORT);
+    int rc = send_whole(steady, p, p->cfd, PyBytes_AS_STRING(records), length, records, CLIENT_LOST, CLIENT_SHORT);
     Py_DECREF(records);
     return rc;
 }
@@ -656,6 +636,13 @@ configure(PyObject *Py_UNUSED(module), PyObject *args)
         Py_XSETREF(plaintext_view, PyMemoryView_FromMemory(plaintext, small, PyBUF_WRITE));
         if (plaintext_view == NULL)
             return NULL;
+    }
+    if (openssl_api == NULL) {
+        const KongacmeOpenSSL_API *api = PyCapsule_Import(KONGACME_OPENSSL_CAPSULE, 0);
+        if (api == NULL)
+            PyErr_Clear();
+        else if (api->version == KONGACME_OPENSSL_API_VERSION)
+            openssl_api = api;
     }
     Py_XSETREF(want_read_exc, Py_NewRef(want_read));
     Py_XSETREF(closed_exc, Py_NewRef(closed));

@@ -517,6 +517,17 @@ Session_do_handshake(Session *self, PyObject *Py_UNUSED(ignored))
     return NULL;
 }
 
+/* SSL_read_ex into `into` (`room` bytes): SSL_ERROR_NONE with *got, or SSL_get_error's kind. */
+static int
+read_plain(Session *self, char *into, Py_ssize_t room, size_t *got)
+{
+    *got = 0;
+    clear_errors();
+    if (SSL_read_ex(self->ssl, into, (size_t)room, got) == 1)
+        return SSL_ERROR_NONE;
+    return SSL_get_error(self->ssl, 0);
+}
+
 /*
  * Plaintext out into `into` (`room` bytes): its length; 0 at the client's
  * close_notify or FIN (the end, as the standard library's read gives b""
@@ -525,11 +536,10 @@ Session_do_handshake(Session *self, PyObject *Py_UNUSED(ignored))
 static Py_ssize_t
 read_into(Session *self, char *into, Py_ssize_t room)
 {
-    size_t got = 0;
-    clear_errors();
-    if (SSL_read_ex(self->ssl, into, (size_t)room, &got) == 1)
+    size_t got;
+    int kind = read_plain(self, into, room, &got);
+    if (kind == SSL_ERROR_NONE)
         return (Py_ssize_t)got;
-    int kind = SSL_get_error(self->ssl, 0);
     if (kind == SSL_ERROR_ZERO_RETURN) {
         clear_errors();
         return 0;
@@ -777,11 +787,10 @@ api_open_record(PyObject *session, const char *ciphertext, Py_ssize_t size, char
     Session *self = (Session *)session;
     if (feed_bytes(self, ciphertext, size) < 0)
         return KONGACME_FAILED;
-    size_t got = 0;
-    clear_errors();
-    if (SSL_read_ex(self->ssl, plain, (size_t)room, &got) == 1)
+    size_t got;
+    int kind = read_plain(self, plain, room, &got);
+    if (kind == SSL_ERROR_NONE)
         return (Py_ssize_t)got;
-    int kind = SSL_get_error(self->ssl, 0);
     if (kind == SSL_ERROR_WANT_READ) {
         clear_errors();
         return KONGACME_NO_DATA;
