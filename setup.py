@@ -39,7 +39,7 @@ setup(
     python_requires=">=3.11",
     packages=find_packages(exclude=["tests", "tests.*", "bench", "bench.*"]) + ["twisted.plugins"],
     package_data={
-        "kongacme": ["py.typed"], "kongacme.engine": ["_steady.pyi"], "kongacme.tls": ["_openssl.pyi", "_openssl.h"],
+        "kongacme": ["py.typed"], "kongacme.engine": ["_steady.pyi"], "kongacme.tls": ["_openssl.pyi", "_openssl.h", "_clienthello.pyi"],
     },
     include_package_data=True,
     # True floors: the lowest versions CI installs (.ci/run, uv's
@@ -81,6 +81,9 @@ setup(
     # the system's libssl, the one the standard library's ssl uses; Debian's
     # libssl-dev, which scripts/bootstrap installs). Optional too: without
     # it busy certificates stay on the standard library's ssl.
+    #
+    # The ClientHello reader, compiled (kongacme/tls/_clienthello.c; no
+    # library). Optional: without it kongacme.tls.clienthello reads in Python.
     ext_modules=[
         Extension(
             "kongacme.engine._steady", ["kongacme/engine/_steady.c"], include_dirs=["kongacme/tls"],
@@ -90,6 +93,7 @@ setup(
             "kongacme.tls._openssl", ["kongacme/tls/_openssl.c"], depends=["kongacme/tls/_openssl.h"],
             libraries=["ssl", "crypto"], optional=True,
         ),
+        Extension("kongacme.tls._clienthello", ["kongacme/tls/_clienthello.c"], optional=True),
     ],
     entry_points={"console_scripts": ["kongacme = kongacme.cli:main"]},
     zip_safe=False,

@@ -124,7 +124,7 @@ class HelloReader:
             self._hand_over()  # closed before a ClientHello: "abandoned" there
             return True
         try:
-            hello = parse_client_hello(bytes(buffer[:size]))
+            hello = parse_client_hello(buffer, size)
         except ClientHelloError:
             self._hand_over()
             return True

@@ -154,18 +154,49 @@ def _handshake_bytes(buffer: bytes) -> bytes | None:
     return None
 
 
-def parse_client_hello(buffer: bytes) -> ClientHello | None:
+def parse_client_hello(buffer: bytes | bytearray | memoryview, size: int = -1) -> ClientHello | None:
     """
     Parse a ClientHello from the start of a connection's byte stream.
 
-    This runs once per connection on the handshake path, so it walks the
-    message with plain index arithmetic (about a tenth of the cost of a
-    reader object) and looks only at the server_name and ALPN extensions.
+    This runs once per connection on the handshake path: the reading is
+    :mod:`kongacme.tls._clienthello` where it is built (about a fifteenth of
+    the Python reader's time), else :func:`_parse_parts`, the reference the
+    tests hold the compiled one to.
 
-    :param buffer: every byte received so far.
+    :param buffer: every byte received so far (only its first ``size``
+        bytes when ``size`` is not negative).
     :return: the parsed hello, or ``None`` when more bytes are needed.
     :raises ClientHelloError: when the bytes are not a ClientHello.
     """
+    parts = _parse(buffer, size)
+    if parts is None:
+        return None
+    raw_name, alpn, tls13 = parts
+    if raw_name is None:
+        return ClientHello(server_name=None, alpn_offered=alpn, offers_tls13=tls13)
+    server_name = normalize_server_name(raw_name)
+    if server_name is not None:
+        return ClientHello(server_name=server_name, alpn_offered=alpn, offers_tls13=tls13)
+    return ClientHello(
+        server_name=None, alpn_offered=alpn, raw_server_name=raw_name, unservable=_unservable(raw_name),
+        offers_tls13=tls13,
+    )
+
+
+def _parse_parts(
+    buffer: bytes | bytearray | memoryview, size: int = -1
+) -> tuple[bytes | None, tuple[bytes, ...], bool] | None:
+    """
+    The ClientHello reader in Python: the first host_name as sent, the
+    ALPN names offered and whether TLS 1.3 is, or ``None`` when more bytes
+    are needed. It walks the message with plain index arithmetic (about a
+    tenth of the cost of a reader object) and looks only at the
+    server_name, ALPN and supported_versions extensions.
+
+    :raises ClientHelloError: when the bytes are not a ClientHello.
+    """
+    if size >= 0 or not isinstance(buffer, bytes):
+        buffer = bytes(buffer[:size] if size >= 0 else buffer)
     message = _handshake_bytes(buffer)
     if message is None:
         return None
@@ -215,14 +246,7 @@ def parse_client_hello(buffer: bytes) -> ClientHello | None:
             elif ext_type == _EXT_SUPPORTED_VERSIONS:
                 tls13 = _offers_tls13(message, pos, end)
             pos = end
-    server_name = normalize_server_name(raw_name) if raw_name is not None else None
-    return ClientHello(
-        server_name=server_name,
-        alpn_offered=tuple(alpn),
-        raw_server_name=raw_name if (raw_name is not None and server_name is None) else None,
-        unservable=_unservable(raw_name) if (raw_name is not None and server_name is None) else None,
-        offers_tls13=tls13,
-    )
+    return raw_name, tuple(alpn), tls13
 
 
 def _offers_tls13(message: bytes, pos: int, end: int) -> bool:
@@ -275,3 +299,12 @@ def _alpn_names(message: bytes, pos: int, end: int, into: list[bytes]) -> None:
             raise ClientHelloError("bad ALPN extension")
         into.append(message[pos + 1 : stop])
         pos = stop
+
+
+try:
+    from kongacme.tls._clienthello import parse as _compiled_parse
+except ImportError:  # not built here (an optional extension): the Python reader
+    _compiled_parse = None
+
+#: The reader :func:`parse_client_hello` uses (the compiled one where it is built).
+_parse = _compiled_parse if _compiled_parse is not None else _parse_parts

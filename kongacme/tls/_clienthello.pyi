@@ -1,0 +1,3 @@
+def parse(
+    buffer: bytes | bytearray | memoryview, size: int = ..., /
+) -> tuple[bytes | None, tuple[bytes, ...], bool] | None: ...
