@@ -9,6 +9,14 @@ what ``pump.py`` reads).
 
     python3 bench/pump.py --measures handshakes \\
       --extra "one=.venv/bin/python bench/kongacme_server.py {port} {upstream} {cert} {key} --openssl-conf etc/openssl/one-ticket.cnf"
+
+``--promote-after N`` and ``--shared off`` set what a certificate's
+connections are served on before it is busy (``PROMOTE_AFTER``,
+``OWN_CERTIFICATES`` = 0), for measuring that path with h2load's one name:
+``--promote-after 1000000`` keeps every connection on it, the own binding's
+shared context from the second connection on; adding ``--shared off``,
+pyOpenSSL's shared context, as before session 22. The daemon then runs in
+this process (same PID) with the constants changed before it starts.
 """
 
 from __future__ import annotations
@@ -29,6 +37,9 @@ def main(argv=None) -> int:
     p.add_argument("--openssl-conf", default="", help="OPENSSL_CONF for the daemon (relative to the tree)")
     p.add_argument("--session-tickets", choices=("on", "off"), default="on")
     p.add_argument("--host", default="bench.test")
+    p.add_argument("--promote-after", type=int, default=0, help="connections before a certificate is busy")
+    p.add_argument("--shared", choices=("on", "off"), default="on",
+                   help="off: no own-binding shared contexts (pyOpenSSL until busy)")
     args = p.parse_args(argv)
     work = B.out_dir("extra-kongacme-%d" % args.port)
     leaf = {"cert": args.cert, "key": args.key}
@@ -41,8 +52,22 @@ def main(argv=None) -> int:
         env["OPENSSL_CONF"] = os.path.join(B.REPO, args.openssl_conf)
     os.chdir(B.REPO)
     argv = B.kongacme_argv(config)
-    os.execve(argv[0], argv, env)
-    return 1
+    if not (args.promote_after or args.shared == "off"):
+        os.execve(argv[0], argv, env)
+        return 1
+    sys.path.insert(0, B.REPO)
+    import kongacme.tls.context
+    import kongacme.tls.stdlib
+
+    if args.promote_after:
+        kongacme.tls.context.PROMOTE_AFTER = args.promote_after
+    if args.shared == "off":
+        kongacme.tls.stdlib.OWN_CERTIFICATES = 0
+    from twisted.scripts.twistd import run
+
+    sys.argv = ["twistd", *argv[3:]]
+    run()
+    return 0
 
 
 if __name__ == "__main__":

@@ -287,15 +287,18 @@ class DaemonService(MultiService):
             self.log.failure("could not count the session tickets a handshake sends")
             return
         # Busy certificates are on a binding whose count kongacme sets (its
-        # own OpenSSL binding, or the standard library's ssl: kongacme.tls.stdlib).
-        busy = (
-            "; a busy certificate's: %d" % (1 if self.builder.session_tickets else 0)
-            if self.builder.std.limit
-            else ""
-        )
+        # own OpenSSL binding, or the standard library's ssl: kongacme.tls.stdlib),
+        # and on the own binding so are a certificate's connections after its first.
+        own = 1 if self.builder.session_tickets else 0
+        if self.builder.std.binding == "openssl" and self.builder.std.certificate_limit:
+            busy = "; from a certificate's second connection on: %d" % (own,)
+        elif self.builder.std.limit:
+            busy = "; a busy certificate's: %d" % (own,)
+        else:
+            busy = ""
         if count and not self.builder.session_tickets:
             self.log.warn(
-                "tls.session_tickets is false, yet each TLS 1.3 handshake sends {count} session ticket(s) "
+                "tls.session_tickets is false, yet a TLS 1.3 handshake on pyOpenSSL sends {count} session ticket(s) "
                 "(stateful ones, which kongacme cannot resume): OpenSSL sends them unless its "
                 "configuration says NumTickets = 0 (OPENSSL_CONF=etc/openssl/no-tickets.cnf){busy}",
                 count=count,
@@ -303,7 +306,7 @@ class DaemonService(MultiService):
             )
         else:
             self.log.info(
-                "TLS 1.3: {count} session ticket(s) per full handshake (OpenSSL's NumTickets; "
+                "TLS 1.3: {count} session ticket(s) per full handshake on pyOpenSSL (OpenSSL's NumTickets; "
                 "OPENSSL_CONF=etc/openssl/one-ticket.cnf sends one){busy}",
                 count=count,
                 busy=busy,

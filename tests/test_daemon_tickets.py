@@ -2,10 +2,12 @@
 Tests for how many TLS 1.3 session tickets a running daemon sends, and
 what it says about it at start: OpenSSL's default (two), and the
 ``etc/openssl/*.cnf`` files named by ``OPENSSL_CONF`` (one, none), counted
-by a real client (``openssl s_client``) through the lean engine; and a busy
-certificate's (on the standard library's ssl, kongacme.tls.stdlib): one,
-or none with ``session_tickets: false``, without any OpenSSL configuration,
-on either engine.
+by a real client (``openssl s_client``) through the lean engine, on a
+certificate's first connection (pyOpenSSL); and from its second connection
+on (the own binding's shared context, kongacme.tls.openssl) and once it is
+busy (a context of its own, kongacme.tls.stdlib): one, or none with
+``session_tickets: false``, without any OpenSSL configuration, on either
+engine.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from twisted.internet.defer import inlineCallbacks
 from twisted.internet.threads import deferToThread
 from twisted.trial.unittest import TestCase
 
+from kongacme.tls import openssl
 from kongacme.tls.context import PROMOTE_AFTER
 from tests.daemonproc import REPO, ShowsDaemonOutput
 from tests.test_daemon import static_daemon
@@ -68,13 +71,17 @@ def tickets_received(port: int) -> int:
         client.wait()
 
 
-def make_busy(port: int) -> None:
-    """Enough connections for ``static.test`` to be a busy certificate (its own standard-library context)."""
+def make_busy(port: int, connections: int = PROMOTE_AFTER) -> None:
+    """Enough connections for ``static.test`` to be a busy certificate (a context of its own)."""
     context = ssl.create_default_context()
     context.check_hostname = False
     context.verify_mode = ssl.CERT_NONE
-    for _ in range(PROMOTE_AFTER):
+    for _ in range(connections):
         handshake_blocking(port, "static.test", context, b"x")
+
+
+#: Why the shared-context tests are skipped, or None.
+NO_OWN_BINDING = None if openssl.compiled is not None else "kongacme.tls._openssl is not built"
 
 
 class SessionTicketCountTests(ShowsDaemonOutput, TestCase):
@@ -98,14 +105,14 @@ class SessionTicketCountTests(ShowsDaemonOutput, TestCase):
     def test_default_two(self):
         """By default OpenSSL sends two tickets, and the daemon says so."""
         daemon = yield self.start()
-        self.assertIn("TLS 1.3: 2 session ticket(s) per full handshake", daemon.output)
+        self.assertIn("TLS 1.3: 2 session ticket(s) per full handshake on pyOpenSSL", daemon.output)
         self.assertEqual((yield deferToThread(tickets_received, self.tls_port)), 2)
 
     @inlineCallbacks
     def test_one_ticket(self):
         """With OPENSSL_CONF=etc/openssl/one-ticket.cnf a handshake sends one ticket, and the daemon says so."""
         daemon = yield self.start(openssl_conf="one-ticket.cnf")
-        self.assertIn("TLS 1.3: 1 session ticket(s) per full handshake", daemon.output)
+        self.assertIn("TLS 1.3: 1 session ticket(s) per full handshake on pyOpenSSL", daemon.output)
         self.assertEqual((yield deferToThread(tickets_received, self.tls_port)), 1)
 
     @inlineCallbacks
@@ -115,7 +122,8 @@ class SessionTicketCountTests(ShowsDaemonOutput, TestCase):
         (stateful) tickets: the daemon warns at start and names the fix.
         """
         daemon = yield self.start(session_tickets=False)
-        self.assertIn("tls.session_tickets is false, yet each TLS 1.3 handshake sends 2 session ticket(s)", daemon.output)
+        self.assertIn("tls.session_tickets is false, yet a TLS 1.3 handshake on pyOpenSSL sends 2 session ticket(s)",
+                      daemon.output)
         self.assertIn("OPENSSL_CONF=etc/openssl/no-tickets.cnf", daemon.output)
         self.assertEqual((yield deferToThread(tickets_received, self.tls_port)), 2)
 
@@ -123,7 +131,7 @@ class SessionTicketCountTests(ShowsDaemonOutput, TestCase):
     def test_off(self):
         """tls.session_tickets: false with OPENSSL_CONF=etc/openssl/no-tickets.cnf: no ticket, no warning."""
         daemon = yield self.start(session_tickets=False, openssl_conf="no-tickets.cnf")
-        self.assertIn("TLS 1.3: 0 session ticket(s) per full handshake", daemon.output)
+        self.assertIn("TLS 1.3: 0 session ticket(s) per full handshake on pyOpenSSL", daemon.output)
         self.assertNotIn("tls.session_tickets is false, yet", daemon.output)
         self.assertEqual((yield deferToThread(tickets_received, self.tls_port)), 0)
 
@@ -135,8 +143,8 @@ class SessionTicketCountTests(ShowsDaemonOutput, TestCase):
         the count.
         """
         daemon = yield self.start()
-        self.assertIn("per full handshake (OpenSSL's NumTickets; OPENSSL_CONF=etc/openssl/one-ticket.cnf sends one); "
-                      "a busy certificate's: 1", daemon.output)
+        self.assertIn("per full handshake on pyOpenSSL (OpenSSL's NumTickets; OPENSSL_CONF=etc/openssl/one-ticket.cnf "
+                      "sends one); %s: 1" % (self.busy_words(),), daemon.output)
         yield deferToThread(make_busy, self.tls_port)
         self.assertEqual((yield deferToThread(tickets_received, self.tls_port)), 1)
 
@@ -144,9 +152,43 @@ class SessionTicketCountTests(ShowsDaemonOutput, TestCase):
     def test_busy_certificate_off(self):
         """With tls.session_tickets: false, a busy certificate's handshakes send no ticket at all."""
         daemon = yield self.start(session_tickets=False)
-        self.assertIn("(OPENSSL_CONF=etc/openssl/no-tickets.cnf); a busy certificate's: 0", daemon.output)
+        self.assertIn("(OPENSSL_CONF=etc/openssl/no-tickets.cnf); %s: 0" % (self.busy_words(),), daemon.output)
         yield deferToThread(make_busy, self.tls_port)
         self.assertEqual((yield deferToThread(tickets_received, self.tls_port)), 0)
+
+    def busy_words(self) -> str:
+        """What the line at start calls the connections on a binding kongacme sets the count of."""
+        if openssl.compiled is not None:
+            return "from a certificate's second connection on"
+        return "a busy certificate's"
+
+    @inlineCallbacks
+    def test_second_connection_one(self):
+        """
+        From a certificate's second connection on (the own binding's shared
+        context), one ticket per handshake; its first (pyOpenSSL) sends
+        OpenSSL's two.
+        """
+        yield self.start()
+        self.assertEqual((yield deferToThread(tickets_received, self.tls_port)), 2)
+        self.assertEqual((yield deferToThread(tickets_received, self.tls_port)), 1)
+
+    test_second_connection_one.skip = NO_OWN_BINDING  # type: ignore[attr-defined]
+
+    @inlineCallbacks
+    def test_second_connection_off(self, engine="lean"):
+        """With tls.session_tickets: false, none from a certificate's second connection on."""
+        yield self.start(session_tickets=False, engine=engine)
+        yield deferToThread(make_busy, self.tls_port, 1)
+        self.assertEqual((yield deferToThread(tickets_received, self.tls_port)), 0)
+
+    test_second_connection_off.skip = NO_OWN_BINDING  # type: ignore[attr-defined]
+
+    def test_second_connection_off_twisted_engine(self):
+        """The same on the Twisted path (listen.engine: twisted)."""
+        return self.test_second_connection_off(engine="twisted")
+
+    test_second_connection_off_twisted_engine.skip = NO_OWN_BINDING  # type: ignore[attr-defined]
 
     @inlineCallbacks
     def test_busy_certificate_one_twisted_engine(self):

@@ -215,7 +215,7 @@ class FastPathTests(LeanMixin, unittest.TestCase):
         result = await deferToThread(handshake_blocking, port, "app.example.com", client_context(), b"thirteen")
         self.assertEqual((result["version"], result["echo"]), ("TLSv1.3", b"thirteen"))
         expected = session_class(self.binding)
-        self.assertEqual(made, [expected if self.binding == "openssl" else PyOpenSSLSession, expected])
+        self.assertEqual(made, [expected if self.binding in ("openssl", "shared") else PyOpenSSLSession, expected])
 
     async def test_resumed(self) -> None:
         """A client's TLS 1.3 session ticket resumes its next connection."""
@@ -841,3 +841,10 @@ class LoopOpenSSLTests(LoopTests):
 class FastPathOpenSSLPythonTests(FastPathTests):
     binding = "openssl"
     compiled = None
+
+
+# The own binding's shared contexts: a certificate's connections before it is busy.
+
+
+class FastPathSharedTests(FastPathTests):
+    binding = "shared"

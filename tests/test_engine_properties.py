@@ -1170,3 +1170,15 @@ class SplitPropertyOpenSSLPythonTests(SplitPropertyTests):
 class EndingPropertyOpenSSLPythonTests(EndingPropertyTests):
     binding = "openssl"
     compiled = None
+
+
+# The same properties on the own binding's shared contexts (a certificate
+# before it is busy: each session brings its leaf and key).
+
+
+class SplitPropertySharedTests(SplitPropertyTests):
+    binding = "shared"
+
+
+class EndingPropertySharedTests(EndingPropertyTests):
+    binding = "shared"

@@ -100,7 +100,7 @@ class CompiledSteadyTests(HarnessMixin, SynchronousTestCase):
             pair = relay._pair
             self.assertEqual(harness.engine.loop.steady, {relay._cfd: pair, relay._ufd: pair})
             # The own binding's session is called through its C API, the standard library's through its methods.
-            self.assertEqual(pair.native, self.binding == "openssl")
+            self.assertEqual(pair.native, self.binding in ("openssl", "shared"))
             for i in range(1, 6):
                 clock.advance(7)
                 self.exchange(client, upstream, b"GET / %d" % i, b"reply %d" % i)
@@ -308,6 +308,12 @@ class CompiledSteadyOpenSSLTests(CompiledSteadyTests):
     """The same, on kongacme's own binding (kongacme.tls._openssl), called through its C API."""
 
     binding = "openssl"
+
+
+class CompiledSteadySharedTests(CompiledSteadyTests):
+    """The same, on the own binding's shared contexts (each session with its certificate)."""
+
+    binding = "shared"
 
 
 class FakeRelay:

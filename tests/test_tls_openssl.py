@@ -29,6 +29,7 @@ from kongacme.tls.context import (
     ContextBuilder,
 )
 from kongacme.tls.openssl import openssl_context, pem
+from kongacme.tls.records import count_records
 from kongacme.tls.session import CLOSED, TLS_ERROR, WANT_READ, PyOpenSSLSession, tls_failure_reason
 from tests import test_tls_stdlib as stdlib_tests
 from tests.test_tls_stdlib import CERTIFIED, H2, ROOT, Owner, client, handshake
@@ -63,10 +64,19 @@ def established(session: Any = None, **kwargs: Any) -> tuple[Any, ssl.SSLObject,
 
 
 class SessionForOpenSSLTests(stdlib_tests.SessionForTests):
-    """ContextBuilder.session_for and StdContexts on the own binding."""
+    """
+    ContextBuilder.session_for and StdContexts on the own binding: the busy
+    certificates' contexts (the shared contexts before them are
+    :class:`SharedSessionForTests`', turned off here so that the suite's
+    pyOpenSSL-until-busy counts hold).
+    """
 
     binding = "openssl"
     busy = Session
+
+    def setUp(self) -> None:
+        super().setUp()
+        self.builder.std.certificate_limit = 0
 
     def test_tls12_stays_on_pyopenssl(self) -> None:
         """
@@ -282,7 +292,8 @@ class ContextTests(SynchronousTestCase):
     def test_not_pem(self) -> None:
         """Garbage for the chain or the key, and a chain with a broken intermediate."""
         self.refused(chain=b"not a certificate")
-        self.refused(key=b"")
+        self.refused(key=b"not a key")
+        self.refused(chain=b"not a certificate", key=b"")
         chain, _ = pem(served())
         cut = chain[: chain.rindex(b"-----BEGIN CERTIFICATE-----") + 40] + b"\n-----END CERTIFICATE-----\n"
         self.refused(chain=cut)
@@ -374,3 +385,223 @@ class HostileBytesTests(SynchronousTestCase):
             except TLS_ERROR:
                 break
         session.take()
+
+
+
+def verifying_client(maximum: ssl.TLSVersion = ssl.TLSVersion.TLSv1_3) -> ssl.SSLContext:
+    """A client context trusting the tests' root, offering h2."""
+    client_context = ssl.create_default_context(cadata=ROOT.ca_pem().decode("ascii"))
+    client_context.maximum_version = maximum
+    client_context.set_alpn_protocols(["h2"])
+    return client_context
+
+
+def handshaken(session: Any, name: str = "a.test", maximum: ssl.TLSVersion = ssl.TLSVersion.TLSv1_3,
+               resume: Any = None, client_context: ssl.SSLContext | None = None,
+               ) -> tuple[Any, ssl.SSLObject, ssl.MemoryBIO, ssl.MemoryBIO]:
+    """
+    ``session`` handshaken with a verifying client for ``name`` (on
+    ``client_context``, resuming ``resume``), its tickets delivered.
+    """
+    client_context = client_context or verifying_client(maximum)
+    incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+    obj = client_context.wrap_bio(incoming, outgoing, server_hostname=name, session=resume)
+    incoming.write(handshake(session, obj, incoming, outgoing))
+    return session, obj, incoming, outgoing
+
+
+def certificate(certified: Any = CERTIFIED) -> Any:
+    """``certified``'s leaf and key as the own binding's Certificate."""
+    return openssl.openssl_certificate(ContextBuilder(Clock()).served(certified))
+
+
+def shared(alpn: tuple[bytes, ...] = H2, session_tickets: bool = True, certified: Any = CERTIFIED) -> Any:
+    """A shared context for ``certified``'s intermediates."""
+    return openssl.shared_openssl_context(ContextBuilder(Clock()).served(certified).chain, alpn, session_tickets)
+
+
+class SharedContextTests(SynchronousTestCase):
+    """
+    The own binding's shared contexts (no leaf of their own) and its
+    Certificate objects: sessions on them verify, and what is refused.
+    """
+
+    def test_verified_chain(self) -> None:
+        """A session bringing its certificate presents it with the shared context's intermediates (the client verifies against the root)."""
+        context = shared()
+        self.assertTrue(context.shared)
+        self.assertFalse(openssl_context(served(), H2, True).shared)
+        session, obj, incoming, outgoing = handshaken(Session(context, certificate()))
+        self.assertEqual(session.version(), "TLSv1.3")
+        self.assertEqual(obj.getpeercert()["subjectAltName"], (("DNS", "a.test"),))
+        self.assertEqual(session.alpn(), b"h2")
+
+    def test_certificates_of_one_chain_share_it(self) -> None:
+        """Two certificates of the same CA on one shared context: each session presents its own."""
+        other = stdlib_tests.CA.issue(["b.test"], include_ca=True)
+        context = shared()
+        for certified, name in ((CERTIFIED, "a.test"), (other, "b.test"), (CERTIFIED, "a.test")):
+            _, obj, _, _ = handshaken(Session(context, certificate(certified)), name)
+            self.assertEqual(obj.getpeercert()["subjectAltName"], (("DNS", name),))
+
+    def test_tls12(self) -> None:
+        """A TLS 1.2 client on a shared context, no session cached."""
+        context = shared()
+        session, obj, _, _ = handshaken(Session(context, certificate()), maximum=ssl.TLSVersion.TLSv1_2)
+        self.assertEqual(session.version(), "TLSv1.2")
+        self.assertEqual(context.sessions_cached(), 0)
+
+    def test_tickets(self) -> None:
+        """One ticket per TLS 1.3 handshake, or none with session_tickets off; the ticket resumes on the context."""
+        for tickets, expected in ((True, 1), (False, 0)):
+            obj, incoming, outgoing = client()
+            after = handshake(Session(shared(session_tickets=tickets), certificate()), obj, incoming, outgoing)
+            self.assertEqual(count_records(0, b"", after)[0], expected)
+        context, client_context = shared(), verifying_client()
+        _, obj, _, _ = handshaken(Session(context, certificate()), client_context=client_context)
+        try:
+            obj.read(1)  # takes the ticket in
+        except ssl.SSLWantReadError:
+            pass
+        again, _, _, _ = handshaken(Session(context, certificate()), resume=obj.session, client_context=client_context)
+        self.assertTrue(again.session_reused())
+
+    def test_arguments(self) -> None:
+        """A shared context needs a certificate, a context of its own takes none; only a Certificate is one."""
+        self.assertRaises(ValueError, Session, shared())
+        self.assertRaises(ValueError, Session, context(), certificate())
+        self.assertRaises(TypeError, Session, shared(), b"certificate")
+        self.assertRaises(TypeError, Session, shared(), openssl.compiled.Certificate.__new__(openssl.compiled.Certificate))
+        self.assertRaises(TypeError, Session, shared(), certificate(), None)
+
+    def test_certificate_refused(self) -> None:
+        """Garbage, a key that is not the leaf's, and trailing bytes after the leaf: ssl.SSLError."""
+        the_served = served()
+        leaf = crypto_leaf(the_served)
+        key = the_served.key.to_cryptography_key().private_bytes(
+            serialization.Encoding.DER, serialization.PrivateFormat.TraditionalOpenSSL, serialization.NoEncryption()
+        )
+        Certificate = openssl.compiled.Certificate
+        self.assertIsNotNone(Certificate(leaf, key, "EC"))
+        self.assertIsNotNone(Certificate(leaf, key))  # the key's type guessed
+        other = ec.generate_private_key(ec.SECP256R1()).private_bytes(
+            serialization.Encoding.DER, serialization.PrivateFormat.TraditionalOpenSSL, serialization.NoEncryption()
+        )
+        for arguments in ((b"not a certificate", key), (leaf, b"not a key"), (leaf, other, "EC"),
+                          (leaf + b"\x00", key), (leaf, key, "RSA"), (leaf[:-1], key)):
+            self.assertRaises(ssl.SSLError, Certificate, *arguments)
+        made = Certificate(leaf, key)
+        self.assertRaises(TypeError, made.__init__, leaf, key)
+
+
+def crypto_leaf(the_served: Any) -> bytes:
+    from OpenSSL import crypto
+
+    return crypto.dump_certificate(crypto.FILETYPE_ASN1, the_served.leaf)
+
+
+class SharedSessionForTests(SynchronousTestCase):
+    """
+    ContextBuilder.session_for on the own binding before a certificate is
+    busy: its first connection on pyOpenSSL, from its second on the shared
+    context of its chain and ALPN list, from the busy count on a context of
+    its own.
+    """
+
+    def setUp(self) -> None:
+        self.clock = Clock()
+        self.builder = ContextBuilder(self.clock)
+
+    def kinds(self, count: int, certified: Any = CERTIFIED, alpn: tuple[bytes, ...] = H2) -> list[str]:
+        kinds = []
+        for _ in range(count):
+            session = self.builder.session_for(certified, alpn, Owner())
+            kinds.append("pyopenssl" if isinstance(session, PyOpenSSLSession)
+                         else "shared" if session.context.shared else "own")
+        return kinds
+
+    def test_from_the_second_connection(self) -> None:
+        """pyOpenSSL once, shared until the promotion, then a context of its own."""
+        promote = self.builder.std.promote_after
+        self.assertEqual(self.kinds(promote + 2), ["pyopenssl"] + ["shared"] * (promote - 2) + ["own"] * 3)
+        self.assertEqual(self.builder.std.shared_contexts(), 1)
+        self.assertEqual(self.builder.std.certificates(), 1)
+        self.assertEqual(self.builder.hot_contexts(), 0)
+
+    def test_one_shared_context_per_chain_and_alpn(self) -> None:
+        """Certificates with the same intermediates share one context per ALPN list, each with its certificate."""
+        self.builder.std.limit = 0  # never a context of its own
+        others = [stdlib_tests.CA.issue(["%s.test" % n], include_ca=True) for n in "xy"]
+        sessions = []
+        for certified in (CERTIFIED, *others):
+            for alpn in (H2, ()):
+                self.kinds(1, certified, alpn)
+                sessions.append(self.builder.session_for(certified, alpn, Owner()))
+        self.assertEqual(len({id(s.context) for s in sessions}), 2)
+        self.assertEqual(self.builder.std.shared_contexts(), 2)
+        self.assertEqual(self.builder.std.certificates(), 3)
+
+    def test_limits(self) -> None:
+        """At most certificate_limit certificates held (the least recently used out); 0: none, all on pyOpenSSL."""
+        self.builder.std.limit = 0
+        self.builder.std.certificate_limit = 2
+        certs = [stdlib_tests.CA.issue(["%s.test" % n], include_ca=True) for n in "xyz"]
+        for certified in certs:
+            self.assertEqual(self.kinds(2, certified), ["pyopenssl", "shared"])
+        self.assertEqual(self.builder.std.certificates(), 2)
+        self.builder.std.certificate_limit = 0
+        self.assertEqual(self.kinds(3, certs[2]), ["pyopenssl"] * 3)
+
+    def test_certificate_goes_with_its_owner(self) -> None:
+        """A certificate's objects are held only while it is."""
+        self.builder.std.limit = 0
+        certified = stdlib_tests.CA.issue(["gone.test"], include_ca=True)
+        self.kinds(2, certified)
+        self.assertEqual(self.builder.std.certificates(), 1)
+        del certified
+        gc.collect()
+        self.assertEqual(self.builder.std.certificates(), 0)
+
+    def test_rotated(self) -> None:
+        """A shared context older than ticket_key_rotation is built anew (new ticket keys)."""
+        self.builder.std.limit = 0
+        self.kinds(1)
+        first = self.builder.session_for(CERTIFIED, H2, Owner()).context
+        self.clock.advance(self.builder.ticket_key_rotation - 1)
+        self.assertIs(self.builder.session_for(CERTIFIED, H2, Owner()).context, first)
+        self.clock.advance(2)
+        self.assertIsNot(self.builder.session_for(CERTIFIED, H2, Owner()).context, first)
+        self.assertEqual(self.builder.std.shared_contexts(), 1)
+
+    def test_forget_all(self) -> None:
+        """Changed settings drop the shared contexts and the certificates; so does another binding."""
+        self.kinds(3)
+        self.builder.forget_all()
+        self.assertEqual((self.builder.std.shared_contexts(), self.builder.std.certificates()), (0, 0))
+        self.kinds(3)
+        self.builder.std.binding = "stdlib"
+        self.assertEqual((self.builder.std.shared_contexts(), self.builder.std.certificates()), (0, 0))
+        self.assertEqual(self.kinds(3), ["pyopenssl"] * 3)  # no shared contexts on the standard library
+
+    def test_refused_stays_on_pyopenssl(self) -> None:
+        """A certificate OpenSSL refuses stays on pyOpenSSL, with one warning, and is not tried again."""
+        from twisted.logger import LogLevel
+
+        from kongacme.tls import stdlib
+        from tests.proxyhelpers import LogCapture
+
+        def refuse(served: Any) -> Any:
+            raise ssl.SSLError(1, "[SSL] refused")
+
+        self.patch(stdlib, "openssl_certificate", refuse)
+        self.builder.std.limit = 0
+        logs = LogCapture("kongacme.tls.stdlib").start(self)
+        self.assertEqual(self.kinds(4), ["pyopenssl"] * 4)
+        warnings = [e["log_format"] for e in logs.events if e["log_level"] == LogLevel.warn]
+        self.assertEqual(len(warnings), 1)
+        self.assertIn("stays on pyOpenSSL", warnings[0])
+
+    def test_tls12_client(self) -> None:
+        """A client not offering TLS 1.3 gets a shared session too (no session cache there)."""
+        kinds = [type(self.builder.session_for(CERTIFIED, H2, Owner(), tls13=False)) for _ in range(3)]
+        self.assertEqual(kinds, [PyOpenSSLSession, Session, Session])

@@ -506,3 +506,15 @@ class HostileInputOpenSSLTests(HostileInputTests):
 
 class HalfCloseOpenSSLTests(HalfCloseTests):
     binding = "openssl"
+
+
+# The same listener on the own binding's shared contexts (a certificate's
+# connections from its second until it is busy), TLS 1.2 clients included.
+
+
+class CertificateSelectionSharedTests(CertificateSelectionTests):
+    binding = "shared"
+
+
+class HalfCloseSharedTests(HalfCloseTests):
+    binding = "shared"

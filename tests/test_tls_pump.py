@@ -358,3 +358,10 @@ class PumpPropertyOpenSSLTests(PumpPropertyTests):
 
 class PumpOpenSSLTests(PumpTests):
     binding = "openssl"
+
+
+# The same pump on the own binding's shared contexts.
+
+
+class PumpSharedTests(PumpTests):
+    binding = "shared"

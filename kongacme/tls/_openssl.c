@@ -159,6 +159,8 @@ typedef struct {
     /* The route's ALPN protocols, length-prefixed in the server's order. */
     unsigned char *alpn;
     unsigned int alpn_length;
+    /* No leaf and key of its own: each session brings its Certificate. */
+    int shared;
 } Context;
 
 /*
@@ -197,26 +199,38 @@ no_password(char *Py_UNUSED(buf), int Py_UNUSED(size), int Py_UNUSED(rwflag), vo
     return -1;
 }
 
-/* The leaf, then every intermediate after it, from PEM: 0, or -1 with an exception set. */
+/*
+ * The leaf, then every intermediate after it, from PEM: 0, or -1 with an
+ * exception set. Without a leaf (`with_leaf` 0: a shared context) every
+ * certificate is an intermediate, kept as the context's extra chain
+ * certificates, which OpenSSL sends after a session's leaf that has no
+ * chain of its own (ssl_add_cert_chain), as the pyOpenSSL contexts do.
+ */
 static int
-load_chain(SSL_CTX *ctx, const char *pem, Py_ssize_t size)
+load_chain(SSL_CTX *ctx, const char *pem, Py_ssize_t size, int with_leaf)
 {
     BIO *bio = BIO_new_mem_buf(pem, (int)size);
     if (bio == NULL) {
         set_ssl_error("reading the chain");
         return -1;
     }
-    X509 *leaf = PEM_read_bio_X509_AUX(bio, NULL, no_password, NULL);
-    if (leaf == NULL || SSL_CTX_use_certificate(ctx, leaf) != 1) {
+    if (with_leaf) {
+        X509 *leaf = PEM_read_bio_X509_AUX(bio, NULL, no_password, NULL);
+        if (leaf == NULL || SSL_CTX_use_certificate(ctx, leaf) != 1) {
+            X509_free(leaf);
+            BIO_free(bio);
+            set_ssl_error("the certificate");
+            return -1;
+        }
         X509_free(leaf);
-        BIO_free(bio);
-        set_ssl_error("the certificate");
-        return -1;
     }
-    X509_free(leaf);
     X509 *extra;
+    int found = 0;
     while ((extra = PEM_read_bio_X509(bio, NULL, no_password, NULL)) != NULL) {
-        if (SSL_CTX_add0_chain_cert(ctx, extra) != 1) { /* takes it on success */
+        found++;
+        /* Both take it on success. */
+        long added = with_leaf ? SSL_CTX_add0_chain_cert(ctx, extra) : SSL_CTX_add_extra_chain_cert(ctx, extra);
+        if (added != 1) {
             X509_free(extra);
             BIO_free(bio);
             set_ssl_error("an intermediate certificate");
@@ -224,9 +238,11 @@ load_chain(SSL_CTX *ctx, const char *pem, Py_ssize_t size)
         }
     }
     BIO_free(bio);
-    /* The end of the PEM data is "no start line"; anything else is a fault. */
+    /* The end of the PEM data is "no start line"; anything else is a fault,
+       and so is a shared context's chain that holds bytes but no certificate. */
     unsigned long code = ERR_peek_last_error();
-    if (code == 0 || (ERR_GET_LIB(code) == ERR_LIB_PEM && ERR_GET_REASON(code) == PEM_R_NO_START_LINE)) {
+    if ((with_leaf || found > 0 || size == 0) &&
+        (code == 0 || (ERR_GET_LIB(code) == ERR_LIB_PEM && ERR_GET_REASON(code) == PEM_R_NO_START_LINE))) {
         ERR_clear_error();
         return 0;
     }
@@ -356,7 +372,10 @@ Context_init(Context *self, PyObject *args, PyObject *kwds)
     /* Idle connections give their record buffers back, as the other two
        bindings' contexts do. Writes are whole (no partial-write mode). */
     SSL_CTX_set_mode(ctx, SSL_MODE_RELEASE_BUFFERS);
-    if (load_chain(ctx, chain.buf, chain.len) < 0 || load_key(ctx, key.buf, key.len) < 0)
+    /* An empty key: a shared context, the chain its intermediates only. */
+    self->shared = key.len == 0;
+    if (load_chain(ctx, chain.buf, chain.len, !self->shared) < 0 ||
+        (!self->shared && load_key(ctx, key.buf, key.len) < 0))
         goto done;
     if (self->alpn_length)
         SSL_CTX_set_alpn_select_cb(ctx, select_alpn, self);
@@ -390,10 +409,99 @@ Context_sessions_cached(Context *self, PyObject *Py_UNUSED(ignored))
     return PyLong_FromLong(SSL_CTX_sess_number(self->ctx));
 }
 
+static PyObject *
+Context_get_shared(Context *self, void *Py_UNUSED(closure))
+{
+    return PyBool_FromLong(self->shared);
+}
+
 static PyMethodDef Context_methods[] = {
     {"sessions_cached", (PyCFunction)Context_sessions_cached, METH_NOARGS,
      "sessions_cached() -> int: sessions in OpenSSL's server cache (it is off: always 0)."},
     {NULL},
+};
+
+static PyGetSetDef Context_getset[] = {
+    {"shared", (getter)Context_get_shared, NULL,
+     "True: no leaf and key of its own (each session brings its Certificate).", NULL},
+    {NULL},
+};
+
+/* -- Certificate ----------------------------------------------------------- */
+
+/* A leaf and its key, parsed once, for sessions on a shared context. */
+typedef struct {
+    PyObject_HEAD
+    X509 *leaf;
+    EVP_PKEY *key;
+} Certificate;
+
+static int
+Certificate_init(Certificate *self, PyObject *args, PyObject *kwds)
+{
+    static char *kwlist[] = {"leaf", "key", "kind", NULL};
+    Py_buffer leaf, key;
+    const char *kind = "";
+    if (self->leaf != NULL) {
+        PyErr_SetString(PyExc_TypeError, "Certificate is initialised once");
+        return -1;
+    }
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "y*y*|s:Certificate", kwlist, &leaf, &key, &kind))
+        return -1;
+    int rc = -1;
+    clear_errors();
+    const unsigned char *at = leaf.buf;
+    X509 *x509 = d2i_X509(NULL, &at, (long)leaf.len);
+    if (x509 == NULL || at != (const unsigned char *)leaf.buf + leaf.len) {
+        X509_free(x509);
+        set_ssl_error("the certificate (DER)");
+        goto done;
+    }
+    /* Told the key's type, OpenSSL 3.0 decodes it in a quarter of the
+       time it takes to guess it (d2i_AutoPrivateKey: ~330 us). */
+    at = key.buf;
+    int type = strcmp(kind, "EC") == 0 ? EVP_PKEY_EC : strcmp(kind, "RSA") == 0 ? EVP_PKEY_RSA : EVP_PKEY_NONE;
+    EVP_PKEY *pkey = type != EVP_PKEY_NONE ? d2i_PrivateKey(type, NULL, &at, (long)key.len)
+                                           : d2i_AutoPrivateKey(NULL, &at, (long)key.len);
+    if (pkey == NULL) {
+        X509_free(x509);
+        set_ssl_error("the key (DER)");
+        goto done;
+    }
+    if (X509_check_private_key(x509, pkey) != 1) {
+        X509_free(x509);
+        EVP_PKEY_free(pkey);
+        set_ssl_error("the key does not belong to the certificate");
+        goto done;
+    }
+    self->leaf = x509;
+    self->key = pkey;
+    rc = 0;
+done:
+    PyBuffer_Release(&leaf);
+    PyBuffer_Release(&key);
+    return rc;
+}
+
+static void
+Certificate_dealloc(Certificate *self)
+{
+    X509_free(self->leaf);
+    EVP_PKEY_free(self->key);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+static PyTypeObject CertificateType = {
+    PyVarObject_HEAD_INIT(NULL, 0).tp_name = "kongacme.tls._openssl.Certificate",
+    .tp_basicsize = sizeof(Certificate),
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_doc = PyDoc_STR("Certificate(leaf, key, kind=''): a DER leaf and its DER private key (`kind`: "
+                        "\"EC\" or \"RSA\" when known, the traditional form), parsed once, for "
+                        "Session(shared_context, certificate); ssl.SSLError if OpenSSL refuses them or the "
+                        "key does not belong to the leaf."),
+    .tp_new = PyType_GenericNew,
+    .tp_init = (initproc)Certificate_init,
+    .tp_dealloc = (destructor)Certificate_dealloc,
 };
 
 static PyTypeObject ContextType = {
@@ -402,11 +510,14 @@ static PyTypeObject ContextType = {
     .tp_flags = Py_TPFLAGS_DEFAULT,
     .tp_doc = PyDoc_STR("Context(chain, key, alpn, session_tickets, tls12_ciphers, tls13_suites, groups): "
                         "a server context presenting the PEM `chain` (the leaf first) with the PEM `key`; "
+                        "with an empty `key`, a shared context: `chain` holds intermediates only, sent "
+                        "after the leaf each Session(context, certificate) brings; "
                         "ssl.SSLError if OpenSSL refuses them."),
     .tp_new = PyType_GenericNew,
     .tp_init = (initproc)Context_init,
     .tp_dealloc = (destructor)Context_dealloc,
     .tp_methods = Context_methods,
+    .tp_getset = Context_getset,
 };
 
 /* -- Session -------------------------------------------------------------- */
@@ -424,15 +535,30 @@ static PyTypeObject SessionType;
 static PyObject *
 Session_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
 {
-    PyObject *context;
+    PyObject *context, *certificate = Py_None;
     if (kwds != NULL && PyDict_GET_SIZE(kwds) != 0) {
-        PyErr_SetString(PyExc_TypeError, "Session(context) takes no keyword arguments");
+        PyErr_SetString(PyExc_TypeError, "Session(context[, certificate]) takes no keyword arguments");
         return NULL;
     }
-    if (!PyArg_ParseTuple(args, "O!:Session", &ContextType, &context))
+    if (!PyArg_ParseTuple(args, "O!|O:Session", &ContextType, &context, &certificate))
         return NULL;
     if (((Context *)context)->ctx == NULL) {
         PyErr_SetString(PyExc_ValueError, "Session: the context was never initialised");
+        return NULL;
+    }
+    Certificate *leaf = NULL;
+    if (certificate != Py_None) {
+        if (!Py_IS_TYPE(certificate, &CertificateType) || ((Certificate *)certificate)->leaf == NULL) {
+            PyErr_SetString(PyExc_TypeError, "Session: certificate must be an initialised Certificate");
+            return NULL;
+        }
+        if (!((Context *)context)->shared) {
+            PyErr_SetString(PyExc_ValueError, "Session: the context has a leaf of its own");
+            return NULL;
+        }
+        leaf = (Certificate *)certificate;
+    } else if (((Context *)context)->shared) {
+        PyErr_SetString(PyExc_ValueError, "Session: a shared context needs a certificate");
         return NULL;
     }
     Session *self = (Session *)type->tp_alloc(type, 0);
@@ -444,6 +570,18 @@ Session_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
     self->out = BIO_new(BIO_s_mem());
     if (self->ssl == NULL || self->in == NULL || self->out == NULL) {
         set_ssl_error("a new session"); /* before SSL_free can touch the error queue */
+        BIO_free(self->in);
+        BIO_free(self->out);
+        self->in = self->out = NULL;
+        Py_DECREF(self);
+        return NULL;
+    }
+    /* The leaf first: OpenSSL checks the key against it (both are shared, counted). */
+    if (leaf != NULL && (SSL_use_certificate(self->ssl, leaf->leaf) != 1 ||
+                         SSL_use_PrivateKey(self->ssl, leaf->key) != 1)) {
+        set_ssl_error("the session's certificate");
+        SSL_free(self->ssl);
+        self->ssl = NULL;
         BIO_free(self->in);
         BIO_free(self->out);
         self->in = self->out = NULL;
@@ -771,7 +909,8 @@ static PyTypeObject SessionType = {
     PyVarObject_HEAD_INIT(NULL, 0).tp_name = "kongacme.tls._openssl.Session",
     .tp_basicsize = sizeof(Session),
     .tp_flags = Py_TPFLAGS_DEFAULT,
-    .tp_doc = PyDoc_STR("Session(context): a server-side TLS session over two memory BIOs."),
+    .tp_doc = PyDoc_STR("Session(context[, certificate]): a server-side TLS session over two memory BIOs "
+                        "(a shared context's sessions bring their Certificate)."),
     .tp_new = Session_new,
     .tp_dealloc = (destructor)Session_dealloc,
     .tp_methods = Session_methods,
@@ -864,7 +1003,7 @@ PyInit__openssl(void)
     Py_DECREF(ssl);
     if (SSLError == NULL || SSLWantReadError == NULL || SSLZeroReturnError == NULL || SSLEOFError == NULL)
         return NULL;
-    if (PyType_Ready(&ContextType) < 0 || PyType_Ready(&SessionType) < 0)
+    if (PyType_Ready(&ContextType) < 0 || PyType_Ready(&CertificateType) < 0 || PyType_Ready(&SessionType) < 0)
         return NULL;
     PyObject *m = PyModule_Create(&module_def);
     if (m == NULL)
@@ -872,6 +1011,7 @@ PyInit__openssl(void)
     PyObject *capsule = PyCapsule_New(&api, KONGACME_OPENSSL_CAPSULE, NULL);
     if (capsule == NULL || PyModule_AddObjectRef(m, "Context", (PyObject *)&ContextType) < 0 ||
         PyModule_AddObjectRef(m, "Session", (PyObject *)&SessionType) < 0 ||
+        PyModule_AddObjectRef(m, "Certificate", (PyObject *)&CertificateType) < 0 ||
         PyModule_AddObjectRef(m, "_C_API", capsule) < 0 ||
         PyModule_AddStringConstant(m, "OPENSSL_VERSION", OpenSSL_version(OPENSSL_VERSION)) < 0) {
         Py_XDECREF(capsule);

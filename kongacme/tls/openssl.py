@@ -20,6 +20,14 @@ bench/RESULTS.md (session 21):
 
 Session tickets as ``session_tickets`` says: one per TLS 1.3 handshake, or
 none at all; the keys are the context's own, rotated by rebuilding it.
+
+Certificates that are not busy (yet) have their connections here too, from
+their second on (:class:`~kongacme.tls.stdlib.StdContexts`): on a context
+shared by the certificates with the same intermediates and route ALPN list
+(:func:`shared_openssl_context`), each session bringing the leaf and key
+(:func:`openssl_certificate`, parsed once per certificate), as the
+pyOpenSSL shared contexts do (bench/RESULTS.md, session 22: their
+handshakes cost 0.94× HAProxy's per CPU-second, these 1.0×).
 """
 
 from __future__ import annotations
@@ -27,7 +35,7 @@ from __future__ import annotations
 from types import ModuleType
 from typing import TYPE_CHECKING, Optional
 
-from cryptography.hazmat.primitives.serialization import Encoding
+from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption, PrivateFormat
 from OpenSSL import crypto
 
 compiled: Optional[ModuleType]
@@ -37,8 +45,8 @@ except ImportError:  # not built here (no compiler or no libssl-dev): the standa
     compiled = None
 
 if TYPE_CHECKING:
-    from kongacme.tls._openssl import Context
-    from kongacme.tls.context import ServedCertificate
+    from kongacme.tls._openssl import Certificate, Context
+    from kongacme.tls.context import Intermediates, ServedCertificate
 
 
 def pem(served: "ServedCertificate") -> tuple[bytes, bytes]:
@@ -58,12 +66,51 @@ def openssl_context(served: "ServedCertificate", alpn: tuple[bytes, ...], sessio
     :raises ssl.SSLError: if OpenSSL refuses the chain or key.
     :raises RuntimeError: if the binding is not built.
     """
-    from kongacme.tls.context import INTERMEDIATE_CURVES, INTERMEDIATE_TLS12_CIPHERS, INTERMEDIATE_TLS13_CIPHERSUITES
-
     if compiled is None:
         raise RuntimeError("kongacme.tls._openssl is not built")
     chain, key = pem(served)
+    return _context(chain, key, alpn, session_tickets)
+
+
+def _context(chain: bytes, key: bytes, alpn: tuple[bytes, ...], session_tickets: bool) -> "Context":
+    """A ``Context`` with kongacme's TLS profile (an empty ``key``: a shared one)."""
+    from kongacme.tls.context import INTERMEDIATE_CURVES, INTERMEDIATE_TLS12_CIPHERS, INTERMEDIATE_TLS13_CIPHERSUITES
+
+    assert compiled is not None
     return compiled.Context(
         chain, key, tuple(alpn), session_tickets,
         INTERMEDIATE_TLS12_CIPHERS, INTERMEDIATE_TLS13_CIPHERSUITES, INTERMEDIATE_CURVES,
     )
+
+
+def shared_openssl_context(chain: "Intermediates", alpn: tuple[bytes, ...], session_tickets: bool) -> "Context":
+    """
+    A context of the binding without a leaf of its own, sending ``chain``'s
+    intermediates after the leaf each session brings
+    (``Session(context, certificate)``), otherwise as :func:`openssl_context`.
+
+    :raises ssl.SSLError: if OpenSSL refuses an intermediate.
+    :raises RuntimeError: if the binding is not built.
+    """
+    if compiled is None:
+        raise RuntimeError("kongacme.tls._openssl is not built")
+    intermediates = b"".join(certificate.public_bytes(Encoding.PEM) for certificate in chain.certificates)
+    return _context(intermediates, b"", alpn, session_tickets)
+
+
+def openssl_certificate(served: "ServedCertificate") -> "Certificate":
+    """
+    ``served``'s leaf and key as the binding's objects (for sessions on a
+    shared context), converted in memory: ~0.25 ms, once per certificate
+    (OpenSSL 3.0's decoders are most of it).
+
+    :raises ssl.SSLError: if OpenSSL refuses them.
+    :raises RuntimeError: if the binding is not built.
+    """
+    if compiled is None:
+        raise RuntimeError("kongacme.tls._openssl is not built")
+    key = served.key.to_cryptography_key().private_bytes(  # type: ignore[union-attr]
+        Encoding.DER, PrivateFormat.TraditionalOpenSSL, NoEncryption()
+    )
+    kind = {crypto.TYPE_EC: "EC", crypto.TYPE_RSA: "RSA"}.get(served.key.type(), "")
+    return compiled.Certificate(crypto.dump_certificate(crypto.FILETYPE_ASN1, served.leaf), key, kind)

@@ -58,6 +58,11 @@ class OwnedCache(Generic[Value]):
 
         entries[key] = (weakref.ref(owner, gone), value, now)
         entries.move_to_end(key)
+        self.trim()
+
+    def trim(self) -> None:
+        """Drop the least recently used values beyond ``limit`` (after it is lowered)."""
+        entries = self._entries
         while len(entries) > self.limit:
             entries.popitem(last=False)
 

@@ -45,7 +45,7 @@ from typing import TYPE_CHECKING, Any, Callable, Optional
 from twisted.logger import Logger
 
 from kongacme.tls import openssl
-from kongacme.tls.openssl import openssl_context, pem
+from kongacme.tls.openssl import openssl_certificate, openssl_context, pem, shared_openssl_context
 from kongacme.tls.owned import OwnedCache
 from kongacme.tls.session import BusySession, StdSession
 
@@ -57,6 +57,16 @@ log = Logger()
 #: Most certificate/ALPN pairs with a standard-library context (least
 #: recently used first out): about 25 KB each.
 STD_CONTEXTS = 64
+
+#: On the own binding, the connection of a certificate from which on it is
+#: served from its chain's shared context (:meth:`StdContexts.session_for`)
+#: until it is busy: its first stays on pyOpenSSL, which holds the leaf and
+#: key ready, where the own binding parses them (~0.25 ms, once).
+CERTIFICATE_AFTER = 2
+
+#: Most certificates held as the own binding's objects for the shared
+#: contexts (least recently used first out): about 7 KB each.
+OWN_CERTIFICATES = 1024
 
 
 def _pem(served: "ServedCertificate") -> bytes:
@@ -125,6 +135,12 @@ class StdContexts:
         #: Certificates OpenSSL refused here: they stay on pyOpenSSL.
         self._refused: "weakref.WeakSet[ServedCertificate]" = weakref.WeakSet()
         self._binding = "openssl" if openssl.compiled is not None else "stdlib"
+        #: The own binding's shared contexts: (chain key, alpn) → (context, built at).
+        self._shared: dict[tuple[bytes, tuple[bytes, ...]], tuple[Any, float]] = {}
+        #: id(served) → its leaf and key as the own binding's objects, while served lives.
+        self._certificates: OwnedCache[Any] = OwnedCache(OWN_CERTIFICATES)
+        #: A certificate's connections from this one on go to a shared context.
+        self.certificate_after = CERTIFICATE_AFTER
 
     @property
     def binding(self) -> str:
@@ -165,16 +181,68 @@ class StdContexts:
         """
         key = (id(served), alpn)
         context, found = self._contexts.get(key, served, self._seconds(), rotation)
-        if context is None:
-            if not found and (not self.limit or not self._contexts.busy(key, self.promote_after)):
-                return None
+        if context is None and (found or (self.limit and self._contexts.busy(key, self.promote_after))):
             # Busy now, or its ticket keys rotate.
             context = self._build(served, alpn, key, session_tickets)
-            if context is None:
-                return None
+        if context is None:
+            if self._binding == "openssl":
+                return self._shared_session(served, alpn, session_tickets, rotation)
+            return None
         if self._binding == "openssl":
             return openssl.compiled.Session(context)  # type: ignore[union-attr]
         return StdSession(context)
+
+    def _shared_session(
+        self, served: "ServedCertificate", alpn: tuple[bytes, ...], session_tickets: bool, rotation: float
+    ) -> Optional[BusySession]:
+        """
+        A session of the own binding on ``served``'s chain's shared context,
+        with its leaf and key (from its :attr:`certificate_after`-th
+        connection on), or None (then pyOpenSSL's shared context serves it).
+        """
+        now = self._seconds()
+        certificate, _ = self._certificates.get(id(served), served, now, float("inf"))
+        if certificate is None:
+            if (
+                not self.certificate_limit
+                or served in self._refused
+                or not self._certificates.busy(id(served), self.certificate_after)
+            ):
+                return None
+            try:
+                certificate = openssl_certificate(served)
+            except (ssl.SSLError, ValueError) as e:
+                self._refused.add(served)
+                log.warn("TLS: {served!r} stays on pyOpenSSL: the openssl binding refused it ({error})",
+                         served=served, error=e)
+                return None
+            self._certificates.put(id(served), served, certificate, now)
+        shared = self._shared_context(served, alpn, session_tickets, rotation, now)
+        if shared is None:
+            return None
+        return openssl.compiled.Session(shared, certificate)  # type: ignore[union-attr]
+
+    def _shared_context(
+        self, served: "ServedCertificate", alpn: tuple[bytes, ...], session_tickets: bool, rotation: float,
+        now: float,
+    ) -> Any:
+        """The shared context of ``served``'s chain for ``alpn`` (rebuilt after ``rotation`` seconds), or None."""
+        key = (served.chain.key, alpn)
+        entry = self._shared.get(key)
+        if entry is not None and now - entry[1] < rotation:
+            return entry[0]
+        # Contexts of chains no longer in use go at the next rebuild.
+        for stale in [k for k, (_, built) in self._shared.items() if now - built >= rotation]:
+            del self._shared[stale]
+        try:
+            context = shared_openssl_context(served.chain, alpn, session_tickets)
+        except (ssl.SSLError, ValueError) as e:
+            self._refused.add(served)
+            log.warn("TLS: {served!r} stays on pyOpenSSL: the openssl binding refused its chain ({error})",
+                     served=served, error=e)
+            return None
+        self._shared[key] = (context, now)
+        return context
 
     def _build(
         self, served: "ServedCertificate", alpn: tuple[bytes, ...], key: tuple[int, tuple[bytes, ...]],
@@ -203,9 +271,29 @@ class StdContexts:
     def limit(self, limit: int) -> None:
         self._contexts.limit = limit
 
+    @property
+    def certificate_limit(self) -> int:
+        """The most certificates held as the own binding's objects (0: none, no shared contexts)."""
+        return self._certificates.limit
+
+    @certificate_limit.setter
+    def certificate_limit(self, limit: int) -> None:
+        self._certificates.limit = limit
+        self._certificates.trim()
+
+    def shared_contexts(self) -> int:
+        """How many shared contexts of the own binding are memoised."""
+        return len(self._shared)
+
+    def certificates(self) -> int:
+        """How many certificates are held as the own binding's objects."""
+        return len(self._certificates)
+
     def clear(self) -> None:
         """Drop every context (settings changed)."""
         self._contexts.clear()
+        self._shared.clear()
+        self._certificates.clear()
 
     def __len__(self) -> int:
         return len(self._contexts)
