@@ -546,11 +546,27 @@ class SharedSessionForTests(SynchronousTestCase):
         self.builder.std.limit = 0
         self.builder.std.certificate_limit = 2
         certs = [stdlib_tests.CA.issue(["%s.test" % n], include_ca=True) for n in "xyz"]
-        for certified in certs:
+        for certified in certs[:2]:
             self.assertEqual(self.kinds(2, certified), ["pyopenssl", "shared"])
+        promote = self.builder.std.promote_after
+        self.assertEqual(self.kinds(promote, certs[2]), ["pyopenssl"] * (promote - 1) + ["shared"])
         self.assertEqual(self.builder.std.certificates(), 2)
         self.builder.std.certificate_limit = 0
         self.assertEqual(self.kinds(3, certs[2]), ["pyopenssl"] * 3)
+
+    def test_full_takes_in_busier_only(self) -> None:
+        """
+        While certificate_limit certificates are held, another is taken in
+        only after promote_after connections (one taken in pushes one out:
+        no parse per other connection when more names are in use).
+        """
+        self.builder.std.limit = 0
+        self.builder.std.certificate_limit = 1
+        self.builder.std.promote_after = 4
+        first, second = (stdlib_tests.CA.issue(["%s.test" % n], include_ca=True) for n in "pq")
+        self.assertEqual(self.kinds(2, first), ["pyopenssl", "shared"])
+        self.assertEqual(self.kinds(5, second), ["pyopenssl"] * 3 + ["shared"] * 2)
+        self.assertEqual(self.builder.std.certificates(), 1)
 
     def test_certificate_goes_with_its_owner(self) -> None:
         """A certificate's objects are held only while it is."""

@@ -65,7 +65,13 @@ STD_CONTEXTS = 64
 CERTIFICATE_AFTER = 2
 
 #: Most certificates held as the own binding's objects for the shared
-#: contexts (least recently used first out): about 7 KB each.
+#: contexts (least recently used first out): about 8.5 KB each
+#: (bench/certificate_memory.py). Once it is full, a certificate is taken
+#: in only after ``promote_after`` connections, not
+#: :data:`CERTIFICATE_AFTER`: with more names in use than this, each
+#: taken in pushes another out, and parsing one costs as much as about
+#: eight handshakes' pyOpenSSL penalty (so past the uses counted,
+#: ``kongacme.tls.owned.COUNTED`` names, they stay on pyOpenSSL).
 OWN_CERTIFICATES = 1024
 
 
@@ -198,15 +204,18 @@ class StdContexts:
         """
         A session of the own binding on ``served``'s chain's shared context,
         with its leaf and key (from its :attr:`certificate_after`-th
-        connection on), or None (then pyOpenSSL's shared context serves it).
+        connection on; its ``promote_after``-th while as many certificates
+        as :attr:`certificate_limit` are held), or None (then pyOpenSSL's
+        shared context serves it).
         """
         now = self._seconds()
         certificate, _ = self._certificates.get(id(served), served, now, float("inf"))
         if certificate is None:
+            full = len(self._certificates) >= self.certificate_limit
             if (
                 not self.certificate_limit
                 or served in self._refused
-                or not self._certificates.busy(id(served), self.certificate_after)
+                or not self._certificates.busy(id(served), self.promote_after if full else self.certificate_after)
             ):
                 return None
             try:
