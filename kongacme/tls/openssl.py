@@ -26,8 +26,9 @@ their second on (:class:`~kongacme.tls.stdlib.StdContexts`): on a context
 shared by the certificates with the same intermediates and route ALPN list
 (:func:`shared_openssl_context`), each session bringing the leaf and key
 (:func:`openssl_certificate`, parsed once per certificate), as the
-pyOpenSSL shared contexts do (bench/RESULTS.md, session 22: their
-handshakes cost 0.94× HAProxy's per CPU-second, these 1.0×).
+pyOpenSSL shared contexts do. Per CPU-second, for such a certificate, the
+pyOpenSSL path served 0.92× HAProxy's handshakes and 0.67× its kept-alive
+requests, this one 0.96× and 1.05× (bench/RESULTS.md, session 22).
 """
 
 from __future__ import annotations

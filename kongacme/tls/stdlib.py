@@ -123,13 +123,19 @@ class StdContexts:
     kongacme's own OpenSSL binding where it is built
     (:mod:`kongacme.tls.openssl`), else on the standard library's ``ssl``
     (:attr:`binding`). A certificate is counted per connection
-    (:meth:`session_for` gives None until it has served ``promote_after``);
-    its contexts go with it (weakly held), and are rebuilt after the ticket
-    key rotation (new ticket keys).
+    (:meth:`session_for` gives None until it has served ``promote_after``,
+    on the standard library); its contexts go with it (weakly held), and
+    are rebuilt after the ticket key rotation (new ticket keys).
+
+    On the own binding a certificate that is not busy yet is served from
+    its :attr:`certificate_after`-th connection on a context shared by its
+    chain and ALPN list, with its leaf and key as the binding's objects
+    (held while it is, at most :attr:`certificate_limit`); the shared
+    contexts are rotated like the others.
 
     :param seconds: the clock.
-    :ivar limit: the most contexts kept (0: none, every connection stays on
-        pyOpenSSL).
+    :ivar limit: the most contexts of a certificate's own kept (0: none).
+        With ``certificate_limit`` 0 too, every connection stays on pyOpenSSL.
     """
 
     def __init__(self, seconds: Callable[[], float], promote_after: int, limit: int = STD_CONTEXTS):
@@ -220,7 +226,7 @@ class StdContexts:
                 return None
             try:
                 certificate = openssl_certificate(served)
-            except (ssl.SSLError, ValueError) as e:
+            except (ssl.SSLError, ValueError, TypeError) as e:  # TypeError: a key type cryptography cannot export
                 self._refused.add(served)
                 log.warn("TLS: {served!r} stays on pyOpenSSL: the openssl binding refused it ({error})",
                          served=served, error=e)
