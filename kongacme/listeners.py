@@ -216,7 +216,7 @@ class ListenerSet:
             return taken
         self.log.info(
             "{kind} listener on {description}: served by the Twisted engine "
-            "(listen.engine: lean applies to plain tcp: endpoints only)",
+            "(listen.engine: lean applies to tcp:, tcp6: and INET systemd: endpoints only)",
             kind=self.kind, description=description,
         )
         return port

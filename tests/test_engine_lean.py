@@ -779,11 +779,21 @@ class LoopTests(LeanMixin, unittest.TestCase):
         self.assertTrue(verifyObject(IReadDescriptor, loop))
 
     def test_served_by_engine(self) -> None:
-        """Plain tcp: and tcp6: endpoints are the engine's; haproxy:, unix: and systemd: are not."""
+        """tcp:, tcp6: and systemd: endpoints may be the engine's; haproxy: and unix: are not."""
         self.assertEqual(
             [served_by_engine(d) for d in ("tcp:443", "tcp6:443", "haproxy:tcp:443", "unix:/x", "systemd:domain=INET:index=0")],
-            [True, True, False, False, False],
+            [True, True, False, False, True],
         )
+
+    def test_unix_port_stays_twisted(self) -> None:
+        """A listening port that is not TCP (a UNIX systemd: socket is a unix.Port) is left to Twisted."""
+        from twisted.internet.protocol import Factory
+
+        path = self.mktemp()
+        port = reactor.listenUNIX(path, Factory())
+        self.addCleanup(port.stopListening)
+        engine = LeanEngine(reactor, None, None)
+        self.assertIsNone(engine.take("systemd:domain=UNIX:index=0", port, None, None))
 
 
 

@@ -9,6 +9,7 @@ from typing import Any
 
 import attrs
 from twisted.internet import tcp
+from twisted.internet.address import IPv4Address, IPv6Address
 from twisted.logger import Logger
 
 from kongacme.engine.connection import PEEK_SIZE, HelloReader
@@ -24,8 +25,10 @@ EARLY_HELLO_CREDIT = 16
 #: Without credit, one new connection in this many is looked at all the same.
 EARLY_HELLO_PROBE = 16
 
-#: The Twisted listening ports the engine can take over (plain TCP).
-LEAN_KINDS = ("tcp", "tcp6")
+#: The Twisted listening ports the engine can take over: plain TCP, and
+#: sockets systemd passes (socket activation; only its INET and INET6
+#: ones are TCP ports: :meth:`LeanEngine.take` checks the port).
+LEAN_KINDS = ("tcp", "tcp6", "systemd")
 
 #: The two paths of a connection the engine accepted (the ``path`` label of
 #: ``kongacme_engine_connections_total``): served here, or handed over.
@@ -33,7 +36,12 @@ ENGINE_PATHS = ("lean", "handed_over")
 
 
 def served_by_engine(description: str) -> bool:
-    """Whether the TLS endpoint ``description`` is one the lean engine accepts on (``tcp:``, ``tcp6:``)."""
+    """
+    Whether the TLS endpoint ``description`` is of a kind the lean engine
+    accepts on (``tcp:``, ``tcp6:``, ``systemd:``; a ``systemd:`` socket
+    of ``domain=UNIX`` is not a TCP port, which :meth:`LeanEngine.take`
+    leaves to Twisted).
+    """
     return description.split(":", 1)[0].strip().lower() in LEAN_KINDS
 
 
@@ -87,14 +95,19 @@ class LeanEngine:
     def take(self, description: str, port: Any, serving: Any, limit: Any) -> LeanPort | None:
         """
         Accept on Twisted listening ``port`` (opened for ``description``)
-        from now on, if it is a plain TCP one; ``None`` if not (it stays
-        Twisted's: ``haproxy:``, ``unix:``, ``systemd:``...).
+        from now on, if it is a TCP one (``tcp:``, ``tcp6:``, or a
+        ``systemd:`` socket of ``domain=INET``/``INET6``); ``None`` if not
+        (it stays Twisted's: ``haproxy:``, ``unix:``, a UNIX ``systemd:``
+        socket...).
 
         :param serving: the factory Twisted serves the port with: handed
             over connections are adopted with it.
         :param limit: the listener's connection limit (or ``None``).
         """
-        if not isinstance(port, tcp.Port) or (description and not served_by_engine(description)):
+        if description and not served_by_engine(description):
+            return None
+        # A TCP port, by its address (a UNIX port is a tcp.Port subclass too).
+        if not isinstance(port, tcp.Port) or not isinstance(port.getHost(), (IPv4Address, IPv6Address)):
             return None
         self.loop.start()
         return LeanPort(self, port, serving, limit)

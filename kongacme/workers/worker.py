@@ -237,7 +237,7 @@ class Worker:
         taken = None if proxied else self.lean.take("", port, serving, limit)
         if taken is None:
             log.info("worker {slot}: a haproxy: TLS socket is served by the Twisted engine "
-                     "(listen.engine: lean applies to plain tcp: endpoints only)", slot=self.slot)
+                     "(listen.engine: lean reads no PROXY header)", slot=self.slot)
             return port
         log.info("worker {slot}: TLS socket served by the lean engine", slot=self.slot)
         return taken
