@@ -24,7 +24,7 @@ from twisted.logger import Logger
 
 from kongacme.errors import CertificateError
 from kongacme.tls.certs import CertifiedKey, certificate_names
-from kongacme.tls.owned import OwnedCache
+from kongacme.tls.owned import OwnedCache, fresh
 from kongacme.tls.session import PyOpenSSLSession, TLSSession
 from kongacme.tls.stdlib import StdContexts
 
@@ -257,17 +257,8 @@ class ContextBuilder:
         return served
 
     def _context(self, chain: Intermediates) -> SSL.Context:
-        key = chain.key
-        entry = self._contexts.get(key)
-        now = self._clock.seconds()
-        if entry is not None and now - entry[1] < self.ticket_key_rotation:
-            return entry[0]
-        # Contexts of chains no longer in use go at the next rebuild.
-        for stale in [k for k, (_, built) in self._contexts.items() if now - built >= self.ticket_key_rotation]:
-            del self._contexts[stale]
-        context = self.build(chain.certificates)
-        self._contexts[key] = (context, now)
-        return context
+        return fresh(self._contexts, chain.key, self._clock.seconds(), self.ticket_key_rotation,
+                     lambda: self.build(chain.certificates))
 
     def context_for(self, certified: Servable) -> SSL.Context:
         """

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import collections
 import weakref
-from typing import Any, Generic, Hashable, Optional, TypeVar
+from typing import Any, Callable, Generic, Hashable, Optional, TypeVar
 
 Value = TypeVar("Value")
 
@@ -90,3 +90,23 @@ class OwnedCache(Generic[Value]):
 
     def __len__(self) -> int:
         return len(self._entries)
+
+
+def fresh(table: "dict[Any, tuple[Value, float]]", key: Hashable, now: float, max_age: float,
+          make: Callable[[], Value]) -> Value:
+    """
+    ``table[key]``'s value if it was made less than ``max_age`` seconds
+    before ``now``, else ``make()``'s, kept as made now. A context is
+    rebuilt so (its ticket keys rotate); the others older than ``max_age``
+    go at that rebuild, so contexts of chains no longer in use do not stay.
+    ``make``'s exceptions propagate, leaving the table as it was but for
+    those.
+    """
+    entry = table.get(key)
+    if entry is not None and now - entry[1] < max_age:
+        return entry[0]
+    for stale in [k for k, (_, made) in table.items() if now - made >= max_age]:
+        del table[stale]
+    value = make()
+    table[key] = (value, now)
+    return value

@@ -46,7 +46,7 @@ from twisted.logger import Logger
 
 from kongacme.tls import openssl
 from kongacme.tls.openssl import openssl_certificate, openssl_context, pem, shared_openssl_context
-from kongacme.tls.owned import OwnedCache
+from kongacme.tls.owned import OwnedCache, fresh
 from kongacme.tls.session import BusySession, StdSession
 
 if TYPE_CHECKING:
@@ -73,6 +73,9 @@ CERTIFICATE_AFTER = 2
 #: eight handshakes' pyOpenSSL penalty (so past the uses counted,
 #: ``kongacme.tls.owned.COUNTED`` names, they stay on pyOpenSSL).
 OWN_CERTIFICATES = 1024
+
+#: How long a certificate's own-binding objects are good for: as long as it is held.
+_KEPT = float("inf")
 
 
 def _pem(served: "ServedCertificate") -> bytes:
@@ -192,20 +195,22 @@ class StdContexts:
         :param rotation: seconds a context (its ticket keys) is used.
         """
         key = (id(served), alpn)
-        context, found = self._contexts.get(key, served, self._seconds(), rotation)
+        now = self._seconds()
+        context, found = self._contexts.get(key, served, now, rotation)
         if context is None and (found or (self.limit and self._contexts.busy(key, self.promote_after))):
             # Busy now, or its ticket keys rotate.
             context = self._build(served, alpn, key, session_tickets)
         if context is None:
             if self._binding == "openssl":
-                return self._shared_session(served, alpn, session_tickets, rotation)
+                return self._shared_session(served, alpn, session_tickets, rotation, now)
             return None
         if self._binding == "openssl":
             return openssl.compiled.Session(context)  # type: ignore[union-attr]
         return StdSession(context)
 
     def _shared_session(
-        self, served: "ServedCertificate", alpn: tuple[bytes, ...], session_tickets: bool, rotation: float
+        self, served: "ServedCertificate", alpn: tuple[bytes, ...], session_tickets: bool, rotation: float,
+        now: float,
     ) -> Optional[BusySession]:
         """
         A session of the own binding on ``served``'s chain's shared context,
@@ -214,8 +219,7 @@ class StdContexts:
         as :attr:`certificate_limit` are held), or None (then pyOpenSSL's
         shared context serves it).
         """
-        now = self._seconds()
-        certificate, _ = self._certificates.get(id(served), served, now, float("inf"))
+        certificate, _ = self._certificates.get(id(served), served, now, _KEPT)
         if certificate is None:
             full = len(self._certificates) >= self.certificate_limit
             if (
@@ -227,37 +231,22 @@ class StdContexts:
             try:
                 certificate = openssl_certificate(served)
             except (ssl.SSLError, ValueError, TypeError) as e:  # TypeError: a key type cryptography cannot export
-                self._refused.add(served)
-                log.warn("TLS: {served!r} stays on pyOpenSSL: the openssl binding refused it ({error})",
-                         served=served, error=e)
+                self._refuse(served, "it", e)
                 return None
             self._certificates.put(id(served), served, certificate, now)
-        shared = self._shared_context(served, alpn, session_tickets, rotation, now)
-        if shared is None:
+        try:
+            shared = fresh(self._shared, (served.chain.key, alpn), now, rotation,
+                           lambda: shared_openssl_context(served.chain, alpn, session_tickets))
+        except (ssl.SSLError, ValueError) as e:
+            self._refuse(served, "its chain", e)
             return None
         return openssl.compiled.Session(shared, certificate)  # type: ignore[union-attr]
 
-    def _shared_context(
-        self, served: "ServedCertificate", alpn: tuple[bytes, ...], session_tickets: bool, rotation: float,
-        now: float,
-    ) -> Any:
-        """The shared context of ``served``'s chain for ``alpn`` (rebuilt after ``rotation`` seconds), or None."""
-        key = (served.chain.key, alpn)
-        entry = self._shared.get(key)
-        if entry is not None and now - entry[1] < rotation:
-            return entry[0]
-        # Contexts of chains no longer in use go at the next rebuild.
-        for stale in [k for k, (_, built) in self._shared.items() if now - built >= rotation]:
-            del self._shared[stale]
-        try:
-            context = shared_openssl_context(served.chain, alpn, session_tickets)
-        except (ssl.SSLError, ValueError) as e:
-            self._refused.add(served)
-            log.warn("TLS: {served!r} stays on pyOpenSSL: the openssl binding refused its chain ({error})",
-                     served=served, error=e)
-            return None
-        self._shared[key] = (context, now)
-        return context
+    def _refuse(self, served: "ServedCertificate", what: str, error: Exception) -> None:
+        """The binding refused ``served`` (``what`` of it): it stays on pyOpenSSL, said once."""
+        self._refused.add(served)
+        log.warn("TLS: {served!r} stays on pyOpenSSL: the {binding} binding refused {what} ({error})",
+                 served=served, binding=self._binding, what=what, error=error)
 
     def _build(
         self, served: "ServedCertificate", alpn: tuple[bytes, ...], key: tuple[int, tuple[bytes, ...]],
@@ -270,10 +259,8 @@ class StdContexts:
             context = build(served, alpn, session_tickets)
         except (ssl.SSLError, OSError, UnicodeError, ValueError, AttributeError) as e:
             # (AttributeError: an os without memfd_create, which is Linux's.)
-            self._refused.add(served)
             self._contexts.discard(key)
-            log.warn("TLS: {served!r} stays on pyOpenSSL: the {binding} binding refused it ({error})",
-                     served=served, binding=self._binding, error=e)
+            self._refuse(served, "it", e)
             return None
         self._contexts.put(key, served, context, self._seconds())
         return context
