@@ -267,9 +267,17 @@ class Relay(UpstreamSide):
             self._steady = steady
         else:
             self._serve_compiled(steady)
-        if self._client_eof and (self._upstream_eof or self._closing) and self._to_client is None:
-            if self._upstream_backlog is None:
-                self._release()
+        if self._over():
+            self._release()
+
+    def _over(self) -> bool:
+        """Both sides have ended and nothing is left to send either way: the relay is released."""
+        return (
+            self._client_eof
+            and (self._upstream_eof or self._closing)
+            and self._to_client is None
+            and self._upstream_backlog is None
+        )
 
     def _serve_compiled(self, steady: bool) -> None:
         """
@@ -619,10 +627,10 @@ class Relay(UpstreamSide):
         # send cut short, what is left goes, without MSG_MORE, on EPOLLOUT.)
         self._drain(MSG_MORE)
         if self._to_client is None and not self._client_shut and not self._done:
-            if self._client_eof and self._upstream_eof and self._upstream_backlog is None:
-                # Both sides are over: the relay is released at once
-                # (_rearm), and closing the socket sends the FIN after what
-                # MSG_MORE held, as shutdown would: one system call fewer.
+            if self._over():
+                # The relay is released at once (_rearm), and closing the
+                # socket sends the FIN after what MSG_MORE held, as shutdown
+                # would: one system call fewer.
                 return
             self._shut_client()
 
