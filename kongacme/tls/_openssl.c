@@ -569,24 +569,14 @@ Session_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
     self->in = BIO_new(BIO_s_mem());
     self->out = BIO_new(BIO_s_mem());
     if (self->ssl == NULL || self->in == NULL || self->out == NULL) {
-        set_ssl_error("a new session"); /* before SSL_free can touch the error queue */
-        BIO_free(self->in);
-        BIO_free(self->out);
-        self->in = self->out = NULL;
-        Py_DECREF(self);
-        return NULL;
+        set_ssl_error("a new session");
+        goto fail;
     }
     /* The leaf first: OpenSSL checks the key against it (both are shared, counted). */
     if (leaf != NULL && (SSL_use_certificate(self->ssl, leaf->leaf) != 1 ||
                          SSL_use_PrivateKey(self->ssl, leaf->key) != 1)) {
         set_ssl_error("the session's certificate");
-        SSL_free(self->ssl);
-        self->ssl = NULL;
-        BIO_free(self->in);
-        BIO_free(self->out);
-        self->in = self->out = NULL;
-        Py_DECREF(self);
-        return NULL;
+        goto fail;
     }
     /* An empty BIO is "no more yet" (retry), until feed_eof. */
     BIO_set_mem_eof_return(self->in, -1);
@@ -595,6 +585,15 @@ Session_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
     SSL_set_accept_state(self->ssl);
     self->context = Py_NewRef(context);
     return (PyObject *)self;
+
+fail:
+    /* The error is read (set_ssl_error) before SSL_free can touch the queue.
+       The BIOs are not the SSL's yet; the SSL goes with the object. */
+    BIO_free(self->in);
+    BIO_free(self->out);
+    self->in = self->out = NULL;
+    Py_DECREF(self);
+    return NULL;
 }
 
 static void
