@@ -36,8 +36,7 @@ import benchlib as B
 
 
 def rss_bytes() -> int:
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    return B.rss_kib(os.getpid()) * 1024
 
 
 def child(n: int) -> dict:
