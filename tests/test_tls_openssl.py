@@ -32,7 +32,7 @@ from kongacme.tls.openssl import openssl_context, pem
 from kongacme.tls.records import count_records
 from kongacme.tls.session import CLOSED, TLS_ERROR, WANT_READ, PyOpenSSLSession, tls_failure_reason
 from tests import test_tls_stdlib as stdlib_tests
-from tests.test_tls_stdlib import CERTIFIED, H2, ROOT, Owner, client, handshake
+from tests.test_tls_stdlib import CERTIFIED, H2, Owner, client, handshake
 
 if openssl.compiled is None:
     skip = "kongacme.tls._openssl is not built"
@@ -130,11 +130,9 @@ class OpenSSLSessionTests(stdlib_tests.StdSessionTests):
         """A client's ticket resumes its session on the same context, TLS 1.3 and 1.2."""
         for version in (ssl.TLSVersion.TLSv1_3, ssl.TLSVersion.TLSv1_2):
             shared = context()
-            client_context = ssl.create_default_context(cadata=ROOT.ca_pem().decode("ascii"))
-            client_context.maximum_version = version
+            client_context = stdlib_tests.client_context(maximum=version)
             first = Session(shared)
-            incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
-            obj = client_context.wrap_bio(incoming, outgoing, server_hostname="a.test")
+            obj, incoming, outgoing = client(context=client_context)
             incoming.write(handshake(first, obj, incoming, outgoing))
             obj.write(b"x")  # reads the TLS 1.3 ticket
             try:
@@ -144,8 +142,7 @@ class OpenSSLSessionTests(stdlib_tests.StdSessionTests):
             ticket = obj.session
             self.assertIsNotNone(ticket)
             second = Session(shared)
-            incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
-            obj = client_context.wrap_bio(incoming, outgoing, server_hostname="a.test", session=ticket)
+            obj, incoming, outgoing = client(resume=ticket, context=client_context)
             handshake(second, obj, incoming, outgoing)
             self.assertTrue(second.session_reused(), version)
             self.assertTrue(obj.session_reused, version)
@@ -388,28 +385,6 @@ class HostileBytesTests(SynchronousTestCase):
 
 
 
-def verifying_client(maximum: ssl.TLSVersion = ssl.TLSVersion.TLSv1_3) -> ssl.SSLContext:
-    """A client context trusting the tests' root, offering h2."""
-    client_context = ssl.create_default_context(cadata=ROOT.ca_pem().decode("ascii"))
-    client_context.maximum_version = maximum
-    client_context.set_alpn_protocols(["h2"])
-    return client_context
-
-
-def handshaken(session: Any, name: str = "a.test", maximum: ssl.TLSVersion = ssl.TLSVersion.TLSv1_3,
-               resume: Any = None, client_context: ssl.SSLContext | None = None,
-               ) -> tuple[Any, ssl.SSLObject, ssl.MemoryBIO, ssl.MemoryBIO]:
-    """
-    ``session`` handshaken with a verifying client for ``name`` (on
-    ``client_context``, resuming ``resume``), its tickets delivered.
-    """
-    client_context = client_context or verifying_client(maximum)
-    incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
-    obj = client_context.wrap_bio(incoming, outgoing, server_hostname=name, session=resume)
-    incoming.write(handshake(session, obj, incoming, outgoing))
-    return session, obj, incoming, outgoing
-
-
 def certificate(certified: Any = CERTIFIED) -> Any:
     """``certified``'s leaf and key as the own binding's Certificate."""
     return openssl.openssl_certificate(ContextBuilder(Clock()).served(certified))
@@ -431,7 +406,7 @@ class SharedContextTests(SynchronousTestCase):
         context = shared()
         self.assertTrue(context.shared)
         self.assertFalse(openssl_context(served(), H2, True).shared)
-        session, obj, incoming, outgoing = handshaken(Session(context, certificate()))
+        session, obj, incoming, outgoing = established(Session(context, certificate()), alpn=["h2"])
         self.assertEqual(session.version(), "TLSv1.3")
         self.assertEqual(obj.getpeercert()["subjectAltName"], (("DNS", "a.test"),))
         self.assertEqual(session.alpn(), b"h2")
@@ -441,13 +416,13 @@ class SharedContextTests(SynchronousTestCase):
         other = stdlib_tests.CA.issue(["b.test"], include_ca=True)
         context = shared()
         for certified, name in ((CERTIFIED, "a.test"), (other, "b.test"), (CERTIFIED, "a.test")):
-            _, obj, _, _ = handshaken(Session(context, certificate(certified)), name)
+            _, obj, _, _ = established(Session(context, certificate(certified)), name=name)
             self.assertEqual(obj.getpeercert()["subjectAltName"], (("DNS", name),))
 
     def test_tls12(self) -> None:
         """A TLS 1.2 client on a shared context, no session cached."""
         context = shared()
-        session, obj, _, _ = handshaken(Session(context, certificate()), maximum=ssl.TLSVersion.TLSv1_2)
+        session, obj, _, _ = established(Session(context, certificate()), maximum=ssl.TLSVersion.TLSv1_2)
         self.assertEqual(session.version(), "TLSv1.2")
         self.assertEqual(context.sessions_cached(), 0)
 
@@ -457,13 +432,13 @@ class SharedContextTests(SynchronousTestCase):
             obj, incoming, outgoing = client()
             after = handshake(Session(shared(session_tickets=tickets), certificate()), obj, incoming, outgoing)
             self.assertEqual(count_records(0, b"", after)[0], expected)
-        context, client_context = shared(), verifying_client()
-        _, obj, _, _ = handshaken(Session(context, certificate()), client_context=client_context)
+        context, client_context = shared(), stdlib_tests.client_context()
+        _, obj, _, _ = established(Session(context, certificate()), context=client_context)
         try:
             obj.read(1)  # takes the ticket in
         except ssl.SSLWantReadError:
             pass
-        again, _, _, _ = handshaken(Session(context, certificate()), resume=obj.session, client_context=client_context)
+        again, _, _, _ = established(Session(context, certificate()), resume=obj.session, context=client_context)
         self.assertTrue(again.session_reused())
 
     def test_arguments(self) -> None:

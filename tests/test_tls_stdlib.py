@@ -36,17 +36,29 @@ class Owner:
     alpn_allowed = H2
 
 
-def client(alpn: list[str] | None = None, maximum: ssl.TLSVersion = ssl.TLSVersion.TLSv1_3,
-           ciphers: str | None = None) -> tuple[ssl.SSLObject, ssl.MemoryBIO, ssl.MemoryBIO]:
-    """A verifying standard-library client for ``a.test`` over memory BIOs."""
+def client_context(alpn: list[str] | None = None, maximum: ssl.TLSVersion = ssl.TLSVersion.TLSv1_3,
+                   ciphers: str | None = None) -> ssl.SSLContext:
+    """A standard-library client context trusting the tests' root."""
     context = ssl.create_default_context(cadata=ROOT.ca_pem().decode("ascii"))
     context.maximum_version = maximum
     if alpn:
         context.set_alpn_protocols(alpn)
     if ciphers:
         context.set_ciphers(ciphers)
+    return context
+
+
+def client(alpn: list[str] | None = None, maximum: ssl.TLSVersion = ssl.TLSVersion.TLSv1_3,
+           ciphers: str | None = None, name: str = "a.test", resume: ssl.SSLSession | None = None,
+           context: ssl.SSLContext | None = None) -> tuple[ssl.SSLObject, ssl.MemoryBIO, ssl.MemoryBIO]:
+    """
+    A verifying standard-library client for ``name`` over memory BIOs, on
+    ``context`` (else a :func:`client_context` of the other arguments),
+    offering to ``resume`` a session (which needs the context it came from).
+    """
+    context = context or client_context(alpn, maximum, ciphers)
     incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
-    return context.wrap_bio(incoming, outgoing, server_hostname="a.test"), incoming, outgoing
+    return context.wrap_bio(incoming, outgoing, server_hostname=name, session=resume), incoming, outgoing
 
 
 def take_all(session: StdSession | PyOpenSSLSession) -> bytes:
