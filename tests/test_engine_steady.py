@@ -25,7 +25,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from kongacme.engine import relay as relay_module
 from kongacme.engine.loop import COMPILED
 from kongacme.engine.relay import Relay
-from tests.test_engine_properties import Client, End, HarnessMixin
+from tests.test_engine_properties import Client, End, HarnessMixin, segments_in
 
 #: The relay's names of the codes, and the module's (kongacme/engine/_steady.c).
 CODES = [
@@ -55,8 +55,9 @@ class CompiledSteadyTests(HarnessMixin, SynchronousTestCase):
     def steady_connection(self) -> tuple[Client, End, Relay, list[str]]:
         """
         A connection after one exchange (the first reply carries the
-        session tickets, then the relay is steady), its relay, and the list
-        the names of its departures from the steady state go to.
+        session tickets; the compiled steady state serves it, the tickets
+        held in the pair), its relay, and the list the names of its
+        departures from the steady state go to.
         """
         harness = self.harness
         client, upstream = harness.connect([], [])
@@ -105,7 +106,8 @@ class CompiledSteadyTests(HarnessMixin, SynchronousTestCase):
                 clock.advance(7)
                 self.exchange(client, upstream, b"GET / %d" % i, b"reply %d" % i)
                 self.assertEqual(relay._pair.last_activity, clock.seconds())
-            self.assertEqual((pair.client_steps, pair.upstream_steps, pair.departures), (5, 5, 0))
+            # The first exchange (in steady_connection) and these five.
+            self.assertEqual((pair.client_steps, pair.upstream_steps, pair.departures), (6, 6, 0))
             self.assertEqual(departures, [])
             self.assertEqual(
                 relay.relayed(),
@@ -116,6 +118,63 @@ class CompiledSteadyTests(HarnessMixin, SynchronousTestCase):
             harness.assert_clean_end(self, start)
             self.assertEqual((pair.live, relay._pair, harness.engine.loop.steady), (False, None, {}))
             self.assertEqual(departures, ["CLIENT_ENDED"])
+
+    def test_tickets_held_by_the_pair(self) -> None:
+        """
+        Once the handshake is done and the upstream connected, the relay is
+        in the compiled steady state with the TLS 1.3 session tickets held
+        in its pair: the first reply goes out after them in one send (one
+        upstream step, no departure), and the client can resume with them.
+        """
+        harness = self.harness
+        with harness.connection() as start:
+            client, upstream = harness.connect([], [])
+            relay = harness.relay()
+            harness.run_ready()
+            pair = relay._pair
+            self.assertTrue(relay.in_steady_state())
+            self.assertIsInstance(pair.held, bytes)
+            self.assertIsNone(relay._held)
+            before = segments_in(client.sock)
+            harness.send(upstream, b"answer", [])
+            harness.spin(lambda: bytes(client.received) == b"answer", "the answer at the client")
+            self.assertEqual(segments_in(client.sock) - before, 1)
+            self.assertEqual((pair.upstream_steps, pair.departures, pair.held), (1, 0, None))
+            self.assertTrue(client.tls.session.has_ticket)
+            self.end_both(client, upstream)
+            harness.assert_clean_end(self, start)
+
+    def test_held_tickets_go_first_from_python(self) -> None:
+        """
+        Records the relay's Python sends while the pair still holds the
+        tickets (here the close_notify for the upstream's FIN, before any
+        reply) go after them: the client reads every record.
+        """
+        harness = self.harness
+        with harness.connection() as start:
+            client, upstream = harness.connect([], [])
+            relay = harness.relay()
+            harness.run_ready()
+            self.assertIsNotNone(relay._pair.held)
+            upstream.fin()
+            harness.spin(lambda: client.eof, "the upstream's end at the client")
+            self.assertEqual((client.close_notify, client.reset), (True, False))
+            self.assertTrue(client.tls.session.has_ticket)
+            self.end_both(client, upstream)
+            harness.assert_clean_end(self, start)
+
+    def test_pair_held(self) -> None:
+        """Pair.held takes bytes or None (empty bytes: None), nothing else; close() drops it."""
+        pair = COMPILED.Pair(object(), 3, 4, len, len, len, len, len)
+        self.assertIsNone(pair.held)
+        pair.held = b"tickets"
+        self.assertEqual(pair.held, b"tickets")
+        pair.held = b""
+        self.assertIsNone(pair.held)
+        self.assertRaises(TypeError, setattr, pair, "held", "text")
+        pair.held = b"tickets"
+        pair.close()
+        self.assertIsNone(pair.held)
 
     def departure(
         self, act: Callable[[Client, End, Relay], None], expected: list[str], ending: Callable[[Client, End], None]
@@ -299,7 +358,7 @@ class CompiledSteadyTests(HarnessMixin, SynchronousTestCase):
         with harness.connection() as start:
             client, upstream, relay, departures = self.steady_connection()
             self.exchange(client, upstream, b"GET / next", b"reply next")
-            self.assertEqual(relay._pair.client_steps, 1)
+            self.assertEqual(relay._pair.client_steps, 2)
             self.end_both(client, upstream)
             harness.assert_clean_end(self, start)
 

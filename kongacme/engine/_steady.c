@@ -33,6 +33,7 @@
 #include <sys/epoll.h>
 #include <sys/socket.h>
 #include <sys/types.h>
+#include <sys/uio.h>
 
 #include "_openssl.h" /* kongacme/tls: the own binding's C API (no OpenSSL header) */
 
@@ -107,6 +108,10 @@ typedef struct {
     /* Bytes asked of the upstream per recv (the relay's _upstream_read while
        the pair serves it: Relay._serve_compiled and _left_steady copy it). */
     Py_ssize_t upstream_read;
+    /* Records held for the client (a bytes object, or NULL): the TLS 1.3
+       session tickets the handshake made, which go out in the same send as
+       the first records to the client (Relay._hold). */
+    PyObject *held;
 } Pair;
 
 static int
@@ -119,6 +124,7 @@ Pair_traverse(Pair *self, visitproc visit, void *arg)
     Py_VISIT(self->take);
     Py_VISIT(self->seconds);
     Py_VISIT(self->native);
+    Py_VISIT(self->held);
     return 0;
 }
 
@@ -132,6 +138,7 @@ Pair_clear(Pair *self)
     Py_CLEAR(self->take);
     Py_CLEAR(self->seconds);
     Py_CLEAR(self->native);
+    Py_CLEAR(self->held);
     return 0;
 }
 
@@ -201,6 +208,31 @@ Pair_get_native(Pair *self, void *Py_UNUSED(closure))
     return PyBool_FromLong(self->native != NULL);
 }
 
+static PyObject *
+Pair_get_held(Pair *self, void *Py_UNUSED(closure))
+{
+    return Py_NewRef(self->held != NULL ? self->held : Py_None);
+}
+
+static int
+Pair_set_held(Pair *self, PyObject *value, void *Py_UNUSED(closure))
+{
+    if (value == NULL || value == Py_None) {
+        Py_CLEAR(self->held);
+        return 0;
+    }
+    if (!PyBytes_CheckExact(value)) {
+        PyErr_Format(PyExc_TypeError, "held: bytes or None, not %.100s", Py_TYPE(value)->tp_name);
+        return -1;
+    }
+    if (PyBytes_GET_SIZE(value) == 0) {
+        Py_CLEAR(self->held);
+        return 0;
+    }
+    Py_XSETREF(self->held, Py_NewRef(value));
+    return 0;
+}
+
 static PyMethodDef Pair_methods[] = {
     {"close", (PyCFunction)Pair_close, METH_NOARGS,
      "Forget the relay and the session (the relay is done): never used again."},
@@ -230,6 +262,8 @@ static PyGetSetDef Pair_getset[] = {
     {"live", (getter)Pair_get_live, NULL, "not closed yet", NULL},
     {"native", (getter)Pair_get_native, NULL,
      "its session is kongacme.tls._openssl's, called through that module's C API", NULL},
+    {"held", (getter)Pair_get_held, (setter)Pair_set_held,
+     "records held for the client (bytes, or None): sent in one send with the first records to it", NULL},
     {NULL},
 };
 
@@ -438,6 +472,51 @@ send_whole(PyObject *steady, Pair *p, int fd, const char *data, Py_ssize_t lengt
     return 0;
 }
 
+/*
+ * `length` bytes of records at `records` to the client (the end of the
+ * upstream's step), after the held records if any, in one sendmsg with no
+ * copy; the held records are sent (or handed to the relay with what is left
+ * of a short send) and forgotten. `owner`: as send_whole's.
+ */
+static int
+send_client(PyObject *steady, Pair *p, const char *records, Py_ssize_t length, PyObject *owner)
+{
+    if (p->held == NULL)
+        return send_whole(steady, p, p->cfd, records, length, owner, CLIENT_LOST, CLIENT_SHORT);
+    PyObject *held = p->held;
+    p->held = NULL;
+    Py_ssize_t size = PyBytes_GET_SIZE(held);
+    struct iovec parts[2] = {
+        {.iov_base = PyBytes_AS_STRING(held), .iov_len = (size_t)size},
+        {.iov_base = (void *)records, .iov_len = (size_t)length},
+    };
+    struct msghdr message = {.msg_iov = parts, .msg_iovlen = 2};
+    ssize_t sent;
+    do {
+        sent = sendmsg(p->cfd, &message, MSG_NOSIGNAL);
+    } while (sent < 0 && errno == EINTR);
+    if (sent < 0 && (errno == EAGAIN || errno == EWOULDBLOCK))
+        sent = 0;
+    if (sent < 0) {
+        Py_DECREF(held);
+        return lost(steady, p, CLIENT_LOST, errno);
+    }
+    if (sent < size + length) {
+        /* Both, as one bytes object, with how much of it went. */
+        PyObject *rest = PyBytes_FromStringAndSize(NULL, size + length);
+        if (rest == NULL) {
+            Py_DECREF(held);
+            return -1;
+        }
+        memcpy(PyBytes_AS_STRING(rest), PyBytes_AS_STRING(held), (size_t)size);
+        memcpy(PyBytes_AS_STRING(rest) + size, records, (size_t)length);
+        Py_DECREF(held);
+        return depart(steady, p, CLIENT_SHORT, rest, sent);
+    }
+    Py_DECREF(held);
+    return 0;
+}
+
 /* `length` bytes of plaintext at `plaintext` go upstream (the end of the client's step). */
 static int
 send_upstream(PyObject *steady, Pair *p, Py_ssize_t length)
@@ -571,7 +650,7 @@ upstream_step(PyObject *steady, Pair *p)
             return -1;
         }
         p->upstream_steps++;
-        return length == 0 ? 0 : send_whole(steady, p, p->cfd, records, length, NULL, CLIENT_LOST, CLIENT_SHORT);
+        return length == 0 ? 0 : send_client(steady, p, records, length, NULL);
     }
     PyObject *r;
     if (data == NULL) {
@@ -606,7 +685,7 @@ upstream_step(PyObject *steady, Pair *p)
         Py_DECREF(records);
         return 0; /* its descriptors may be closed, even reused */
     }
-    int rc = send_whole(steady, p, p->cfd, PyBytes_AS_STRING(records), length, records, CLIENT_LOST, CLIENT_SHORT);
+    int rc = send_client(steady, p, PyBytes_AS_STRING(records), length, records);
     Py_DECREF(records);
     return rc;
 }

@@ -258,7 +258,8 @@ class Relay(UpstreamSide):
             and self._connected
             and self._handshake_done
             and not self._closing
-            and self._held is None
+            # The compiled steady state sends the held tickets itself (Pair.held).
+            and (self._held is None or self._compiled is not None)
             and self._complete == 0
             and not self._need
             and not self._header
@@ -297,6 +298,8 @@ class Relay(UpstreamSide):
                         self, self._cfd, self._ufd, tls.feed, tls.read, tls.write, tls.take, self._seconds, tls
                     )
                 pair.upstream_read = self._upstream_read
+                if self._held is not None:
+                    pair.held, self._held = self._held, None
                 table[self._cfd] = table[self._ufd] = pair
         elif self._cfd in table:
             del table[self._cfd]
@@ -594,6 +597,12 @@ class Relay(UpstreamSide):
         if held is not None:
             self._held = None
             data = held + data
+        elif self._pair is not None and self._pair.held is not None:
+            # Held by the compiled steady state (_serve_compiled) and not
+            # sent there yet: they still go first (their record numbers
+            # come before these records').
+            data = self._pair.held + data
+            self._pair.held = None
         if self._to_client is not None:
             self._to_client = bytes(self._to_client) + bytes(data)
             return
