@@ -969,7 +969,10 @@ class RelayEdgeTests(HarnessMixin, SynchronousTestCase):
             harness.send(client, client.close_notify_record(), [])
             client.fin()
             harness.spin(lambda: upstream.eof, "the client's half-close upstream")
-            self.assertFalse(relay.in_steady_state())
+            # The compiled steady state passes the own binding's close_notify
+            # on itself and serves the upstream's side on; elsewhere it is over.
+            ends_compiled = self.compiled is not None and self.binding in ("openssl", "shared")
+            self.assertEqual(relay.in_steady_state(), ends_compiled)
             upstream.fin()
             harness.spin(lambda: client.eof, "the upstream's end at the client")
             self.assertEqual((client.close_notify, client.reset), (True, False))

@@ -37,6 +37,7 @@ CODES = [
     "UPSTREAM_SHORT",
     "UPSTREAM_ENDED",
     "CLIENT_SHORT",
+    "BOTH_ENDED",
 ]
 
 
@@ -117,7 +118,9 @@ class CompiledSteadyTests(HarnessMixin, SynchronousTestCase):
             self.end_both(client, upstream)
             harness.assert_clean_end(self, start)
             self.assertEqual((pair.live, relay._pair, harness.engine.loop.steady), (False, None, {}))
-            self.assertEqual(departures, ["CLIENT_ENDED"])
+            # The own binding's session ends there too: the relay's Python
+            # only releases the connection.
+            self.assertEqual(departures, ["BOTH_ENDED"] if self.binding in ("openssl", "shared") else ["CLIENT_ENDED"])
 
     def test_tickets_held_by_the_pair(self) -> None:
         """
@@ -162,6 +165,84 @@ class CompiledSteadyTests(HarnessMixin, SynchronousTestCase):
             self.assertTrue(client.tls.session.has_ticket)
             self.end_both(client, upstream)
             harness.assert_clean_end(self, start)
+
+    def client_ended(self, client: Client, upstream: End, relay: Relay) -> None:
+        """
+        The client's close_notify: passed on upstream (its FIN there); with
+        the own binding, by the compiled steady state, which serves the
+        upstream's side on (``Pair.client_ended``); with the standard
+        library's, by the relay's Python (a departure).
+        """
+        harness = self.harness
+        harness.send(client, client.close_notify_record(), [])
+        harness.spin(lambda: upstream.eof, "the client's half-close upstream")
+        native = self.binding in ("openssl", "shared")
+        self.assertEqual((relay._pair.client_ended, relay.in_steady_state()), (native, native))
+
+    def test_reply_after_the_clients_close_notify(self) -> None:
+        """
+        After the client's close_notify the upstream's answer still reaches
+        the client (RFC 8446 §6.1: a half-close), then the upstream's FIN
+        becomes close_notify and a FIN; with the own binding all of it in
+        the compiled steady state, the relay's Python only releasing.
+        """
+        harness = self.harness
+
+        def act(client: Client, upstream: End, relay: Relay) -> None:
+            self.client_ended(client, upstream, relay)
+            harness.send(upstream, b"late answer", [])
+            harness.spin(lambda: bytes(client.received).endswith(b"late answer"), "the late answer")
+            upstream.fin()
+            harness.spin(lambda: client.eof, "the upstream's end at the client")
+            self.assertEqual((client.close_notify, client.reset), (True, False))
+
+        native = self.binding in ("openssl", "shared")
+        self.departure(act, ["BOTH_ENDED"] if native else ["CLIENT_ENDED"], lambda client, upstream: client.fin())
+
+    def test_client_reset_after_its_close_notify(self) -> None:
+        """
+        The client's reset after its close_notify (a hang-up the compiled
+        steady state leaves to Python, which takes its state back first):
+        the upstream gets its FIN and the connection ends cleanly.
+        """
+        harness = self.harness
+
+        def act(client: Client, upstream: End, relay: Relay) -> None:
+            self.client_ended(client, upstream, relay)
+            client.rst()
+            harness.spin(lambda: relay._done, "the relay's end")
+            self.assertFalse(upstream.reset)
+
+        self.departure(act, [] if self.binding in ("openssl", "shared") else ["CLIENT_ENDED"], lambda c, u: u.close())
+
+    def test_download_behind_the_clients_close_notify(self) -> None:
+        """
+        A download the client does not read at first, after its
+        close_notify, then the upstream's FIN: the records wait (a short
+        send leaves the compiled steady state with what it knows: the
+        client ended, the upstream shut), then all of it and close_notify
+        arrive.
+        """
+        harness = self.harness
+        download = random.Random(11).randbytes(4 * 1024 * 1024)
+
+        def act(client: Client, upstream: End, relay: Relay) -> None:
+            self.client_ended(client, upstream, relay)
+            client.reading = False
+            sent = harness.send_what_fits(upstream, download)
+            for _ in range(5):
+                harness.run_ready()
+            self.assertIsNotNone(relay._to_client)
+            self.assertEqual((relay._client_eof, relay._upstream_shut), (True, True))
+            client.reading = True
+            harness.send(upstream, download[sent:], [])
+            upstream.fin()
+            harness.spin(lambda: client.eof, "the download and the upstream's end at the client")
+            self.assertEqual(bytes(client.received)[-len(download):], download)
+            self.assertEqual((client.close_notify, client.reset), (True, False))
+
+        native = self.binding in ("openssl", "shared")
+        self.departure(act, ["CLIENT_SHORT"] if native else ["CLIENT_ENDED"], lambda client, upstream: client.fin())
 
     def test_pair_held(self) -> None:
         """Pair.held takes bytes or None (empty bytes: None), nothing else; close() drops it."""

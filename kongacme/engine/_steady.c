@@ -47,6 +47,8 @@ enum {
     UPSTREAM_SHORT = 5, /* arg: plaintext, sent: how much of it went */
     UPSTREAM_ENDED = 6, /* the upstream's FIN */
     CLIENT_SHORT = 7,   /* arg: records, sent: how much of them went */
+    BOTH_ENDED = 8,     /* the upstream's FIN after the client's close_notify (client_ended): our close_notify
+                           went to the client; arg: what of it the client did not take (None: all went), sent */
 };
 
 #define MAX_EVENTS 256
@@ -112,6 +114,10 @@ typedef struct {
        session tickets the handshake made, which go out in the same send as
        the first records to the client (Relay._hold). */
     PyObject *held;
+    /* The client's close_notify came in the steady state and was passed on
+       upstream here: the upstream's write side shut, the client's descriptor
+       watched for nothing (its mask 0); the upstream is still relayed to it. */
+    int client_ended;
 } Pair;
 
 static int
@@ -251,6 +257,8 @@ static PyMemberDef Pair_members[] = {
      "upstream replies relayed here whole"},
     {"departures", T_ULONGLONG, offsetof(Pair, departures), READONLY,
      "events handed to the relay's Python (Relay._left_steady)"},
+    {"client_ended", T_INT, offsetof(Pair, client_ended), READONLY,
+     "the client's close_notify was passed on upstream here (shut, the client's descriptor watched for nothing)"},
     {"upstream_read", T_PYSSIZET, offsetof(Pair, upstream_read), 0,
      "bytes asked of the upstream per recv (grows for a download, as the relay's _upstream_read)"},
     {"last_activity", T_DOUBLE, offsetof(Pair, last_activity), READONLY,
@@ -411,11 +419,11 @@ receive(int fd, PyObject **data, Py_ssize_t size)
 
 /* send() of what the socket takes now of `size` bytes at `data`: how much, or -1 with errno. */
 static Py_ssize_t
-send_buffer(int fd, const char *data, Py_ssize_t size)
+send_buffer(int fd, const char *data, Py_ssize_t size, int flags)
 {
     ssize_t n;
     do {
-        n = send(fd, data, (size_t)size, MSG_NOSIGNAL);
+        n = send(fd, data, (size_t)size, MSG_NOSIGNAL | flags);
     } while (n < 0 && errno == EINTR);
     if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK))
         return 0;
@@ -460,9 +468,9 @@ lost(PyObject *steady, Pair *p, int what, int code)
  */
 static int
 send_whole(PyObject *steady, Pair *p, int fd, const char *data, Py_ssize_t length, PyObject *owner, int lost_code,
-           int short_code)
+           int short_code, int flags)
 {
-    Py_ssize_t sent = send_buffer(fd, data, length);
+    Py_ssize_t sent = send_buffer(fd, data, length, flags);
     if (sent < 0)
         return lost(steady, p, lost_code, errno);
     if (sent < length) {
@@ -479,10 +487,11 @@ send_whole(PyObject *steady, Pair *p, int fd, const char *data, Py_ssize_t lengt
  * of a short send) and forgotten. `owner`: as send_whole's.
  */
 static int
-send_client(PyObject *steady, Pair *p, const char *records, Py_ssize_t length, PyObject *owner)
+send_client(PyObject *steady, Pair *p, const char *records, Py_ssize_t length, PyObject *owner, int short_code,
+            int flags)
 {
     if (p->held == NULL)
-        return send_whole(steady, p, p->cfd, records, length, owner, CLIENT_LOST, CLIENT_SHORT);
+        return send_whole(steady, p, p->cfd, records, length, owner, CLIENT_LOST, short_code, flags);
     PyObject *held = p->held;
     p->held = NULL;
     Py_ssize_t size = PyBytes_GET_SIZE(held);
@@ -493,7 +502,7 @@ send_client(PyObject *steady, Pair *p, const char *records, Py_ssize_t length, P
     struct msghdr message = {.msg_iov = parts, .msg_iovlen = 2};
     ssize_t sent;
     do {
-        sent = sendmsg(p->cfd, &message, MSG_NOSIGNAL);
+        sent = sendmsg(p->cfd, &message, MSG_NOSIGNAL | flags);
     } while (sent < 0 && errno == EINTR);
     if (sent < 0 && (errno == EAGAIN || errno == EWOULDBLOCK))
         sent = 0;
@@ -511,7 +520,7 @@ send_client(PyObject *steady, Pair *p, const char *records, Py_ssize_t length, P
         memcpy(PyBytes_AS_STRING(rest), PyBytes_AS_STRING(held), (size_t)size);
         memcpy(PyBytes_AS_STRING(rest) + size, records, (size_t)length);
         Py_DECREF(held);
-        return depart(steady, p, CLIENT_SHORT, rest, sent);
+        return depart(steady, p, short_code, rest, sent);
     }
     Py_DECREF(held);
     return 0;
@@ -526,7 +535,49 @@ send_upstream(PyObject *steady, Pair *p, Py_ssize_t length)
     p->client_steps++;
     if (CLOSED_MEANWHILE(p))
         return 0; /* its descriptors may be closed, even reused */
-    return send_whole(steady, p, p->ufd, plaintext, length, NULL, UPSTREAM_LOST, UPSTREAM_SHORT);
+    return send_whole(steady, p, p->ufd, plaintext, length, NULL, UPSTREAM_LOST, UPSTREAM_SHORT, 0);
+}
+
+/* The descriptor of the epoll dispatch() serves (for the steps' epoll_ctl). */
+static int current_epfd = -1;
+
+/*
+ * The client's close_notify in the steady state (the own binding's
+ * session): its half-close passed on upstream here, as Relay._client_ended
+ * does (RFC 8446 §6.1: the client still reads what the upstream sends),
+ * the client watched for nothing more, and the upstream still served here.
+ * Where the epoll refuses, the relay's Python does it all instead.
+ */
+static int
+client_end(PyObject *steady, Pair *p)
+{
+    struct epoll_event nothing = {.events = 0, .data.fd = p->cfd};
+    if (current_epfd < 0 || epoll_ctl(current_epfd, EPOLL_CTL_MOD, p->cfd, &nothing) < 0)
+        return depart(steady, p, CLIENT_ENDED, NULL, 0);
+    (void)shutdown(p->ufd, SHUT_WR); /* as Relay._shut_upstream: an error shows on the next read */
+    p->client_ended = 1;
+    p->client_steps++;
+    return 0;
+}
+
+/*
+ * The upstream's FIN after the client's close_notify (client_ended): our
+ * close_notify to the client, after the held records if any, with MSG_MORE
+ * (the FIN follows as the relay closes the socket: one segment for both),
+ * then the relay's Python (BOTH_ENDED) releases the connection.
+ */
+static int
+both_ended(PyObject *steady, Pair *p)
+{
+    const char *records;
+    Py_ssize_t length = openssl_api->close_notify(p->native, &records);
+    if (length < 0)
+        return -1;
+    unsigned long long departures = p->departures;
+    int rc = send_client(steady, p, records, length, NULL, BOTH_ENDED, MSG_MORE);
+    if (rc < 0 || p->departures != departures)
+        return rc; /* a short send or a lost client: departed with it */
+    return depart(steady, p, BOTH_ENDED, NULL, 0);
 }
 
 /* The client's step for the own binding's session: the record (`n` bytes
@@ -543,7 +594,7 @@ client_step_native(PyObject *steady, Pair *p, Py_ssize_t n)
         return 0;
     }
     if (length == KONGACME_ENDED)
-        return depart(steady, p, CLIENT_ENDED, NULL, 0);
+        return client_end(steady, p);
     if (PyErr_ExceptionMatches(tls_error_exc))
         return depart(steady, p, READ_FAILED, take_exception(), 0);
     return -1;
@@ -626,6 +677,8 @@ upstream_step(PyObject *steady, Pair *p)
     }
     if (n == 0) {
         Py_XDECREF(data);
+        if (p->client_ended && p->native != NULL)
+            return both_ended(steady, p);
         return depart(steady, p, UPSTREAM_ENDED, NULL, 0);
     }
     /* A full read is a bulk transfer: read more at a time; a short one,
@@ -650,7 +703,7 @@ upstream_step(PyObject *steady, Pair *p)
             return -1;
         }
         p->upstream_steps++;
-        return length == 0 ? 0 : send_client(steady, p, records, length, NULL);
+        return length == 0 ? 0 : send_client(steady, p, records, length, NULL, CLIENT_SHORT, 0);
     }
     PyObject *r;
     if (data == NULL) {
@@ -685,7 +738,7 @@ upstream_step(PyObject *steady, Pair *p)
         Py_DECREF(records);
         return 0; /* its descriptors may be closed, even reused */
     }
-    int rc = send_client(steady, p, PyBytes_AS_STRING(records), length, records);
+    int rc = send_client(steady, p, PyBytes_AS_STRING(records), length, records, CLIENT_SHORT, 0);
     Py_DECREF(records);
     return rc;
 }
@@ -773,20 +826,24 @@ dispatch_once(int epfd, int maxevents, PyObject *handlers, PyObject *steady, PyO
             return -1;
         PyObject *handler = NULL;
         int rc = 0;
-        if (mask == EPOLLIN) {
+        /* EPOLLHUP with EPOLLIN: both directions of a socket shut, which on
+           the upstream of a client that ended (client_ended) is its FIN. */
+        if (mask == EPOLLIN || mask == (EPOLLIN | EPOLLHUP)) {
             Pair *p = (Pair *)PyDict_GetItemWithError(steady, key); /* borrowed */
             if (p == NULL && PyErr_Occurred()) {
                 Py_DECREF(key);
                 return -1;
             }
-            if (p != NULL && Py_IS_TYPE(p, &PairType) && p->relay != NULL && (fd == p->cfd || fd == p->ufd)) {
+            if (p != NULL && Py_IS_TYPE(p, &PairType) && p->relay != NULL &&
+                (mask == EPOLLIN ? fd == p->ufd || (fd == p->cfd && !p->client_ended)
+                                 : fd == p->ufd && p->client_ended)) {
                 Py_INCREF(p);
                 handler = Py_NewRef(p->relay);
                 rc = fd == p->cfd ? client_step(steady, p) : upstream_step(steady, p);
                 Py_DECREF(p);
                 goto done;
             }
-            if (p != NULL)
+            if (p != NULL && mask == EPOLLIN)
                 forget(steady, fd); /* a stale entry: never served */
         }
         handler = PyDict_GetItemWithError(handlers, key);
@@ -838,14 +895,18 @@ dispatch(PyObject *Py_UNUSED(module), PyObject *args)
        under load the reactor's iteration (its timers, its own epoll, its
        log context) is then paid once per several batches. */
     long served = 0;
+    current_epfd = epfd;
     for (int round = 0; round < rounds; round++) {
         int ready = dispatch_once(epfd, maxevents, handlers, steady, failed);
-        if (ready < 0)
+        if (ready < 0) {
+            current_epfd = -1;
             return NULL;
+        }
         served += ready;
         if (ready == 0)
             break;
     }
+    current_epfd = -1;
     return PyLong_FromLong(served);
 }
 
@@ -893,6 +954,7 @@ PyInit__steady(void)
         {"CLIENT_ENDED", CLIENT_ENDED},   {"READ_FAILED", READ_FAILED},
         {"UPSTREAM_LOST", UPSTREAM_LOST}, {"UPSTREAM_SHORT", UPSTREAM_SHORT},
         {"UPSTREAM_ENDED", UPSTREAM_ENDED}, {"CLIENT_SHORT", CLIENT_SHORT},
+        {"BOTH_ENDED", BOTH_ENDED},
     };
     for (size_t i = 0; i < sizeof codes / sizeof codes[0]; i++) {
         if (PyModule_AddIntConstant(m, codes[i].name, codes[i].value) < 0) {

@@ -86,7 +86,9 @@ _PARKED = -1
 #: was not one whole record (``b""``: a FIN); the client's socket failed;
 #: its close_notify; TLS ``read`` failed; the upstream's socket failed; the
 #: upstream took part of the plaintext; the upstream's FIN; the client took
-#: part of the records.
+#: part of the records; the upstream's FIN after the client's close_notify,
+#: both ends done there (our close_notify sent, or what the client did not
+#: take of it).
 (
     LEFT_CLIENT_DATA,
     LEFT_CLIENT_LOST,
@@ -96,7 +98,8 @@ _PARKED = -1
     LEFT_UPSTREAM_SHORT,
     LEFT_UPSTREAM_ENDED,
     LEFT_CLIENT_SHORT,
-) = range(8)
+    LEFT_BOTH_ENDED,
+) = range(9)
 
 
 @implementer(IPollHandler)
@@ -205,6 +208,10 @@ class Relay(UpstreamSide):
             if not (self._steady or self._done):
                 self._rearm()
             return
+        if self._pair is not None and self._cfd in self._loop.steady:
+            # An event the compiled steady state leaves here (a hang-up, an
+            # error): what it did comes back first (_taken_back).
+            self._serve_compiled(False)
         if fd == self._cfd:
             if events & EPOLLOUT and self._to_client is not None:
                 self._flush_client()
@@ -308,8 +315,14 @@ class Relay(UpstreamSide):
 
     def _taken_back(self) -> None:
         """The compiled steady state no longer serves this relay: what it kept comes back here."""
+        pair = self._pair
         self._fold()
-        self._upstream_read = self._pair.upstream_read
+        self._upstream_read = pair.upstream_read
+        if pair.client_ended and not self._client_eof:
+            # The client's close_notify, passed on there: the upstream's
+            # write side is shut, the client's descriptor watched for nothing.
+            self._client_eof = self._upstream_shut = True
+            self._client_mask = 0
 
     def _fold(self) -> None:
         """Add what the compiled steady state relayed, and when, to this relay's counters."""
@@ -364,6 +377,13 @@ class Relay(UpstreamSide):
         elif what == LEFT_CLIENT_SHORT:
             self._to_client = memoryview(arg)[sent:]
             self._drain()
+        elif what == LEFT_BOTH_ENDED:
+            # Both ends done there: the relay is released (_rearm), or waits
+            # for the client to take the rest of our close_notify.
+            self._upstream_eof = True
+            self._drop_upstream()
+            if arg is not None:
+                self._to_client = memoryview(arg)[sent:]
         else:
             raise ValueError("unknown departure from the steady state: %r" % (what,))
         if not self._done:

@@ -945,12 +945,10 @@ api_open_record(PyObject *session, const char *ciphertext, Py_ssize_t size, char
 static char *sealed = NULL;
 static size_t sealed_size = 0;
 
+/* All the records OpenSSL has written, into `sealed`: their length, or -1 with an exception set. */
 static Py_ssize_t
-api_seal(PyObject *session, const char *plain, Py_ssize_t size, const char **records)
+take_sealed(Session *self, const char **records)
 {
-    Session *self = (Session *)session;
-    if (write_bytes(self, plain, size) < 0)
-        return -1;
     size_t pending = BIO_ctrl_pending(self->out);
     if (pending > INT_MAX) {
         PyErr_SetString(PyExc_OverflowError, "seal: more than INT_MAX bytes of records");
@@ -966,11 +964,31 @@ api_seal(PyObject *session, const char *plain, Py_ssize_t size, const char **rec
         sealed_size = pending;
     }
     if (pending > 0 && BIO_read(self->out, sealed, (int)pending) != (int)pending) {
-        set_ssl_error("seal");
+        set_ssl_error("take");
         return -1;
     }
     *records = sealed;
     return (Py_ssize_t)pending;
+}
+
+static Py_ssize_t
+api_seal(PyObject *session, const char *plain, Py_ssize_t size, const char **records)
+{
+    Session *self = (Session *)session;
+    if (write_bytes(self, plain, size) < 0)
+        return -1;
+    return take_sealed(self, records);
+}
+
+static Py_ssize_t
+api_close_notify(PyObject *session, const char **records)
+{
+    Session *self = (Session *)session;
+    PyObject *done = Session_close_notify(self, NULL);
+    if (done == NULL)
+        return -1;
+    Py_DECREF(done);
+    return take_sealed(self, records);
 }
 
 static KongacmeOpenSSL_API api = {
@@ -978,6 +996,7 @@ static KongacmeOpenSSL_API api = {
     .session_type = &SessionType,
     .open_record = api_open_record,
     .seal = api_seal,
+    .close_notify = api_close_notify,
 };
 
 /* -- the module ------------------------------------------------------------ */

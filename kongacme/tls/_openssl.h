@@ -10,7 +10,7 @@
 #include <Python.h>
 
 #define KONGACME_OPENSSL_CAPSULE "kongacme.tls._openssl._C_API"
-#define KONGACME_OPENSSL_API_VERSION 1
+#define KONGACME_OPENSSL_API_VERSION 2
 
 /* What open_record gives besides a length of plaintext (> 0). */
 #define KONGACME_NO_DATA 0  /* a record with no application data (a KeyUpdate) */
@@ -29,6 +29,10 @@ typedef struct {
        length, with *records pointing at them until the next call into this
        module; -1 with a Python exception set. */
     Py_ssize_t (*seal)(PyObject *session, const char *plain, Py_ssize_t size, const char **records);
+    /* Our close_notify written, and all the records OpenSSL has (it
+       included): their length, with *records as seal's; -1 with a Python
+       exception set. */
+    Py_ssize_t (*close_notify)(PyObject *session, const char **records);
 } KongacmeOpenSSL_API;
 
 #endif
