@@ -373,6 +373,16 @@ class Harness:
                 return client, flight
         raise AssertionError("the client's handshake never finished")
 
+    def tls12_client(self) -> Client:
+        """A client connected to the engine that offers TLS 1.2 at most (nothing sent yet)."""
+        client = Client(socket.create_connection(("127.0.0.1", self.port)))
+        context = client_context()
+        context.maximum_version = ssl.TLSVersion.TLSv1_2
+        client.incoming, client.outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+        client.tls = context.wrap_bio(client.incoming, client.outgoing, server_hostname=SERVER_NAME)
+        self.ends.append(client)
+        return client
+
     def accept_upstream(self) -> End:
         """The connection the engine made upstream."""
         accepted: list[socket.socket] = []
@@ -788,12 +798,7 @@ class RelayEdgeTests(HarnessMixin, SynchronousTestCase):
         """
         harness = self.harness
         with harness.connection() as start:
-            client = Client(socket.create_connection(("127.0.0.1", harness.port)))
-            context = client_context()
-            context.maximum_version = ssl.TLSVersion.TLSv1_2
-            client.incoming, client.outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
-            client.tls = context.wrap_bio(client.incoming, client.outgoing, server_hostname=SERVER_NAME)
-            harness.ends.append(client)
+            client = harness.tls12_client()
             harness.send(client, client.handshake_step(), [])
             harness.spin(lambda: client.incoming.pending > 0, "the server's first flight")
             second = client.handshake_step()

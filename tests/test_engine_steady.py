@@ -18,14 +18,18 @@ import os
 import random
 import select
 import socket
+import ssl
 from typing import Any, Callable
+
 
 from twisted.trial.unittest import SynchronousTestCase
 
 from kongacme.engine import relay as relay_module
 from kongacme.engine.loop import COMPILED
 from kongacme.engine.relay import Relay
-from tests.test_engine_properties import Client, End, HarnessMixin, segments_in
+from kongacme.proxy.routes import Route, RouteTable
+from tests.proxyhelpers import unanswered_port
+from tests.test_engine_properties import SERVER_NAME, Client, End, HarnessMixin, segments_in
 
 #: The relay's names of the codes, and the module's (kongacme/engine/_steady.c).
 CODES = [
@@ -38,7 +42,23 @@ CODES = [
     "UPSTREAM_ENDED",
     "CLIENT_SHORT",
     "BOTH_ENDED",
+    "HANDSHAKE_FAILED",
+    "HANDSHAKEN",
+    "CLIENT_PLAINTEXT",
 ]
+
+
+def recorded_departures(relay: Relay) -> list[str]:
+    """The list the names of ``relay``'s departures from the compiled module go to, from now on."""
+    departures: list[str] = []
+    left = relay._left_steady
+
+    def recorded(what: int, arg: Any, sent: int) -> None:
+        departures.append(CODES[what])
+        left(what, arg, sent)
+
+    relay._left_steady = recorded  # type: ignore[method-assign]
+    return departures
 
 
 class CompiledSteadyTests(HarnessMixin, SynchronousTestCase):
@@ -65,15 +85,7 @@ class CompiledSteadyTests(HarnessMixin, SynchronousTestCase):
         relay = harness.relay()
         self.exchange(client, upstream, b"GET / 0", b"reply 0")
         self.assertTrue(relay.in_steady_state())
-        departures: list[str] = []
-        left = relay._left_steady
-
-        def recorded(what: int, arg: Any, sent: int) -> None:
-            departures.append(CODES[what])
-            left(what, arg, sent)
-
-        relay._left_steady = recorded  # type: ignore[method-assign]
-        return client, upstream, relay, departures
+        return client, upstream, relay, recorded_departures(relay)
 
     def test_codes(self) -> None:
         """The relay's LEFT_* codes are the module's."""
@@ -453,6 +465,209 @@ class CompiledSteadyOpenSSLTests(CompiledSteadyTests):
 class CompiledSteadySharedTests(CompiledSteadyTests):
     """The same, on the own binding's shared contexts (each session with its certificate)."""
 
+    binding = "shared"
+
+
+class CompiledHandshakeTests(HarnessMixin, SynchronousTestCase):
+    """
+    The handshake done by the compiled module (the own binding's session,
+    its C API): from the ClientHello's answer to the first exchange with one
+    pair and no departure, and each way out of it to the relay's Python.
+    """
+
+    binding = "openssl"
+    compiled = COMPILED
+
+    if COMPILED is None:
+        skip = "kongacme.engine._steady is not built (no C compiler or Python headers at install)"
+
+    def begun(self) -> tuple[Client, bytes, Relay, list[str]]:
+        """
+        A client whose ClientHello was answered (its last flight returned,
+        not sent), the relay with the handshake in the compiled module, and
+        the list its departures go to.
+        """
+        client, flight = self.harness.handshake([])
+        relay = self.harness.relay()
+        self.assertTrue(relay.handshake_compiled())
+        self.assertFalse(relay.in_steady_state())
+        return client, flight, relay, recorded_departures(relay)
+
+    def test_one_pair_from_handshake_to_end(self) -> None:
+        """
+        The client's Finished and its request in one segment: the handshake
+        is done, the upstream dialled and the request sent there by the
+        pair made for the handshake, which then serves the exchange and the
+        ends; the relay's Python only counts the handshake, watches the
+        upstream and releases.
+        """
+        harness = self.harness
+        handshakes = harness.tls_factory.handshakes
+        cached = handshakes["cached"]
+        with harness.connection() as start:
+            client, flight, relay, departures = self.begun()
+            pair = relay._pair
+            harness.send(client, flight + client.encrypt(b"GET / first"), [])
+            upstream = harness.accept_upstream()
+            harness.spin(lambda: bytes(upstream.received) == b"GET / first", "the first request upstream")
+            self.assertTrue(relay.in_steady_state())
+            self.assertIs(relay._pair, pair)
+            self.assertEqual((pair.client_steps, handshakes["cached"]), (1, cached + 1))
+            self.assertIsNotNone(pair.held)
+            harness.send(upstream, b"first reply", [])
+            harness.spin(lambda: bytes(client.received) == b"first reply", "the first reply")
+            self.assertTrue(client.tls.session.has_ticket)
+            self.exchange(client, upstream, b"GET / second", b"second reply")
+            self.assertEqual(relay.relayed(), (len(b"GET / firstGET / second"), len(b"first replysecond reply")))
+            self.end_both(client, upstream)
+            harness.assert_clean_end(self, start)
+            self.assertEqual(departures, ["BOTH_ENDED"])
+
+    def test_finished_cut(self) -> None:
+        """
+        A Finished cut across segments goes to the relay's Python (with the
+        first part), which does the rest of the handshake; the steady state
+        is the compiled one all the same.
+        """
+        harness = self.harness
+        with harness.connection() as start:
+            client, flight, relay, departures = self.begun()
+            harness.send(client, flight, [len(flight) - 3])
+            upstream = harness.accept_upstream()
+            self.assertEqual(departures, ["CLIENT_DATA"])
+            self.exchange(client, upstream, b"GET /", b"reply")
+            self.assertTrue(relay.in_steady_state())
+            self.assertGreaterEqual(relay._pair.ufd, 0)
+            self.end_both(client, upstream)
+            harness.assert_clean_end(self, start)
+
+    def test_handshake_failure(self) -> None:
+        """
+        A Finished that does not verify: the handshake fails there, the
+        relay's Python counts it, logs it and sends OpenSSL's alert; no
+        upstream is dialled, and nothing is left.
+        """
+        harness = self.harness
+        failed = harness.tls_factory.handshakes["failed"]
+        with harness.connection() as start:
+            client, flight, relay, departures = self.begun()
+            corrupt = flight[:-1] + bytes([flight[-1] ^ 1])
+            client.reading = False  # what arrives stays in the socket
+            harness.send(client, corrupt, [])
+            harness.spin(lambda: relay._done, "the failed handshake's end")
+            self.assertEqual(departures, ["HANDSHAKE_FAILED"])
+            self.assertEqual(harness.tls_factory.handshakes["failed"], failed + 1)
+            self.assertRaises(BlockingIOError, harness.upstream_listener.accept)
+            self.assertIn("failed", self.relay_logs.events[-1]["log_format"])
+            client.incoming.write(client.sock.recv(65536))
+            with self.assertRaises(ssl.SSLError) as alert:
+                client.tls.read(65536)
+            self.assertIn("BAD_RECORD_MAC", str(alert.exception))
+            harness.assert_clean_end(self, start)
+
+    def test_tls12(self) -> None:
+        """A TLS 1.2 handshake done there goes on in the relay's Python (HANDSHAKEN): the server's Finished, the dial."""
+        harness = self.harness
+        with harness.connection() as start:
+            client = harness.tls12_client()
+            harness.send(client, client.handshake_step(), [])
+            harness.spin(lambda: client.incoming.pending > 0, "the server's first flight")
+            relay = harness.relay()
+            self.assertTrue(relay.handshake_compiled())
+            departures = recorded_departures(relay)
+            harness.send(client, client.handshake_step(), [])
+            harness.spin(lambda: not client.handshake_step() and client.handshake_done, "the server's Finished")
+            self.assertEqual((client.tls.version(), departures), ("TLSv1.2", ["HANDSHAKEN"]))
+            upstream = harness.accept_upstream()
+            self.exchange(client, upstream, b"GET /", b"reply")
+            self.end_both(client, upstream)
+            harness.assert_clean_end(self, start)
+
+    def test_request_and_close_notify_with_the_finished(self) -> None:
+        """
+        The Finished, a request and the client's close_notify in one
+        segment: the request and the half-close reach the upstream (through
+        the relay's Python, CLIENT_PLAINTEXT), then its answer and FIN the client.
+        """
+        harness = self.harness
+        with harness.connection() as start:
+            client, flight, relay, departures = self.begun()
+            harness.send(client, flight + client.encrypt(b"GET / last") + client.close_notify_record(), [])
+            upstream = harness.accept_upstream()
+            harness.spin(lambda: upstream.eof, "the request and the half-close upstream")
+            self.assertEqual((bytes(upstream.received), departures), (b"GET / last", ["CLIENT_PLAINTEXT"]))
+            harness.send(upstream, b"answer", [])
+            upstream.fin()
+            harness.spin(lambda: client.eof, "the answer and the end at the client")
+            self.assertEqual((bytes(client.received), client.close_notify), (b"answer", True))
+            harness.assert_clean_end(self, start)
+
+    def upstream_at(self, port: int) -> None:
+        """Route every name to ``port`` on this host from now on."""
+        self.harness.proxy_factory.router = RouteTable([], Route("127.0.0.1", port))
+
+    def test_upstream_refused(self) -> None:
+        """
+        An upstream that refuses the pair's connect: the relay's Python
+        logs it and closes the client with close_notify.
+        """
+        harness = self.harness
+        closed = socket.socket()
+        closed.bind(("127.0.0.1", 0))
+        self.upstream_at(closed.getsockname()[1])
+        closed.close()
+        with harness.connection() as start:
+            client, flight, relay, departures = self.begun()
+            harness.send(client, flight + client.encrypt(b"GET /"), [])
+            harness.spin(lambda: client.eof, "the client closed")
+            self.assertEqual((client.close_notify, client.reset, departures), (True, False, []))
+            self.assertIn("refused", str(self.relay_logs.events[-1]["reason"]))
+            client.fin()
+            harness.assert_clean_end(self, start)
+
+    def test_upstream_still_connecting(self) -> None:
+        """
+        An upstream that does not answer the pair's connect at once (its
+        accept queue full): the relay's Python holds the request and waits
+        for it, up to the connect deadline, then closes the client with
+        close_notify.
+        """
+        harness = self.harness
+        self.upstream_at(unanswered_port(self))
+        with harness.connection() as start:
+            client, flight, relay, departures = self.begun()
+            harness.send(client, flight + client.encrypt(b"GET /"), [])
+            self.assertEqual((relay._handshake_done, relay._connected, relay._pending_size), (True, False, 5))
+            self.assertFalse(relay.in_steady_state())
+            harness.reactor.clock.advance(harness.proxy_factory.connect_timeout)
+            harness.spin(lambda: client.eof, "the client closed")
+            self.assertEqual((client.close_notify, departures), (True, []))
+            client.fin()
+            harness.assert_clean_end(self, start)
+
+
+    def test_pair_for_the_handshake(self) -> None:
+        """
+        A pair without an upstream descriptor needs the own binding's
+        session and an IP address to dial (of its family); else it is refused.
+        """
+        relay = object()
+        session = self.harness.tls_factory.builder.session_for(
+            self.harness.tls_factory.cache.lookup(SERVER_NAME), (), relay, True
+        )
+        self.addCleanup(session.release)
+        pair = COMPILED.Pair(relay, 3, -1, len, len, len, len, len, session, (socket.AF_INET, "127.0.0.1", 80))
+        self.assertEqual((pair.ufd, pair.native), (-1, True))
+        pair = COMPILED.Pair(relay, 3, -1, len, len, len, len, len, session, (socket.AF_INET6, "::1", 80))
+        self.assertEqual(pair.ufd, -1)
+        for bad in [(socket.AF_INET, "::1", 80), (socket.AF_INET6, "127.0.0.1", 80), (socket.AF_INET, "example.com", 80),
+                    (socket.AF_INET, "127.0.0.1", 70000), (socket.AF_UNIX, "/run/x", 0), ("x",)]:
+            self.assertRaises((ValueError, TypeError), COMPILED.Pair, relay, 3, -1, len, len, len, len, len, session, bad)
+        self.assertRaises(ValueError, COMPILED.Pair, relay, 3, -1, len, len, len, len, len, None, (socket.AF_INET, "127.0.0.1", 80))
+        self.assertRaises(ValueError, COMPILED.Pair, relay, 3, -1, len, len, len, len, len, session)
+
+
+class CompiledHandshakeSharedTests(CompiledHandshakeTests):
     binding = "shared"
 
 

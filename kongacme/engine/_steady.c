@@ -16,6 +16,18 @@
  *   short send): the relay's Python, exactly as the pure-Python path does it
  *   (Relay.on_events, Relay._left_steady).
  *
+ * With a session of the own binding, more of a connection is done here:
+ *
+ * - the handshake after the ClientHello's answer (a pair made with no
+ *   upstream descriptor, ufd -1): the client's flights fed, the server's
+ *   sent; once done (TLS 1.3), the session tickets held for the first
+ *   records to the client (Pair.held), the route's first address dialled,
+ *   the relay told (Relay._established), and what came with the Finished
+ *   sent upstream;
+ * - the ends: the client's close_notify passed on upstream (shutdown), the
+ *   upstream relayed on, and its FIN answered with our close_notify; the
+ *   relay's Python then only releases the connection (BOTH_ENDED).
+ *
  * Nothing here reaches into Python's, OpenSSL's or Twisted's internals: the
  * TLS objects are called through their public Python methods, and the
  * sockets are the kernel's. A session of kongacme's own binding
@@ -29,7 +41,12 @@
 #include <Python.h>
 #include <structmember.h>
 
+#include <arpa/inet.h>
 #include <errno.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <string.h>
+#include <unistd.h>
 #include <sys/epoll.h>
 #include <sys/socket.h>
 #include <sys/types.h>
@@ -49,6 +66,9 @@ enum {
     CLIENT_SHORT = 7,   /* arg: records, sent: how much of them went */
     BOTH_ENDED = 8,     /* the upstream's FIN after the client's close_notify (client_ended): our close_notify
                            went to the client; arg: what of it the client did not take (None: all went), sent */
+    HANDSHAKE_FAILED = 9,  /* arg: the TLS error of the handshake step (its alert is to take) */
+    HANDSHAKEN = 10,       /* the handshake is done, not TLS 1.3: the rest is Relay._after_handshake's */
+    CLIENT_PLAINTEXT = 11, /* arg: plaintext read after the handshake, then its end or an error (read again) */
 };
 
 #define MAX_EVENTS 256
@@ -75,7 +95,7 @@ static PyObject *plaintext_view = NULL;
    allocator) costs less than a memoryview (a tracked object) would. */
 #define SMALL_COPY 512
 
-static PyObject *str_on_events, *str_left_steady;
+static PyObject *str_on_events, *str_left_steady, *str_established;
 
 /* kongacme.tls._openssl's C API, imported by configure() (NULL where it is
    not built, or of another version: a build out of step; its sessions are
@@ -118,6 +138,10 @@ typedef struct {
        upstream here: the upstream's write side shut, the client's descriptor
        watched for nothing (its mask 0); the upstream is still relayed to it. */
     int client_ended;
+    /* The route's first address, dialled here once the handshake step has
+       done the handshake (a pair made before it: ufd -1). */
+    struct sockaddr_storage upstream;
+    socklen_t upstream_length;
 } Pair;
 
 static int
@@ -156,22 +180,64 @@ Pair_dealloc(Pair *self)
     Py_TYPE(self)->tp_free((PyObject *)self);
 }
 
+/* `address` (family, host, port), an IP literal's, into the pair's upstream: 0, or -1 with an exception. */
+static int
+parse_upstream(Pair *self, PyObject *address)
+{
+    int family, port;
+    const char *host;
+    if (!PyArg_ParseTuple(address, "isi:upstream", &family, &host, &port))
+        return -1;
+    memset(&self->upstream, 0, sizeof self->upstream);
+    if (port < 0 || port > 65535) {
+        PyErr_Format(PyExc_ValueError, "upstream: port %d", port);
+        return -1;
+    }
+    if (family == AF_INET) {
+        struct sockaddr_in *in = (struct sockaddr_in *)&self->upstream;
+        in->sin_family = AF_INET;
+        in->sin_port = htons((uint16_t)port);
+        if (inet_pton(AF_INET, host, &in->sin_addr) == 1) {
+            self->upstream_length = sizeof *in;
+            return 0;
+        }
+    } else if (family == AF_INET6) {
+        struct sockaddr_in6 *in6 = (struct sockaddr_in6 *)&self->upstream;
+        in6->sin6_family = AF_INET6;
+        in6->sin6_port = htons((uint16_t)port);
+        if (inet_pton(AF_INET6, host, &in6->sin6_addr) == 1) {
+            self->upstream_length = sizeof *in6;
+            return 0;
+        }
+    }
+    PyErr_Format(PyExc_ValueError, "upstream: not an address of family %d: %R", family, address);
+    return -1;
+}
+
 static int
 Pair_init(Pair *self, PyObject *args, PyObject *kwds)
 {
-    static char *kwlist[] = {"relay", "cfd", "ufd", "feed", "read", "write", "take", "seconds", "session", NULL};
-    PyObject *relay, *feed, *read, *write, *take, *seconds, *session = Py_None;
+    static char *kwlist[] = {"relay", "cfd", "ufd", "feed", "read", "write", "take", "seconds", "session", "upstream",
+                             NULL};
+    PyObject *relay, *feed, *read, *write, *take, *seconds, *session = Py_None, *upstream = Py_None;
     int cfd, ufd;
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "OiiOOOOO|O:Pair", kwlist, &relay, &cfd, &ufd, &feed,
-                                     &read, &write, &take, &seconds, &session))
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "OiiOOOOO|OO:Pair", kwlist, &relay, &cfd, &ufd, &feed,
+                                     &read, &write, &take, &seconds, &session, &upstream))
         return -1;
-    if (cfd < 0 || ufd < 0) {
-        PyErr_SetString(PyExc_ValueError, "Pair: descriptors must not be negative");
+    int native = session != Py_None && openssl_api != NULL && Py_IS_TYPE(session, openssl_api->session_type);
+    if (cfd < 0 || (ufd < 0 && (upstream == Py_None || !native))) {
+        PyErr_SetString(PyExc_ValueError,
+                        "Pair: descriptors must not be negative (but for the upstream's, with an upstream address "
+                        "and a session of kongacme.tls._openssl's to do the handshake)");
         return -1;
     }
     Pair_clear(self);
+    self->upstream_length = 0;
+    self->client_ended = 0;
+    if (ufd < 0 && parse_upstream(self, upstream) < 0)
+        return -1;
     self->cfd = cfd;
-    self->ufd = ufd;
+    self->ufd = ufd < 0 ? -1 : ufd;
     self->upstream_read = read_size;
     self->relay = Py_NewRef(relay);
     self->feed = Py_NewRef(feed);
@@ -179,7 +245,7 @@ Pair_init(Pair *self, PyObject *args, PyObject *kwds)
     self->write = Py_NewRef(write);
     self->take = Py_NewRef(take);
     self->seconds = Py_NewRef(seconds);
-    if (session != Py_None && openssl_api != NULL && Py_IS_TYPE(session, openssl_api->session_type))
+    if (native)
         self->native = Py_NewRef(session);
     return 0;
 }
@@ -250,7 +316,8 @@ static PyMethodDef Pair_methods[] = {
 
 static PyMemberDef Pair_members[] = {
     {"cfd", T_INT, offsetof(Pair, cfd), READONLY, "the client's descriptor"},
-    {"ufd", T_INT, offsetof(Pair, ufd), READONLY, "the upstream's descriptor"},
+    {"ufd", T_INT, offsetof(Pair, ufd), READONLY,
+     "the upstream's descriptor (-1: the handshake is the pair's, the upstream not dialled yet)"},
     {"client_steps", T_ULONGLONG, offsetof(Pair, client_steps), READONLY,
      "client segments relayed here whole"},
     {"upstream_steps", T_ULONGLONG, offsetof(Pair, upstream_steps), READONLY,
@@ -600,7 +667,162 @@ client_step_native(PyObject *steady, Pair *p, Py_ssize_t n)
     return -1;
 }
 
-/* The client is readable: one whole record becomes plaintext upstream. */
+/* -- the handshake step (a pair made before the upstream: ufd -1) ---------- */
+
+/* Whether `n` bytes at `data` are whole TLS records, one or more. */
+static int
+whole_records(const unsigned char *data, Py_ssize_t n)
+{
+    Py_ssize_t at = 0;
+    while (n - at >= 5)
+        at += 5 + ((Py_ssize_t)data[at + 3] << 8 | data[at + 4]);
+    return at == n && n > 0;
+}
+
+/* A non-blocking connect to the pair's upstream: 0 connected (*fd set),
+   EINPROGRESS (*fd set), or connect's errno (no descriptor). */
+static int
+dial(Pair *p, int *fd)
+{
+    int s = socket(p->upstream.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    if (s < 0)
+        return errno;
+    /* Each send is a whole record or a whole read (UpstreamSide._dial). */
+    int one = 1;
+    (void)setsockopt(s, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+    if (connect(s, (struct sockaddr *)&p->upstream, p->upstream_length) == 0) {
+        *fd = s;
+        return 0;
+    }
+    int code = errno;
+    if (code != EINPROGRESS && code != EINTR && code != EAGAIN) {
+        close(s);
+        return code;
+    }
+    *fd = s;
+    /* An upstream on this host: connected before connect() returned. */
+    struct sockaddr_storage peer;
+    socklen_t length = sizeof peer;
+    return getpeername(s, (struct sockaddr *)&peer, &length) == 0 ? 0 : EINPROGRESS;
+}
+
+/*
+ * After the handshake: the plaintext that came with the client's Finished
+ * (the request, usually) goes upstream in one send. It is shorter than the
+ * ciphertext of one recv, so it fits in `plaintext`; anything else than
+ * records read to the end there (the client's close_notify right behind
+ * them, a TLS error, a buffer filled) goes to the relay's Python with what
+ * was read (CLIENT_PLAINTEXT), which reads on and meets that again.
+ */
+static int
+relay_plaintext(PyObject *steady, Pair *p)
+{
+    Py_ssize_t have = 0;
+    for (;;) {
+        Py_ssize_t length =
+            have == read_size ? KONGACME_ENDED
+                              : openssl_api->open_record(p->native, NULL, 0, plaintext + have, read_size - have);
+        if (length > 0) {
+            have += length;
+            continue;
+        }
+        if (length == KONGACME_NO_DATA)
+            break;
+        if (length == KONGACME_FAILED) {
+            if (!PyErr_ExceptionMatches(tls_error_exc))
+                return -1;
+            PyErr_Clear(); /* read again by the relay's Python */
+        }
+        PyObject *data = PyBytes_FromStringAndSize(plaintext, have);
+        return data == NULL ? -1 : depart(steady, p, CLIENT_PLAINTEXT, data, 0);
+    }
+    return have == 0 ? 0 : send_upstream(steady, p, have);
+}
+
+/*
+ * The TLS 1.3 handshake is done here: its session tickets held (Pair.held)
+ * for the first records to the client, the upstream dialled, and the relay's
+ * Python told (Relay._established(ufd, code)): connected (code 0), the pair
+ * serving both sockets from here; still connecting or failed, the pair out
+ * of the steady table and the relay's Python on from there.
+ */
+static int
+establish(PyObject *steady, Pair *p)
+{
+    const char *records;
+    Py_ssize_t length = openssl_api->take(p->native, &records);
+    if (length < 0)
+        return -1;
+    if (length > 0) {
+        PyObject *held = PyBytes_FromStringAndSize(records, length);
+        if (held == NULL)
+            return -1;
+        Py_XSETREF(p->held, held);
+    }
+    int ufd = -1;
+    int code = dial(p, &ufd);
+    if (code == 0) {
+        PyObject *key = PyLong_FromLong(ufd);
+        if (key == NULL || PyDict_SetItem(steady, key, (PyObject *)p) < 0) {
+            Py_XDECREF(key);
+            close(ufd);
+            return -1;
+        }
+        Py_DECREF(key);
+        p->ufd = ufd;
+    } else {
+        forget(steady, p->cfd);
+    }
+    PyObject *relay = Py_NewRef(p->relay);
+    PyObject *ufd_obj = PyLong_FromLong(ufd);
+    PyObject *code_obj = PyLong_FromLong(code);
+    PyObject *r = ufd_obj == NULL || code_obj == NULL
+                      ? NULL
+                      : PyObject_CallMethodObjArgs(relay, str_established, ufd_obj, code_obj, NULL);
+    Py_XDECREF(ufd_obj);
+    Py_XDECREF(code_obj);
+    Py_DECREF(relay);
+    if (r == NULL) {
+        if (code == 0 && !CLOSED_MEANWHILE(p)) {
+            forget(steady, ufd); /* the relay's abort cannot know it */
+            p->ufd = -1;
+        }
+        return -1;
+    }
+    Py_DECREF(r);
+    if (code != 0 || CLOSED_MEANWHILE(p))
+        return 0;
+    return relay_plaintext(steady, p);
+}
+
+/* What the client sent during the handshake (the pair's, ufd -1): `n` bytes in `received`. */
+static int
+handshake_step(PyObject *steady, Pair *p, Py_ssize_t n)
+{
+    if (!whole_records((const unsigned char *)received, n)) {
+        /* A FIN, or a record cut across segments: the relay's Python feeds it. */
+        PyObject *data = PyBytes_FromStringAndSize(received, n);
+        return data == NULL ? -1 : depart(steady, p, CLIENT_DATA, data, 0);
+    }
+    int done = openssl_api->handshake(p->native, received, n);
+    if (done < 0) {
+        if (PyErr_ExceptionMatches(tls_error_exc))
+            return depart(steady, p, HANDSHAKE_FAILED, take_exception(), 0);
+        return -1;
+    }
+    if (done == 0) {
+        const char *records;
+        Py_ssize_t length = openssl_api->take(p->native, &records);
+        if (length < 0)
+            return -1;
+        return length == 0 ? 0 : send_whole(steady, p, p->cfd, records, length, NULL, CLIENT_LOST, CLIENT_SHORT, 0);
+    }
+    if (!openssl_api->is_tls13(p->native))
+        return depart(steady, p, HANDSHAKEN, NULL, 0);
+    return establish(steady, p);
+}
+
+/* The client is readable: one whole record becomes plaintext upstream (or a handshake step). */
 static int
 client_step(PyObject *steady, Pair *p)
 {
@@ -610,6 +832,8 @@ client_step(PyObject *steady, Pair *p)
             return 0;
         return lost(steady, p, CLIENT_LOST, errno);
     }
+    if (p->ufd < 0)
+        return handshake_step(steady, p, n);
     const unsigned char *b = (const unsigned char *)received;
     if (n <= 5 || n != 5 + ((Py_ssize_t)b[3] << 8 | b[4])) {
         PyObject *data = PyBytes_FromStringAndSize(received, n);
@@ -938,6 +1162,7 @@ PyInit__steady(void)
         return NULL;
     INTERN(str_on_events, "on_events");
     INTERN(str_left_steady, "_left_steady");
+    INTERN(str_established, "_established");
 #undef INTERN
     PyObject *m = PyModule_Create(&module_def);
     if (m == NULL)
@@ -954,7 +1179,8 @@ PyInit__steady(void)
         {"CLIENT_ENDED", CLIENT_ENDED},   {"READ_FAILED", READ_FAILED},
         {"UPSTREAM_LOST", UPSTREAM_LOST}, {"UPSTREAM_SHORT", UPSTREAM_SHORT},
         {"UPSTREAM_ENDED", UPSTREAM_ENDED}, {"CLIENT_SHORT", CLIENT_SHORT},
-        {"BOTH_ENDED", BOTH_ENDED},
+        {"BOTH_ENDED", BOTH_ENDED},       {"HANDSHAKE_FAILED", HANDSHAKE_FAILED},
+        {"HANDSHAKEN", HANDSHAKEN},       {"CLIENT_PLAINTEXT", CLIENT_PLAINTEXT},
     };
     for (size_t i = 0; i < sizeof codes / sizeof codes[0]; i++) {
         if (PyModule_AddIntConstant(m, codes[i].name, codes[i].value) < 0) {

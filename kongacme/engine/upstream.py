@@ -56,10 +56,14 @@ class UpstreamSide:
         if code and code not in _IN_PROGRESS:
             self._connect_failed(code)
             return
-        if code == 0 or _connected_now(up):
-            # An upstream on this host (loopback): the three-way handshake
-            # is over before connect() returns, so there is no EPOLLOUT
-            # round to wait for, nor a connect deadline.
+        # An upstream on this host (loopback): the three-way handshake is
+        # over before connect() returns, so there is no EPOLLOUT round to
+        # wait for, nor a connect deadline.
+        self._dialled(code == 0 or _connected_now(up))
+
+    def _dialled(self: "Relay", connected: bool) -> None:
+        """The upstream's socket (``_up``) is connected, or connecting: watch it."""
+        if connected:
             self._upstream_mask = EPOLLIN
             self._loop.register(self._ufd, EPOLLIN, self)
             self._connected_to_upstream()

@@ -991,12 +991,46 @@ api_close_notify(PyObject *session, const char **records)
     return take_sealed(self, records);
 }
 
+static int
+api_handshake(PyObject *session, const char *ciphertext, Py_ssize_t size)
+{
+    Session *self = (Session *)session;
+    if (feed_bytes(self, ciphertext, size) < 0)
+        return -1;
+    clear_errors();
+    int r = SSL_do_handshake(self->ssl);
+    if (r == 1)
+        return 1;
+    int kind = SSL_get_error(self->ssl, r);
+    if (kind == SSL_ERROR_WANT_READ) {
+        clear_errors();
+        return 0;
+    }
+    set_session_error(kind, "do_handshake");
+    return -1;
+}
+
+static Py_ssize_t
+api_take(PyObject *session, const char **records)
+{
+    return take_sealed((Session *)session, records);
+}
+
+static int
+api_is_tls13(PyObject *session)
+{
+    return SSL_version(((Session *)session)->ssl) == TLS1_3_VERSION;
+}
+
 static KongacmeOpenSSL_API api = {
     .version = KONGACME_OPENSSL_API_VERSION,
     .session_type = &SessionType,
     .open_record = api_open_record,
     .seal = api_seal,
     .close_notify = api_close_notify,
+    .handshake = api_handshake,
+    .take = api_take,
+    .is_tls13 = api_is_tls13,
 };
 
 /* -- the module ------------------------------------------------------------ */
