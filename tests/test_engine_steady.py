@@ -514,6 +514,8 @@ class CompiledHandshakeTests(HarnessMixin, SynchronousTestCase):
             self.assertIs(relay._pair, pair)
             self.assertEqual((pair.client_steps, handshakes["cached"]), (1, cached + 1))
             self.assertIsNotNone(pair.held)
+            # No socket object for the upstream's descriptor until one is needed.
+            self.assertEqual((relay._up, relay._ufd), (None, pair.ufd))
             harness.send(upstream, b"first reply", [])
             harness.spin(lambda: bytes(client.received) == b"first reply", "the first reply")
             self.assertTrue(client.tls.session.has_ticket)
@@ -522,6 +524,33 @@ class CompiledHandshakeTests(HarnessMixin, SynchronousTestCase):
             self.end_both(client, upstream)
             harness.assert_clean_end(self, start)
             self.assertEqual(departures, ["BOTH_ENDED"])
+
+    def test_upstream_socket_made_when_needed(self) -> None:
+        """
+        An upload the upstream does not take at once (a short send there):
+        the relay's Python makes the upstream's socket object for what is
+        left, and every byte arrives.
+        """
+        harness = self.harness
+        upload = random.Random(5).randbytes(4 * 1024 * 1024)
+        with harness.connection() as start:
+            client, flight, relay, departures = self.begun()
+            harness.send(client, flight, [])
+            upstream = harness.accept_upstream()
+            self.assertIsNone(relay._up)
+            upstream.reading = False
+            for offset in range(0, len(upload), 16384):
+                harness.send(client, client.encrypt(upload[offset : offset + 16384]), [])
+                if relay._upstream_backlog is not None:
+                    break
+            self.assertEqual(departures[:1], ["UPSTREAM_SHORT"])
+            upstream.reading = True
+            harness.send(client, client.encrypt(upload[offset + 16384 :]), [])
+            harness.spin(lambda: len(upstream.received) == len(upload), "the upload upstream")
+            self.assertEqual(bytes(upstream.received), upload)
+            self.assertEqual(relay._up.fileno(), relay._ufd)  # made to send what was left
+            self.end_both(client, upstream)
+            harness.assert_clean_end(self, start)
 
     def test_finished_cut(self) -> None:
         """

@@ -55,6 +55,7 @@ fell from 236,780 to about 170,000 (bench/RESULTS.md, session 23).
 
 from __future__ import annotations
 
+import os
 import socket
 from select import EPOLLERR, EPOLLHUP, EPOLLIN, EPOLLOUT
 from socket import MSG_MORE
@@ -65,7 +66,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from kongacme.engine.sockets import NONBLOCKING_STREAM, READ_SIZE, reset_on_close, send_now
+from kongacme.engine.sockets import READ_SIZE, reset_on_close, send_now
 from kongacme.tls.openssl import compiled as _openssl
 from kongacme.engine.upstream import UpstreamSide
 from kongacme.interfaces import IPollHandler
@@ -170,7 +171,10 @@ class Relay(UpstreamSide):
         self.alpn_allowed = route.alpn_bytes
         self.received_from_client = 0
         self.received_from_upstream = 0
+        #: The upstream's socket object; None for a descriptor the compiled
+        #: module dialled until one is needed (:meth:`_upstream`).
         self._up: socket.socket | None = None
+        self._up_family = 0
         self._ufd = -1
         self._connected = False
         self._handshake_done = False
@@ -399,7 +403,16 @@ class Relay(UpstreamSide):
         steady state, and the state is worked out again.
         """
         self._taken_back()
-        if what == LEFT_CLIENT_DATA:
+        if what == LEFT_BOTH_ENDED:
+            # Both ends done there (the most common way here): released at
+            # once, or waiting for the client to take the rest of our close_notify.
+            self._upstream_eof = True
+            if arg is None:
+                self._release()
+                return
+            self._drop_upstream()
+            self._to_client = memoryview(arg)[sent:]
+        elif what == LEFT_CLIENT_DATA:
             self._client_data(arg)
         elif what == LEFT_CLIENT_LOST:
             self._client_lost(arg)
@@ -426,13 +439,7 @@ class Relay(UpstreamSide):
             self._last_activity = self._seconds()
             self._send_upstream(arg)
             self._read_plaintext()
-        elif what == LEFT_BOTH_ENDED:
-            # Both ends done there: the relay is released (_rearm), or waits
-            # for the client to take the rest of our close_notify.
-            self._upstream_eof = True
-            self._drop_upstream()
-            if arg is not None:
-                self._to_client = memoryview(arg)[sent:]
+
         else:
             raise ValueError("unknown departure from the steady state: %r" % (what,))
         if not self._done:
@@ -511,8 +518,10 @@ class Relay(UpstreamSide):
         """
         family, _ = self._upstreams.pop(0)
         if ufd >= 0:
-            self._up = socket.socket(family, NONBLOCKING_STREAM, 0, ufd)
+            # No socket object yet (one more system call, and most
+            # connections never need it): _upstream() makes it.
             self._ufd = ufd
+            self._up_family = family
         self._handshake_completed()
         if code == 0:
             self._complete = 0  # the pair reads what is there next
@@ -575,9 +584,8 @@ class Relay(UpstreamSide):
         size = len(plain)
         self.received_from_client += size
         self._last_activity = self._seconds()
-        assert self._up is not None
         try:
-            sent = self._up.send(plain)
+            sent = (self._up or self._upstream()).send(plain)
         except BlockingIOError:
             sent = 0
         except OSError as e:
@@ -844,10 +852,13 @@ class Relay(UpstreamSide):
 
     def _drop_upstream(self) -> None:
         up, self._up = self._up, None
-        if up is not None:
-            self._loop.forget(self._ufd)  # ours alone: closing unregisters it
-            self._ufd = -1
-            up.close()
+        ufd, self._ufd = self._ufd, -1
+        if ufd >= 0:
+            self._loop.forget(ufd)  # ours alone: closing unregisters it
+            if up is not None:
+                up.close()
+            else:
+                os.close(ufd)
 
     def abort(self) -> None:
         """Drop both sides now (an unexpected error)."""
@@ -855,7 +866,7 @@ class Relay(UpstreamSide):
 
     def _abort(self) -> None:
         """Reset both sides (as Twisted's ``abortConnection``): buffered data is dropped."""
-        for sock in (self._sock, self._up):
+        for sock in (self._sock, self._upstream() if self._ufd >= 0 else None):
             if sock is not None:
                 reset_on_close(sock)
         self._release()

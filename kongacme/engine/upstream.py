@@ -76,10 +76,16 @@ class UpstreamSide:
             self._engine.proxy_factory.connect_timeout, self._connect_timed_out
         )
 
+    def _upstream(self: "Relay") -> socket.socket:
+        """The upstream's socket object (made on first use for a descriptor the compiled module dialled)."""
+        up = self._up
+        if up is None:
+            up = self._up = socket.socket(self._up_family, NONBLOCKING_STREAM, 0, self._ufd)
+        return up
+
     def _connect_finished(self: "Relay") -> None:
         """``EPOLLOUT`` on a connecting upstream: connected, or failed (``SO_ERROR``)."""
-        up = self._up
-        assert up is not None
+        up = self._upstream()
         code = up.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
         if code:
             self._connect_failed(code)
@@ -135,9 +141,8 @@ class UpstreamSide:
         if self._upstream_backlog is not None:
             self._upstream_backlog = bytes(self._upstream_backlog) + bytes(data)
             return
-        assert self._up is not None
         try:
-            sent = send_now(self._up, data)
+            sent = send_now(self._up or self._upstream(), data)
         except OSError as e:
             self._upstream_lost(e)
             return
@@ -153,11 +158,11 @@ class UpstreamSide:
             self._shut_upstream()
 
     def _shut_upstream(self: "Relay") -> None:
-        if self._upstream_shut or self._up is None:
+        if self._upstream_shut or self._ufd < 0:
             return
         self._upstream_shut = True
         try:
-            self._up.shutdown(socket.SHUT_WR)
+            self._upstream().shutdown(socket.SHUT_WR)
         except OSError:
             pass
         if self._upstream_eof:
@@ -173,8 +178,7 @@ class UpstreamSide:
         here, not through ``_send_client``'s checks; a short ``send`` ends
         the steady state.
         """
-        up = self._up
-        assert up is not None
+        up = self._up or self._upstream()
         asked = self._upstream_read
         try:
             data = up.recv(asked)
