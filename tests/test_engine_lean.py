@@ -626,6 +626,7 @@ def _accepted() -> tuple[socket.socket, Any, socket.socket]:
         listening.listen(1)
         client = socket.create_connection(listening.getsockname())
         accepted, peer = listening.accept()
+    accepted.setblocking(False)  # as the engine's listener hands it over
     return accepted, peer, client
 
 

@@ -473,7 +473,13 @@ class Harness:
             end.close()
         self.ends = []
         # New ones only: one closed meanwhile (a collected object's) is no leak.
-        test.assertEqual(open_descriptors() - before.descriptors, set())
+        leaked = {}
+        for fd in open_descriptors() - before.descriptors:
+            try:
+                leaked[fd] = os.readlink("/proc/self/fd/" + fd)
+            except OSError:
+                pass  # closed once listed: the listing's own, or another thread's (an earlier test's client)
+        test.assertEqual(leaked, {})
 
 
 class HarnessMixin:

@@ -28,7 +28,7 @@ from kongacme.engine import relay as relay_module
 from kongacme.engine.loop import COMPILED
 from kongacme.engine.relay import Relay
 from kongacme.proxy.routes import Route, RouteTable
-from tests.proxyhelpers import unanswered_port
+from tests.proxyhelpers import LogCapture, unanswered_port
 from tests.test_engine_properties import SERVER_NAME, Client, End, HarnessMixin, segments_in
 
 #: The relay's names of the codes, and the module's (kongacme/engine/_steady.c).
@@ -878,3 +878,89 @@ class CompiledStepSessionTests(SynchronousTestCase):
         pair, upstream_end, fed = self.step(closing)
         self.assertFalse(pair.live)
         self.assertRaises(BlockingIOError, upstream_end.recv, 100)
+
+
+class CompiledAcceptTests(HarnessMixin, SynchronousTestCase):
+    """
+    ``_steady.accept``, which the engine's listener accepts with where the
+    module is built: what ``socket.accept`` gives, non-blocking at once, and
+    the listener's handling of its errors.
+    """
+
+    binding = "openssl"
+    compiled = COMPILED
+
+    if COMPILED is None:
+        skip = "kongacme.engine._steady is not built (no C compiler or Python headers at install)"
+
+    def listening(self, family: int, host: str) -> socket.socket:
+        sock = socket.socket(family)
+        self.addCleanup(sock.close)
+        sock.bind((host, 0))
+        sock.listen(4)
+        sock.setblocking(False)  # as the engine's listener
+        return sock
+
+    def test_as_socket_accept(self) -> None:
+        """
+        A connection's descriptor (non-blocking, close-on-exec) and its
+        peer's address as ``socket.accept`` gives it, IPv4 and IPv6; None
+        when none is waiting.
+        """
+        for family, host in [(socket.AF_INET, "127.0.0.1"), (socket.AF_INET6, "::1")]:
+            listening = self.listening(family, host)
+            self.assertIsNone(COMPILED.accept(listening.fileno()))
+            client = socket.create_connection(listening.getsockname()[:2])
+            self.addCleanup(client.close)
+            fd, peer = COMPILED.accept(listening.fileno())
+            accepted = socket.socket(family, socket.SOCK_STREAM, 0, fd)
+            self.addCleanup(accepted.close)
+            self.assertEqual(peer, client.getsockname())
+            self.assertEqual(accepted.getpeername(), client.getsockname())
+            self.assertFalse(os.get_blocking(fd))
+            self.assertFalse(os.get_inheritable(fd))
+            self.assertIsNone(COMPILED.accept(listening.fileno()))
+
+    def test_errors(self) -> None:
+        """The errors socket.accept would raise, of the errno's subclass; a negative descriptor is refused."""
+        r, w = os.pipe()
+        self.addCleanup(os.close, r)
+        self.addCleanup(os.close, w)
+        with self.assertRaises(OSError) as raised:
+            COMPILED.accept(r)
+        self.assertEqual(raised.exception.errno, errno.ENOTSOCK)
+        closed = os.dup(r)
+        os.close(closed)
+        with self.assertRaises(OSError) as raised:
+            COMPILED.accept(closed)
+        self.assertEqual(raised.exception.errno, errno.EBADF)
+        self.assertRaises(ValueError, COMPILED.accept, -1)
+        self.assertRaises(TypeError, COMPILED.accept, "3")
+
+    def test_listener_goes_on_after_transient_errors(self) -> None:
+        """
+        The listener's accepting: an error of one connection only (here
+        ECONNABORTED) is passed over and the next connection served; any
+        other (EMFILE) is logged and ends this round, the next event
+        accepting again. The limit counts none of the failed accepts.
+        """
+        harness = self.harness
+        port = harness.lean_port
+        accept = port._accept
+        failures = [ConnectionAbortedError(errno.ECONNABORTED, "aborted"), OSError(errno.EMFILE, "too many")]
+
+        def failing(fd: int) -> Any:
+            if failures:
+                raise failures.pop(0)
+            return accept(fd)
+
+        port._accept = failing  # type: ignore[method-assign]
+        logged = LogCapture("kongacme.engine.listener").start(self)
+        with harness.connection() as start:
+            client, upstream = harness.connect([], [])
+            self.assertEqual(failures, [])
+            self.assertIn("accept failed", logged.events[0]["log_format"])
+            self.assertEqual(os.strerror(errno.EMFILE), logged.events[0]["error"])
+            self.exchange(client, upstream, b"GET /", b"reply")
+            self.end_both(client, upstream)
+            harness.assert_clean_end(self, start)

@@ -1134,7 +1134,65 @@ dispatch(PyObject *Py_UNUSED(module), PyObject *args)
     return PyLong_FromLong(served);
 }
 
+/* A peer's address as the socket module gives it (inet_ntop, as its makesockaddr): (host, port), or
+   (host, port, flowinfo, scope_id) for IPv6. */
+static PyObject *
+socket_address(const struct sockaddr_storage *address)
+{
+    char host[INET6_ADDRSTRLEN];
+    if (address->ss_family == AF_INET6) {
+        const struct sockaddr_in6 *in6 = (const struct sockaddr_in6 *)address;
+        if (inet_ntop(AF_INET6, &in6->sin6_addr, host, sizeof host) == NULL)
+            return PyErr_SetFromErrno(PyExc_OSError);
+        return Py_BuildValue("(sHkI)", host, ntohs(in6->sin6_port), (unsigned long)ntohl(in6->sin6_flowinfo),
+                             (unsigned int)in6->sin6_scope_id);
+    }
+    if (address->ss_family == AF_INET) {
+        const struct sockaddr_in *in = (const struct sockaddr_in *)address;
+        if (inet_ntop(AF_INET, &in->sin_addr, host, sizeof host) == NULL)
+            return PyErr_SetFromErrno(PyExc_OSError);
+        return Py_BuildValue("(sH)", host, ntohs(in->sin_port));
+    }
+    PyErr_Format(PyExc_OSError, "accept: a peer of address family %d", address->ss_family);
+    return NULL;
+}
+
+static PyObject *
+accept_connection(PyObject *Py_UNUSED(module), PyObject *arg)
+{
+    long value = PyLong_AsLong(arg);
+    if (value == -1 && PyErr_Occurred())
+        return NULL;
+    if (value < 0 || value > INT_MAX) {
+        PyErr_SetString(PyExc_ValueError, "accept: not a descriptor");
+        return NULL;
+    }
+    int fd = (int)value;
+    struct sockaddr_storage address;
+    socklen_t length;
+    int accepted;
+    do {
+        length = sizeof address;
+        accepted = accept4(fd, (struct sockaddr *)&address, &length, SOCK_NONBLOCK | SOCK_CLOEXEC);
+    } while (accepted < 0 && errno == EINTR);
+    if (accepted < 0) {
+        if (errno == EAGAIN || errno == EWOULDBLOCK)
+            Py_RETURN_NONE;
+        return PyErr_SetFromErrno(PyExc_OSError);
+    }
+    PyObject *peer = socket_address(&address);
+    if (peer == NULL) {
+        close(accepted);
+        return NULL;
+    }
+    return Py_BuildValue("(iN)", accepted, peer);
+}
+
 static PyMethodDef module_methods[] = {
+    {"accept", accept_connection, METH_O,
+     "accept(fd) -> (fd, address) or None: a connection from listening socket `fd` (non-blocking, "
+     "close-on-exec: accept4), its peer's address as the socket module gives it; None when there is none "
+     "now; OSError (of the errno's subclass) as socket.accept raises."},
     {"configure", configure, METH_VARARGS,
      "configure(want_read, closed, tls_error, read_size, bulk_read_size): the exception classes "
      "(tuples) of the sessions' read, and the relay's read sizes."},

@@ -9,6 +9,10 @@ UPSTREAM_LOST: int
 UPSTREAM_SHORT: int
 UPSTREAM_ENDED: int
 CLIENT_SHORT: int
+BOTH_ENDED: int
+HANDSHAKE_FAILED: int
+HANDSHAKEN: int
+CLIENT_PLAINTEXT: int
 
 class Pair:
     cfd: int
@@ -20,6 +24,8 @@ class Pair:
     upstream_read: int
     live: bool
     native: bool
+    held: bytes | None
+    client_ended: int
     def __init__(
         self,
         relay: Any,
@@ -31,6 +37,7 @@ class Pair:
         take: Callable[[], bytes],
         seconds: Callable[[], float],
         session: Any = None,
+        upstream: tuple[int, str, int] | None = None,
     ) -> None: ...
     def close(self) -> None: ...
     def take(self) -> tuple[int, int, float]: ...
@@ -42,6 +49,7 @@ def configure(
     read_size: int,
     bulk_read_size: int,
 ) -> None: ...
+def accept(fd: int) -> tuple[int, tuple[Any, ...]] | None: ...
 def dispatch(
     epfd: int,
     handlers: dict[int, Any],

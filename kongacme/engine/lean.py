@@ -113,8 +113,7 @@ class LeanEngine:
         return LeanPort(self, port, serving, limit)
 
     def serve(self, sock: socket.socket, peer: Any, origin: LeanPort) -> None:
-        """A connection ``origin`` accepted (counted in its limit already)."""
-        sock.setblocking(False)
+        """A connection ``origin`` accepted (counted in its limit already; non-blocking)."""
         reader = HelloReader(self, sock, peer, origin)
         try:
             reader.start()

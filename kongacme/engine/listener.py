@@ -22,6 +22,7 @@ from twisted.internet.interfaces import IListeningPort
 from twisted.logger import Logger
 from zope.interface import implementer
 
+from kongacme.engine.sockets import NONBLOCKING_STREAM
 from kongacme.interfaces import IPollHandler
 
 if TYPE_CHECKING:
@@ -58,6 +59,10 @@ class LeanPort:
         self._sock: socket.socket | None = socket.socket(fileno=os.dup(port.fileno()))
         self._sock.setblocking(False)
         self._fd = self._sock.fileno()
+        self._family = int(self._sock.family)
+        #: kongacme.engine._steady's accept (accept4: non-blocking at once,
+        #: and no socket object made twice), or None where it is not built.
+        self._accept = engine.loop.compiled.accept if engine.loop.compiled is not None else None
         self._reading = False
         engine.loop.register(self._fd, 0, self)
         self.startReading()
@@ -103,7 +108,16 @@ class LeanPort:
             if limit is not None and not limit.take():
                 return  # the limits pause this port until there is room
             try:
-                client, peer = sock.accept()
+                if self._accept is not None:
+                    accepted = self._accept(self._fd)
+                    if accepted is None:
+                        raise BlockingIOError
+                    fd, peer = accepted
+                    # The family given, no socket.accept's conversions (nor its ioctl).
+                    client = socket.socket(self._family, NONBLOCKING_STREAM, 0, fd)
+                else:
+                    client, peer = sock.accept()
+                    client.setblocking(False)
             except BlockingIOError:
                 if limit is not None:
                     limit.release()
