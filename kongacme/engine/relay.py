@@ -50,7 +50,8 @@ on upstream, the upstream's FIN answered with close_notify; the relay only
 releases). Every other turn comes back through :meth:`Relay._left_steady`,
 and an event the module leaves here first takes its state back
 (:meth:`Relay._taken_back`). Per handshake, the interpreter's instructions
-fell from 236,780 to about 170,000 (bench/RESULTS.md, session 23).
+fell from 236,780 to 146,509 with the engine's other cuts of session 23
+(bench/RESULTS.md).
 """
 
 from __future__ import annotations
