@@ -68,13 +68,13 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from kongacme.engine.sockets import READ_SIZE, reset_on_close, send_now
-from kongacme.tls.openssl import compiled as _openssl
 from kongacme.engine.upstream import UpstreamSide
 from kongacme.interfaces import IPollHandler
 from kongacme.net import peer_name
 from kongacme.proxy.routes import Route
 from kongacme.timers import Deadline
 from kongacme.tls.pump import DRAIN_SIZE, represents_eof
+from kongacme.tls.openssl import compiled as _openssl
 from kongacme.tls.records import count_records
 from kongacme.tls.protocol import describe_tls_failure
 from kongacme.tls.session import CLOSED, TLS_ERROR, WANT_READ
@@ -440,7 +440,6 @@ class Relay(UpstreamSide):
             self._last_activity = self._seconds()
             self._send_upstream(arg)
             self._read_plaintext()
-
         else:
             raise ValueError("unknown departure from the steady state: %r" % (what,))
         if not self._done:
