@@ -10,6 +10,7 @@ import ssl
 from cryptography import x509
 from OpenSSL import SSL
 from twisted.internet.task import Clock
+from twisted.logger import globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase
 
 from kongacme.testing import TestCA
@@ -102,6 +103,27 @@ class ContextBuilderTests(SynchronousTestCase):
         self.intermediate = self.root.intermediate()
         self.clock = Clock()
         self.builder = ContextBuilder(self.clock, ticket_key_rotation=3600)
+
+    def test_groups_without_pyopenssl_binding(self):
+        """
+        A pyOpenSSL without the cffi binding the profile's groups are set
+        through: contexts are built all the same (OpenSSL's default groups),
+        clients get through, and one warning says so, once.
+        """
+        from kongacme.tls import context as context_module
+
+        self.patch(context_module, "_lib", None)
+        self.patch(context_module, "_groups_warned", False)
+        logged: list[dict] = []
+        globalLogPublisher.addObserver(logged.append)
+        self.addCleanup(globalLogPublisher.removeObserver, logged.append)
+        certified = self.intermediate.issue(["a.test"], include_ca=True)
+        client = python_handshake(self.builder.connection_for(certified), "a.test", self.root.ca_pem())
+        self.assertEqual(client.version(), "TLSv1.3")
+        self.builder.build()
+        warnings = [e for e in logged if "key exchange groups" in e.get("log_format", "")]
+        self.assertEqual(len(warnings), 1)
+        self.assertEqual(warnings[0]["groups"], "X25519:prime256v1:secp384r1")
 
     def test_full_chain_sent(self):
         """

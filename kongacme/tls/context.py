@@ -18,7 +18,6 @@ import attrs
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 from OpenSSL import SSL, crypto
-from OpenSSL._util import lib as _lib  # for SSL_CTX_set1_curves_list only
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
@@ -43,6 +42,18 @@ INTERMEDIATE_CURVES = b"X25519:prime256v1:secp384r1"
 # Not every pyOpenSSL exposes these names.
 _OP_NO_RENEGOTIATION = getattr(SSL, "OP_NO_RENEGOTIATION", 0x40000000)
 _MODE_RELEASE_BUFFERS = getattr(SSL, "MODE_RELEASE_BUFFERS", 0x00000010)
+
+# pyOpenSSL has no public call for a list of groups (``set_tmp_ecdh``
+# takes one curve): the profile's list is set through its cffi binding,
+# pyOpenSSL's one private part kongacme uses (once per context, never per
+# connection). A pyOpenSSL without it still works, on OpenSSL's default
+# groups (X25519 first as well), with one warning (_set_groups).
+try:
+    from OpenSSL._util import lib as _lib
+except ImportError:  # every pyOpenSSL release so far has it
+    _lib = None
+_groups_warned = False
+_log = Logger()
 _OP_IGNORE_UNEXPECTED_EOF = getattr(SSL, "OP_IGNORE_UNEXPECTED_EOF", 0x80)
 
 # Each connection is handed the leaf and key already as OpenSSL objects
@@ -56,6 +67,24 @@ warnings.filterwarnings(
     "ignore", message=r"Passing pyOpenSSL (X509|PKey) objects is deprecated", category=DeprecationWarning,
     module=re.escape(__name__),
 )
+
+
+def _set_groups(ctx: SSL.Context) -> None:
+    """The profile's key exchange groups (:data:`INTERMEDIATE_CURVES`) on ``ctx``, where pyOpenSSL lets them be set."""
+    global _groups_warned
+    set_list = getattr(_lib, "SSL_CTX_set1_curves_list", None)
+    handle = getattr(ctx, "_context", None)
+    if set_list is None or handle is None:
+        if not _groups_warned:
+            _groups_warned = True
+            _log.warn(
+                "TLS: this pyOpenSSL offers no way to set the key exchange groups; "
+                "OpenSSL's defaults are used instead of {groups}",
+                groups=INTERMEDIATE_CURVES.decode("ascii"),
+            )
+        return
+    if not set_list(handle, INTERMEDIATE_CURVES):
+        raise RuntimeError("OpenSSL refused the curve list %r" % (INTERMEDIATE_CURVES,))
 
 
 def _select_alpn(connection: SSL.Connection, offered: list[bytes]) -> bytes:
@@ -375,8 +404,7 @@ class ContextBuilder:
         ctx.set_max_proto_version(SSL.TLS1_3_VERSION)
         ctx.set_cipher_list(INTERMEDIATE_TLS12_CIPHERS)
         ctx.set_tls13_ciphersuites(INTERMEDIATE_TLS13_CIPHERSUITES)
-        if not _lib.SSL_CTX_set1_curves_list(ctx._context, INTERMEDIATE_CURVES):
-            raise RuntimeError("OpenSSL refused the curve list %r" % (INTERMEDIATE_CURVES,))
+        _set_groups(ctx)
         # A TCP FIN without close_notify is read as end of stream (like
         # close_notify) instead of a fatal error, so it can be forwarded as
         # a half-close the way a TCP proxy forwards a FIN.
