@@ -57,9 +57,9 @@ def name_of(i: int) -> str:
     return "h%05d.bench.test" % i
 
 
-def certificate_set(n: int) -> tuple[str, list[dict]]:
-    """N leaves (one name each) under bench/out/certs-N/, generated once."""
-    directory = B.out_dir("certs-%d" % n)
+def certificate_set(n: int, key_type: str = "ecc") -> tuple[str, list[dict]]:
+    """N leaves (one name each) under bench/out/certs-N/ (certs-N-rsa/ for RSA keys), generated once."""
+    directory = B.out_dir("certs-%d" % n if key_type == "ecc" else "certs-%d-%s" % (n, key_type))
     manifest = os.path.join(directory, "manifest.json")
     if os.path.exists(manifest):
         with open(manifest) as f:
@@ -69,11 +69,12 @@ def certificate_set(n: int) -> tuple[str, list[dict]]:
     from kongacme.testing import write_certified_key
 
     ca = B.load_or_create_ca(directory)
-    B.log("generating %d ECDSA P-256 certificates in %s (once)" % (n, directory))
+    B.log("generating %d %s certificates in %s (once)" % (n, "ECDSA P-256" if key_type == "ecc" else key_type,
+                                                           directory))
     t0 = time.monotonic()
     entries = []
     for i in range(n):
-        certified = ca.issue([name_of(i)])
+        certified = ca.issue([name_of(i)], key_type=key_type)
         crt, key = write_certified_key(certified, directory, "h%05d" % i)
         entries.append({"cert": crt, "key": key, "name": name_of(i)})
         if i and i % 2000 == 0:

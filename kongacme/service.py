@@ -273,11 +273,14 @@ class DaemonService(MultiService):
 
     def _report_tickets(self) -> None:
         """
-        Say how many TLS 1.3 session tickets a full handshake sends (counted
-        on a context built now): OpenSSL's count is set for the whole process
-        by ``OPENSSL_CONF`` (``etc/openssl/*.cnf``), not by kongacme's
-        configuration, so ``tls.session_tickets: false`` with tickets still
-        sent is a warning.
+        Say how many TLS 1.3 session tickets a full handshake sends. On
+        kongacme's own OpenSSL binding (every certificate's connections,
+        where it is built) kongacme sets the count: one, or none with
+        ``tls.session_tickets: false``. On pyOpenSSL (counted on a context
+        built now) the count is OpenSSL's, set for the whole process by
+        ``OPENSSL_CONF`` (``etc/openssl/*.cnf``): a warning when
+        ``tls.session_tickets: false`` still sends tickets on connections
+        that are all on pyOpenSSL.
         """
         if self.cache is None:
             return
@@ -286,16 +289,23 @@ class DaemonService(MultiService):
         except Exception:
             self.log.failure("could not count the session tickets a handshake sends")
             return
-        # Busy certificates are on a binding whose count kongacme sets (its
-        # own OpenSSL binding, or the standard library's ssl: kongacme.tls.stdlib),
-        # and on the own binding so are a certificate's connections after its first.
         own = 1 if self.builder.session_tickets else 0
-        if self.builder.std.binding == "openssl" and self.builder.std.certificate_limit:
-            busy = "; from a certificate's second connection on: %d" % (own,)
-        elif self.builder.std.limit:
-            busy = "; a busy certificate's: %d" % (own,)
-        else:
-            busy = ""
+        std = self.builder.std
+        conf = "OpenSSL's NumTickets: OPENSSL_CONF=etc/openssl/%s" % (
+            "one-ticket.cnf sends one" if self.builder.session_tickets else "no-tickets.cnf sends none",
+        )
+        if std.binding == "openssl" and std.certificate_limit:
+            # kongacme.tls.stdlib: from each certificate's first connection
+            # on, unless the binding refused it or, with certificate_limit
+            # certificates held, until it has promote_after connections.
+            self.log.info(
+                "TLS 1.3: {own} session ticket(s) per full handshake (kongacme's OpenSSL binding); "
+                "{count} on pyOpenSSL, where a certificate the binding refuses stays, and, while {limit} "
+                "certificates are held, another until it has had {promote} connections ({conf})",
+                own=own, count=count, limit=std.certificate_limit, promote=std.promote_after, conf=conf,
+            )
+            return
+        busy = "; a busy certificate's: %d" % (own,) if std.limit else ""
         if count and not self.builder.session_tickets:
             self.log.warn(
                 "tls.session_tickets is false, yet a TLS 1.3 handshake on pyOpenSSL sends {count} session ticket(s) "
@@ -306,9 +316,9 @@ class DaemonService(MultiService):
             )
         else:
             self.log.info(
-                "TLS 1.3: {count} session ticket(s) per full handshake on pyOpenSSL (OpenSSL's NumTickets; "
-                "OPENSSL_CONF=etc/openssl/one-ticket.cnf sends one){busy}",
+                "TLS 1.3: {count} session ticket(s) per full handshake on pyOpenSSL ({conf}){busy}",
                 count=count,
+                conf=conf,
                 busy=busy,
             )
 

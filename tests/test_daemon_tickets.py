@@ -1,13 +1,13 @@
 """
 Tests for how many TLS 1.3 session tickets a running daemon sends, and
-what it says about it at start: OpenSSL's default (two), and the
-``etc/openssl/*.cnf`` files named by ``OPENSSL_CONF`` (one, none), counted
-by a real client (``openssl s_client``) through the lean engine, on a
-certificate's first connection (pyOpenSSL); and from its second connection
-on (the own binding's shared context, kongacme.tls.openssl) and once it is
-busy (a context of its own, kongacme.tls.stdlib): one, or none with
-``session_tickets: false``, without any OpenSSL configuration, on either
-engine.
+what it says about it at start, counted by a real client (``openssl
+s_client``) through the lean engine and the Twisted path: where kongacme's
+own OpenSSL binding is built, one from a certificate's first connection
+on, or none with ``session_tickets: false``, without any OpenSSL
+configuration; where it is not (a daemon whose import of it fails),
+OpenSSL's default (two) on pyOpenSSL, or what the ``etc/openssl/*.cnf``
+file named by ``OPENSSL_CONF`` says (one, none), and a busy certificate's
+one on the standard library's ``ssl``.
 """
 
 from __future__ import annotations
@@ -84,6 +84,21 @@ def make_busy(port: int, connections: int = PROMOTE_AFTER) -> None:
 NO_OWN_BINDING = None if openssl.compiled is not None else "kongacme.tls._openssl is not built"
 
 
+#: A ``sitecustomize`` making ``import kongacme.tls._openssl`` fail, as where
+#: the extension is not built.
+_NOT_BUILT = """
+import importlib.abc, sys
+
+class _NotBuilt(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name == "kongacme.tls._openssl":
+            raise ImportError("kongacme.tls._openssl: not built (tests/test_daemon_tickets.py)")
+        return None
+
+sys.meta_path.insert(0, _NotBuilt())
+"""
+
+
 class SessionTicketCountTests(ShowsDaemonOutput, TestCase):
     """
     Tests for the session tickets a daemon sends per full TLS 1.3
@@ -93,106 +108,134 @@ class SessionTicketCountTests(ShowsDaemonOutput, TestCase):
     timeout = 120
 
     @inlineCallbacks
-    def start(self, session_tickets: bool = True, openssl_conf: str | None = None, engine: str = "lean"):
+    def start(self, session_tickets: bool = True, openssl_conf: str | None = None, engine: str = "lean",
+              built: bool = True):
+        """
+        A daemon serving ``static.test``; ``built=False``: as where
+        kongacme's own OpenSSL binding is not built.
+        """
         daemon = static_daemon(self, engine=engine, tls={"session_tickets": session_tickets})
         if openssl_conf is not None:
             daemon.env["OPENSSL_CONF"] = os.path.join(REPO, "etc", "openssl", openssl_conf)
+        if not built:
+            site = os.path.join(self.dir, "site")
+            os.makedirs(site)
+            with open(os.path.join(site, "sitecustomize.py"), "w") as f:
+                f.write(_NOT_BUILT)
+            daemon.env["PYTHONPATH"] = os.pathsep.join([site, REPO])
         yield daemon.start(self.tls_port)
         yield daemon.wait_for(" started: ")
         return daemon
 
     @inlineCallbacks
-    def test_default_two(self):
-        """By default OpenSSL sends two tickets, and the daemon says so."""
+    def test_one_from_the_first_connection(self):
+        """
+        One ticket per handshake from a certificate's first connection on,
+        with no OpenSSL configuration; the line at start says so, and what
+        pyOpenSSL (where a certificate may still be) would send.
+        """
         daemon = yield self.start()
+        self.assertIn("TLS 1.3: 1 session ticket(s) per full handshake (kongacme's OpenSSL binding); "
+                      "2 on pyOpenSSL", daemon.output)
+        self.assertNotIn("[kongacme.service.DaemonService#warn", daemon.output)
+        self.assertEqual((yield deferToThread(tickets_received, self.tls_port)), 1)
+        self.assertEqual((yield deferToThread(tickets_received, self.tls_port)), 1)
+        yield deferToThread(make_busy, self.tls_port)
+        self.assertEqual((yield deferToThread(tickets_received, self.tls_port)), 1)
+
+    test_one_from_the_first_connection.skip = NO_OWN_BINDING  # type: ignore[attr-defined]
+
+    @inlineCallbacks
+    def test_off(self, engine="lean"):
+        """
+        With tls.session_tickets: false, none from a certificate's first
+        connection on, with no OpenSSL configuration and no warning.
+        """
+        daemon = yield self.start(session_tickets=False, engine=engine)
+        self.assertIn("TLS 1.3: 0 session ticket(s) per full handshake (kongacme's OpenSSL binding); "
+                      "2 on pyOpenSSL", daemon.output)
+        self.assertIn("OPENSSL_CONF=etc/openssl/no-tickets.cnf sends none", daemon.output)
+        self.assertNotIn("tls.session_tickets is false, yet", daemon.output)
+        self.assertEqual((yield deferToThread(tickets_received, self.tls_port)), 0)
+        self.assertEqual((yield deferToThread(tickets_received, self.tls_port)), 0)
+        yield deferToThread(make_busy, self.tls_port)
+        self.assertEqual((yield deferToThread(tickets_received, self.tls_port)), 0)
+
+    test_off.skip = NO_OWN_BINDING  # type: ignore[attr-defined]
+
+    def test_off_twisted_engine(self):
+        """The same on the Twisted path (listen.engine: twisted)."""
+        return self.test_off(engine="twisted")
+
+    test_off_twisted_engine.skip = NO_OWN_BINDING  # type: ignore[attr-defined]
+
+    @inlineCallbacks
+    def test_pyopenssl_count_from_openssl_conf(self):
+        """The line's pyOpenSSL count is OPENSSL_CONF's: one with one-ticket.cnf."""
+        daemon = yield self.start(openssl_conf="one-ticket.cnf")
+        self.assertIn("(kongacme's OpenSSL binding); 1 on pyOpenSSL", daemon.output)
+        self.assertEqual((yield deferToThread(tickets_received, self.tls_port)), 1)
+
+    test_pyopenssl_count_from_openssl_conf.skip = NO_OWN_BINDING  # type: ignore[attr-defined]
+
+    # -- where the own binding is not built ---------------------------------
+
+    @inlineCallbacks
+    def test_not_built_default_two(self):
+        """Not built: OpenSSL's two tickets on pyOpenSSL, and the daemon says so."""
+        daemon = yield self.start(built=False)
         self.assertIn("TLS 1.3: 2 session ticket(s) per full handshake on pyOpenSSL", daemon.output)
         self.assertEqual((yield deferToThread(tickets_received, self.tls_port)), 2)
 
     @inlineCallbacks
-    def test_one_ticket(self):
-        """With OPENSSL_CONF=etc/openssl/one-ticket.cnf a handshake sends one ticket, and the daemon says so."""
-        daemon = yield self.start(openssl_conf="one-ticket.cnf")
+    def test_not_built_one_ticket(self):
+        """Not built, OPENSSL_CONF=etc/openssl/one-ticket.cnf: one ticket, and the daemon says so."""
+        daemon = yield self.start(openssl_conf="one-ticket.cnf", built=False)
         self.assertIn("TLS 1.3: 1 session ticket(s) per full handshake on pyOpenSSL", daemon.output)
         self.assertEqual((yield deferToThread(tickets_received, self.tls_port)), 1)
 
     @inlineCallbacks
-    def test_off_yet_sent(self):
+    def test_not_built_off_yet_sent(self):
         """
-        tls.session_tickets: false alone still sends OpenSSL's two
-        (stateful) tickets: the daemon warns at start and names the fix.
+        Not built, tls.session_tickets: false alone still sends OpenSSL's
+        two (stateful) tickets: the daemon warns at start and names the fix.
         """
-        daemon = yield self.start(session_tickets=False)
+        daemon = yield self.start(session_tickets=False, built=False)
         self.assertIn("tls.session_tickets is false, yet a TLS 1.3 handshake on pyOpenSSL sends 2 session ticket(s)",
                       daemon.output)
         self.assertIn("OPENSSL_CONF=etc/openssl/no-tickets.cnf", daemon.output)
         self.assertEqual((yield deferToThread(tickets_received, self.tls_port)), 2)
 
     @inlineCallbacks
-    def test_off(self):
-        """tls.session_tickets: false with OPENSSL_CONF=etc/openssl/no-tickets.cnf: no ticket, no warning."""
-        daemon = yield self.start(session_tickets=False, openssl_conf="no-tickets.cnf")
+    def test_not_built_off(self):
+        """Not built, tls.session_tickets: false with OPENSSL_CONF=etc/openssl/no-tickets.cnf: none, no warning."""
+        daemon = yield self.start(session_tickets=False, openssl_conf="no-tickets.cnf", built=False)
         self.assertIn("TLS 1.3: 0 session ticket(s) per full handshake on pyOpenSSL", daemon.output)
         self.assertNotIn("tls.session_tickets is false, yet", daemon.output)
         self.assertEqual((yield deferToThread(tickets_received, self.tls_port)), 0)
 
     @inlineCallbacks
-    def test_busy_certificate_one(self):
+    def test_not_built_busy_certificate(self, engine="lean"):
         """
-        A busy certificate's handshakes send one ticket, with no OpenSSL
+        Not built, a busy certificate's handshakes send one ticket, or
+        none with tls.session_tickets: false, with no OpenSSL
         configuration: its context is the standard library's, which sets
         the count.
         """
-        daemon = yield self.start()
-        self.assertIn("per full handshake on pyOpenSSL (OpenSSL's NumTickets; OPENSSL_CONF=etc/openssl/one-ticket.cnf "
-                      "sends one); %s: 1" % (self.busy_words(),), daemon.output)
+        daemon = yield self.start(engine=engine, built=False)
+        self.assertIn("on pyOpenSSL (OpenSSL's NumTickets: OPENSSL_CONF=etc/openssl/one-ticket.cnf sends one); "
+                      "a busy certificate's: 1", daemon.output)
         yield deferToThread(make_busy, self.tls_port)
         self.assertEqual((yield deferToThread(tickets_received, self.tls_port)), 1)
 
-    @inlineCallbacks
-    def test_busy_certificate_off(self):
-        """With tls.session_tickets: false, a busy certificate's handshakes send no ticket at all."""
-        daemon = yield self.start(session_tickets=False)
-        self.assertIn("(OPENSSL_CONF=etc/openssl/no-tickets.cnf); %s: 0" % (self.busy_words(),), daemon.output)
-        yield deferToThread(make_busy, self.tls_port)
-        self.assertEqual((yield deferToThread(tickets_received, self.tls_port)), 0)
-
-    def busy_words(self) -> str:
-        """What the line at start calls the connections on a binding kongacme sets the count of."""
-        if openssl.compiled is not None:
-            return "from a certificate's second connection on"
-        return "a busy certificate's"
-
-    @inlineCallbacks
-    def test_second_connection_one(self):
-        """
-        From a certificate's second connection on (the own binding's shared
-        context), one ticket per handshake; its first (pyOpenSSL) sends
-        OpenSSL's two.
-        """
-        yield self.start()
-        self.assertEqual((yield deferToThread(tickets_received, self.tls_port)), 2)
-        self.assertEqual((yield deferToThread(tickets_received, self.tls_port)), 1)
-
-    test_second_connection_one.skip = NO_OWN_BINDING  # type: ignore[attr-defined]
-
-    @inlineCallbacks
-    def test_second_connection_off(self, engine="lean"):
-        """With tls.session_tickets: false, none from a certificate's second connection on."""
-        yield self.start(session_tickets=False, engine=engine)
-        yield deferToThread(make_busy, self.tls_port, 1)
-        self.assertEqual((yield deferToThread(tickets_received, self.tls_port)), 0)
-
-    test_second_connection_off.skip = NO_OWN_BINDING  # type: ignore[attr-defined]
-
-    def test_second_connection_off_twisted_engine(self):
+    def test_not_built_busy_certificate_twisted_engine(self):
         """The same on the Twisted path (listen.engine: twisted)."""
-        return self.test_second_connection_off(engine="twisted")
-
-    test_second_connection_off_twisted_engine.skip = NO_OWN_BINDING  # type: ignore[attr-defined]
+        return self.test_not_built_busy_certificate(engine="twisted")
 
     @inlineCallbacks
-    def test_busy_certificate_one_twisted_engine(self):
-        """The same on the Twisted path (listen.engine: twisted): one ticket for a busy certificate."""
-        yield self.start(engine="twisted")
+    def test_not_built_busy_certificate_off(self):
+        """Not built, with tls.session_tickets: false, a busy certificate's handshakes send no ticket at all."""
+        daemon = yield self.start(session_tickets=False, built=False)
+        self.assertIn("(OPENSSL_CONF=etc/openssl/no-tickets.cnf); a busy certificate's: 0", daemon.output)
         yield deferToThread(make_busy, self.tls_port)
-        self.assertEqual((yield deferToThread(tickets_received, self.tls_port)), 1)
+        self.assertEqual((yield deferToThread(tickets_received, self.tls_port)), 0)

@@ -81,12 +81,12 @@ class HoldingGate:
 
 
 class Refusing:
-    """tls-alpn-01 responder with no pending challenge (``connection_for`` answers ``None``)."""
+    """tls-alpn-01 responder with no pending challenge (``session_for`` answers ``None``)."""
 
     def __init__(self) -> None:
         self.asked = 0
 
-    def connection_for(self, hello: Any, peer: str) -> defer.Deferred:
+    def session_for(self, hello: Any, peer: str) -> defer.Deferred:
         self.asked += 1
         return defer.succeed(None)
 

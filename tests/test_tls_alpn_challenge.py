@@ -28,11 +28,15 @@ from kongacme.tls.alpn_challenge import (
     challenge_certificate,
     is_challenge_hello,
 )
+from kongacme.tls import openssl
 from kongacme.tls.clienthello import ClientHello, parse_client_hello
+from kongacme.tls.records import count_records
+from kongacme.tls.session import PyOpenSSLSession
 
 from tests import tlsclients
 from tests.clienthellos import client_hello_bytes
 from tests.test_tls_protocol import TLSTestMixin
+from tests.test_tls_stdlib import handshake
 
 KEY_AUTHORIZATION = "evaGxfADs6pSRb2LAv9IZf17Dt3juxGJ-PCt92wr-oA.9jg46WB3rR_AHD-EBXdN7cBkH1WOu0tA3M9fm21mqTI"
 
@@ -90,6 +94,31 @@ class ChallengeHelloTests(SynchronousTestCase):
         self.assertFalse(is_challenge_hello(self.hello(["h2"])))
 
 
+def session_context(session: object) -> object:
+    """The context a challenge session is on (either binding)."""
+    if isinstance(session, PyOpenSSLSession):
+        return session.connection.get_context()
+    return session.context  # type: ignore[attr-defined]
+
+
+def challenge_handshake(session: object) -> tuple[str | None, int, x509.Certificate]:
+    """
+    A TLS 1.3 handshake in memory with ``session``, as a client offering
+    acme-tls/1: the protocol negotiated, the session tickets the server
+    sent after the client's Finished, and its certificate.
+    """
+    context = ssl.create_default_context()
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    context.set_alpn_protocols(["acme-tls/1"])
+    incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+    obj = context.wrap_bio(incoming, outgoing, server_hostname="a.example.test")
+    after = handshake(session, obj, incoming, outgoing)  # type: ignore[arg-type]
+    der = obj.getpeercert(binary_form=True)
+    assert der is not None
+    return obj.selected_alpn_protocol(), count_records(0, b"", after)[0], x509.load_der_x509_certificate(der)
+
+
 class FakeLookup:
     """A lookup answering from a dict, counting calls."""
 
@@ -112,15 +141,37 @@ class ChallengeResponderTests(SynchronousTestCase):
         self.responder = ChallengeResponder(self.lookup, self.clock)
 
     def test_pending_cached(self) -> None:
-        """A pending challenge gets a connection; its context is built once per (name, key authorization)."""
+        """A pending challenge gets a session; its context is built once per (name, key authorization)."""
         hello = ClientHello(server_name="a.example.test", alpn_offered=(ACME_TLS_1,))
-        first = self.successResultOf(self.responder.connection_for(hello))
-        second = self.successResultOf(self.responder.connection_for(hello))
-        self.assertIs(first.get_context(), second.get_context())
+        first = self.successResultOf(self.responder.session_for(hello))
+        second = self.successResultOf(self.responder.session_for(hello))
+        self.assertIs(session_context(first), session_context(second))
         self.lookup.pending["a.example.test"] = "other." + KEY_AUTHORIZATION.split(".")[1]
-        third = self.successResultOf(self.responder.connection_for(hello))
-        self.assertIsNot(third.get_context(), first.get_context())
+        third = self.successResultOf(self.responder.session_for(hello))
+        self.assertIsNot(session_context(third), session_context(first))
         self.assertEqual(self.responder.answered, 3)
+
+    def test_no_ticket(self) -> None:
+        """
+        A validation's handshake negotiates acme-tls/1 and sends no session
+        ticket on the own binding (a CA never resumes one); on pyOpenSSL,
+        OpenSSL's own count.
+        """
+        hello = ClientHello(server_name="a.example.test", alpn_offered=(ACME_TLS_1,))
+        alpn, tickets, certificate = challenge_handshake(self.successResultOf(self.responder.session_for(hello)))
+        extension = certificate.extensions.get_extension_for_oid(ID_PE_ACME_IDENTIFIER)
+        self.assertEqual(extension.value.value, acme_identifier_value(KEY_AUTHORIZATION))
+        self.assertEqual(alpn, "acme-tls/1")
+        if openssl.compiled is not None:
+            self.assertEqual(tickets, 0)
+
+    def test_pyopenssl(self) -> None:
+        """Where the own binding is not built, the session is pyOpenSSL's, negotiating acme-tls/1 too."""
+        self.patch(openssl, "compiled", None)
+        hello = ClientHello(server_name="a.example.test", alpn_offered=(ACME_TLS_1,))
+        session = self.successResultOf(self.responder.session_for(hello))
+        self.assertIsInstance(session, PyOpenSSLSession)
+        self.assertEqual(challenge_handshake(session)[0], "acme-tls/1")
 
     def test_not_pending(self) -> None:
         """No pending challenge, or no SNI: None, counted, one log line a minute."""
@@ -131,14 +182,14 @@ class ChallengeResponderTests(SynchronousTestCase):
         self.addCleanup(globalLogPublisher.removeObserver, flushed.append)
         for name in ("b.example.test", "c.example.test", None):
             hello = ClientHello(server_name=name, alpn_offered=(ACME_TLS_1,))
-            self.assertIsNone(self.successResultOf(self.responder.connection_for(hello)))
+            self.assertIsNone(self.successResultOf(self.responder.session_for(hello)))
         self.assertEqual(self.responder.refused, 3)
         self.assertEqual(self.lookup.asked, ["b.example.test", "c.example.test"])
         lines = [e for e in flushed if "acme-tls/1" in e.get("log_format", "")]
         self.assertEqual([e["name"] for e in lines], ["b.example.test"])
         self.clock.advance(61)
         hello = ClientHello(server_name="d.example.test", alpn_offered=(ACME_TLS_1,))
-        self.successResultOf(self.responder.connection_for(hello))
+        self.successResultOf(self.responder.session_for(hello))
         lines = [e for e in flushed if "acme-tls/1" in e.get("log_format", "")]
         self.assertEqual([(e["name"], e["unlogged"]) for e in lines], [("b.example.test", 0), ("d.example.test", 2)])
 
@@ -152,12 +203,12 @@ class ChallengeResponderTests(SynchronousTestCase):
 
         responder = ChallengeResponder(lookup, self.clock, max_lookups=2)
         hello = ClientHello(server_name="a.example.test", alpn_offered=(ACME_TLS_1,))
-        results = [responder.connection_for(hello) for _ in range(3)]
+        results = [responder.session_for(hello) for _ in range(3)]
         self.assertEqual(len(waiting), 2)
         self.assertIsNone(self.successResultOf(results[2]))
         waiting[0].callback(KEY_AUTHORIZATION)
         self.assertIsNotNone(self.successResultOf(results[0]))
-        results.append(responder.connection_for(hello))
+        results.append(responder.session_for(hello))
         self.assertEqual(len(waiting), 3)
         waiting[1].callback(None)
         waiting[2].callback(KEY_AUTHORIZATION)
@@ -169,11 +220,11 @@ class ChallengeResponderTests(SynchronousTestCase):
         """A lookup that never answers is given up after LOOKUP_TIMEOUT: refused, its slot freed."""
         responder = ChallengeResponder(lambda name: Deferred(), self.clock, max_lookups=1)
         hello = ClientHello(server_name="a.example.test", alpn_offered=(ACME_TLS_1,))
-        first = responder.connection_for(hello)
+        first = responder.session_for(hello)
         self.assertNoResult(first)
         self.clock.advance(LOOKUP_TIMEOUT)
         self.assertIsNone(self.successResultOf(first))
-        second = responder.connection_for(hello)
+        second = responder.session_for(hello)
         self.assertNoResult(second)
         self.assertEqual(responder.refused, 1)
 
@@ -181,7 +232,7 @@ class ChallengeResponderTests(SynchronousTestCase):
         """A failing lookup (storage down) is logged and refused, not raised."""
         responder = ChallengeResponder(lambda name: fail(RuntimeError("storage down")), self.clock)
         hello = ClientHello(server_name="a.example.test", alpn_offered=(ACME_TLS_1,))
-        self.assertIsNone(self.successResultOf(responder.connection_for(hello)))
+        self.assertIsNone(self.successResultOf(responder.session_for(hello)))
         self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
 
 

@@ -463,10 +463,31 @@ class SharedContextTests(SynchronousTestCase):
             serialization.Encoding.DER, serialization.PrivateFormat.TraditionalOpenSSL, serialization.NoEncryption()
         )
         for arguments in ((b"not a certificate", key), (leaf, b"not a key"), (leaf, other, "EC"),
-                          (leaf + b"\x00", key), (leaf, key, "RSA"), (leaf[:-1], key)):
+                          (leaf + b"\x00", key), (leaf, key, "RSA"), (leaf[:-1], key), (leaf, key + b"\x00", "EC"),
+                          (leaf, key[:-1], "EC")):
             self.assertRaises(ssl.SSLError, Certificate, *arguments)
         made = Certificate(leaf, key)
         self.assertRaises(TypeError, made.__init__, leaf, key)
+
+
+    def test_rsa_certificate(self) -> None:
+        """
+        An RSA leaf and key (traditional DER, decoded by RSA's own
+        decoder) on a shared context: the session presents the leaf, TLS
+        1.3 and 1.2 alike; the key of another RSA leaf is refused.
+        """
+        rsa_certified = stdlib_tests.CA.issue(["rsa.test"], key_type="rsa", include_ca=True)
+        made = certificate(rsa_certified)
+        for maximum in (ssl.TLSVersion.TLSv1_3, ssl.TLSVersion.TLSv1_2):
+            session, obj, _, _ = established(Session(shared(certified=rsa_certified), made), name="rsa.test",
+                                             maximum=maximum)
+            self.assertEqual(obj.getpeercert()["subjectAltName"], (("DNS", "rsa.test"),))
+        other = stdlib_tests.CA.issue(["other.test"], key_type="rsa").key.private_bytes(
+            serialization.Encoding.DER, serialization.PrivateFormat.TraditionalOpenSSL, serialization.NoEncryption()
+        )
+        leaf = crypto_leaf(ContextBuilder(Clock()).served(rsa_certified))
+        self.assertRaises(ssl.SSLError, openssl.compiled.Certificate, leaf, other, "RSA")
+        self.assertRaises(ssl.SSLError, openssl.compiled.Certificate, leaf, other, "EC")
 
 
 def crypto_leaf(the_served: Any) -> bytes:
@@ -478,9 +499,8 @@ def crypto_leaf(the_served: Any) -> bytes:
 class SharedSessionForTests(SynchronousTestCase):
     """
     ContextBuilder.session_for on the own binding before a certificate is
-    busy: its first connection on pyOpenSSL, from its second on the shared
-    context of its chain and ALPN list, from the busy count on a context of
-    its own.
+    busy: from its first connection on the shared context of its chain and
+    ALPN list, from the busy count on a context of its own.
     """
 
     def setUp(self) -> None:
@@ -495,10 +515,10 @@ class SharedSessionForTests(SynchronousTestCase):
                          else "shared" if session.context.shared else "own")
         return kinds
 
-    def test_from_the_second_connection(self) -> None:
-        """pyOpenSSL once, shared until the promotion, then a context of its own."""
+    def test_from_the_first_connection(self) -> None:
+        """Shared from the first connection until the promotion, then a context of its own."""
         promote = self.builder.std.promote_after
-        self.assertEqual(self.kinds(promote + 2), ["pyopenssl"] + ["shared"] * (promote - 2) + ["own"] * 3)
+        self.assertEqual(self.kinds(promote + 2), ["shared"] * (promote - 1) + ["own"] * 3)
         self.assertEqual(self.builder.std.shared_contexts(), 1)
         self.assertEqual(self.builder.std.certificates(), 1)
         self.assertEqual(self.builder.hot_contexts(), 0)
@@ -510,19 +530,22 @@ class SharedSessionForTests(SynchronousTestCase):
         sessions = []
         for certified in (CERTIFIED, *others):
             for alpn in (H2, ()):
-                self.kinds(1, certified, alpn)
                 sessions.append(self.builder.session_for(certified, alpn, Owner()))
         self.assertEqual(len({id(s.context) for s in sessions}), 2)
         self.assertEqual(self.builder.std.shared_contexts(), 2)
         self.assertEqual(self.builder.std.certificates(), 3)
 
     def test_limits(self) -> None:
-        """At most certificate_limit certificates held (the least recently used out); 0: none, all on pyOpenSSL."""
+        """
+        At most certificate_limit certificates held (the least recently
+        used out; once full, another after promote_after connections); 0:
+        none, all on pyOpenSSL.
+        """
         self.builder.std.limit = 0
         self.builder.std.certificate_limit = 2
         certs = [stdlib_tests.CA.issue(["%s.test" % n], include_ca=True) for n in "xyz"]
         for certified in certs[:2]:
-            self.assertEqual(self.kinds(2, certified), ["pyopenssl", "shared"])
+            self.assertEqual(self.kinds(2, certified), ["shared", "shared"])
         promote = self.builder.std.promote_after
         self.assertEqual(self.kinds(promote, certs[2]), ["pyopenssl"] * (promote - 1) + ["shared"])
         self.assertEqual(self.builder.std.certificates(), 2)
@@ -539,7 +562,7 @@ class SharedSessionForTests(SynchronousTestCase):
         self.builder.std.certificate_limit = 1
         self.builder.std.promote_after = 4
         first, second = (stdlib_tests.CA.issue(["%s.test" % n], include_ca=True) for n in "pq")
-        self.assertEqual(self.kinds(2, first), ["pyopenssl", "shared"])
+        self.assertEqual(self.kinds(2, first), ["shared", "shared"])
         self.assertEqual(self.kinds(5, second), ["pyopenssl"] * 3 + ["shared"] * 2)
         self.assertEqual(self.builder.std.certificates(), 1)
 
@@ -595,4 +618,4 @@ class SharedSessionForTests(SynchronousTestCase):
     def test_tls12_client(self) -> None:
         """A client not offering TLS 1.3 gets a shared session too (no session cache there)."""
         kinds = [type(self.builder.session_for(CERTIFIED, H2, Owner(), tls13=False)) for _ in range(3)]
-        self.assertEqual(kinds, [PyOpenSSLSession, Session, Session])
+        self.assertEqual(kinds, [Session, Session, Session])

@@ -213,6 +213,7 @@ class ChannelTests(SynchronousTestCase):
         from kongacme.storage.alpn_keys import TlsAlpnKeyAuthorizations
         from kongacme.tls.alpn_challenge import ACME_TLS_1, ID_PE_ACME_IDENTIFIER, acme_identifier_value
         from kongacme.tls.clienthello import ClientHello
+        from tests.test_tls_alpn_challenge import challenge_handshake
 
         self.connect()
         self.daemon.alpn_keys = TlsAlpnKeyAuthorizations(self.clock)
@@ -221,10 +222,10 @@ class ChannelTests(SynchronousTestCase):
         answers = []
         for name in ("a.test", "b.test"):
             hello = ClientHello(server_name=name, alpn_offered=(ACME_TLS_1,))
-            responder.connection_for(hello).addCallback(answers.append)
+            responder.session_for(hello).addCallback(answers.append)
         self.pump.flush()
         self.assertIsNone(answers[1])
-        certificate = answers[0].get_certificate().to_cryptography()
+        _, _, certificate = challenge_handshake(answers[0])
         self.assertEqual(certificate.extensions.get_extension_for_oid(ID_PE_ACME_IDENTIFIER).value.value,
                          acme_identifier_value("token-token-token-token.thumbprint"))
 

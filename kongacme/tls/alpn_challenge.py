@@ -8,6 +8,11 @@ self-signed certificate for that one name carrying the key authorization's
 digest, the handshake negotiates ``acme-tls/1``, and the connection is
 closed; with no challenge pending for the name it gets an alert.
 
+The handshake is on kongacme's own OpenSSL binding where it is built
+(:mod:`kongacme.tls.openssl`), with no session ticket at all (a validation
+is never resumed; on pyOpenSSL, OpenSSL would send its default two), else
+on pyOpenSSL.
+
 The key authorization comes from a lookup (``name -> Deferred[str |
 None]``): the issuing process's memory, then the shared storage, or, in a
 worker, the master over the channel. Nothing here touches storage.
@@ -30,9 +35,11 @@ from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
 from zope.interface import implementer
 
+from kongacme.tls import openssl
 from kongacme.tls.certs import CertifiedKey
 from kongacme.tls.clienthello import ClientHello
 from kongacme.tls.fallback import generate_self_signed
+from kongacme.tls.session import PyOpenSSLSession, TLSSession
 
 log = Logger()
 
@@ -104,17 +111,31 @@ def _select_acme_tls(connection: SSL.Connection, offered: list[bytes]) -> Any:
     return ACME_TLS_1 if ACME_TLS_1 in offered else SSL.NO_OVERLAPPING_PROTOCOLS
 
 
-def challenge_context(certified: CertifiedKey) -> SSL.Context:
+def challenge_context(certified: CertifiedKey) -> Any:
     """
     A server context presenting ``certified`` and negotiating
-    ``acme-tls/1``, TLS 1.2 or later (RFC 8737 §4).
+    ``acme-tls/1``, TLS 1.2 or later (RFC 8737 §4): the own binding's,
+    sending no session ticket, where it is built, else pyOpenSSL's
+    (:func:`challenge_session` makes a session of either).
+
+    :raises ssl.SSLError: if the own binding refuses the certificate.
     """
+    if openssl.compiled is not None:
+        return openssl.pem_context(certified.chain_pem(), certified.key_pem(), (ACME_TLS_1,), session_tickets=False)
     ctx = SSL.Context(SSL.TLS_SERVER_METHOD)
     ctx.set_min_proto_version(SSL.TLS1_2_VERSION)
     ctx.use_certificate(certified.chain[0])
     ctx.use_privatekey(certified.key)
     ctx.set_alpn_select_callback(_select_acme_tls)
     return ctx
+
+
+def challenge_session(context: Any) -> TLSSession:
+    """A server session on ``context`` (:func:`challenge_context`'s)."""
+    if isinstance(context, SSL.Context):
+        return PyOpenSSLSession(SSL.Connection(context, None), None)
+    assert openssl.compiled is not None
+    return openssl.compiled.Session(context)  # type: ignore[no-any-return]
 
 
 @implementer(IHandshakeListener)
@@ -132,8 +153,9 @@ class CloseAfterHandshake(Protocol):
 class ChallengeResponder:
     """
     The TLS listener's tls-alpn-01 answers: for an ``acme-tls/1`` hello,
-    the ``SSL.Connection`` presenting the challenge certificate, or
-    ``None`` (no pending challenge: the listener sends an alert).
+    the TLS session presenting the challenge certificate
+    (:func:`challenge_session`), or ``None`` (no pending challenge: the
+    listener sends an alert).
 
     :ivar _lookup: server name → ``Deferred`` of the pending key
         authorization, or ``None``.
@@ -154,9 +176,9 @@ class ChallengeResponder:
     answered: int = attrs.field(default=0, init=False)
     refused: int = attrs.field(default=0, init=False)
 
-    def connection_for(self, hello: ClientHello, peer: str = "?") -> Deferred:
+    def session_for(self, hello: ClientHello, peer: str = "?") -> Deferred:
         """
-        ``Deferred`` of the ``SSL.Connection`` answering ``hello`` (an
+        ``Deferred`` of the TLS session answering ``hello`` (an
         ``acme-tls/1`` hello), or of ``None`` when no challenge is pending
         for its server name (or it has none: RFC 8737 §3 requires SNI).
         """
@@ -177,15 +199,15 @@ class ChallengeResponder:
         self._in_flight -= 1
         return result
 
-    def _answer(self, key_authorization: str | None, name: str, peer: str) -> SSL.Connection | None:
+    def _answer(self, key_authorization: str | None, name: str, peer: str) -> TLSSession | None:
         if not key_authorization:
             self._forget(name)
             return self._refuse(name, peer)
         ctx = self.context_for(name, key_authorization)
         self.answered += 1
-        return SSL.Connection(ctx, None)
+        return challenge_session(ctx)
 
-    def context_for(self, name: str, key_authorization: str) -> SSL.Context:
+    def context_for(self, name: str, key_authorization: str) -> Any:
         """The context for ``(name, key_authorization)``, built once while pending."""
         entry = (name, key_authorization)
         ctx = self._contexts.get(entry)

@@ -22,7 +22,7 @@ Session tickets as ``session_tickets`` says: one per TLS 1.3 handshake, or
 none at all; the keys are the context's own, rotated by rebuilding it.
 
 Certificates that are not busy (yet) have their connections here too, from
-their second on (:class:`~kongacme.tls.stdlib.StdContexts`): on a context
+their first on (:class:`~kongacme.tls.stdlib.StdContexts`): on a context
 shared by the certificates with the same intermediates and route ALPN list
 (:func:`shared_openssl_context`), each session bringing the leaf and key
 (:func:`openssl_certificate`, parsed once per certificate), as the
@@ -36,7 +36,7 @@ from __future__ import annotations
 from types import ModuleType
 from typing import TYPE_CHECKING, Optional
 
-from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption, PrivateFormat
+from cryptography.hazmat.primitives.serialization import Encoding
 from OpenSSL import crypto
 
 compiled: Optional[ModuleType]
@@ -67,17 +67,23 @@ def openssl_context(served: "ServedCertificate", alpn: tuple[bytes, ...], sessio
     :raises ssl.SSLError: if OpenSSL refuses the chain or key.
     :raises RuntimeError: if the binding is not built.
     """
-    if compiled is None:
-        raise RuntimeError("kongacme.tls._openssl is not built")
     chain, key = pem(served)
-    return _context(chain, key, alpn, session_tickets)
+    return pem_context(chain, key, alpn, session_tickets)
 
 
-def _context(chain: bytes, key: bytes, alpn: tuple[bytes, ...], session_tickets: bool) -> "Context":
-    """A ``Context`` with kongacme's TLS profile (an empty ``key``: a shared one)."""
+def pem_context(chain: bytes, key: bytes, alpn: tuple[bytes, ...], session_tickets: bool) -> "Context":
+    """
+    A ``Context`` with kongacme's TLS profile presenting ``chain`` (PEM,
+    the leaf first) with ``key`` (PEM; empty: a shared context, each
+    session bringing its leaf and key).
+
+    :raises ssl.SSLError: if OpenSSL refuses the chain or key.
+    :raises RuntimeError: if the binding is not built.
+    """
     from kongacme.tls.context import INTERMEDIATE_CURVES, INTERMEDIATE_TLS12_CIPHERS, INTERMEDIATE_TLS13_CIPHERSUITES
 
-    assert compiled is not None
+    if compiled is None:
+        raise RuntimeError("kongacme.tls._openssl is not built")
     return compiled.Context(
         chain, key, tuple(alpn), session_tickets,
         INTERMEDIATE_TLS12_CIPHERS, INTERMEDIATE_TLS13_CIPHERSUITES, INTERMEDIATE_CURVES,
@@ -93,25 +99,26 @@ def shared_openssl_context(chain: "Intermediates", alpn: tuple[bytes, ...], sess
     :raises ssl.SSLError: if OpenSSL refuses an intermediate.
     :raises RuntimeError: if the binding is not built.
     """
-    if compiled is None:
-        raise RuntimeError("kongacme.tls._openssl is not built")
     intermediates = b"".join(certificate.public_bytes(Encoding.PEM) for certificate in chain.certificates)
-    return _context(intermediates, b"", alpn, session_tickets)
+    return pem_context(intermediates, b"", alpn, session_tickets)
 
 
 def openssl_certificate(served: "ServedCertificate") -> "Certificate":
     """
     ``served``'s leaf and key as the binding's objects (for sessions on a
-    shared context), converted in memory: ~0.25 ms, once per certificate
-    (OpenSSL 3.0's decoders are most of it).
+    shared context), converted in memory, once per certificate: ~0.15 ms
+    for a P-256 key (the leaf's decoding in OpenSSL 3.0 is most of it;
+    bench/RESULTS.md, session 24).
+
+    The key's DER comes from pyOpenSSL itself (its traditional form for an
+    RSA or EC key), not through a ``cryptography`` key, whose loading
+    checks an RSA key's primes: ~33 ms for a 2048-bit key.
 
     :raises ssl.SSLError: if OpenSSL refuses them.
     :raises RuntimeError: if the binding is not built.
     """
     if compiled is None:
         raise RuntimeError("kongacme.tls._openssl is not built")
-    key = served.key.to_cryptography_key().private_bytes(  # type: ignore[union-attr]
-        Encoding.DER, PrivateFormat.TraditionalOpenSSL, NoEncryption()
-    )
+    key = crypto.dump_privatekey(crypto.FILETYPE_ASN1, served.key)
     kind = {crypto.TYPE_EC: "EC", crypto.TYPE_RSA: "RSA"}.get(served.key.type(), "")
     return compiled.Certificate(crypto.dump_certificate(crypto.FILETYPE_ASN1, served.leaf), key, kind)

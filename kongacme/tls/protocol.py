@@ -24,7 +24,7 @@ from kongacme.tls.alpn_challenge import NO_APPLICATION_PROTOCOL_ALERT, CloseAfte
 from kongacme.tls.clienthello import ClientHello, parse_client_hello
 from kongacme.tls.context import ContextBuilder
 from kongacme.tls.pump import TLSPump
-from kongacme.tls.session import PyOpenSSLSession, tls_failure_reason
+from kongacme.tls.session import tls_failure_reason
 
 log = Logger()
 
@@ -144,7 +144,7 @@ class SNITLSProtocol(TLSPump):
         if factory.challenges is not None and is_challenge_hello(hello):
             # A CA validating tls-alpn-01 (RFC 8737): never proxied nor held.
             self._gate_pending = True
-            factory.challenges.connection_for(hello, peer_name(self.transport)).addBoth(self._challenge_ready)
+            factory.challenges.session_for(hello, peer_name(self.transport)).addBoth(self._challenge_ready)
             return
         gate = factory.gate
         waiting = gate.before_handshake(hello.server_name) if gate is not None else None
@@ -206,7 +206,7 @@ class SNITLSProtocol(TLSPump):
             return
         self._count("acme_tls_alpn")
         self.wrappedProtocol = CloseAfterHandshake()
-        self.start_tls(PyOpenSSLSession(tls, self), buffered)
+        self.start_tls(tls, buffered)
 
     def _handshake_timed_out(self) -> None:
         self._deadline = None

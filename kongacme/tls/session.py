@@ -4,8 +4,10 @@ and the Twisted path's pump drive it, from either TLS binding kongacme has:
 
 - :class:`PyOpenSSLSession`: pyOpenSSL's ``SSL.Connection`` (OpenSSL in
   cryptography's wheel) on its chain's shared context or the certificate's
-  own: what a certificate's first connections get, and clients not
-  offering TLS 1.3;
+  own: what every connection gets where the own binding is not built (a
+  busy certificate's TLS 1.3 clients aside), and where it is, the
+  connections of a certificate it refused, or of one taken in only once
+  busier while it holds as many as it may;
 - :class:`StdSession`: the standard library's ``ssl.SSLObject`` with two
   ``ssl.MemoryBIO`` objects (the system's OpenSSL), on a context of the
   certificate's own (:mod:`kongacme.tls.stdlib`): what a busy certificate's
@@ -15,9 +17,10 @@ and the Twisted path's pump drive it, from either TLS binding kongacme has:
   library's ssl for busy certificates").
 
 - :class:`kongacme.tls._openssl.Session`: kongacme's own binding of the
-  system's OpenSSL (:mod:`kongacme.tls.openssl`), where it is built: what a
-  busy certificate's connections get instead of :class:`StdSession`, TLS
-  1.2 clients included, and what the compiled steady state
+  system's OpenSSL (:mod:`kongacme.tls.openssl`), where it is built: what
+  a certificate's connections get from its first on (on a shared context,
+  then its own once busy, instead of :class:`StdSession`), TLS 1.2 clients
+  included, and what the compiled steady state
   (:mod:`kongacme.engine._steady`) calls with no Python in between.
 
 All three have the same attributes, so the relay calls them alike (each a

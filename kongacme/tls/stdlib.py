@@ -60,9 +60,11 @@ STD_CONTEXTS = 64
 
 #: On the own binding, the connection of a certificate from which on it is
 #: served from its chain's shared context (:meth:`StdContexts.session_for`)
-#: until it is busy: its first stays on pyOpenSSL, which holds the leaf and
-#: key ready, where the own binding parses them (~0.25 ms, once).
-CERTIFICATE_AFTER = 2
+#: until it is busy: its first, so that every connection gets the ticket
+#: count kongacme sets (pyOpenSSL cannot set it: OpenSSL's default two).
+#: Parsing the leaf and key (~0.25 ms, once) then falls on a certificate's
+#: first connection rather than its second (bench/RESULTS.md, session 24).
+CERTIFICATE_AFTER = 1
 
 #: Most certificates held as the own binding's objects for the shared
 #: contexts (least recently used first out): about 8.5 KB each
