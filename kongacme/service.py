@@ -37,7 +37,7 @@ from kongacme.tls.context import ContextBuilder
 from kongacme.tls.fallback import load_or_create_fallback
 from kongacme.tls.alpn_challenge import ChallengeResponder
 from kongacme.tls.protocol import TLSServerFactory
-from kongacme.tls.tickets import tickets_per_handshake
+from kongacme.tls.tickets import pyopenssl_tickets
 from kongacme.storage import storage_from_config
 from kongacme.storage.instrumented import instrument
 from kongacme.storage.locks import node_owner
@@ -276,18 +276,17 @@ class DaemonService(MultiService):
         Say how many TLS 1.3 session tickets a full handshake sends. On
         kongacme's own OpenSSL binding (every certificate's connections,
         where it is built) kongacme sets the count: one, or none with
-        ``tls.session_tickets: false``. On pyOpenSSL (counted on a context
-        built now) the count is OpenSSL's, set for the whole process by
-        ``OPENSSL_CONF`` (``etc/openssl/*.cnf``): a warning when
+        ``tls.session_tickets: false``. On pyOpenSSL the count is OpenSSL's
+        (:func:`~kongacme.tls.tickets.pyopenssl_tickets`), set for the whole
+        process by ``OPENSSL_CONF`` (``etc/openssl/*.cnf``): a warning when
         ``tls.session_tickets: false`` still sends tickets on connections
         that are all on pyOpenSSL.
         """
         if self.cache is None:
             return
-        try:
-            count = tickets_per_handshake(self.builder, self.cache.fallback)
-        except Exception:
-            self.log.failure("could not count the session tickets a handshake sends")
+        count = pyopenssl_tickets()
+        if count < 0:
+            self.log.warn("could not count the session tickets a TLS 1.3 handshake on pyOpenSSL sends")
             return
         own = 1 if self.builder.session_tickets else 0
         std = self.builder.std
@@ -295,14 +294,22 @@ class DaemonService(MultiService):
             "one-ticket.cnf sends one" if self.builder.session_tickets else "no-tickets.cnf sends none",
         )
         if std.binding == "openssl" and std.certificate_limit:
-            # kongacme.tls.stdlib: from each certificate's first connection
-            # on, unless the binding refused it or, with certificate_limit
-            # certificates held, until it has promote_after connections.
+            # kongacme.tls.stdlib: every certificate from its first
+            # connection on, unless the binding refused it; while
+            # certificate_limit certificates are held, another is kept from
+            # its promote_after-th connection, its connections before that
+            # served on the binding (objects made per connection) or, where
+            # pyOpenSSL sends as many tickets anyway, there.
+            if count == own:
+                held = "stays there too until it has had {promote} connections"
+            else:
+                held = ("is on the binding too until it has had {promote} connections, its leaf and key parsed for "
+                        "each (~0.2-0.5 ms; with pyOpenSSL sending as many, they would stay there)")
             self.log.info(
-                "TLS 1.3: {own} session ticket(s) per full handshake (kongacme's OpenSSL binding); "
-                "{count} on pyOpenSSL, where a certificate the binding refuses stays, and, while {limit} "
-                "certificates are held, another until it has had {promote} connections ({conf})",
-                own=own, count=count, limit=std.certificate_limit, promote=std.promote_after, conf=conf,
+                "TLS 1.3: {own} session ticket(s) per full handshake on kongacme's OpenSSL binding, {count} on "
+                "pyOpenSSL ({conf}), where only a certificate the binding refuses stays; while {limit} certificates "
+                "are held, another " + held,
+                own=own, count=count, conf=conf, limit=std.certificate_limit, promote=std.promote_after,
             )
             return
         busy = "; a busy certificate's: %d" % (own,) if std.limit else ""

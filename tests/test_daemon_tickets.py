@@ -135,8 +135,9 @@ class SessionTicketCountTests(ShowsDaemonOutput, TestCase):
         pyOpenSSL (where a certificate may still be) would send.
         """
         daemon = yield self.start()
-        self.assertIn("TLS 1.3: 1 session ticket(s) per full handshake (kongacme's OpenSSL binding); "
+        self.assertIn("TLS 1.3: 1 session ticket(s) per full handshake on kongacme's OpenSSL binding, "
                       "2 on pyOpenSSL", daemon.output)
+        self.assertIn("another is on the binding too until it has had", daemon.output)
         self.assertNotIn("[kongacme.service.DaemonService#warn", daemon.output)
         self.assertEqual((yield deferToThread(tickets_received, self.tls_port)), 1)
         self.assertEqual((yield deferToThread(tickets_received, self.tls_port)), 1)
@@ -152,7 +153,7 @@ class SessionTicketCountTests(ShowsDaemonOutput, TestCase):
         connection on, with no OpenSSL configuration and no warning.
         """
         daemon = yield self.start(session_tickets=False, engine=engine)
-        self.assertIn("TLS 1.3: 0 session ticket(s) per full handshake (kongacme's OpenSSL binding); "
+        self.assertIn("TLS 1.3: 0 session ticket(s) per full handshake on kongacme's OpenSSL binding, "
                       "2 on pyOpenSSL", daemon.output)
         self.assertIn("OPENSSL_CONF=etc/openssl/no-tickets.cnf sends none", daemon.output)
         self.assertNotIn("tls.session_tickets is false, yet", daemon.output)
@@ -171,9 +172,14 @@ class SessionTicketCountTests(ShowsDaemonOutput, TestCase):
 
     @inlineCallbacks
     def test_pyopenssl_count_from_openssl_conf(self):
-        """The line's pyOpenSSL count is OPENSSL_CONF's: one with one-ticket.cnf."""
+        """
+        The line's pyOpenSSL count is OPENSSL_CONF's: one with
+        one-ticket.cnf, which lets certificates not kept yet (the limit
+        reached) stay there.
+        """
         daemon = yield self.start(openssl_conf="one-ticket.cnf")
-        self.assertIn("(kongacme's OpenSSL binding); 1 on pyOpenSSL", daemon.output)
+        self.assertIn("on kongacme's OpenSSL binding, 1 on pyOpenSSL", daemon.output)
+        self.assertIn("another stays there too until it has had", daemon.output)
         self.assertEqual((yield deferToThread(tickets_received, self.tls_port)), 1)
 
     test_pyopenssl_count_from_openssl_conf.skip = NO_OWN_BINDING  # type: ignore[attr-defined]

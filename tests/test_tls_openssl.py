@@ -535,11 +535,30 @@ class SharedSessionForTests(SynchronousTestCase):
         self.assertEqual(self.builder.std.shared_contexts(), 2)
         self.assertEqual(self.builder.std.certificates(), 3)
 
+    def count_parses(self) -> list[object]:
+        """The certificates the own binding takes in from now on (each parse)."""
+        from kongacme.tls import stdlib
+
+        parsed: list[object] = []
+        real = stdlib.openssl_certificate
+
+        def counting(served: Any) -> Any:
+            parsed.append(served)
+            return real(served)
+
+        self.patch(stdlib, "openssl_certificate", counting)
+        return parsed
+
+    def pyopenssl_sends(self, count: int) -> None:
+        """As if pyOpenSSL sent ``count`` tickets per handshake in this process (OPENSSL_CONF)."""
+        from kongacme.tls import stdlib
+
+        self.patch(stdlib, "pyopenssl_tickets", lambda: count)
+
     def test_limits(self) -> None:
         """
         At most certificate_limit certificates held (the least recently
-        used out; once full, another after promote_after connections); 0:
-        none, all on pyOpenSSL.
+        used out); 0: none, all on pyOpenSSL.
         """
         self.builder.std.limit = 0
         self.builder.std.certificate_limit = 2
@@ -547,24 +566,53 @@ class SharedSessionForTests(SynchronousTestCase):
         for certified in certs[:2]:
             self.assertEqual(self.kinds(2, certified), ["shared", "shared"])
         promote = self.builder.std.promote_after
-        self.assertEqual(self.kinds(promote, certs[2]), ["pyopenssl"] * (promote - 1) + ["shared"])
+        self.assertEqual(self.kinds(promote, certs[2]), ["shared"] * promote)
         self.assertEqual(self.builder.std.certificates(), 2)
         self.builder.std.certificate_limit = 0
         self.assertEqual(self.kinds(3, certs[2]), ["pyopenssl"] * 3)
 
-    def test_full_takes_in_busier_only(self) -> None:
+    def test_full_keeps_busier_only(self) -> None:
         """
-        While certificate_limit certificates are held, another is taken in
-        only after promote_after connections (one taken in pushes one out:
-        no parse per other connection when more names are in use).
+        While certificate_limit certificates are held, another is kept only
+        from its promote_after-th connection (one kept pushes one out: no
+        churn when more names are in use); before that each of its
+        connections is still on the own binding (the ticket count
+        configured, where pyOpenSSL sends OpenSSL's two), its leaf and key
+        made for that connection.
         """
+        self.pyopenssl_sends(2)
         self.builder.std.limit = 0
         self.builder.std.certificate_limit = 1
         self.builder.std.promote_after = 4
         first, second = (stdlib_tests.CA.issue(["%s.test" % n], include_ca=True) for n in "pq")
+        parsed = self.count_parses()
         self.assertEqual(self.kinds(2, first), ["shared", "shared"])
-        self.assertEqual(self.kinds(5, second), ["pyopenssl"] * 3 + ["shared"] * 2)
+        self.assertEqual(len(parsed), 1)
+        self.assertEqual(self.kinds(5, second), ["shared"] * 5)
+        self.assertEqual(len(parsed), 5)  # one per connection up to the 4th, then kept
         self.assertEqual(self.builder.std.certificates(), 1)
+        self.assertEqual(self.kinds(1, first), ["shared"])
+        self.assertEqual(len(parsed), 6)  # pushed out by the second
+
+    def test_full_pyopenssl_sending_as_many(self) -> None:
+        """
+        Where pyOpenSSL sends the count configured (OPENSSL_CONF), a
+        certificate not kept yet while the limit is reached is served there
+        (no parse per connection), with session_tickets on (one) or off
+        (none).
+        """
+        for tickets, count in ((True, 1), (False, 0)):
+            self.builder = ContextBuilder(self.clock, session_tickets=tickets)
+            self.pyopenssl_sends(count)
+            self.builder.std.limit = 0
+            self.builder.std.certificate_limit = 1
+            self.builder.std.promote_after = 4
+            first, second = (stdlib_tests.CA.issue(["%s.test" % n], include_ca=True) for n in "pq")
+            self.assertEqual(self.kinds(1, first), ["shared"])
+            self.assertEqual(self.kinds(5, second), ["pyopenssl"] * 3 + ["shared"] * 2)
+            self.pyopenssl_sends(count + 1)
+            third = stdlib_tests.CA.issue(["r.test"], include_ca=True)
+            self.assertEqual(self.kinds(1, third), ["shared"])
 
     def test_certificate_goes_with_its_owner(self) -> None:
         """A certificate's objects are held only while it is."""

@@ -11,6 +11,7 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from kongacme.testing import TestCA
 from kongacme.tls.context import ContextBuilder
+from kongacme.tls import tickets
 from kongacme.tls.tickets import tickets_per_handshake
 
 
@@ -28,3 +29,35 @@ class TicketsPerHandshakeTests(SynchronousTestCase):
             builder = ContextBuilder(Clock(), session_tickets=on)
             self.assertEqual(tickets_per_handshake(builder, certified), 2)
             self.assertEqual((builder.contexts(), builder.hot_contexts()), (0, 0))
+
+
+class PyOpenSSLTicketsTests(SynchronousTestCase):
+    """Tests for pyopenssl_tickets, the process's count, counted once."""
+
+    def setUp(self):
+        self.patch(tickets, "_counted", None)
+
+    def test_counted_once(self):
+        """OpenSSL's two without a configuration, counted on the first call only."""
+        calls = []
+        real = tickets.tickets_per_handshake
+
+        def counting(builder, certified):
+            calls.append(certified)
+            return real(builder, certified)
+
+        self.patch(tickets, "tickets_per_handshake", counting)
+        self.assertEqual((tickets.pyopenssl_tickets(), tickets.pyopenssl_tickets()), (2, 2))
+        self.assertEqual(len(calls), 1)
+
+    def test_cannot_count(self):
+        """A count that fails is -1 (never the count configured), and is not tried again."""
+        calls = []
+
+        def failing(builder, certified):
+            calls.append(certified)
+            raise RuntimeError("the in-memory TLS 1.3 handshake did not finish")
+
+        self.patch(tickets, "tickets_per_handshake", failing)
+        self.assertEqual((tickets.pyopenssl_tickets(), tickets.pyopenssl_tickets()), (-1, -1))
+        self.assertEqual(len(calls), 1)

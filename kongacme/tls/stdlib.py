@@ -68,16 +68,26 @@ CERTIFICATE_AFTER = 1
 
 #: Most certificates held as the own binding's objects for the shared
 #: contexts (least recently used first out): about 8.5 KB each
-#: (bench/certificate_memory.py). Once it is full, a certificate is taken
-#: in only after ``promote_after`` connections, not
-#: :data:`CERTIFICATE_AFTER`: with more names in use than this, each
-#: taken in pushes another out, and parsing one costs as much as about
-#: eight handshakes' pyOpenSSL penalty (so past the uses counted,
-#: ``kongacme.tls.owned.COUNTED`` names, they stay on pyOpenSSL).
+#: (bench/certificate_memory.py). Once it is full, a certificate is kept
+#: only from its ``promote_after``-th connection, not
+#: :data:`CERTIFICATE_AFTER`: with more names in use than this, each kept
+#: pushes another out. Its connections before that are served from the
+#: objects made for each (~0.2-0.5 ms: bench/RESULTS.md, session 24), so
+#: that they get the ticket count configured, or, where pyOpenSSL sends
+#: that count anyway (``OPENSSL_CONF``, :func:`kongacme.tls.tickets.pyopenssl_tickets`),
+#: on pyOpenSSL, which costs less (past the uses counted,
+#: ``kongacme.tls.owned.COUNTED`` names, they are never kept).
 OWN_CERTIFICATES = 1024
 
 #: How long a certificate's own-binding objects are good for: as long as it is held.
 _KEPT = float("inf")
+
+
+def pyopenssl_tickets() -> int:
+    """:func:`kongacme.tls.tickets.pyopenssl_tickets` (imported when first needed: it builds on this module)."""
+    from kongacme.tls.tickets import pyopenssl_tickets as counted
+
+    return counted()
 
 
 def _pem(served: "ServedCertificate") -> bytes:
@@ -216,26 +226,27 @@ class StdContexts:
     ) -> Optional[BusySession]:
         """
         A session of the own binding on ``served``'s chain's shared context,
-        with its leaf and key (from its :attr:`certificate_after`-th
-        connection on; its ``promote_after``-th while as many certificates
-        as :attr:`certificate_limit` are held), or None (then pyOpenSSL's
-        shared context serves it).
+        with its leaf and key (held from its :attr:`certificate_after`-th
+        connection on; from its ``promote_after``-th while as many
+        certificates as :attr:`certificate_limit` are held, and made for
+        each connection before that unless pyOpenSSL sends as many
+        tickets), or None (then pyOpenSSL's shared context serves it).
         """
         certificate, _ = self._certificates.get(id(served), served, now, _KEPT)
         if certificate is None:
+            if not self.certificate_limit or served in self._refused:
+                return None
             full = len(self._certificates) >= self.certificate_limit
-            if (
-                not self.certificate_limit
-                or served in self._refused
-                or not self._certificates.busy(id(served), self.promote_after if full else self.certificate_after)
-            ):
+            keep = self._certificates.busy(id(served), self.promote_after if full else self.certificate_after)
+            if not keep and (not full or pyopenssl_tickets() == (1 if session_tickets else 0)):
                 return None
             try:
                 certificate = openssl_certificate(served)
             except (ssl.SSLError, ValueError, TypeError) as e:  # TypeError: a key type cryptography cannot export
                 self._refuse(served, "it", e)
                 return None
-            self._certificates.put(id(served), served, certificate, now)
+            if keep:
+                self._certificates.put(id(served), served, certificate, now)
         try:
             shared = fresh(self._shared, (served.chain.key, alpn), now, rotation,
                            lambda: shared_openssl_context(served.chain, alpn, session_tickets))

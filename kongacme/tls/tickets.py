@@ -13,7 +13,10 @@ daemon can say so at start.
 
 from __future__ import annotations
 
+from typing import Optional
+
 from OpenSSL import SSL
+from twisted.internet.task import Clock
 
 from kongacme.tls.context import ContextBuilder, Servable
 from kongacme.tls.records import count_records
@@ -67,3 +70,24 @@ def tickets_per_handshake(builder: ContextBuilder, certified: Servable) -> int:
         raise RuntimeError("the in-memory TLS 1.3 handshake did not finish")
     complete, _, _ = count_records(0, b"", _output(server))
     return complete
+
+
+#: What :func:`pyopenssl_tickets` counted (-1: it could not).
+_counted: Optional[int] = None
+
+
+def pyopenssl_tickets() -> int:
+    """
+    The session tickets a full TLS 1.3 handshake on pyOpenSSL sends in
+    this process (OpenSSL's configuration is read once per process),
+    counted once, on a throwaway certificate; -1 if it cannot be counted.
+    """
+    global _counted
+    if _counted is None:
+        from kongacme.tls.fallback import generate_self_signed
+
+        try:
+            _counted = tickets_per_handshake(ContextBuilder(Clock()), generate_self_signed("tickets.invalid", days=1))
+        except Exception:  # an OpenSSL that will not do it: taken as not the count configured
+            _counted = -1
+    return _counted
