@@ -56,7 +56,6 @@ import re
 import resource
 import signal
 import socket
-import subprocess
 import sys
 import time
 

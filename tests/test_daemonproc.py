@@ -12,7 +12,6 @@ import ssl
 from twisted.internet import reactor
 from twisted.internet.defer import inlineCallbacks
 from twisted.internet.protocol import Factory, Protocol
-from twisted.internet.threads import deferToThread
 from twisted.trial.reporter import Reporter
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 

@@ -35,7 +35,6 @@ from typing import Any
 from twisted.internet.defer import inlineCallbacks
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
-from kongacme.tls.fallback import FALLBACK_NAME
 
 from tests import daemonproc, tlsclients
 from tests.test_daemon_acme import AcmeDaemonMixin

@@ -27,7 +27,7 @@ from kongacme.testing import TestCA, write_certified_key
 
 from tests import tlsclients
 from tests.daemonproc import Daemon, ShowsDaemonOutput, free_port
-from tests.test_daemon_acme import AcmeDaemonMixin, Echo
+from tests.test_daemon_acme import AcmeDaemonMixin
 
 
 class Tagged(Protocol):
