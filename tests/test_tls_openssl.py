@@ -646,22 +646,28 @@ class SharedSessionForTests(SynchronousTestCase):
         self.assertEqual(self.kinds(3), ["pyopenssl"] * 3)  # no shared contexts on the standard library
 
     def test_refused_stays_on_pyopenssl(self) -> None:
-        """A certificate OpenSSL refuses stays on pyOpenSSL, with one warning, and is not tried again."""
+        """
+        A certificate OpenSSL refuses (or whose key pyOpenSSL cannot dump)
+        stays on pyOpenSSL, with one warning, and is not tried again.
+        """
+        from OpenSSL import crypto
         from twisted.logger import LogLevel
 
         from kongacme.tls import stdlib
         from tests.proxyhelpers import LogCapture
 
-        def refuse(served: Any) -> Any:
-            raise ssl.SSLError(1, "[SSL] refused")
+        for error in (ssl.SSLError(1, "[SSL] refused"), crypto.Error([("", "", "unsupported")])):
+            def refuse(served: Any, error: Exception = error) -> Any:
+                raise error
 
-        self.patch(stdlib, "openssl_certificate", refuse)
-        self.builder.std.limit = 0
-        logs = LogCapture("kongacme.tls.stdlib").start(self)
-        self.assertEqual(self.kinds(4), ["pyopenssl"] * 4)
-        warnings = [e["log_format"] for e in logs.events if e["log_level"] == LogLevel.warn]
-        self.assertEqual(len(warnings), 1)
-        self.assertIn("stays on pyOpenSSL", warnings[0])
+            self.patch(stdlib, "openssl_certificate", refuse)
+            self.builder = ContextBuilder(self.clock)
+            self.builder.std.limit = 0
+            logs = LogCapture("kongacme.tls.stdlib").start(self)
+            self.assertEqual(self.kinds(4), ["pyopenssl"] * 4)
+            warnings = [e["log_format"] for e in logs.events if e["log_level"] == LogLevel.warn]
+            self.assertEqual(len(warnings), 1)
+            self.assertIn("stays on pyOpenSSL", warnings[0])
 
     def test_tls12_client(self) -> None:
         """A client not offering TLS 1.3 gets a shared session too (no session cache there)."""

@@ -42,6 +42,7 @@ import ssl
 import weakref
 from typing import TYPE_CHECKING, Any, Callable, Optional
 
+from OpenSSL import crypto
 from twisted.logger import Logger
 
 from kongacme.tls import openssl
@@ -242,7 +243,7 @@ class StdContexts:
                 return None
             try:
                 certificate = openssl_certificate(served)
-            except (ssl.SSLError, ValueError, TypeError) as e:  # TypeError: a key type cryptography cannot export
+            except (ssl.SSLError, crypto.Error, ValueError, TypeError) as e:  # crypto.Error: a key pyOpenSSL cannot dump
                 self._refuse(served, "it", e)
                 return None
             if keep:
