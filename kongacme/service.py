@@ -284,9 +284,8 @@ class DaemonService(MultiService):
         """
         if self.cache is None:
             return
-        count = pyopenssl_tickets()
-        if count < 0:
-            self.log.warn("could not count the session tickets a TLS 1.3 handshake on pyOpenSSL sends")
+        count = pyopenssl_tickets(self.cache.fallback)
+        if count < 0:  # logged where it was counted
             return
         own = 1 if self.builder.session_tickets else 0
         std = self.builder.std

@@ -50,8 +50,23 @@ class PyOpenSSLTicketsTests(SynchronousTestCase):
         self.assertEqual((tickets.pyopenssl_tickets(), tickets.pyopenssl_tickets()), (2, 2))
         self.assertEqual(len(calls), 1)
 
+    def test_on_the_certificate_given(self):
+        """The first call's certificate (the daemon's fallback) is the one counted on; later ones are not used."""
+        calls = []
+        real = tickets.tickets_per_handshake
+
+        def counting(builder, certified):
+            calls.append(certified)
+            return real(builder, certified)
+
+        self.patch(tickets, "tickets_per_handshake", counting)
+        ca = TestCA.create().intermediate()
+        given, later = (ca.issue([name], include_ca=True) for name in ("a.test", "b.test"))
+        self.assertEqual((tickets.pyopenssl_tickets(given), tickets.pyopenssl_tickets(later)), (2, 2))
+        self.assertEqual(calls, [given])
+
     def test_cannot_count(self):
-        """A count that fails is -1 (never the count configured), and is not tried again."""
+        """A count that fails is -1 (never the count configured), logged once, and is not tried again."""
         calls = []
 
         def failing(builder, certified):
@@ -61,3 +76,4 @@ class PyOpenSSLTicketsTests(SynchronousTestCase):
         self.patch(tickets, "tickets_per_handshake", failing)
         self.assertEqual((tickets.pyopenssl_tickets(), tickets.pyopenssl_tickets()), (-1, -1))
         self.assertEqual(len(calls), 1)
+        self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)

@@ -17,9 +17,12 @@ from typing import Optional
 
 from OpenSSL import SSL
 from twisted.internet.task import Clock
+from twisted.logger import Logger
 
 from kongacme.tls.context import ContextBuilder, Servable
 from kongacme.tls.records import count_records
+
+log = Logger()
 
 #: Handshake rounds before giving up (a TLS 1.3 handshake needs two).
 _ROUNDS = 8
@@ -76,18 +79,23 @@ def tickets_per_handshake(builder: ContextBuilder, certified: Servable) -> int:
 _counted: Optional[int] = None
 
 
-def pyopenssl_tickets() -> int:
+def pyopenssl_tickets(certified: Optional[Servable] = None) -> int:
     """
     The session tickets a full TLS 1.3 handshake on pyOpenSSL sends in
     this process (OpenSSL's configuration is read once per process),
-    counted once, on a throwaway certificate; -1 if it cannot be counted.
+    counted once, on the first call's ``certified`` (the daemon's fallback
+    certificate at start), else on a throwaway one; -1, logged, if it
+    cannot be counted.
     """
     global _counted
     if _counted is None:
-        from kongacme.tls.fallback import generate_self_signed
+        if certified is None:
+            from kongacme.tls.fallback import generate_self_signed
 
+            certified = generate_self_signed("tickets.invalid", days=1)
         try:
-            _counted = tickets_per_handshake(ContextBuilder(Clock()), generate_self_signed("tickets.invalid", days=1))
+            _counted = tickets_per_handshake(ContextBuilder(Clock()), certified)
         except Exception:  # an OpenSSL that will not do it: taken as not the count configured
+            log.failure("could not count the session tickets a TLS 1.3 handshake on pyOpenSSL sends")
             _counted = -1
     return _counted
