@@ -37,9 +37,9 @@ class PyOpenSSLTicketsTests(SynchronousTestCase):
     def setUp(self):
         self.patch(tickets, "_counted", None)
 
-    def test_counted_once(self):
-        """OpenSSL's two without a configuration, counted on the first call only."""
-        calls = []
+    def counted_on(self) -> list:
+        """The certificates tickets_per_handshake is called with from now on."""
+        calls: list = []
         real = tickets.tickets_per_handshake
 
         def counting(builder, certified):
@@ -47,19 +47,17 @@ class PyOpenSSLTicketsTests(SynchronousTestCase):
             return real(builder, certified)
 
         self.patch(tickets, "tickets_per_handshake", counting)
+        return calls
+
+    def test_counted_once(self):
+        """OpenSSL's two without a configuration, counted on the first call only."""
+        calls = self.counted_on()
         self.assertEqual((tickets.pyopenssl_tickets(), tickets.pyopenssl_tickets()), (2, 2))
         self.assertEqual(len(calls), 1)
 
     def test_on_the_certificate_given(self):
         """The first call's certificate (the daemon's fallback) is the one counted on; later ones are not used."""
-        calls = []
-        real = tickets.tickets_per_handshake
-
-        def counting(builder, certified):
-            calls.append(certified)
-            return real(builder, certified)
-
-        self.patch(tickets, "tickets_per_handshake", counting)
+        calls = self.counted_on()
         ca = TestCA.create().intermediate()
         given, later = (ca.issue([name], include_ca=True) for name in ("a.test", "b.test"))
         self.assertEqual((tickets.pyopenssl_tickets(given), tickets.pyopenssl_tickets(later)), (2, 2))
